@@ -1,0 +1,1616 @@
+/*
+ * shmslice.c -- the shared lock table.
+ *
+ * Divisions of this file:
+ *   1. Status codes and per-thread error detail
+ *   2. Layout of the shared table (header, process slots, entries)
+ *   3. Small system helpers (clocks, futex, thread ids, fork tracking)
+ *   4. The table mutex and repair after a holder died
+ *   5. Index: one treap per kind, keyed by start, augmented with max end
+ *   6. Owner liveness and reclaiming dead owners' entries
+ *   7. Creating, validating and attaching a table
+ *   8. Locks, pins, resize
+ *   9. Inspection: snapshot, stat, reap
+ *
+ * Design in brief.  The table is a file in a tmpfs directory, one per data
+ * file identity (st_dev, st_ino), mapped MAP_SHARED by every process that
+ * attaches.  A robust, process-shared pthread mutex in the header guards all
+ * of it; a process killed while holding that mutex hands the next locker
+ * EOWNERDEAD, and that locker rebuilds every derived structure (indexes, free
+ * list, counters) from the entries themselves, which are written so that an
+ * entry is never half-visible (its state word is stored last on insert and
+ * first on removal).
+ *
+ * Liveness is not guessed from pids, which are reused and mean nothing across
+ * PID namespaces.  Each attached handle owns a process slot k and holds an
+ * open-file-description (OFD) write lock on byte SS_SLOT_LOCK_BASE + k of the
+ * table file.  The kernel drops that lock when the last descriptor of the
+ * description closes, which happens when the process exits -- before it
+ * becomes a zombie -- so "is slot k alive?" is an F_OFD_GETLK probe.  After
+ * fork the child closes its copy of every table descriptor at once (atfork
+ * handler), so a child never keeps its parent's slot alive; it takes a slot of
+ * its own on first use.
+ *
+ * Waiting sleeps on a futex word in the header (wake_seq), bumped on every
+ * release; sleepers also wake every SS_RECHECK_NS to look for dead holders.
+ * Requests are served in arrival order among those that conflict: a request
+ * conflicts with granted entries and with *earlier* waiting entries, so a
+ * waiting writer is never overtaken by later overlapping readers.
+ *
+ * Nothing read from the shared segment is trusted: every index is bounds
+ * checked, every walk is depth-bounded, and a violation is SS_ECORRUPT.
+ */
+#define _GNU_SOURCE
+#include "shmslice.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ===================================================================
+ * 1. Status codes and per-thread error detail
+ * =================================================================== */
+
+
+static __thread int tls_errno;
+static __thread char tls_detail[512];
+
+const char *ss_status_name(int status)
+{
+    switch (status) {
+#define SS_STATUS(name, value, message) case value: return #name;
+#include "ss_status.def"
+#undef SS_STATUS
+    default: return "SS_UNKNOWN";
+    }
+}
+
+const char *ss_status_message(int status)
+{
+    switch (status) {
+#define SS_STATUS(name, value, message) case value: return message;
+#include "ss_status.def"
+#undef SS_STATUS
+    default: return "unknown status";
+    }
+}
+
+int ss_last_errno(void) { return tls_errno; }
+const char *ss_last_detail(void) { return tls_detail; }
+
+/* Record a failure's detail and return its status, so call sites read
+ * `return fail(SS_EINVAL, "...", ...)`. */
+__attribute__((format(printf, 2, 3)))
+static int fail(int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tls_detail, sizeof tls_detail, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+/* Like fail() for SS_ESYS: saves errno first, since formatting may clobber it. */
+__attribute__((format(printf, 1, 2)))
+static int fail_sys(const char *fmt, ...)
+{
+    tls_errno = errno;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tls_detail, sizeof tls_detail, fmt, ap);
+    va_end(ap);
+    return SS_ESYS;
+}
+
+/* ===================================================================
+ * 2. Layout of the shared table
+ *
+ *    [ header | padding to 4 KiB ][ proc slots ][ entries ]
+ *
+ * Mutex rules: every field below the "guarded by mutex" line of each struct
+ * is read and written only while holding hdr->mutex, with two exceptions that
+ * are atomics: wake_seq (futex word) and file_size/size_epoch (read lock-free
+ * by ss_file_size; written under the mutex).
+ * Fields above that line are written once, before the table file is linked
+ * into its final name, and never change.
+ * =================================================================== */
+
+#define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
+#define SS_FORMAT_VERSION 1
+#define SS_NIL UINT32_MAX
+#define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
+#define SS_HEADER_BYTES 4096
+#define SS_SLOT_LOCK_BASE ((off_t)1 << 40)   /* OFD liveness lock byte of slot 0 */
+#define SS_RECHECK_NS 100000000LL  /* sleepers re-check for dead holders this often */
+#define SS_MUTEX_PATIENCE_S 10     /* table mutex held longer than this: report */
+#define SS_DATA_PATH_MAX 1024
+#define SS_MAX_CAPACITY (1u << 24)
+
+enum { TREE_SHARED = 0, TREE_EXCLUSIVE = 1, TREE_PIN = 2, TREE_COUNT = 3 };
+enum { ENTRY_FREE = 0 };            /* else SS_GRANTED or SS_WAITING */
+enum { PROC_FREE = 0, PROC_USED = 1 };
+
+struct ss_header {
+    uint64_t magic;              /* SS_MAGIC */
+    uint64_t format;             /* ss_format_stamp(): version and struct sizes */
+    uint32_t capacity;           /* number of entry slots */
+    uint32_t proc_capacity;      /* number of process slots */
+    uint64_t table_bytes;        /* total file size; must equal fstat size */
+    uint64_t data_dev;           /* identity of the data file this table serves */
+    uint64_t data_ino;
+    uint64_t created_ns;         /* CLOCK_REALTIME at creation */
+    char data_path[SS_DATA_PATH_MAX]; /* path given at creation (display only) */
+    /* ---- guarded by mutex (except the atomics noted) ---- */
+    pthread_mutex_t mutex __attribute__((aligned(64))); /* robust, process-shared */
+    uint32_t wake_seq;           /* futex word: bumped (atomically) on every release */
+    uint32_t sleepers;           /* threads sleeping on wake_seq (hint; saturating) */
+    uint64_t next_ticket;        /* arrival counter for requests */
+    uint32_t root[TREE_COUNT];   /* treap roots by kind, SS_NIL if empty */
+    uint32_t free_head;          /* first free entry below entry_hwm, SS_NIL if none */
+    uint32_t entry_hwm;          /* entries [0, entry_hwm) have been initialised */
+    uint32_t proc_hwm;           /* process slots [0, proc_hwm) have been used */
+    uint32_t used;               /* entries granted or waiting */
+    uint32_t waiting;            /* entries waiting */
+    uint32_t procs_used;         /* process slots PROC_USED */
+    uint32_t repairs;            /* EOWNERDEAD repairs performed */
+    uint64_t file_size;          /* data file size set through shmslice (atomic) */
+    uint64_t size_epoch;         /* bumped by every ss_resize (atomic) */
+};
+
+struct ss_proc {
+    /* all fields guarded by mutex */
+    int32_t pid;                 /* pid at attach, for display and pin ownership */
+    uint32_t gen;                /* bumped whenever the slot is freed */
+    uint32_t state;              /* PROC_FREE or PROC_USED */
+    uint32_t pad;
+    uint64_t attached_ns;        /* CLOCK_REALTIME at attach */
+    uint64_t reserved;
+};
+
+struct ss_entry {
+    /* all fields guarded by mutex */
+    uint64_t start;              /* region [start, end), start < end */
+    uint64_t end;
+    uint64_t max_end;            /* max end over this node's treap subtree */
+    uint64_t ticket;             /* arrival order (from next_ticket) */
+    uint64_t since_ns;           /* CLOCK_REALTIME granted / queued */
+    uint32_t left, right;        /* treap children, SS_NIL if none */
+    uint32_t next_free;          /* free-list link while ENTRY_FREE */
+    uint32_t owner_slot;         /* process slot of the owning handle */
+    uint32_t owner_gen;          /* that slot's gen when the entry was made */
+    int32_t tid;                 /* owning thread (locks), for deadlock checks */
+    uint32_t count;              /* pins: references; locks: 1 */
+    uint32_t serial;             /* bumped on reuse, so stale references fail */
+    uint8_t kind;                /* SS_SHARED, SS_EXCLUSIVE, SS_PIN */
+    uint8_t state;               /* ENTRY_FREE, SS_GRANTED, SS_WAITING */
+    uint8_t pad[6];
+};
+
+_Static_assert(sizeof(struct ss_header) <= SS_HEADER_BYTES, "header too large");
+_Static_assert(sizeof(struct ss_entry) == 80, "entry layout changed: bump format");
+_Static_assert(sizeof(struct ss_proc) == 32, "proc layout changed: bump format");
+
+static uint64_t ss_format_stamp(void)
+{
+    return ((uint64_t)SS_FORMAT_VERSION << 48) |
+           ((uint64_t)sizeof(struct ss_header) << 32) |
+           ((uint64_t)sizeof(struct ss_entry) << 16) |
+           (uint64_t)sizeof(struct ss_proc);
+}
+
+static uint64_t ss_table_bytes(uint32_t capacity, uint32_t proc_capacity)
+{
+    return SS_HEADER_BYTES + (uint64_t)proc_capacity * sizeof(struct ss_proc) +
+           (uint64_t)capacity * sizeof(struct ss_entry);
+}
+
+/* Process-private handle. */
+struct ss_handle {
+    struct ss_header *hdr;       /* start of the mapping */
+    struct ss_proc *procs;
+    struct ss_entry *entries;
+    size_t map_bytes;
+    uint32_t capacity;           /* copied from the validated header */
+    uint32_t proc_capacity;
+    int table_fd;                /* -1 after fork until re-attached, or inspect-only */
+    int inspect_only;            /* opened by ss_attach_table: owns no slot */
+    uint32_t slot, gen;          /* our process slot (valid if has_slot) */
+    int has_slot;
+    int32_t owner_pid;
+    uint64_t fork_epoch;         /* ss_fork_epoch when slot was taken */
+    dev_t table_dev;             /* identity of the table file we mapped */
+    ino_t table_ino;
+    char table_path[4096];
+    struct ss_handle *next;      /* registry of open handles (for atfork) */
+};
+
+/* ===================================================================
+ * 3. Small system helpers
+ * =================================================================== */
+
+static uint64_t now_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static __thread int32_t tls_tid;
+
+static int32_t current_tid(void)
+{
+    if (tls_tid == 0)
+        tls_tid = (int32_t)syscall(SYS_gettid);
+    return tls_tid;
+}
+
+/* Sleep until *word != expected, a wake, a signal or timeout_ns.  Returns 0,
+ * or EINTR / ETIMEDOUT / EAGAIN as the kernel said. */
+static int futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns)
+{
+    struct timespec ts = {(time_t)(timeout_ns / 1000000000), (long)(timeout_ns % 1000000000)};
+    long rc = syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, NULL, 0);
+    return rc == 0 ? 0 : errno;
+}
+
+static void futex_wake_all(uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Registry of open handles, so the atfork child handler can drop the
+ * inherited table descriptors (and with them any claim to the parent's
+ * liveness lock) before the child runs anything else. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ss_handle *registry_head;
+static uint64_t ss_fork_epoch;   /* bumped in every forked child; guarded by registry_lock */
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_prepare(void) { pthread_mutex_lock(&registry_lock); }
+static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+
+static void atfork_child(void)
+{
+    tls_tid = 0;
+    ss_fork_epoch++;
+    for (struct ss_handle *h = registry_head; h; h = h->next) {
+        if (h->table_fd >= 0 && !h->inspect_only) {
+            close(h->table_fd);
+            h->table_fd = -1;
+        }
+        h->has_slot = 0;
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void install_atfork(void)
+{
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+static int crash_point;       /* test hook: which point, 0 = off */
+static int crash_countdown;
+
+void ss_debug_set_crash_point(int point, int countdown)
+{
+    crash_point = point;
+    crash_countdown = countdown;
+}
+
+/* Crash points (inside the table mutex):
+ *   1 after allocating an entry, before it is visible
+ *   2 after an entry became visible, before it is indexed
+ *   3 in the middle of unlinking an entry from the index
+ *   4 after unindexing, before the entry is marked free
+ *   5 during repair, half way through rebuilding */
+static inline void maybe_crash(int point)
+{
+    if (__builtin_expect(crash_point != 0, 0) && crash_point == point &&
+        --crash_countdown <= 0)
+        raise(SIGKILL);
+}
+
+/* ===================================================================
+ * 4. The table mutex and repair
+ * =================================================================== */
+
+static int table_repair(struct ss_handle *h);
+
+/* Header fields that index memory, checked every time the mutex is taken. */
+static int header_sane(struct ss_handle *h)
+{
+    struct ss_header *hd = h->hdr;
+    if (hd->entry_hwm > h->capacity || hd->proc_hwm > h->proc_capacity ||
+        (hd->free_head != SS_NIL && hd->free_head >= hd->entry_hwm))
+        return fail(SS_ECORRUPT, "lock table %s: header counters out of range",
+                    h->table_path);
+    for (int t = 0; t < TREE_COUNT; t++)
+        if (hd->root[t] != SS_NIL && hd->root[t] >= hd->entry_hwm)
+            return fail(SS_ECORRUPT, "lock table %s: index root out of range",
+                        h->table_path);
+    return SS_OK;
+}
+
+/* Lock the table mutex.  On EOWNERDEAD the previous holder died inside the
+ * table: rebuild everything derived from the entries, then mark consistent. */
+static int table_lock(struct ss_handle *h)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += SS_MUTEX_PATIENCE_S;
+    int rc = pthread_mutex_clocklock(&h->hdr->mutex, CLOCK_MONOTONIC, &deadline);
+    if (rc == EOWNERDEAD) {
+        int repaired = table_repair(h);
+        pthread_mutex_consistent(&h->hdr->mutex);
+        if (repaired != SS_OK) {
+            pthread_mutex_unlock(&h->hdr->mutex);
+            return repaired;
+        }
+        return SS_OK;
+    }
+    if (rc == ETIMEDOUT)
+        return fail(SS_ECORRUPT,
+                    "lock table %s: its mutex has been held for over %d s "
+                    "(a process is stopped inside it, or the table is corrupt)",
+                    h->table_path, SS_MUTEX_PATIENCE_S);
+    if (rc != 0)
+        return fail(SS_ECORRUPT, "lock table %s: mutex unusable (%s)",
+                    h->table_path, strerror(rc));
+    rc = header_sane(h);
+    if (rc != SS_OK)
+        pthread_mutex_unlock(&h->hdr->mutex);
+    return rc;
+}
+
+static void table_unlock(struct ss_handle *h, int wake)
+{
+    int sleepers = wake && h->hdr->sleepers > 0;
+    pthread_mutex_unlock(&h->hdr->mutex);
+    if (sleepers)
+        futex_wake_all(&h->hdr->wake_seq);
+}
+
+/* Mark that something was released; table_unlock(h, 1) then wakes sleepers. */
+static void bump_wake(struct ss_handle *h)
+{
+    __atomic_add_fetch(&h->hdr->wake_seq, 1, __ATOMIC_RELEASE);
+}
+
+/* ===================================================================
+ * 5. Index: treaps keyed by (start, index), augmented with max_end
+ *
+ * Priorities are a hash of the entry index, so the shape is a function of
+ * the set of entries and a rebuild reproduces it.  Invariants (checked by
+ * validate_tree): in-order keys strictly increase; a child's priority never
+ * exceeds its parent's; max_end is the max end of the subtree; every entry
+ * in tree t is in use and of t's kind; depth <= SS_MAX_DEPTH.
+ * =================================================================== */
+
+static inline uint32_t prio_of(uint32_t i)
+{
+    uint32_t x = i + 0x9e3779b9u;
+    x ^= x >> 16; x *= 0x85ebca6bu;
+    x ^= x >> 13; x *= 0xc2b2ae35u;
+    x ^= x >> 16;
+    return x;
+}
+
+static inline int prio_above(uint32_t a, uint32_t b)
+{
+    uint32_t pa = prio_of(a), pb = prio_of(b);
+    return pa > pb || (pa == pb && a < b);
+}
+
+static int tree_of_kind(int kind)
+{
+    return kind == SS_SHARED ? TREE_SHARED : kind == SS_EXCLUSIVE ? TREE_EXCLUSIVE : TREE_PIN;
+}
+
+static inline int key_less(struct ss_handle *h, uint32_t a, uint32_t b)
+{
+    const struct ss_entry *ea = &h->entries[a], *eb = &h->entries[b];
+    return ea->start < eb->start || (ea->start == eb->start && a < b);
+}
+
+static inline uint64_t max_end_of(struct ss_handle *h, uint32_t i)
+{
+    return i == SS_NIL ? 0 : h->entries[i].max_end;
+}
+
+static void refresh(struct ss_handle *h, uint32_t i)
+{
+    struct ss_entry *e = &h->entries[i];
+    uint64_t m = e->end, l = max_end_of(h, e->left), r = max_end_of(h, e->right);
+    e->max_end = m > l ? (m > r ? m : r) : (l > r ? l : r);
+}
+
+#define DEPTH_CHECK(h, depth) \
+    do { if ((depth) > SS_MAX_DEPTH) \
+        return fail(SS_ECORRUPT, "lock table %s: index too deep (cycle?)", (h)->table_path); \
+    } while (0)
+
+/* Links are validated before use: every child index must be < entry_hwm. */
+static int check_links(struct ss_handle *h, uint32_t i)
+{
+    const struct ss_entry *e = &h->entries[i];
+    if ((e->left != SS_NIL && e->left >= h->hdr->entry_hwm) ||
+        (e->right != SS_NIL && e->right >= h->hdr->entry_hwm))
+        return fail(SS_ECORRUPT, "lock table %s: index link out of range", h->table_path);
+    return SS_OK;
+}
+
+/* Split subtree n into keys < key(pivot) (*l) and keys > key(pivot) (*r). */
+static int tree_split(struct ss_handle *h, uint32_t n, uint32_t pivot,
+                      uint32_t *l, uint32_t *r, int depth)
+{
+    DEPTH_CHECK(h, depth);
+    if (n == SS_NIL) { *l = *r = SS_NIL; return SS_OK; }
+    int rc = check_links(h, n);
+    if (rc) return rc;
+    struct ss_entry *e = &h->entries[n];
+    if (key_less(h, n, pivot)) {
+        rc = tree_split(h, e->right, pivot, &e->right, r, depth + 1);
+        *l = n;
+    } else {
+        rc = tree_split(h, e->left, pivot, l, &e->left, depth + 1);
+        *r = n;
+    }
+    if (rc) return rc;
+    refresh(h, n);
+    return SS_OK;
+}
+
+/* Merge subtrees a and b where every key of a is below every key of b. */
+static int tree_merge(struct ss_handle *h, uint32_t a, uint32_t b, uint32_t *out,
+                      int depth)
+{
+    DEPTH_CHECK(h, depth);
+    if (a == SS_NIL) { *out = b; return SS_OK; }
+    if (b == SS_NIL) { *out = a; return SS_OK; }
+    int rc = check_links(h, a);
+    if (!rc) rc = check_links(h, b);
+    if (rc) return rc;
+    if (prio_above(a, b)) {
+        rc = tree_merge(h, h->entries[a].right, b, &h->entries[a].right, depth + 1);
+        if (rc) return rc;
+        refresh(h, a);
+        *out = a;
+    } else {
+        rc = tree_merge(h, a, h->entries[b].left, &h->entries[b].left, depth + 1);
+        if (rc) return rc;
+        refresh(h, b);
+        *out = b;
+    }
+    return SS_OK;
+}
+
+static int tree_insert_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t *out,
+                          int depth)
+{
+    DEPTH_CHECK(h, depth);
+    struct ss_entry *ex = &h->entries[x];
+    if (n == SS_NIL) {
+        ex->left = ex->right = SS_NIL;
+        ex->max_end = ex->end;
+        *out = x;
+        return SS_OK;
+    }
+    int rc = check_links(h, n);
+    if (rc) return rc;
+    if (prio_above(x, n)) {
+        rc = tree_split(h, n, x, &ex->left, &ex->right, depth + 1);
+        if (rc) return rc;
+        refresh(h, x);
+        *out = x;
+        return SS_OK;
+    }
+    struct ss_entry *en = &h->entries[n];
+    if (key_less(h, x, n))
+        rc = tree_insert_at(h, en->left, x, &en->left, depth + 1);
+    else
+        rc = tree_insert_at(h, en->right, x, &en->right, depth + 1);
+    if (rc) return rc;
+    refresh(h, n);
+    *out = n;
+    return SS_OK;
+}
+
+static int tree_remove_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t *out,
+                          int depth)
+{
+    DEPTH_CHECK(h, depth);
+    if (n == SS_NIL)
+        return fail(SS_ECORRUPT, "lock table %s: entry %u missing from its index",
+                    h->table_path, x);
+    int rc = check_links(h, n);
+    if (rc) return rc;
+    struct ss_entry *en = &h->entries[n];
+    if (n == x) {
+        maybe_crash(3);
+        return tree_merge(h, en->left, en->right, out, depth + 1);
+    }
+    if (key_less(h, x, n))
+        rc = tree_remove_at(h, en->left, x, &en->left, depth + 1);
+    else
+        rc = tree_remove_at(h, en->right, x, &en->right, depth + 1);
+    if (rc) return rc;
+    refresh(h, n);
+    *out = n;
+    return SS_OK;
+}
+
+typedef int (*entry_pred)(struct ss_handle *h, uint32_t i, void *arg);
+
+/* Find an entry in subtree n overlapping [lo, hi) for which pred returns 1.
+ * Returns 1 with *found set, 0 if none, or a status < 0. */
+static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
+                     entry_pred pred, void *arg, uint32_t *found, int depth)
+{
+    DEPTH_CHECK(h, depth);
+    if (n == SS_NIL) return 0;
+    int rc = check_links(h, n);
+    if (rc) return rc;
+    const struct ss_entry *e = &h->entries[n];
+    if (e->max_end <= lo) return 0;
+    rc = tree_find(h, e->left, lo, hi, pred, arg, found, depth + 1);
+    if (rc) return rc;
+    if (e->start >= hi) return 0;
+    if (e->end > lo && pred(h, n, arg)) { *found = n; return 1; }
+    return tree_find(h, e->right, lo, hi, pred, arg, found, depth + 1);
+}
+
+static int index_insert(struct ss_handle *h, uint32_t x)
+{
+    int t = tree_of_kind(h->entries[x].kind);
+    return tree_insert_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
+}
+
+static int index_remove(struct ss_handle *h, uint32_t x)
+{
+    int t = tree_of_kind(h->entries[x].kind);
+    return tree_remove_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
+}
+
+/* ===================================================================
+ * 6. Entries, owner liveness and reclaiming
+ * =================================================================== */
+
+static int64_t make_ref(uint32_t index, uint32_t serial)
+{
+    return (int64_t)(((uint64_t)(serial & 0x7fffffffu) << 32) | index);
+}
+
+/* Take a free entry (not yet visible: state stays ENTRY_FREE). */
+static int entry_alloc(struct ss_handle *h, uint32_t *out)
+{
+    struct ss_header *hd = h->hdr;
+    uint32_t i;
+    if (hd->free_head != SS_NIL) {
+        i = hd->free_head;
+        if (h->entries[i].state != ENTRY_FREE)
+            return fail(SS_ECORRUPT, "lock table %s: free list reaches a used entry",
+                        h->table_path);
+        uint32_t next = h->entries[i].next_free;
+        if (next != SS_NIL && next >= hd->entry_hwm)
+            return fail(SS_ECORRUPT, "lock table %s: free list link out of range",
+                        h->table_path);
+        hd->free_head = next;
+    } else if (hd->entry_hwm < h->capacity) {
+        i = hd->entry_hwm;
+        h->entries[i].state = ENTRY_FREE;
+        h->entries[i].next_free = SS_NIL;
+        hd->entry_hwm = i + 1;
+    } else {
+        return fail(SS_EFULL, "lock table %s is full (%u entries); release locks "
+                    "or pins, or reap dead processes", h->table_path, h->capacity);
+    }
+    maybe_crash(1);
+    *out = i;
+    return SS_OK;
+}
+
+/* Fill entry i, make it visible, then index it. */
+static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64_t end,
+                         int kind, int state, uint64_t ticket)
+{
+    struct ss_entry *e = &h->entries[i];
+    e->start = start;
+    e->end = end;
+    e->max_end = end;
+    e->ticket = ticket;
+    e->since_ns = now_ns(CLOCK_REALTIME);
+    e->left = e->right = SS_NIL;
+    e->next_free = SS_NIL;
+    e->owner_slot = h->slot;
+    e->owner_gen = h->gen;
+    e->tid = kind == SS_PIN ? 0 : current_tid();
+    e->count = 1;
+    e->serial = (e->serial + 1) & 0x7fffffffu;
+    e->kind = (uint8_t)kind;
+    __atomic_store_n(&e->state, (uint8_t)state, __ATOMIC_RELEASE);
+    h->hdr->used++;
+    if (state == SS_WAITING) h->hdr->waiting++;
+    maybe_crash(2);
+    return index_insert(h, i);
+}
+
+/* Unindex entry i, then mark it free and put it on the free list. */
+static int entry_remove(struct ss_handle *h, uint32_t i)
+{
+    struct ss_entry *e = &h->entries[i];
+    int rc = index_remove(h, i);
+    if (rc) return rc;
+    maybe_crash(4);
+    int was_waiting = e->state == SS_WAITING;
+    __atomic_store_n(&e->state, (uint8_t)ENTRY_FREE, __ATOMIC_RELEASE);
+    e->next_free = h->hdr->free_head;
+    h->hdr->free_head = i;
+    if (h->hdr->used) h->hdr->used--;
+    if (was_waiting && h->hdr->waiting) h->hdr->waiting--;
+    bump_wake(h);
+    return SS_OK;
+}
+
+/* Is the process slot's owner (at generation gen) alive?  1 yes, 0 no, <0 error. */
+static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
+{
+    if (slot >= h->hdr->proc_hwm)
+        return fail(SS_ECORRUPT, "lock table %s: owner slot %u out of range",
+                    h->table_path, slot);
+    struct ss_proc *p = &h->procs[slot];
+    if (p->state != PROC_USED || p->gen != gen) return 0;
+    if (h->has_slot && slot == h->slot) return 1;
+    if (h->table_fd < 0) return 1;   /* cannot probe: assume alive */
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_SLOT_LOCK_BASE + slot, .l_len = 1};
+    if (fcntl(h->table_fd, F_OFD_GETLK, &fl) != 0)
+        return fail_sys("lock table %s: liveness probe failed", h->table_path);
+    if (fl.l_type != F_UNLCK) return 1;
+    /* Dead: free the slot so every entry made under this gen is dead too. */
+    p->state = PROC_FREE;
+    p->gen++;
+    if (h->hdr->procs_used) h->hdr->procs_used--;
+    return 0;
+}
+
+static int entry_alive(struct ss_handle *h, uint32_t i)
+{
+    return slot_alive(h, h->entries[i].owner_slot, h->entries[i].owner_gen);
+}
+
+/* Remove every entry whose owner is dead; *removed counts them.  Under the mutex. */
+static int sweep_dead(struct ss_handle *h, uint32_t *removed)
+{
+    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
+        if (h->entries[i].state == ENTRY_FREE) continue;
+        int alive = entry_alive(h, i);
+        if (alive < 0) return alive;
+        if (!alive) {
+            int rc = entry_remove(h, i);
+            if (rc) return rc;
+            (*removed)++;
+        }
+    }
+    return SS_OK;
+}
+
+/* entry_alloc, but when the table is full sweep once for dead owners first. */
+static int entry_alloc_sweeping(struct ss_handle *h, uint32_t *out, int *woke)
+{
+    int rc = entry_alloc(h, out);
+    if (rc != SS_EFULL) return rc;
+    uint32_t removed = 0;
+    rc = sweep_dead(h, &removed);
+    if (rc) return rc;
+    if (removed) *woke = 1;
+    return entry_alloc(h, out);
+}
+
+/* Validate a reference against this handle; returns the entry index or < 0. */
+static int64_t own_entry(struct ss_handle *h, int64_t ref, int want_pin)
+{
+    if (ref < 0) return fail(SS_EINVAL, "invalid reference %lld", (long long)ref);
+    uint32_t i = (uint32_t)(ref & 0xffffffff), serial = (uint32_t)(ref >> 32);
+    if (i >= h->hdr->entry_hwm) return fail(SS_ENOTOWNER, "reference %u is not in use", i);
+    struct ss_entry *e = &h->entries[i];
+    if (e->state == ENTRY_FREE || e->serial != serial || !h->has_slot ||
+        e->owner_slot != h->slot || e->owner_gen != h->gen ||
+        (want_pin ? e->kind != SS_PIN : e->kind == SS_PIN))
+        return fail(SS_ENOTOWNER, "entry %u is not held by this handle "
+                    "(released already, or owned by another process)", i);
+    return i;
+}
+
+/* ===================================================================
+ * 7. Creating, validating and attaching a table
+ * =================================================================== */
+
+static int validate_tree(struct ss_handle *h, int t, uint32_t n, int depth,
+                         uint8_t *seen, uint32_t *count, int64_t *last_start,
+                         int64_t *last_index, uint32_t parent)
+{
+    DEPTH_CHECK(h, depth);
+    if (n == SS_NIL) return SS_OK;
+    if (n >= h->hdr->entry_hwm || seen[n])
+        return fail(SS_ECORRUPT, "lock table %s: index link %u invalid or repeated",
+                    h->table_path, n);
+    seen[n] = 1;
+    const struct ss_entry *e = &h->entries[n];
+    if (e->state == ENTRY_FREE || tree_of_kind(e->kind) != t)
+        return fail(SS_ECORRUPT, "lock table %s: index holds entry %u of the wrong kind",
+                    h->table_path, n);
+    if (parent != SS_NIL && prio_above(n, parent))
+        return fail(SS_ECORRUPT, "lock table %s: index heap order broken", h->table_path);
+    int rc = validate_tree(h, t, e->left, depth + 1, seen, count, last_start,
+                           last_index, n);
+    if (rc) return rc;
+    if ((int64_t)e->start < *last_start ||
+        ((int64_t)e->start == *last_start && (int64_t)n <= *last_index))
+        return fail(SS_ECORRUPT, "lock table %s: index order broken", h->table_path);
+    *last_start = (int64_t)e->start;
+    *last_index = n;
+    (*count)++;
+    rc = validate_tree(h, t, e->right, depth + 1, seen, count, last_start,
+                       last_index, n);
+    if (rc) return rc;
+    uint64_t want = e->end, l = max_end_of(h, e->left), r = max_end_of(h, e->right);
+    if (l > want) want = l;
+    if (r > want) want = r;
+    if (e->max_end != want)
+        return fail(SS_ECORRUPT, "lock table %s: index max_end broken", h->table_path);
+    return SS_OK;
+}
+
+/* Check one entry's own fields (not its links). */
+static int validate_entry(struct ss_handle *h, uint32_t i)
+{
+    const struct ss_entry *e = &h->entries[i];
+    if (e->state != SS_GRANTED && e->state != SS_WAITING)
+        return fail(SS_ECORRUPT, "lock table %s: entry %u has bad state %u",
+                    h->table_path, i, e->state);
+    if (e->start >= e->end || e->end > (uint64_t)INT64_MAX ||
+        (e->kind != SS_SHARED && e->kind != SS_EXCLUSIVE && e->kind != SS_PIN) ||
+        (e->kind == SS_PIN && e->state != SS_GRANTED) ||
+        e->owner_slot >= h->hdr->proc_hwm || e->count == 0)
+        return fail(SS_ECORRUPT, "lock table %s: entry %u is malformed",
+                    h->table_path, i);
+    return SS_OK;
+}
+
+/* Full consistency check (under the mutex): every entry, every index, the
+ * free list and the counters.  O(capacity); run at attach. */
+static int table_validate(struct ss_handle *h)
+{
+    struct ss_header *hd = h->hdr;
+    uint32_t hwm = hd->entry_hwm, used = 0, waiting = 0, procs = 0;
+    for (uint32_t p = 0; p < hd->proc_hwm; p++) {
+        if (h->procs[p].state == PROC_USED) procs++;
+        else if (h->procs[p].state != PROC_FREE)
+            return fail(SS_ECORRUPT, "lock table %s: process slot %u malformed",
+                        h->table_path, p);
+    }
+    for (uint32_t i = 0; i < hwm; i++) {
+        if (h->entries[i].state == ENTRY_FREE) continue;
+        int rc = validate_entry(h, i);
+        if (rc) return rc;
+        used++;
+        if (h->entries[i].state == SS_WAITING) waiting++;
+    }
+    if (used != hd->used || waiting != hd->waiting || procs != hd->procs_used)
+        return fail(SS_ECORRUPT, "lock table %s: counters disagree with entries",
+                    h->table_path);
+    uint8_t *seen = calloc(hwm ? hwm : 1, 1);
+    if (!seen) return fail_sys("out of memory validating %s", h->table_path);
+    uint32_t indexed = 0;
+    int rc = SS_OK;
+    for (int t = 0; t < TREE_COUNT && rc == SS_OK; t++) {
+        int64_t last_start = -1, last_index = -1;
+        rc = validate_tree(h, t, hd->root[t], 0, seen, &indexed, &last_start,
+                           &last_index, SS_NIL);
+    }
+    if (rc == SS_OK && indexed != used)
+        rc = fail(SS_ECORRUPT, "lock table %s: %u entries in use but %u indexed",
+                  h->table_path, used, indexed);
+    uint32_t free_count = 0;
+    for (uint32_t f = hd->free_head; rc == SS_OK && f != SS_NIL; f = h->entries[f].next_free) {
+        if (f >= hwm || seen[f] || h->entries[f].state != ENTRY_FREE)
+            rc = fail(SS_ECORRUPT, "lock table %s: free list broken", h->table_path);
+        else { seen[f] = 1; free_count++; }
+    }
+    if (rc == SS_OK && used + free_count != hwm)
+        rc = fail(SS_ECORRUPT, "lock table %s: %u entries neither used nor free",
+                  h->table_path, hwm - used - free_count);
+    free(seen);
+    return rc;
+}
+
+/* Rebuild indexes, free list and counters from the entries (after EOWNERDEAD). */
+static int table_repair(struct ss_handle *h)
+{
+    struct ss_header *hd = h->hdr;
+    hd->repairs++;
+    if (hd->entry_hwm > h->capacity || hd->proc_hwm > h->proc_capacity)
+        return fail(SS_ECORRUPT, "lock table %s: header counters out of range",
+                    h->table_path);
+    for (int t = 0; t < TREE_COUNT; t++) hd->root[t] = SS_NIL;
+    hd->free_head = SS_NIL;
+    hd->used = hd->waiting = hd->procs_used = 0;
+    for (uint32_t p = 0; p < hd->proc_hwm; p++)
+        if (h->procs[p].state == PROC_USED) hd->procs_used++;
+    for (uint32_t k = hd->entry_hwm; k-- > 0;) {
+        struct ss_entry *e = &h->entries[k];
+        if (k == hd->entry_hwm / 2) maybe_crash(5);
+        if (e->state == ENTRY_FREE) {
+            e->next_free = hd->free_head;
+            hd->free_head = k;
+            continue;
+        }
+        int rc = validate_entry(h, k);
+        if (rc) return rc;
+        hd->used++;
+        if (e->state == SS_WAITING) hd->waiting++;
+        rc = index_insert(h, k);
+        if (rc) return rc;
+    }
+    bump_wake(h);
+    futex_wake_all(&hd->wake_seq);
+    return SS_OK;
+}
+
+/* Take a process slot and its liveness lock (under the mutex). */
+static int take_slot(struct ss_handle *h)
+{
+    struct ss_header *hd = h->hdr;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t s = 0; s < h->proc_capacity; s++) {
+            if (s >= hd->proc_hwm) {
+                if (s >= h->proc_capacity) break;
+                memset(&h->procs[s], 0, sizeof h->procs[s]);
+                hd->proc_hwm = s + 1;
+            }
+            struct ss_proc *p = &h->procs[s];
+            if (p->state == PROC_USED) {
+                if (pass == 0) continue;
+                int alive = slot_alive(h, s, p->gen);   /* frees it if dead */
+                if (alive != 0) {
+                    if (alive < 0) return alive;
+                    continue;
+                }
+            }
+            struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                               .l_start = SS_SLOT_LOCK_BASE + s, .l_len = 1};
+            if (fcntl(h->table_fd, F_OFD_SETLK, &fl) != 0) {
+                if (errno == EAGAIN || errno == EACCES) continue;  /* held: a live owner */
+                return fail_sys("lock table %s: cannot take liveness lock", h->table_path);
+            }
+            p->gen++;
+            p->pid = (int32_t)getpid();
+            p->attached_ns = now_ns(CLOCK_REALTIME);
+            p->state = PROC_USED;
+            hd->procs_used++;
+            h->slot = s;
+            h->gen = p->gen;
+            h->has_slot = 1;
+            h->owner_pid = p->pid;
+            h->fork_epoch = ss_fork_epoch;
+            return SS_OK;
+        }
+    }
+    return fail(SS_EFULL, "lock table %s: all %u process slots are in use",
+                h->table_path, h->proc_capacity);
+}
+
+/* Check the header of a mapped table before anything else is read. */
+static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct stat *data)
+{
+    struct ss_header *hd = h->hdr;
+    if (hd->magic != SS_MAGIC)
+        return fail(SS_ECORRUPT, "%s is not a shmslice lock table (bad magic)", h->table_path);
+    if (hd->format != ss_format_stamp())
+        return fail(SS_ECORRUPT, "lock table %s has format %#llx, this build expects %#llx",
+                    h->table_path, (unsigned long long)hd->format,
+                    (unsigned long long)ss_format_stamp());
+    if (hd->capacity == 0 || hd->capacity > SS_MAX_CAPACITY || hd->proc_capacity == 0 ||
+        hd->proc_capacity > SS_MAX_CAPACITY ||
+        hd->table_bytes != ss_table_bytes(hd->capacity, hd->proc_capacity) ||
+        hd->table_bytes != file_bytes)
+        return fail(SS_ECORRUPT, "lock table %s: capacity fields do not match its size",
+                    h->table_path);
+    if (data && (hd->data_dev != (uint64_t)data->st_dev || hd->data_ino != (uint64_t)data->st_ino))
+        return fail(SS_ECORRUPT, "lock table %s belongs to another file", h->table_path);
+    if (memchr(hd->data_path, 0, sizeof hd->data_path) == NULL)
+        return fail(SS_ECORRUPT, "lock table %s: recorded path not terminated", h->table_path);
+    h->capacity = hd->capacity;
+    h->proc_capacity = hd->proc_capacity;
+    h->procs = (struct ss_proc *)((char *)hd + SS_HEADER_BYTES);
+    h->entries = (struct ss_entry *)(h->procs + hd->proc_capacity);
+    return SS_OK;
+}
+
+/* Table file mode: read or write on the data file for a class gives that
+ * class read-write on the table (taking a shared lock or a pin writes it). */
+static mode_t table_mode(mode_t data_mode)
+{
+    mode_t m = 0;
+    if (data_mode & (S_IRUSR | S_IWUSR)) m |= S_IRUSR | S_IWUSR;
+    if (data_mode & (S_IRGRP | S_IWGRP)) m |= S_IRGRP | S_IWGRP;
+    if (data_mode & (S_IROTH | S_IWOTH)) m |= S_IROTH | S_IWOTH;
+    return m ? m : (S_IRUSR | S_IWUSR);
+}
+
+/* Create and initialise a table under a temporary name, then link it into
+ * place; whoever links first wins, so two creators never both initialise
+ * the visible table.  Returns SS_OK (created), 1 (someone else won) or < 0. */
+static int create_table(int dir_fd, const char *name, const char *dir,
+                        const struct stat *data, const char *data_path, uint32_t capacity)
+{
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, ".%s.%d.%llx.tmp", name, (int)getpid(),
+             (unsigned long long)now_ns(CLOCK_MONOTONIC));
+    int fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return fail_sys("cannot create lock table in %s", dir);
+    uint64_t bytes = ss_table_bytes(capacity, SS_DEFAULT_PROC_CAPACITY);
+    int rc = SS_OK;
+    void *map = MAP_FAILED;
+    if (fchmod(fd, table_mode(data->st_mode)) != 0) {
+        rc = fail_sys("cannot set mode of lock table in %s", dir);
+        goto out;
+    }
+    int err = posix_fallocate(fd, 0, (off_t)bytes);
+    if (err != 0) {
+        errno = err;
+        rc = fail_sys("cannot allocate %llu bytes for a lock table in %s",
+                      (unsigned long long)bytes, dir);
+        goto out;
+    }
+    map = mmap(NULL, SS_HEADER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        rc = fail_sys("cannot map new lock table in %s", dir);
+        goto out;
+    }
+    struct ss_header *hd = map;
+    hd->magic = SS_MAGIC;
+    hd->format = ss_format_stamp();
+    hd->capacity = capacity;
+    hd->proc_capacity = SS_DEFAULT_PROC_CAPACITY;
+    hd->table_bytes = bytes;
+    hd->data_dev = (uint64_t)data->st_dev;
+    hd->data_ino = (uint64_t)data->st_ino;
+    hd->created_ns = now_ns(CLOCK_REALTIME);
+    snprintf(hd->data_path, sizeof hd->data_path, "%s", data_path ? data_path : "");
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_NORMAL);
+    pthread_mutex_init(&hd->mutex, &attr);
+    pthread_mutexattr_destroy(&attr);
+    for (int t = 0; t < TREE_COUNT; t++) hd->root[t] = SS_NIL;
+    hd->free_head = SS_NIL;
+    hd->file_size = (uint64_t)data->st_size;
+    if (linkat(dir_fd, tmp, dir_fd, name, 0) != 0)
+        rc = errno == EEXIST ? 1 : fail_sys("cannot link lock table into %s", dir);
+out:
+    if (map != MAP_FAILED) munmap(map, SS_HEADER_BYTES);
+    unlinkat(dir_fd, tmp, 0);
+    close(fd);
+    return rc;
+}
+
+static void registry_add(struct ss_handle *h)
+{
+    pthread_mutex_lock(&registry_lock);
+    h->next = registry_head;
+    registry_head = h;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_remove(struct ss_handle *h)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (struct ss_handle **p = &registry_head; *p; p = &(*p)->next)
+        if (*p == h) { *p = h->next; break; }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void handle_free(struct ss_handle *h)
+{
+    if (h->hdr) munmap(h->hdr, h->map_bytes);
+    if (h->table_fd >= 0) close(h->table_fd);
+    free(h);
+}
+
+/* Open an existing table file, refusing symlinks and files planted by
+ * other users, map and check it.  data may be NULL (inspection). */
+static int open_table(struct ss_handle *h, int dir_fd, const char *name,
+                      const struct stat *data)
+{
+    int fd = openat(dir_fd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ELOOP)
+            return fail(SS_EUNSAFE, "%s is a symbolic link; refusing to use it as a "
+                        "lock table (remove it)", h->table_path);
+        if (errno == ENOENT) return fail(SS_ENOENT, "no lock table at %s", h->table_path);
+        return fail_sys("cannot open lock table %s", h->table_path);
+    }
+    h->table_fd = fd;
+    struct stat st;
+    if (fstat(fd, &st) != 0) return fail_sys("cannot stat %s", h->table_path);
+    if (!S_ISREG(st.st_mode))
+        return fail(SS_EUNSAFE, "%s is not a regular file; refusing it as a lock table",
+                    h->table_path);
+    uid_t me = geteuid();
+    if (st.st_uid != me && st.st_uid != 0 && !(data && st.st_uid == data->st_uid))
+        return fail(SS_EUNSAFE, "lock table %s is owned by uid %d, neither you nor the "
+                    "data file's owner; refusing it (remove it)", h->table_path,
+                    (int)st.st_uid);
+    if ((uint64_t)st.st_size < SS_HEADER_BYTES)
+        return fail(SS_ECORRUPT, "lock table %s is truncated (%lld bytes)",
+                    h->table_path, (long long)st.st_size);
+    h->table_dev = st.st_dev;
+    h->table_ino = st.st_ino;
+    int prot = PROT_READ | PROT_WRITE;
+    void *map = mmap(NULL, (size_t)st.st_size, prot, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) return fail_sys("cannot map lock table %s", h->table_path);
+    h->hdr = map;
+    h->map_bytes = (size_t)st.st_size;
+    return check_header(h, (uint64_t)st.st_size, data);
+}
+
+int ss_table_name(uint64_t dev, uint64_t ino, char *buf, uint32_t buflen)
+{
+    if (!buf || buflen < 40) return fail(SS_EINVAL, "buffer too small");
+    snprintf(buf, buflen, "%llx-%llx.shmslice", (unsigned long long)dev,
+             (unsigned long long)ino);
+    return SS_OK;
+}
+
+int ss_attach(const char *table_dir, int data_fd, const char *data_path,
+              uint32_t capacity, uint32_t flags, ss_handle **out)
+{
+    pthread_once(&atfork_once, install_atfork);
+    if (!table_dir || !out) return fail(SS_EINVAL, "table_dir and out are required");
+    if (capacity == 0) capacity = SS_DEFAULT_CAPACITY;
+    if (capacity > SS_MAX_CAPACITY)
+        return fail(SS_EINVAL, "capacity %u exceeds the maximum %u", capacity, SS_MAX_CAPACITY);
+    struct stat data;
+    if (fstat(data_fd, &data) != 0) return fail_sys("cannot stat the data file");
+    if (!S_ISREG(data.st_mode)) return fail(SS_EINVAL, "the data file is not a regular file");
+
+    struct ss_handle *h = calloc(1, sizeof *h);
+    if (!h) return fail_sys("out of memory");
+    h->table_fd = -1;
+    char name[96];
+    ss_table_name((uint64_t)data.st_dev, (uint64_t)data.st_ino, name, sizeof name);
+    snprintf(h->table_path, sizeof h->table_path, "%s/%s", table_dir, name);
+
+    int rc;
+    int dir_fd = open(table_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dir_fd < 0) {
+        rc = errno == ELOOP ? fail(SS_EUNSAFE, "lock directory %s is a symbolic link", table_dir)
+                            : fail_sys("cannot open lock directory %s", table_dir);
+        goto error;
+    }
+    for (int attempt = 0;; attempt++) {
+        rc = open_table(h, dir_fd, name, &data);
+        if (rc != SS_ENOENT || (flags & SS_ATTACH_NOCREATE) || attempt >= 3) break;
+        rc = create_table(dir_fd, name, table_dir, &data, data_path, capacity);
+        if (rc < 0) break;
+    }
+    close(dir_fd);
+    if (rc != SS_OK) goto error;
+
+    rc = table_lock(h);
+    if (rc != SS_OK) goto error;
+    rc = table_validate(h);
+    if (rc == SS_OK) rc = take_slot(h);
+    table_unlock(h, 0);
+    if (rc != SS_OK) goto error;
+    registry_add(h);
+    *out = h;
+    return SS_OK;
+error:
+    handle_free(h);
+    return rc;
+}
+
+int ss_attach_table(const char *table_path, ss_handle **out)
+{
+    pthread_once(&atfork_once, install_atfork);
+    if (!table_path || !out) return fail(SS_EINVAL, "table_path and out are required");
+    struct ss_handle *h = calloc(1, sizeof *h);
+    if (!h) return fail_sys("out of memory");
+    h->table_fd = -1;
+    h->inspect_only = 1;
+    snprintf(h->table_path, sizeof h->table_path, "%s", table_path);
+    int rc = open_table(h, AT_FDCWD, table_path, NULL);
+    if (rc == SS_OK) {
+        rc = table_lock(h);
+        if (rc == SS_OK) {
+            rc = table_validate(h);
+            table_unlock(h, 0);
+        }
+    }
+    if (rc != SS_OK) { handle_free(h); return rc; }
+    registry_add(h);
+    *out = h;
+    return SS_OK;
+}
+
+/* After fork the child has no slot: reopen the table file (it must be the
+ * same file we have mapped) and take a slot of its own. */
+static int ensure_slot(struct ss_handle *h)
+{
+    if (h->inspect_only)
+        return fail(SS_EINVAL, "this handle only inspects the table; attach through "
+                    "the data file to take locks");
+    if (__builtin_expect(h->has_slot, 1)) return SS_OK;
+    pthread_mutex_lock(&registry_lock);
+    int rc = SS_OK;
+    if (!h->has_slot) {
+        if (h->table_fd < 0) {
+            int fd = open(h->table_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+            struct stat st;
+            if (fd < 0) rc = fail_sys("cannot reopen lock table %s", h->table_path);
+            else if (fstat(fd, &st) != 0 || st.st_dev != h->table_dev ||
+                     st.st_ino != h->table_ino) {
+                close(fd);
+                rc = fail(SS_ECORRUPT, "lock table %s was replaced since it was attached",
+                          h->table_path);
+            } else {
+                h->table_fd = fd;
+            }
+        }
+        if (rc == SS_OK) {
+            rc = table_lock(h);
+            if (rc == SS_OK) {
+                rc = take_slot(h);
+                table_unlock(h, 0);
+            }
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return rc;
+}
+
+/* Remove every entry owned by (slot, gen).  Under the mutex. */
+static int remove_owned(struct ss_handle *h, uint32_t slot, uint32_t gen, uint32_t *removed)
+{
+    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
+        struct ss_entry *e = &h->entries[i];
+        if (e->state != ENTRY_FREE && e->owner_slot == slot && e->owner_gen == gen) {
+            int rc = entry_remove(h, i);
+            if (rc) return rc;
+            if (removed) (*removed)++;
+        }
+    }
+    return SS_OK;
+}
+
+int ss_close(ss_handle *h)
+{
+    if (!h) return SS_OK;
+    registry_remove(h);
+    int rc = SS_OK;
+    if (h->has_slot && h->table_fd >= 0) {
+        rc = table_lock(h);
+        if (rc == SS_OK) {
+            rc = remove_owned(h, h->slot, h->gen, NULL);
+            struct ss_proc *p = &h->procs[h->slot];
+            if (p->state == PROC_USED && p->gen == h->gen) {
+                p->state = PROC_FREE;
+                p->gen++;
+                if (h->hdr->procs_used) h->hdr->procs_used--;
+            }
+            table_unlock(h, 1);
+        }
+    }
+    handle_free(h);   /* closing the descriptor drops the liveness lock */
+    return rc;
+}
+
+const char *ss_table_path(ss_handle *h) { return h->table_path; }
+
+int ss_data_path(ss_handle *h, char *buf, uint32_t buflen)
+{
+    if (!buf || buflen == 0) return fail(SS_EINVAL, "buffer required");
+    size_t n = strnlen(h->hdr->data_path, sizeof h->hdr->data_path);
+    if (n >= buflen) n = buflen - 1;
+    memcpy(buf, h->hdr->data_path, n);
+    buf[n] = 0;
+    return SS_OK;
+}
+
+int32_t ss_owner_pid(ss_handle *h) { return h->has_slot ? h->owner_pid : 0; }
+
+/* ===================================================================
+ * 8. Locks, pins, resize
+ * =================================================================== */
+
+struct conflict_arg {
+    uint32_t self;        /* our own waiting entry, or SS_NIL */
+    uint64_t ticket;      /* our arrival ticket */
+    int self_only;        /* only report conflicts held by the calling thread */
+};
+
+/* A granted entry conflicts; a waiting one only if it arrived earlier. */
+static int conflicts(struct ss_handle *h, uint32_t i, void *varg)
+{
+    const struct conflict_arg *a = varg;
+    const struct ss_entry *e = &h->entries[i];
+    if (i == a->self) return 0;
+    if (a->self_only)
+        return e->state == SS_GRANTED && h->has_slot && e->owner_slot == h->slot &&
+               e->owner_gen == h->gen && e->tid == current_tid();
+    return e->state == SS_GRANTED || e->ticket < a->ticket;
+}
+
+/* First live conflicting entry for a request, reclaiming dead ones on the way.
+ * Returns 1 (*who set), 0 (none) or < 0. */
+static int find_conflict(struct ss_handle *h, uint64_t start, uint64_t end, int kind,
+                         struct conflict_arg *arg, uint32_t *who, int *reclaimed)
+{
+    for (;;) {
+        uint32_t found = SS_NIL;
+        int rc = tree_find(h, h->hdr->root[TREE_EXCLUSIVE], start, end, conflicts, arg,
+                           &found, 0);
+        if (rc == 0 && kind == SS_EXCLUSIVE)
+            rc = tree_find(h, h->hdr->root[TREE_SHARED], start, end, conflicts, arg,
+                           &found, 0);
+        if (rc <= 0) return rc;
+        int alive = entry_alive(h, found);
+        if (alive < 0) return alive;
+        if (alive) { *who = found; return 1; }
+        rc = entry_remove(h, found);
+        if (rc) return rc;
+        (*reclaimed)++;
+    }
+}
+
+int64_t ss_lock(ss_handle *h, uint64_t start, uint64_t end, int kind, int64_t timeout_ns)
+{
+    if (!h) return fail(SS_ECLOSED, "handle is closed");
+    if (start >= end || end > (uint64_t)INT64_MAX)
+        return fail(SS_EINVAL, "region [%llu, %llu) is empty or too large",
+                    (unsigned long long)start, (unsigned long long)end);
+    if (kind != SS_SHARED && kind != SS_EXCLUSIVE)
+        return fail(SS_EINVAL, "kind %d is neither shared nor exclusive", kind);
+    int rc = ensure_slot(h);
+    if (rc) return rc;
+    uint64_t deadline = timeout_ns > 0 ? now_ns(CLOCK_MONOTONIC) + (uint64_t)timeout_ns : 0;
+    rc = table_lock(h);
+    if (rc) return rc;
+    struct ss_header *hd = h->hdr;
+    struct conflict_arg arg = {SS_NIL, hd->next_ticket++, 0};
+    uint32_t waiting = SS_NIL, waiting_serial = 0;
+    int wake = 0;
+    int64_t result;
+    for (;;) {
+        uint32_t who;
+        int reclaimed = 0;
+        rc = find_conflict(h, start, end, kind, &arg, &who, &reclaimed);
+        if (reclaimed) wake = 1;
+        if (rc < 0) { result = rc; break; }
+        if (rc == 0) {
+            if (waiting != SS_NIL) {
+                struct ss_entry *e = &h->entries[waiting];
+                e->state = SS_GRANTED;
+                e->since_ns = now_ns(CLOCK_REALTIME);
+                if (hd->waiting) hd->waiting--;
+                result = make_ref(waiting, e->serial);
+                waiting = SS_NIL;
+                break;
+            }
+            uint32_t i;
+            rc = entry_alloc_sweeping(h, &i, &wake);
+            if (rc) { result = rc; break; }
+            rc = entry_publish(h, i, start, end, kind, SS_GRANTED, arg.ticket);
+            if (rc) { result = rc; break; }
+            result = make_ref(i, h->entries[i].serial);
+            break;
+        }
+        /* Blocked by `who`. */
+        if (timeout_ns != 0) {
+            struct conflict_arg mine = {SS_NIL, 0, 1};
+            uint32_t self_held;
+            int r = find_conflict(h, start, end, kind, &mine, &self_held, &reclaimed);
+            if (r < 0) { result = r; break; }
+            if (r == 1) {
+                result = fail(SS_EDEADLK, "[%llu, %llu): this thread already holds a "
+                              "conflicting %s lock on [%llu, %llu); waiting would "
+                              "deadlock", (unsigned long long)start,
+                              (unsigned long long)end,
+                              h->entries[self_held].kind == SS_EXCLUSIVE ? "exclusive" : "shared",
+                              (unsigned long long)h->entries[self_held].start,
+                              (unsigned long long)h->entries[self_held].end);
+                break;
+            }
+        }
+        uint64_t now = now_ns(CLOCK_MONOTONIC);
+        if (timeout_ns == 0 || (timeout_ns > 0 && now >= deadline)) {
+            const struct ss_entry *e = &h->entries[who];
+            result = fail(SS_ETIMEDOUT, "[%llu, %llu) is held %s by pid %d on [%llu, %llu)",
+                          (unsigned long long)start, (unsigned long long)end,
+                          e->kind == SS_EXCLUSIVE ? "exclusively" : "shared",
+                          (int)h->procs[e->owner_slot].pid,
+                          (unsigned long long)e->start, (unsigned long long)e->end);
+            break;
+        }
+        if (waiting == SS_NIL) {
+            rc = entry_alloc_sweeping(h, &waiting, &wake);
+            if (rc) { waiting = SS_NIL; result = rc; break; }
+            rc = entry_publish(h, waiting, start, end, kind, SS_WAITING, arg.ticket);
+            if (rc) { result = rc; break; }
+            waiting_serial = h->entries[waiting].serial;
+            arg.self = waiting;
+        }
+        int64_t nap = SS_RECHECK_NS;
+        if (timeout_ns > 0 && (int64_t)(deadline - now) < nap) nap = (int64_t)(deadline - now);
+        uint32_t seq = __atomic_load_n(&hd->wake_seq, __ATOMIC_ACQUIRE);
+        hd->sleepers++;
+        table_unlock(h, wake);
+        wake = 0;
+        int werr = futex_wait(&hd->wake_seq, seq, nap);
+        rc = table_lock(h);
+        if (rc) return rc;   /* table unusable: our waiting entry is left to reaping */
+        if (hd->sleepers) hd->sleepers--;
+        if (waiting >= hd->entry_hwm || h->entries[waiting].state != SS_WAITING ||
+            h->entries[waiting].serial != waiting_serial) {
+            result = fail(SS_ECORRUPT, "lock table %s: our waiting entry vanished",
+                          h->table_path);
+            waiting = SS_NIL;
+            break;
+        }
+        if (werr == EINTR) {
+            result = fail(SS_EINTR, "interrupted while waiting for [%llu, %llu)",
+                          (unsigned long long)start, (unsigned long long)end);
+            break;
+        }
+    }
+    if (waiting != SS_NIL) {           /* give up our place in the queue */
+        int r = entry_remove(h, waiting);
+        if (r && result >= 0) result = r;
+        wake = 1;
+    }
+    table_unlock(h, wake);
+    return result;
+}
+
+int ss_release(ss_handle *h, int64_t ref)
+{
+    if (!h) return fail(SS_ECLOSED, "handle is closed");
+    int rc = table_lock(h);
+    if (rc) return rc;
+    int64_t i = own_entry(h, ref, 0);
+    rc = i < 0 ? (int)i : entry_remove(h, (uint32_t)i);
+    table_unlock(h, 1);
+    return rc;
+}
+
+struct same_pin_arg { uint64_t start, end; uint32_t slot, gen; };
+
+static int is_same_pin(struct ss_handle *h, uint32_t i, void *varg)
+{
+    const struct same_pin_arg *a = varg;
+    const struct ss_entry *e = &h->entries[i];
+    return e->start == a->start && e->end == a->end && e->owner_slot == a->slot &&
+           e->owner_gen == a->gen;
+}
+
+int64_t ss_pin(ss_handle *h, uint64_t start, uint64_t end)
+{
+    if (!h) return fail(SS_ECLOSED, "handle is closed");
+    if (start >= end || end > (uint64_t)INT64_MAX)
+        return fail(SS_EINVAL, "region [%llu, %llu) is empty or too large",
+                    (unsigned long long)start, (unsigned long long)end);
+    int rc = ensure_slot(h);
+    if (rc) return rc;
+    rc = table_lock(h);
+    if (rc) return rc;
+    struct same_pin_arg arg = {start, end, h->slot, h->gen};
+    uint32_t i = SS_NIL;
+    int64_t result;
+    rc = tree_find(h, h->hdr->root[TREE_PIN], start, start + 1, is_same_pin, &arg, &i, 0);
+    if (rc == 1) {
+        struct ss_entry *e = &h->entries[i];
+        if (e->count == UINT32_MAX) result = fail(SS_EFULL, "pin count overflow");
+        else { e->count++; result = make_ref(i, e->serial); }
+    } else if (rc < 0) {
+        result = rc;
+    } else {
+        int wake = 0;
+        rc = entry_alloc_sweeping(h, &i, &wake);
+        if (!rc) rc = entry_publish(h, i, start, end, SS_PIN, SS_GRANTED, 0);
+        result = rc ? rc : make_ref(i, h->entries[i].serial);
+    }
+    table_unlock(h, 0);
+    return result;
+}
+
+int ss_unpin(ss_handle *h, int64_t ref)
+{
+    if (!h) return fail(SS_ECLOSED, "handle is closed");
+    int rc = table_lock(h);
+    if (rc) return rc;
+    int64_t i = own_entry(h, ref, 1);
+    if (i < 0) rc = (int)i;
+    else if (--h->entries[i].count == 0) rc = entry_remove(h, (uint32_t)i);
+    table_unlock(h, 0);
+    return rc;
+}
+
+static int ends_past(struct ss_handle *h, uint32_t i, void *varg)
+{
+    return h->entries[i].end > *(const uint64_t *)varg;
+}
+
+static void fill_info(struct ss_handle *h, uint32_t i, ss_entry_info *out, int alive)
+{
+    const struct ss_entry *e = &h->entries[i];
+    out->start = e->start;
+    out->end = e->end;
+    out->since_ns = e->since_ns;
+    out->ticket = e->ticket;
+    out->ref = make_ref(i, e->serial);
+    out->kind = e->kind;
+    out->state = e->state;
+    out->count = e->count;
+    out->pid = e->owner_slot < h->hdr->proc_hwm ? h->procs[e->owner_slot].pid : 0;
+    out->tid = e->tid;
+    out->alive = alive;
+}
+
+/* Under the mutex: first live entry with end > offset (1), none (0), or < 0. */
+static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
+{
+    for (int t = 0; t < TREE_COUNT; t++) {
+        for (;;) {
+            uint32_t found;
+            int rc = tree_find(h, h->hdr->root[t], offset, UINT64_MAX, ends_past, &offset,
+                               &found, 0);
+            if (rc <= 0) { if (rc < 0) return rc; break; }
+            int alive = entry_alive(h, found);
+            if (alive < 0) return alive;
+            if (alive) { if (who) fill_info(h, found, who, 1); return 1; }
+            rc = entry_remove(h, found);
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
+int ss_reach_beyond(ss_handle *h, uint64_t offset, ss_entry_info *who)
+{
+    if (!h) return fail(SS_ECLOSED, "handle is closed");
+    int rc = table_lock(h);
+    if (rc) return rc;
+    rc = find_beyond(h, offset, who);
+    table_unlock(h, 1);
+    return rc;
+}
+
+int ss_resize(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_info *who)
+{
+    if (!h) return fail(SS_ECLOSED, "handle is closed");
+    if (new_size > (uint64_t)INT64_MAX) return fail(SS_EINVAL, "size too large");
+    struct stat st;
+    if (fstat(data_fd, &st) != 0) return fail_sys("cannot stat the data file");
+    if ((uint64_t)st.st_dev != h->hdr->data_dev || (uint64_t)st.st_ino != h->hdr->data_ino)
+        return fail(SS_EINVAL, "descriptor is not this table's data file");
+    int rc = table_lock(h);
+    if (rc) return rc;
+    struct ss_header *hd = h->hdr;
+    if (new_size < (uint64_t)st.st_size || new_size < hd->file_size) {
+        rc = find_beyond(h, new_size, who);
+        if (rc == 1) {
+            rc = fail(SS_EBUSY, "cannot shrink to %llu bytes: pid %d holds a %s on "
+                      "[%llu, %llu)", (unsigned long long)new_size, (int)who->pid,
+                      who->kind == SS_PIN ? "pin" : who->kind == SS_SHARED ? "shared lock"
+                      : "exclusive lock", (unsigned long long)who->start,
+                      (unsigned long long)who->end);
+        }
+    }
+    if (rc == SS_OK) {
+        if (new_size > (uint64_t)st.st_size) {
+            int err = posix_fallocate(data_fd, st.st_size, (off_t)(new_size - (uint64_t)st.st_size));
+            if (err != 0 && err != EOPNOTSUPP && err != EINVAL) {
+                errno = err;
+                rc = fail_sys("cannot grow the data file to %llu bytes",
+                              (unsigned long long)new_size);
+            }
+        }
+        if (rc == SS_OK && ftruncate(data_fd, (off_t)new_size) != 0)
+            rc = fail_sys("cannot resize the data file to %llu bytes",
+                          (unsigned long long)new_size);
+        if (rc == SS_OK) {
+            __atomic_store_n(&hd->file_size, new_size, __ATOMIC_RELEASE);
+            __atomic_add_fetch(&hd->size_epoch, 1, __ATOMIC_RELEASE);
+        }
+    }
+    table_unlock(h, 1);
+    return rc;
+}
+
+uint64_t ss_file_size(ss_handle *h) { return __atomic_load_n(&h->hdr->file_size, __ATOMIC_ACQUIRE); }
+uint64_t ss_size_epoch(ss_handle *h) { return __atomic_load_n(&h->hdr->size_epoch, __ATOMIC_ACQUIRE); }
+
+/* ===================================================================
+ * 9. Inspection
+ * =================================================================== */
+
+int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
+{
+    if (!h) return fail(SS_ECLOSED, "handle is closed");
+    if (!count || (max && !out)) return fail(SS_EINVAL, "output buffer required");
+    int rc = table_lock(h);
+    if (rc) return rc;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
+        if (h->entries[i].state == ENTRY_FREE) continue;
+        rc = validate_entry(h, i);
+        if (rc) break;
+        if (n < max) {
+            int alive = entry_alive(h, i);
+            if (alive < 0) { rc = alive; break; }
+            fill_info(h, i, &out[n], alive);
+        }
+        n++;
+    }
+    table_unlock(h, 0);
+    *count = n;
+    return rc;
+}
+
+int ss_stat(ss_handle *h, ss_table_stat *out)
+{
+    if (!h) return fail(SS_ECLOSED, "handle is closed");
+    if (!out) return fail(SS_EINVAL, "output required");
+    int rc = table_lock(h);
+    if (rc) return rc;
+    struct ss_header *hd = h->hdr;
+    out->format = hd->format;
+    out->table_bytes = hd->table_bytes;
+    out->data_dev = hd->data_dev;
+    out->data_ino = hd->data_ino;
+    out->file_size = hd->file_size;
+    out->size_epoch = hd->size_epoch;
+    out->created_ns = hd->created_ns;
+    out->capacity = hd->capacity;
+    out->used = hd->used;
+    out->waiting = hd->waiting;
+    out->proc_capacity = hd->proc_capacity;
+    out->procs = hd->procs_used;
+    out->repairs = hd->repairs;
+    table_unlock(h, 0);
+    return SS_OK;
+}
+
+int ss_reap(ss_handle *h, uint32_t *removed)
+{
+    if (!h) return fail(SS_ECLOSED, "handle is closed");
+    if (!removed) return fail(SS_EINVAL, "output required");
+    *removed = 0;
+    int rc = table_lock(h);
+    if (rc) return rc;
+    rc = sweep_dead(h, removed);
+    /* Also free slots of dead processes that hold no entries. */
+    for (uint32_t s = 0; rc == SS_OK && s < h->hdr->proc_hwm; s++)
+        if (h->procs[s].state == PROC_USED) {
+            int alive = slot_alive(h, s, h->procs[s].gen);
+            if (alive < 0) rc = alive;
+        }
+    table_unlock(h, 1);
+    return rc;
+}

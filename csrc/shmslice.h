@@ -1,0 +1,176 @@
+/*
+ * shmslice.h -- public C API of the shmslice lock manager.
+ *
+ * One lock table per data file lives in a shared-memory file (normally under
+ * /dev/shm/shmslice).  Every process that attaches to the same data file, by
+ * any path, maps the same table and takes region locks and pins in it:
+ *
+ *   shared     reader lock on [start, end); compatible with other shared locks
+ *   exclusive  writer lock on [start, end); conflicts with every overlapping lock
+ *   pin        counted reference to [start, end); conflicts with no lock, only
+ *              with shrinking the data file below its end
+ *
+ * All symbols carry the prefix ss_ / SS_.  Every call returns a status from
+ * ss_status.def (0 or negative) or, for calls that create an entry, a
+ * non-negative "reference" naming that entry.  After SS_ESYS the failing
+ * errno is in ss_last_errno(); every failure leaves a human-readable detail in
+ * ss_last_detail().  Both are per thread.
+ *
+ * This header is also the cffi cdef: build_ffi.py drops the preprocessor
+ * lines, so keep declarations in the subset cffi parses.
+ */
+#ifndef SHMSLICE_H
+#define SHMSLICE_H
+
+#include <stdint.h>
+
+#include "ss_status.h"
+
+/* Entry kinds. */
+#define SS_SHARED 1
+#define SS_EXCLUSIVE 2
+#define SS_PIN 3
+
+/* Entry states as reported by ss_snapshot. */
+#define SS_GRANTED 1
+#define SS_WAITING 2
+
+/* ss_attach flags. */
+#define SS_ATTACH_NOCREATE 1
+
+#define SS_DEFAULT_CAPACITY 65536
+#define SS_DEFAULT_PROC_CAPACITY 4096
+
+typedef struct ss_handle ss_handle;
+
+/* One table entry as copied out by ss_snapshot. */
+typedef struct ss_entry_info {
+    uint64_t start;     /* first byte of the region */
+    uint64_t end;       /* one past the last byte */
+    uint64_t since_ns;  /* CLOCK_REALTIME when granted (or queued, if waiting) */
+    uint64_t ticket;    /* arrival order; waiting entries are served by ticket */
+    int64_t ref;        /* reference of this entry, as ss_lock/ss_pin return */
+    uint32_t kind;      /* SS_SHARED, SS_EXCLUSIVE or SS_PIN */
+    uint32_t state;     /* SS_GRANTED or SS_WAITING */
+    uint32_t count;     /* pins: number of references; locks: 1 */
+    int32_t pid;        /* owner process id as recorded at attach */
+    int32_t tid;        /* owner thread id (locks), 0 for pins */
+    int32_t alive;      /* 1 if the owning process still holds the table open */
+} ss_entry_info;
+
+/* Table-wide figures, as copied out by ss_stat. */
+typedef struct ss_table_stat {
+    uint64_t format;          /* format stamp (version and struct sizes) */
+    uint64_t table_bytes;     /* size of the table file */
+    uint64_t data_dev;        /* identity of the data file */
+    uint64_t data_ino;
+    uint64_t file_size;       /* data file size as last recorded through shmslice */
+    uint64_t size_epoch;      /* bumped on every ss_resize */
+    uint64_t created_ns;      /* CLOCK_REALTIME when the table was created */
+    uint32_t capacity;        /* entry capacity */
+    uint32_t used;            /* entries in use (granted and waiting) */
+    uint32_t waiting;         /* entries waiting */
+    uint32_t proc_capacity;   /* attached-process capacity */
+    uint32_t procs;           /* process slots in use (some may belong to dead processes) */
+    uint32_t repairs;         /* times the table was repaired after a holder died */
+} ss_table_stat;
+
+/* Name ("SS_ETIMEDOUT") and message of a status code; never NULL. */
+const char *ss_status_name(int status);
+const char *ss_status_message(int status);
+/* errno of the calling thread's last SS_ESYS failure. */
+int ss_last_errno(void);
+/* Detail of the calling thread's last failure (path, offsets, owner pid). */
+const char *ss_last_detail(void);
+
+/* File name (not path) of the lock table for data file identity (dev, ino). */
+int ss_table_name(uint64_t dev, uint64_t ino, char *buf, uint32_t buflen);
+
+/*
+ * Attach to the lock table of the open data file data_fd, creating it in the
+ * directory table_dir if needed (unless SS_ATTACH_NOCREATE).  data_path is
+ * recorded in a new table for display only.  capacity is used only when the
+ * table is created (0 means SS_DEFAULT_CAPACITY).  On success *out is a new
+ * handle; close it with ss_close.
+ */
+int ss_attach(const char *table_dir, int data_fd, const char *data_path,
+              uint32_t capacity, uint32_t flags, ss_handle **out);
+
+/*
+ * Open an existing table file by its path, without a data file, for
+ * inspection (ss_snapshot, ss_stat, ss_reap, ss_data_path).  The handle takes
+ * no locks of its own.
+ */
+int ss_attach_table(const char *table_path, ss_handle **out);
+
+/* Release every entry this handle owns, detach and free the handle. */
+int ss_close(ss_handle *h);
+
+/* Path of the table file (valid until ss_close). */
+const char *ss_table_path(ss_handle *h);
+/* Copy the data file path recorded at creation into buf (NUL-terminated). */
+int ss_data_path(ss_handle *h, char *buf, uint32_t buflen);
+
+/*
+ * Take a shared or exclusive lock on [start, end).  timeout_ns < 0 waits
+ * forever, 0 tries once, > 0 waits at most that long.  Returns a reference
+ * (>= 0) on success, else SS_ETIMEDOUT, SS_EDEADLK, SS_EFULL, SS_EINTR, ...
+ * Waiters sleep on a futex and wake on every release and every 100 ms to
+ * reclaim entries of dead processes.
+ */
+int64_t ss_lock(ss_handle *h, uint64_t start, uint64_t end, int kind,
+                int64_t timeout_ns);
+
+/* Release a lock taken with ss_lock through this handle. */
+int ss_release(ss_handle *h, int64_t ref);
+
+/*
+ * Add one pin on [start, end) for this handle (pins of one handle on the same
+ * region share an entry and count).  Returns a reference (>= 0).
+ */
+int64_t ss_pin(ss_handle *h, uint64_t start, uint64_t end);
+
+/* Drop one pin taken with ss_pin through this handle. */
+int ss_unpin(ss_handle *h, int64_t ref);
+
+/*
+ * Is there a live pin or lock whose end is past offset?  Returns 1 and fills
+ * *who (if not NULL) with the first one found, 0 if none, or a status < 0.
+ * Entries of dead processes found on the way are reclaimed.
+ */
+int ss_reach_beyond(ss_handle *h, uint64_t offset, ss_entry_info *who);
+
+/*
+ * Set the data file's size to new_size (ftruncate; growth is pre-allocated
+ * when the filesystem supports it).  Shrinking fails with SS_EBUSY, and *who
+ * describes the blocker, while a live pin or lock reaches past new_size.
+ */
+int ss_resize(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_info *who);
+
+/* Data file size recorded in the table, and the resize epoch. */
+uint64_t ss_file_size(ss_handle *h);
+uint64_t ss_size_epoch(ss_handle *h);
+
+/*
+ * Copy up to max entries into out; *count receives the number of entries in
+ * use (which may exceed max: call again with a larger buffer).
+ */
+int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count);
+
+/* Copy the table-wide figures into *out. */
+int ss_stat(ss_handle *h, ss_table_stat *out);
+
+/* Remove every entry of a dead process; *removed receives how many. */
+int ss_reap(ss_handle *h, uint32_t *removed);
+
+/* Process id this handle's entries are recorded under (0 if not attached). */
+int32_t ss_owner_pid(ss_handle *h);
+
+/*
+ * Test hook, off unless set: the calling process kills itself with SIGKILL
+ * the countdown-th time it reaches crash point `point` inside the table
+ * mutex (points are listed in shmslice.c).  point 0 disables it.
+ */
+void ss_debug_set_crash_point(int point, int countdown);
+
+#endif /* SHMSLICE_H */

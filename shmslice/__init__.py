@@ -1,0 +1,33 @@
+"""shmslice: many processes, one memory-mapped file, zero copies.
+
+Region locks and pins live in a lock table shared by every process that opens
+the same file; see :class:`LockManager`.
+"""
+
+from shmslice.errors import (
+    CorruptLockTable,
+    DeadlockError,
+    LockTableFull,
+    LockTimeout,
+    ShmSliceError,
+    StaleDescriptor,
+    UnsafeLockTable,
+)
+from shmslice.locks import LockInfo, LockManager, RegionLock, TableStat
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LockManager",
+    "RegionLock",
+    "LockInfo",
+    "TableStat",
+    "ShmSliceError",
+    "LockTimeout",
+    "LockTableFull",
+    "CorruptLockTable",
+    "DeadlockError",
+    "UnsafeLockTable",
+    "StaleDescriptor",
+    "__version__",
+]
