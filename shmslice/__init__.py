@@ -13,7 +13,7 @@ from shmslice.errors import (
     StaleDescriptor,
     UnsafeLockTable,
 )
-from shmslice.locks import LockInfo, LockManager, RegionLock, TableStat
+from shmslice.locks import LockInfo, LockManager, RegionLock, TableStat, TableView
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "RegionLock",
     "LockInfo",
     "TableStat",
+    "TableView",
     "ShmSliceError",
     "LockTimeout",
     "LockTableFull",

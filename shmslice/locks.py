@@ -19,7 +19,7 @@ from shmslice import _binding
 from shmslice._binding import KIND_NAMES, ffi, lib, raise_status
 from shmslice._paths import resolve_lock_dir
 
-__all__ = ["LockManager", "RegionLock", "LockInfo", "TableStat"]
+__all__ = ["LockManager", "RegionLock", "LockInfo", "TableStat", "TableView", "table_path_for"]
 
 _SHARED = lib.SS_SHARED
 _EXCLUSIVE = lib.SS_EXCLUSIVE
@@ -172,6 +172,61 @@ class _Handle:
             self.closed = True
             lib.ss_close(self.ptr)
             os.close(self.data_fd)
+
+
+def table_path_for(path: str | os.PathLike[str], lock_dir: str | os.PathLike[str] | None = None) -> str:
+    """Where the lock table of the data file at ``path`` lives (it may not exist yet)."""
+    st = os.stat(path)
+    directory = resolve_lock_dir(lock_dir, create=False)
+    return os.path.join(directory, _binding.table_name(st.st_dev, st.st_ino))
+
+
+class TableView:
+    """Read and tidy an existing lock table by its own path, without a data file.
+
+    Used by the ``shmslice`` command.  A view takes no locks or pins; it can
+    list entries, report figures and reap dead owners.
+    """
+
+    def __init__(self, table_path: str | os.PathLike[str]) -> None:
+        if not isinstance(table_path, (str, os.PathLike)):
+            raise TypeError(f"table_path must be a str or os.PathLike, not {type(table_path).__name__}")
+        self.table_path = os.fspath(table_path)
+        out = ffi.new("ss_handle **")
+        rc = lib.ss_attach_table(self.table_path.encode(), out)
+        if rc < 0:
+            raise_status(rc, self.table_path)
+        self._ptr: object | None = out[0]
+
+    def _handle(self) -> object:
+        if self._ptr is None:
+            raise ValueError(f"TableView of {self.table_path} is closed")
+        return self._ptr
+
+    def locks(self, *, waiting: bool = True) -> list[LockInfo]:
+        """Every entry, waiting requests included unless ``waiting=False``."""
+        return entries_from(self._handle(), waiting)
+
+    def stat(self) -> TableStat:
+        return stat_from(self._handle())
+
+    def reap(self) -> int:
+        """Remove every entry of a dead process; returns how many."""
+        return reap_handle(self._handle())
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            lib.ss_close(ptr)
+
+    def __enter__(self) -> TableView:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class LockManager:
