@@ -24,12 +24,13 @@
  * Liveness is not guessed from pids, which are reused and mean nothing across
  * PID namespaces.  Each attached handle owns a process slot k and holds an
  * open-file-description (OFD) write lock on byte SS_SLOT_LOCK_BASE + k of the
- * table file.  The kernel drops that lock when the last descriptor of the
- * description closes, which happens when the process exits -- before it
- * becomes a zombie -- so "is slot k alive?" is an F_OFD_GETLK probe.  After
- * fork the child closes its copy of every table descriptor at once (atfork
- * handler), so a child never keeps its parent's slot alive; it takes a slot of
- * its own on first use.
+ * table file.  The kernel drops that lock when the last reference to the
+ * description goes, which happens when the process exits -- before it
+ * becomes a zombie -- so "is slot k alive?" is an F_OFD_GETLK probe.  The
+ * lock is taken through a descriptor that is never mapped (a mapping would
+ * hold a reference too), and after fork the child closes its copy of every
+ * such descriptor at once (atfork handler), so a child never keeps its
+ * parent's slot alive; it takes a slot of its own on first use.
  *
  * Waiting sleeps on a futex word in the header (wake_seq), bumped on every
  * release; sleepers also wake every SS_RECHECK_NS to look for dead holders.
@@ -133,7 +134,7 @@ static int fail_sys(const char *fmt, ...)
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
 #define SS_SLOT_LOCK_BASE ((off_t)1 << 40)   /* OFD liveness lock byte of slot 0 */
-#define SS_RECHECK_NS 100000000LL  /* sleepers re-check for dead holders this often */
+#define SS_RECHECK_NS 50000000LL   /* sleepers re-check for dead holders this often (half the 100 ms promise) */
 #define SS_MUTEX_PATIENCE_S 10     /* table mutex held longer than this: report */
 #define SS_DATA_PATH_MAX 1024
 #define SS_MAX_CAPACITY (1u << 24)
@@ -1066,6 +1067,16 @@ static int open_table(struct ss_handle *h, int dir_fd, const char *name,
     if (map == MAP_FAILED) return fail_sys("cannot map lock table %s", h->table_path);
     h->hdr = map;
     h->map_bytes = (size_t)st.st_size;
+    /* The liveness lock must sit on an open file description that no mapping
+     * references: a MAP_SHARED mapping pins its file description, so a forked
+     * child (which inherits our mapping) would keep an OFD lock taken through
+     * the mapped description alive after we die.  Reopen the same inode. */
+    char self_fd[64];
+    snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", fd);
+    int live_fd = open(self_fd, O_RDWR | O_CLOEXEC);
+    if (live_fd < 0) return fail_sys("cannot reopen lock table %s", h->table_path);
+    close(fd);
+    h->table_fd = live_fd;
     return check_header(h, (uint64_t)st.st_size, data);
 }
 

@@ -115,7 +115,7 @@ int ss_data_path(ss_handle *h, char *buf, uint32_t buflen);
  * Take a shared or exclusive lock on [start, end).  timeout_ns < 0 waits
  * forever, 0 tries once, > 0 waits at most that long.  Returns a reference
  * (>= 0) on success, else SS_ETIMEDOUT, SS_EDEADLK, SS_EFULL, SS_EINTR, ...
- * Waiters sleep on a futex and wake on every release and every 100 ms to
+ * Waiters sleep on a futex and wake on every release and every 50 ms to
  * reclaim entries of dead processes.
  */
 int64_t ss_lock(ss_handle *h, uint64_t start, uint64_t end, int kind,
