@@ -156,7 +156,6 @@ struct ss_header {
     /* ---- guarded by mutex (except the atomics noted) ---- */
     pthread_mutex_t mutex __attribute__((aligned(64))); /* robust, process-shared */
     uint32_t wake_seq;           /* futex word: bumped (atomically) on every release */
-    uint32_t sleepers;           /* threads sleeping on wake_seq (hint; saturating) */
     uint64_t next_ticket;        /* arrival counter for requests */
     uint32_t root[TREE_COUNT];   /* treap roots by kind, SS_NIL if empty */
     uint32_t free_head;          /* first free entry below entry_hwm, SS_NIL if none */
@@ -377,7 +376,10 @@ static int table_lock(struct ss_handle *h)
 
 static void table_unlock(struct ss_handle *h, int wake)
 {
-    int sleepers = wake && h->hdr->sleepers > 0;
+    /* Every sleeper has a waiting entry, so no waiting entry, no wake-up
+     * syscall.  (A waiting entry of a dead process only costs spurious wakes
+     * until it is reclaimed.) */
+    int sleepers = wake && h->hdr->waiting > 0;
     pthread_mutex_unlock(&h->hdr->mutex);
     if (sleepers)
         futex_wake_all(&h->hdr->wake_seq);
@@ -1370,13 +1372,11 @@ int64_t ss_lock(ss_handle *h, uint64_t start, uint64_t end, int kind, int64_t ti
         int64_t nap = SS_RECHECK_NS;
         if (timeout_ns > 0 && (int64_t)(deadline - now) < nap) nap = (int64_t)(deadline - now);
         uint32_t seq = __atomic_load_n(&hd->wake_seq, __ATOMIC_ACQUIRE);
-        hd->sleepers++;
         table_unlock(h, wake);
         wake = 0;
         int werr = futex_wait(&hd->wake_seq, seq, nap);
         rc = table_lock(h);
         if (rc) return rc;   /* table unusable: our waiting entry is left to reaping */
-        if (hd->sleepers) hd->sleepers--;
         if (waiting >= hd->entry_hwm || h->entries[waiting].state != SS_WAITING ||
             h->entries[waiting].serial != waiting_serial) {
             result = fail(SS_ECORRUPT, "lock table %s: our waiting entry vanished",
