@@ -347,10 +347,13 @@ static int header_sane(struct ss_handle *h)
  * table: rebuild everything derived from the entries, then mark consistent. */
 static int table_lock(struct ss_handle *h)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += SS_MUTEX_PATIENCE_S;
-    int rc = pthread_mutex_clocklock(&h->hdr->mutex, CLOCK_MONOTONIC, &deadline);
+    int rc = pthread_mutex_trylock(&h->hdr->mutex);   /* the common, uncontended case */
+    if (rc == EBUSY) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += SS_MUTEX_PATIENCE_S;
+        rc = pthread_mutex_clocklock(&h->hdr->mutex, CLOCK_MONOTONIC, &deadline);
+    }
     if (rc == EOWNERDEAD) {
         int repaired = table_repair(h);
         pthread_mutex_consistent(&h->hdr->mutex);
@@ -1292,12 +1295,13 @@ static int find_conflict(struct ss_handle *h, uint64_t start, uint64_t end, int 
     }
 }
 
-int64_t ss_lock(ss_handle *h, uint64_t start, uint64_t end, int kind, int64_t timeout_ns)
+int64_t ss_lock(ss_handle *h, int64_t start_arg, int64_t end_arg, int kind, int64_t timeout_ns)
 {
     if (!h) return fail(SS_ECLOSED, "handle is closed");
-    if (start >= end || end > (uint64_t)INT64_MAX)
-        return fail(SS_EINVAL, "region [%llu, %llu) is empty or too large",
-                    (unsigned long long)start, (unsigned long long)end);
+    if (start_arg < 0 || start_arg >= end_arg)
+        return fail(SS_EINVAL, "region [%lld, %lld) is empty or negative",
+                    (long long)start_arg, (long long)end_arg);
+    uint64_t start = (uint64_t)start_arg, end = (uint64_t)end_arg;
     if (kind != SS_SHARED && kind != SS_EXCLUSIVE)
         return fail(SS_EINVAL, "kind %d is neither shared nor exclusive", kind);
     int rc = ensure_slot(h);
@@ -1420,12 +1424,13 @@ static int is_same_pin(struct ss_handle *h, uint32_t i, void *varg)
            e->owner_gen == a->gen;
 }
 
-int64_t ss_pin(ss_handle *h, uint64_t start, uint64_t end)
+int64_t ss_pin(ss_handle *h, int64_t start_arg, int64_t end_arg)
 {
     if (!h) return fail(SS_ECLOSED, "handle is closed");
-    if (start >= end || end > (uint64_t)INT64_MAX)
-        return fail(SS_EINVAL, "region [%llu, %llu) is empty or too large",
-                    (unsigned long long)start, (unsigned long long)end);
+    if (start_arg < 0 || start_arg >= end_arg)
+        return fail(SS_EINVAL, "region [%lld, %lld) is empty or negative",
+                    (long long)start_arg, (long long)end_arg);
+    uint64_t start = (uint64_t)start_arg, end = (uint64_t)end_arg;
     int rc = ensure_slot(h);
     if (rc) return rc;
     rc = table_lock(h);

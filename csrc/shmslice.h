@@ -112,13 +112,14 @@ const char *ss_table_path(ss_handle *h);
 int ss_data_path(ss_handle *h, char *buf, uint32_t buflen);
 
 /*
- * Take a shared or exclusive lock on [start, end).  timeout_ns < 0 waits
+ * Take a shared or exclusive lock on [start, end), 0 <= start < end (signed
+ * so that the Python binding converts arguments cheaply).  timeout_ns < 0 waits
  * forever, 0 tries once, > 0 waits at most that long.  Returns a reference
  * (>= 0) on success, else SS_ETIMEDOUT, SS_EDEADLK, SS_EFULL, SS_EINTR, ...
  * Waiters sleep on a futex and wake on every release and every 50 ms to
  * reclaim entries of dead processes.
  */
-int64_t ss_lock(ss_handle *h, uint64_t start, uint64_t end, int kind,
+int64_t ss_lock(ss_handle *h, int64_t start, int64_t end, int kind,
                 int64_t timeout_ns);
 
 /* Release a lock taken with ss_lock through this handle. */
@@ -128,7 +129,7 @@ int ss_release(ss_handle *h, int64_t ref);
  * Add one pin on [start, end) for this handle (pins of one handle on the same
  * region share an entry and count).  Returns a reference (>= 0).
  */
-int64_t ss_pin(ss_handle *h, uint64_t start, uint64_t end);
+int64_t ss_pin(ss_handle *h, int64_t start, int64_t end);
 
 /* Drop one pin taken with ss_pin through this handle. */
 int ss_unpin(ss_handle *h, int64_t ref);
