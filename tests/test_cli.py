@@ -1,0 +1,470 @@
+"""The ``shmslice`` command, run for real in a subprocess.
+
+Tables are held by helper processes (tests/cli_helpers.py) that report
+"ready" on a pipe once their entries are in the table; one of them is killed
+with SIGKILL before ``reap``.  Every wait is bounded.  Every run passes
+``--lock-dir`` under ``tmp_path``, so nothing touches /dev/shm/shmslice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+from shmslice import cli
+from shmslice.locks import table_path_for
+
+HELPER = Path(__file__).with_name("cli_helpers.py")
+TIMEOUT = 60   # seconds for any one command; they take well under a second
+
+
+def shmslice(*args: str | os.PathLike[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m shmslice ARGS`` and capture its output."""
+    return subprocess.run([sys.executable, "-m", "shmslice", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def ok_json(*args: str | os.PathLike[str]) -> dict:
+    r = shmslice(*args, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
+    """Check that the command failed with ``code`` and exactly one line on stderr."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@contextlib.contextmanager
+def holder(data: Path, lock_dir: Path, *specs: str) -> Iterator[subprocess.Popen[str]]:
+    """A helper process holding ``specs`` (see cli_helpers.py) until the block ends."""
+    proc = subprocess.Popen([sys.executable, str(HELPER), str(data), str(lock_dir), *specs],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "helper did not get ready within 30 s"
+        line = proc.stdout.readline()
+        assert line.startswith("ready "), f"helper failed: {line!r} (exit {proc.poll()})"
+        assert int(line.split()[1]) == proc.pid
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def wait_until(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def locks(tmp_path: Path) -> Path:
+    """A lock directory that does not exist yet (commands that only read must not create it)."""
+    return tmp_path / "locks"
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    p = tmp_path / "data.bin"
+    p.write_bytes(bytes(1 << 16))
+    return p
+
+
+# ---------------------------------------------------------------------------
+# Formatting helpers (in process: they are plain functions)
+# ---------------------------------------------------------------------------
+
+def test_human_size() -> None:
+    assert cli.human_size(0) == "0 B"
+    assert cli.human_size(1023) == "1023 B"
+    assert cli.human_size(4096) == "4.0 KiB"
+    assert cli.human_size(1536) == "1.5 KiB"
+    assert cli.human_size((1 << 20) - 1) == "1.0 MiB"
+    assert cli.human_size(256 << 20) == "256.0 MiB"
+    assert cli.human_size(3 << 40) == "3.0 TiB"
+
+
+def test_parse_size() -> None:
+    assert cli.parse_size("4096") == 4096
+    assert cli.parse_size("64M") == 64 << 20
+    assert cli.parse_size("64MiB") == 64 << 20
+    assert cli.parse_size("10MB") == 10_000_000
+    assert cli.parse_size("1.5k") == 1536
+    assert cli.parse_size(" 2 GiB ") == 2 << 30
+    for bad in ("", "M", "12Q", "-1", "0.3"):
+        with pytest.raises(ValueError):
+            cli.parse_size(bad)
+
+
+def test_human_duration() -> None:
+    assert cli.human_duration(4.24) == "4.2s"
+    assert cli.human_duration(42) == "42s"
+    assert cli.human_duration(184) == "3m04s"
+    assert cli.human_duration(7500) == "2h05m"
+    assert cli.human_duration(3 * 86400 + 4 * 3600) == "3d04h"
+    assert cli.human_duration(-5) == "0.0s"
+
+
+def test_process_details_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process that has exited, one we may not inspect, and a pid that names a
+    # process younger than the entry (another PID namespace) all render.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)
+    assert cli.describe_process(gone.pid, time.time()).status == "exited"
+    me = cli.describe_process(os.getpid(), time.time())
+    assert me.status == "running" and me.name == psutil.Process().name()
+    assert cli.describe_process(os.getpid(), 1.0).status == "elsewhere"
+
+    class Denied:
+        def __init__(self, pid: int) -> None:
+            raise psutil.AccessDenied(pid)
+
+    monkeypatch.setattr(psutil, "Process", Denied)
+    info = cli.describe_process(os.getpid(), time.time())
+    assert info.status == "denied"
+    assert cli._process_cells(info, alive=True)[0] == "?"
+
+
+# ---------------------------------------------------------------------------
+# Usage, version, help
+# ---------------------------------------------------------------------------
+
+def test_version_and_help() -> None:
+    r = shmslice("-V")
+    assert r.returncode == 0 and r.stdout.strip() == f"shmslice {cli.__version__}"
+    for command in ("locks", "ls", "reap", "info", "demo"):
+        r = shmslice(command, "-h")
+        assert r.returncode == 0 and "usage: shmslice " + command in r.stdout, command
+    r = shmslice("-h")
+    assert r.returncode == 0 and "locks" in r.stdout and "demo" in r.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    ((), ["COMMAND"]),
+    (("frobnicate",), ["invalid choice"]),
+    (("locks",), ["PATH"]),
+    (("locks", "x", "--watch", "0"), ["--watch"]),
+    (("locks", "x", "--kind", "bogus"), ["--kind"]),
+    (("reap",), ["PATH", "--all"]),
+    (("reap", "x", "--all"), ["not both"]),
+    (("demo", "--size", "12Q"), ["--size"]),
+    (("demo", "--workers", "0"), ["--workers"]),
+])
+def test_usage_errors_exit_2_with_one_line(args: tuple[str, ...], words: list[str]) -> None:
+    one_line_error(shmslice(*args), 2, "error:", *words)
+
+
+# ---------------------------------------------------------------------------
+# locks
+# ---------------------------------------------------------------------------
+
+def test_locks_without_table_is_empty_and_creates_nothing(data: Path, locks: Path) -> None:
+    r = shmslice("locks", data, "--lock-dir", locks)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    header, summary = r.stdout.splitlines()
+    assert header.split() == ["START", "END", "SIZE", "KIND", "COUNT", "STATE", "PID", "OWNER",
+                              "HELD", "NAME", "COMMAND"]
+    assert summary.startswith("entries: 0") and "no lock table yet" in summary
+    doc = ok_json("locks", data, "--lock-dir", locks)
+    assert doc["entries"] == [] and doc["table"] is None
+    assert doc["summary"]["table_exists"] is False
+    assert not locks.exists(), "inspecting must not create the lock directory"
+    # ...nor a table, when the directory exists.
+    locks.mkdir()
+    assert shmslice("locks", data, "--lock-dir", locks).returncode == 0
+    assert list(locks.iterdir()) == []
+
+
+def test_missing_file_is_a_one_line_error(tmp_path: Path, locks: Path) -> None:
+    missing = tmp_path / "nope.bin"
+    for command in ("locks", "info", "reap"):
+        one_line_error(shmslice(command, missing, "--lock-dir", locks), 1,
+                       f"shmslice {command}: error:", "nope.bin", "no such file")
+    one_line_error(shmslice("locks", tmp_path, "--lock-dir", locks), 1, "directory")
+
+
+def test_info_and_reap_need_a_table(data: Path, locks: Path) -> None:
+    for command in ("info", "reap"):
+        one_line_error(shmslice(command, data, "--lock-dir", locks), 1, "no lock table for")
+
+
+def test_locks_shows_entries_of_live_processes(data: Path, locks: Path) -> None:
+    with holder(data, locks, "pin:0:4096:3", "exclusive:4096:12288") as a, \
+            holder(data, locks, "shared:20000:30000", "wait-exclusive:4096:5000") as b:
+        def one_waiting() -> bool:
+            return ok_json("locks", data, "--lock-dir", locks)["summary"]["waiting"] == 1
+        wait_until(one_waiting, "b's exclusive request to queue behind a's lock")
+
+        doc = ok_json("locks", data, "--lock-dir", locks)
+        assert doc["table"] == table_path_for(data, locks)
+        got = [(e["start"], e["end"], e["kind"], e["count"], e["pid"], e["alive"], e["state"])
+               for e in doc["entries"]]
+        assert got == [
+            (0, 4096, "pin", 3, a.pid, True, "held"),
+            (4096, 5000, "exclusive", 1, b.pid, True, "waiting"),
+            (4096, 12288, "exclusive", 1, a.pid, True, "held"),
+            (20000, 30000, "shared", 1, b.pid, True, "held"),
+        ]
+        name = psutil.Process(a.pid).name()
+        for e in doc["entries"]:
+            assert e["name"] == name and e["process"] == "running"
+            assert any("cli_helpers.py" in arg for arg in e["cmdline"])
+            assert e["length"] == e["end"] - e["start"]
+            assert 0 <= e["held_seconds"] < TIMEOUT
+        s = doc["summary"]
+        assert (s["entries"], s["held"], s["waiting"], s["dead_owners"], s["dead_entries"]) == \
+            (4, 3, 1, 0, 0)
+        assert s["capacity"] == 65536 and s["used"] == 4
+        assert s["live_pids"] == sorted([a.pid, b.pid])
+
+        r = shmslice("locks", data, "--lock-dir", locks)
+        assert r.returncode == 0 and r.stderr == ""
+        lines = r.stdout.splitlines()
+        assert len(lines) == 6   # header, 4 rows, summary
+        pin_row = lines[1].split()
+        assert pin_row[:9] == ["0", "4096", "4.0", "KiB", "pin", "3", "held", str(a.pid), "alive"]
+        assert pin_row[10] == name and "cli_helpers.py" in lines[1]
+        assert lines[2].split()[:8] == ["4096", "5000", "904", "B", "exclusive", "1", "waiting",
+                                        str(b.pid)]
+        # Columns line up: every row puts its pid where the header says PID.
+        pid_col = lines[0].index("PID") + len("PID")
+        assert all(line[:pid_col].rstrip().endswith(line.split()[7]) for line in lines[2:4])
+        assert lines[-1] == ("entries: 4 (3 held, 1 waiting), capacity: 4/65536 used (0.01%), "
+                             "waiters: 1, dead owners: 0")
+
+        # Filters and sorting.
+        mine = ok_json("locks", data, "--lock-dir", locks, "--pid", str(b.pid))
+        assert {e["pid"] for e in mine["entries"]} == {b.pid}
+        assert mine["summary"]["shown"] == 2 and mine["summary"]["entries"] == 4
+        pins = ok_json("locks", data, "--lock-dir", locks, "--kind", "pin")
+        assert [e["kind"] for e in pins["entries"]] == ["pin"]
+        by_size = ok_json("locks", data, "--lock-dir", locks, "--sort", "size")
+        assert [e["end"] - e["start"] for e in by_size["entries"]] == [10000, 8192, 4096, 904]
+        r = shmslice("locks", data, "--lock-dir", locks, "--waiting")
+        assert len(r.stdout.splitlines()) == 3 and "4 (3 held, 1 waiting), 1 shown" in r.stdout
+
+
+def test_sigkilled_owner_shows_dead_then_reap_removes_it(data: Path, locks: Path) -> None:
+    with holder(data, locks, "shared:0:100") as live:
+        with holder(data, locks, "exclusive:1000:2000", "pin:5000:6000:2") as victim:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=30)
+            doc = ok_json("locks", data, "--lock-dir", locks)
+            alive = {(e["start"], e["pid"]): e["alive"] for e in doc["entries"]}
+            assert alive == {(0, live.pid): True, (1000, victim.pid): False,
+                             (5000, victim.pid): False}
+            dead = [e for e in doc["entries"] if not e["alive"]]
+            # A dead owner's pid is not looked up: it may name another process by now.
+            assert all(e["process"] == "dead" and e["name"] is None for e in dead)
+            assert doc["summary"]["dead_owners"] == 1 and doc["summary"]["dead_entries"] == 2
+            assert doc["summary"]["dead_owner_pids"] == [victim.pid]
+
+            r = shmslice("locks", data, "--lock-dir", locks)
+            rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:-1]}
+            assert " dead " in rows["1000"] and " alive " in rows["0"]
+            assert f"dead owners: 1 (pid {victim.pid}; 2 entries; 'shmslice reap" in r.stdout
+
+            r = shmslice("reap", data, "--lock-dir", locks)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.strip() == f"{data}: removed 2 dead entries, 1 remaining"
+            doc = ok_json("locks", data, "--lock-dir", locks)
+            assert [(e["start"], e["pid"], e["alive"]) for e in doc["entries"]] == \
+                [(0, live.pid, True)]
+            again = ok_json("reap", data, "--lock-dir", locks)
+            assert again["removed"] == 0 and again["tables"][0]["remaining"] == 1
+
+
+def test_watch_redraws_until_interrupted(data: Path, locks: Path) -> None:
+    with holder(data, locks, "shared:0:10"):
+        proc = subprocess.Popen([sys.executable, "-m", "shmslice", "locks", str(data),
+                                 "--lock-dir", str(locks), "--watch", "0.1", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            frames = []
+            while len(frames) < 3:
+                ready, _, _ = select.select([proc.stdout], [], [], 20)
+                assert ready, "no frame within 20 s"
+                frames.append(json.loads(proc.stdout.readline()))
+            assert all(len(f["entries"]) == 1 for f in frames)
+            assert frames[0]["time"] < frames[2]["time"]
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 0
+            assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait(timeout=20)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+# ---------------------------------------------------------------------------
+# ls, reap --all, info
+# ---------------------------------------------------------------------------
+
+def test_ls_lists_every_table(tmp_path: Path, data: Path, locks: Path) -> None:
+    r = shmslice("ls", "--lock-dir", locks)
+    assert r.returncode == 0 and r.stdout.strip() == f"no lock tables in {locks}"
+    doomed = tmp_path / "doomed.bin"
+    doomed.write_bytes(bytes(8192))
+    doomed_table = table_path_for(doomed, locks)
+    with holder(data, locks, "pin:0:10:2", "shared:0:10") as a, \
+            holder(doomed, locks, "exclusive:0:4096") as b:
+        doomed.unlink()   # the table outlives its file; ls must say so
+        doc = ok_json("ls", "--lock-dir", locks)
+        assert doc["lock_dir"] == str(locks) and doc["errors"] == []
+        tables = {t["table"]: t for t in doc["tables"]}
+        assert set(tables) == {table_path_for(data, locks), doomed_table}
+        mine = tables[table_path_for(data, locks)]
+        assert (mine["data_path"], mine["data_status"], mine["entries"], mine["live_processes"],
+                mine["live_pids"], mine["file_size"]) == (str(data), "ok", 2, 1, [a.pid], 1 << 16)
+        gone = tables[doomed_table]
+        assert (gone["data_status"], gone["entries"], gone["live_pids"]) == ("missing", 1, [b.pid])
+
+        r = shmslice("ls", "--lock-dir", locks)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].split() == ["DATA", "FILE", "SIZE", "ENTRIES", "WAITING", "DEAD", "PROCS",
+                                    "TABLE"]
+        row = next(line for line in lines if line.startswith(str(data)))
+        assert row.split()[1:8] == ["64.0", "KiB", "2", "0", "0", "1",
+                                    os.path.basename(table_path_for(data, locks))]
+        assert f"{doomed} (missing)" in r.stdout
+        assert lines[-1] == f"2 lock tables in {locks}"
+
+        # A table is also a valid PATH: the only way to inspect one whose file is gone.
+        doc = ok_json("locks", doomed_table, "--lock-dir", locks)
+        assert [(e["kind"], e["pid"]) for e in doc["entries"]] == [("exclusive", b.pid)]
+
+
+def test_reap_all(tmp_path: Path, data: Path, locks: Path) -> None:
+    other = tmp_path / "other.bin"
+    other.write_bytes(bytes(4096))
+    with holder(data, locks, "shared:0:10"):
+        for path in (data, other):
+            with holder(path, locks, "exclusive:100:200", "pin:0:50") as victim:
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(timeout=30)
+        doc = ok_json("reap", "--all", "--lock-dir", locks)
+        assert doc["removed"] == 4 and doc["errors"] == []
+        assert sorted((t["data_path"], t["removed"], t["remaining"]) for t in doc["tables"]) == \
+            sorted([(str(data), 2, 1), (str(other), 2, 0)])
+        r = shmslice("reap", "--all", "--lock-dir", locks)
+        assert r.returncode == 0
+        assert r.stdout.splitlines()[-1] == "removed 0 dead entries from 2 lock tables"
+
+
+def test_info(data: Path, locks: Path) -> None:
+    with holder(data, locks, "pin:0:10", "shared:0:10"):
+        doc = ok_json("info", data, "--lock-dir", locks)
+        assert doc["table"] == table_path_for(data, locks)
+        assert (doc["data_path"], doc["data_status"], doc["file_size"]) == (str(data), "ok", 1 << 16)
+        assert doc["format_version"] == 1 and doc["format"] >> 48 == 1
+        assert (doc["capacity"], doc["used"], doc["waiting"], doc["dead_entries"]) == (65536, 2, 0, 0)
+        assert doc["attached_processes"] == 1 and doc["table_bytes"] > 65536 * 64
+        assert abs(doc["created"] - time.time()) < TIMEOUT
+        r = shmslice("info", data, "--lock-dir", locks)
+        assert r.returncode == 0, r.stderr
+        fields = dict(line.split(None, 1) for line in r.stdout.replace("data file", "data_file")
+                      .replace("file size", "file_size").replace("lock table", "lock_table")
+                      .splitlines())
+        assert fields["data_file"] == str(data)
+        assert fields["file_size"].startswith("64.0 KiB (65536 bytes)")
+        assert fields["lock_table"].startswith(table_path_for(data, locks))
+        assert fields["format"].startswith("version 1")
+        assert fields["entries"].startswith("2 of 65536 used (0.00%), 0 waiting")
+        assert fields["processes"].startswith("1 attached")
+
+
+# ---------------------------------------------------------------------------
+# Broken tables
+# ---------------------------------------------------------------------------
+
+def test_corrupt_table_is_a_one_line_error(tmp_path: Path, data: Path, locks: Path) -> None:
+    locks.mkdir(mode=0o700)
+    Path(table_path_for(data, locks)).write_bytes(b"not a lock table" * 512)
+    for command in ("locks", "info", "reap"):
+        one_line_error(shmslice(command, data, "--lock-dir", locks), 1,
+                       f"shmslice {command}: error:", table_path_for(data, locks))
+    # ls and reap --all still show the good tables, report the bad one, and fail.
+    good = tmp_path / "good.bin"
+    good.write_bytes(bytes(4096))
+    with holder(good, locks, "shared:0:1"):
+        r = shmslice("ls", "--lock-dir", locks)
+        line = one_line_error(r, 1, "shmslice ls: error:", table_path_for(data, locks))
+        assert "Traceback" not in line and str(good) in r.stdout
+        one_line_error(shmslice("reap", "--all", "--lock-dir", locks), 1,
+                       table_path_for(data, locks))
+
+
+def test_unsafe_lock_dir_is_a_one_line_error(tmp_path: Path, data: Path) -> None:
+    target = tmp_path / "real-locks"
+    target.mkdir()
+    link = tmp_path / "link-locks"
+    link.symlink_to(target)
+    # resolve_lock_dir follows an explicit --lock-dir; a world-writable one without the
+    # sticky bit is refused (anyone could swap tables), even for root.
+    target.chmod(0o777)
+    one_line_error(shmslice("ls", "--lock-dir", target), 1, "sticky")
+
+
+# ---------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------
+
+def test_demo_small(locks: Path) -> None:
+    r = shmslice("demo", "--size", "4M", "--workers", "2", "--lock-dir", locks)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr == ""
+    assert "verified all 4194304 bytes" in r.stdout and ": OK" in r.stdout
+    assert "2 workers" in r.stdout and "MiB/s" in r.stdout
+    # Its temporary file and table are gone: the demo leaves nothing behind.
+    assert list(locks.iterdir()) == []
+
+
+def test_demo_json_and_kept_path(tmp_path: Path, locks: Path) -> None:
+    path = tmp_path / "kept.bin"
+    doc = ok_json("demo", "--size", "1M", "--chunk", "100000", "--workers", "2",
+                  "--path", path, "--lock-dir", locks)
+    assert doc["verified"] is True and doc["bad_slices"] == []
+    assert (doc["size"], doc["chunk"], doc["slices"], doc["workers"]) == (1 << 20, 100000, 11, 2)
+    assert 1 <= len(doc["worker_pids"]) <= 2
+    assert path.stat().st_size == 1 << 20
+    # The kept file has its table, with the size recorded and no entries left.
+    info = ok_json("info", path, "--lock-dir", locks)
+    assert info["recorded_file_size"] == 1 << 20 and info["used"] == 0
+    # A second run refuses to overwrite it without --force.
+    one_line_error(shmslice("demo", "--size", "1M", "--path", path, "--lock-dir", locks), 1,
+                   "--force")
+    r = shmslice("demo", "--size", "1M", "--path", path, "--force", "--lock-dir", locks)
+    assert r.returncode == 0, r.stderr
+
+
+def test_demo_fails_when_verification_fails(locks: Path) -> None:
+    r = shmslice("demo", "--size", "1M", "--workers", "2", "--lock-dir", locks, "--fault", "70000")
+    one_line_error(r, 1, "verification failed", "offset 70000")
+    assert "verification FAILED" in r.stdout
