@@ -293,6 +293,27 @@ class ProcessInfo:
     name: str | None = None
     cmdline: list[str] | None = None
     username: str | None = None
+    ppid: int | None = None
+    #: For a multiprocessing worker (whose own command line is boilerplate):
+    #: the command line of the process that started it, if we may read it.
+    parent_cmdline: list[str] | None = None
+
+
+# The command lines multiprocessing gives the workers it spawns (spawn and
+# forkserver start methods): the same for every pool, so the parent says more.
+_MP_WORKER_MARKERS = ("from multiprocessing.spawn import spawn_main",
+                      "from multiprocessing.forkserver import main")
+
+
+def is_multiprocessing_worker(cmdline: Sequence[str] | None) -> bool:
+    """Whether ``cmdline`` is that of a multiprocessing spawn/forkserver child."""
+    return bool(cmdline) and any(arg.startswith(_MP_WORKER_MARKERS) for arg in cmdline or ())
+
+
+def _command(cmdline: Sequence[str]) -> str:
+    """A command line for display: the program's base name, then its arguments, shell-quoted."""
+    # The interpreter's full path says little; its base name is enough.
+    return shlex.join([os.path.basename(cmdline[0]), *cmdline[1:]])
 
 
 def _denied_is_none(call: Any) -> Any:
@@ -317,13 +338,20 @@ def describe_process(pid: int, since: float) -> ProcessInfo:
             started = proc.create_time()
             cmdline = _denied_is_none(proc.cmdline)
             username = _denied_is_none(proc.username)
+            ppid = proc.ppid()
     except psutil.NoSuchProcess:   # ZombieProcess included: it has exited too
         return ProcessInfo("exited")
     except psutil.AccessDenied:
         return ProcessInfo("denied")
     if since > 0 and started > since + _START_SLACK_S:
         return ProcessInfo("elsewhere")
-    return ProcessInfo("running", name, cmdline, username)
+    parent_cmdline = None
+    if is_multiprocessing_worker(cmdline) and ppid > 0:
+        try:
+            parent_cmdline = psutil.Process(ppid).cmdline() or None
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            parent_cmdline = None   # the worker's own line is still shown
+    return ProcessInfo("running", name, cmdline, username, ppid, parent_cmdline)
 
 
 def describe_owners(entries: Sequence[LockInfo]) -> dict[int, ProcessInfo]:
@@ -414,7 +442,7 @@ def entry_dict(e: LockInfo, owner: ProcessInfo | None, now: float) -> dict[str, 
         "since": e.since if e.since > 0 else None,
         "held_seconds": round(now - e.since, 3) if e.since > 0 else None,
         "name": info.name, "cmdline": info.cmdline, "username": info.username,
-        "process": info.status,
+        "ppid": info.ppid, "process": info.status,
     }
 
 
@@ -431,9 +459,10 @@ def _process_cells(info: ProcessInfo | None, alive: bool) -> tuple[str, str]:
     if info.status == "elsewhere":
         return "?", "(pid not visible here: another PID namespace?)"
     command = ""
-    if info.cmdline:
-        # The interpreter's full path says little; its base name is enough.
-        command = shlex.join([os.path.basename(info.cmdline[0]), *info.cmdline[1:]])
+    if info.parent_cmdline:
+        command = f"[worker of {info.ppid}] {_command(info.parent_cmdline)}"
+    elif info.cmdline:
+        command = _command(info.cmdline)
     elif info.cmdline is None:
         command = "(command line hidden)"
     return info.name or "?", command
@@ -519,20 +548,27 @@ def render_locks(snap: Snapshot, args: argparse.Namespace, columns: int | None) 
         }
         # --watch prints one document per line (JSON Lines) so a reader can stream it.
         return json.dumps(doc, indent=None if args.watch else 2)
-    rows = lock_rows(shown, snap.owners, snap.taken)
+    lines = format_lock_table(shown, snap.owners, snap.taken, columns, args.wide)
+    lines.append(summary_line(summary, len(shown), snap.target, exists))
+    return "\n".join(lines)
+
+
+def format_lock_table(entries: Sequence[LockInfo], owners: dict[int, ProcessInfo], now: float,
+                      columns: int | None, wide: bool = False, indent: int = 0) -> list[str]:
+    """The aligned rows of ``shmslice locks`` (header first), fitted to ``columns``."""
+    rows = lock_rows(entries, owners, now)
     last_width = None
-    if not args.wide:
+    if not wide:
         if columns is None:
             last_width = _COMMAND_WIDTH
         else:
             # Whatever the other columns leave of the terminal line, but never so little
             # that the command becomes unreadable: then let the line wrap.
-            widths = render_table(_LOCK_HEADERS[:-1], [r[:-1] for r in rows])
-            used = max(len(line) for line in widths) + 2
+            others = render_table(_LOCK_HEADERS[:-1], [r[:-1] for r in rows])
+            used = indent + max(len(line) for line in others) + 2
             last_width = max(columns - used, 24)
-    lines = render_table(_LOCK_HEADERS, rows, _LOCK_RIGHT, last_width)
-    lines.append(summary_line(summary, len(shown), snap.target, exists))
-    return "\n".join(lines)
+    return [" " * indent + line
+            for line in render_table(_LOCK_HEADERS, rows, _LOCK_RIGHT, last_width)]
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
@@ -743,7 +779,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("format", f"version {st.format >> 48} (stamp {st.format:#x})"),
         ("created", f"{_format_time(st.created)} ({human_duration(time.time() - st.created)} ago)"),
         ("entries", f"{st.used} of {st.capacity} used ({pct:.2f}%), {st.waiting} waiting, "
-                    f"{dead} of dead owners"),
+                    f"{dead} left by dead owners"),
         ("processes", f"{st.procs} attached (capacity {st.proc_capacity})"),
         ("repairs", f"{st.repairs} (times the table was repaired after a holder died)"),
     ]
@@ -997,7 +1033,7 @@ def _run_pool(path: str, lock_dir: str, seed: int, bounds: Sequence[tuple[int, i
             if len(entries) > busiest:
                 # Keep the fullest moment, with its owners as they were then.
                 busiest = len(entries)
-                result.busiest = Snapshot(target, None, entries, time.time(),
+                result.busiest = Snapshot(target, mgr.stat(), entries, time.time(),
                                           describe_owners(entries))
             # Rate over the work itself: worker start-up (a fresh interpreter each) is not I/O.
             elapsed = time.monotonic() - first_start if first_start is not None else 0.0
@@ -1069,13 +1105,11 @@ def _print_demo_report(result: DemoResult, out: TextIO) -> None:
     columns = _terminal_columns(out)
     if result.busiest is not None and result.busiest.entries:
         snap = result.busiest
-        print(f"\nlock table at its busiest moment ({plural(len(snap.entries), 'entry', 'entries')}),"
-              f" as 'shmslice locks' showed it:", file=out)
-        rows = lock_rows(snap.entries, snap.owners, snap.taken)
-        width = _COMMAND_WIDTH if columns is None else max(columns - 100, 24)
-        for line in render_table(_LOCK_HEADERS, rows, _LOCK_RIGHT, width):
-            print("  " + line, file=out)
-        print("  " + _LockCounts.of(snap.entries).line(), file=out)
+        print(f"\nthe lock table at its busiest moment, as 'shmslice locks {result.path}' "
+              "showed it:", file=out)
+        for line in format_lock_table(snap.entries, snap.owners, snap.taken, columns, indent=2):
+            print(line, file=out)
+        print("  " + summary_line(summarize(snap), len(snap.entries), snap.target, True), file=out)
     rate = result.size / result.work_seconds if result.work_seconds > 0 else 0.0
     print(f"\nwrote and checksummed {human_size(result.size)} in {result.work_seconds:.2f}s: "
           f"{human_size(int(rate))}/s ({plural(result.workers, 'worker')}, "
