@@ -1461,8 +1461,12 @@ int ss_unpin(ss_handle *h, int64_t ref)
     int rc = table_lock(h);
     if (rc) return rc;
     int64_t i = own_entry(h, ref, 1);
+    /* The last pin is removed with its count left at 1: a process killed
+     * inside entry_remove must leave an entry that repair accepts (count 0 is
+     * malformed), which is then reclaimed as a dead owner's pin. */
     if (i < 0) rc = (int)i;
-    else if (--h->entries[i].count == 0) rc = entry_remove(h, (uint32_t)i);
+    else if (h->entries[i].count > 1) h->entries[i].count--;
+    else rc = entry_remove(h, (uint32_t)i);
     table_unlock(h, 0);
     return rc;
 }
