@@ -1,0 +1,252 @@
+"""Shared helpers for shmslice's benchmark scripts (bench/bench_*.py).
+
+Only the standard library is used here, so every bench script can import this
+module whatever else is installed::
+
+    import os, sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _common import Stats, measure_interleaved, markdown_table, ...
+
+Conventions:
+
+* every figure is the **median of several repeats** (with the min shown
+  beside it), because the machines these run on are often busy;
+* competing implementations are measured **interleaved** (repeat 1 of A, B, C,
+  then repeat 2 of A, B, C, ...) so that a burst of load from elsewhere hits
+  them all alike, and ratios are taken between figures of the same run;
+* targets are reported as PASS/MISS, never asserted: a benchmark is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+import timeit
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+__all__ = [
+    "Stats",
+    "Settings",
+    "add_common_args",
+    "settings_from_args",
+    "calibrate",
+    "measure_interleaved",
+    "time_once",
+    "paired_ratio",
+    "fmt_us",
+    "fmt_ratio",
+    "verdict",
+    "machine_info",
+    "print_section",
+    "markdown_table",
+    "gc_paused",
+]
+
+
+# --------------------------------------------------------------------------
+# Settings shared by every bench script
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard to measure: repeats per figure and seconds per repeat."""
+
+    quick: bool
+    repeats: int
+    seconds_per_repeat: float
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Add --quick and --repeats to a bench script's argument parser."""
+    parser.add_argument("--quick", action="store_true",
+                        help="fast smoke run: fewer repeats and shorter loops (numbers are rougher)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="repeats per figure (default 15, or 5 with --quick)")
+
+
+def settings_from_args(args: argparse.Namespace, *, full_seconds: float = 0.1,
+                       quick_seconds: float = 0.02) -> Settings:
+    repeats = args.repeats if args.repeats else (5 if args.quick else 15)
+    if repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+    return Settings(quick=args.quick, repeats=repeats,
+                    seconds_per_repeat=quick_seconds if args.quick else full_seconds)
+
+
+# --------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------
+
+@dataclass
+class Stats:
+    """Per-operation times in seconds, one per repeat."""
+
+    samples: list[float] = field(default_factory=list)
+
+    def add(self, seconds_per_op: float) -> None:
+        self.samples.append(seconds_per_op)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples)
+
+    def __bool__(self) -> bool:
+        return bool(self.samples)
+
+    def fmt(self, unit: str = "us") -> str:
+        """'1.23 us (min 1.10)' style summary."""
+        return f"{fmt_us(self.median, unit)} (min {fmt_us(self.min, unit, bare=True)})"
+
+
+def paired_ratio(a: Stats, b: Stats) -> float:
+    """Median over repeats of a[i] / b[i]: for cases measured interleaved, each
+    pair ran close together in time, so this ratio shrugs off load that came and
+    went during the run better than a ratio of medians does."""
+    return statistics.median(x / y for x, y in zip(a.samples, b.samples))
+
+
+def fmt_us(seconds: float, unit: str = "us", bare: bool = False) -> str:
+    """Format seconds in microseconds (or 'ns' / 'ms'), 3 significant-ish digits."""
+    scale = {"ns": 1e9, "us": 1e6, "ms": 1e3, "s": 1.0}[unit]
+    value = seconds * scale
+    if value >= 100:
+        text = f"{value:.0f}"
+    elif value >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    if bare:
+        return text
+    return f"{text} {'µs' if unit == 'us' else unit}"
+
+
+def fmt_ratio(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio >= 10 else f"{ratio:.2f}x"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
+
+def time_once(timer: timeit.Timer, number: int) -> float:
+    """Seconds per operation for one repeat of `number` loops (gc off, like timeit)."""
+    return timer.timeit(number) / number
+
+
+def calibrate(timer: timeit.Timer, target_seconds: float, *, min_number: int = 10) -> int:
+    """Loop count that makes one repeat of `timer` last about `target_seconds`."""
+    number = min_number
+    while True:
+        elapsed = timer.timeit(number)
+        if elapsed >= target_seconds / 5 or number >= 10**8:
+            break
+        number *= 4 if elapsed < target_seconds / 50 else 2
+    per_op = max(elapsed / number, 1e-9)
+    return max(min_number, int(target_seconds / per_op))
+
+
+def measure_interleaved(cases: Mapping[str, timeit.Timer], repeats: int, target_seconds: float,
+                        *, progress: Callable[[str], None] | None = None) -> dict[str, Stats]:
+    """Per-op time of every case, repeats interleaved across cases.
+
+    Each case is a :class:`timeit.Timer` (build it with ``stmt`` as a string and
+    ``globals=`` so that the measured statement is exactly what a user writes,
+    without an extra function call).  Loop counts are calibrated once per case.
+    """
+    numbers = {}
+    for name, timer in cases.items():
+        numbers[name] = calibrate(timer, target_seconds)
+        if progress:
+            progress(f"calibrated {name}: {numbers[name]} loops per repeat")
+    results = {name: Stats() for name in cases}
+    for _ in range(repeats):
+        for name, timer in cases.items():
+            results[name].add(time_once(timer, numbers[name]))
+    return results
+
+
+# --------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_info() -> list[str]:
+    """Lines describing the machine and interpreter, for the top of a report."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 0
+    try:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "n/a"
+    return [
+        f"CPU: {_cpu_model()}; {os.cpu_count()} logical CPUs ({usable} usable by this process)",
+        f"OS: {platform.system()} {platform.release()} ({platform.machine()})",
+        f"Python: {platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        f"Load average (1/5/15 min) at start: {load}",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+    ]
+
+
+def print_section(title: str) -> None:
+    print()
+    print(f"== {title} ==")
+    sys.stdout.flush()
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table with padded columns."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(cells)) + " |"
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out.extend(line(row) for row in rows)
+    return "\n".join(out)
+
+
+def gc_paused() -> "_GcPause":
+    """Context manager: garbage collection off inside (for hand-written timing loops)."""
+    return _GcPause()
+
+
+class _GcPause:
+    def __enter__(self) -> None:
+        self._was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._was:
+            gc.enable()
