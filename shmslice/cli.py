@@ -40,7 +40,8 @@ import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Sequence, TextIO
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
 
 import psutil
 
@@ -49,7 +50,7 @@ from shmslice._paths import resolve_lock_dir
 from shmslice.errors import CorruptLockTable, ShmSliceError
 from shmslice.locks import LockInfo, LockManager, TableStat, TableView, table_path_for
 
-__all__ = ["main", "human_size", "parse_size", "human_duration"]
+__all__ = ["build_parser", "human_duration", "human_size", "main", "parse_size"]
 
 PROG = "shmslice"
 
@@ -778,8 +779,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("lock table", f"{st.table_path} ({human_size(st.table_bytes)})"),
         ("format", f"version {st.format >> 48} (stamp {st.format:#x})"),
         ("created", f"{_format_time(st.created)} ({human_duration(time.time() - st.created)} ago)"),
-        ("entries", f"{st.used} of {st.capacity} used ({pct:.2f}%), {st.waiting} waiting, "
-                    f"{dead} left by dead owners"),
+        ("entries", (f"{st.used} of {st.capacity} used ({pct:.2f}%), {st.waiting} waiting, "
+                     f"{dead} left by dead owners")),
         ("processes", f"{st.procs} attached (capacity {st.proc_capacity})"),
         ("repairs", f"{st.repairs} (times the table was repaired after a holder died)"),
     ]
@@ -986,12 +987,12 @@ def run_demo(path: str, size: int, chunk: int, workers: int, lock_dir: str,
         if fault_offset is not None:
             # Test hook (hidden --fault): damage one byte behind the workers' backs,
             # as a lost or misdirected write would, to prove verification notices.
-            with mgr.lock(fault_offset, fault_offset + 1, "exclusive", timeout=_DEMO_LOCK_TIMEOUT_S):
-                with open(path, "r+b") as f:
-                    f.seek(fault_offset)
-                    old = f.read(1)
-                    f.seek(fault_offset)
-                    f.write(bytes([old[0] ^ 0xFF]))
+            with mgr.lock(fault_offset, fault_offset + 1, "exclusive",
+                          timeout=_DEMO_LOCK_TIMEOUT_S), open(path, "r+b") as f:
+                f.seek(fault_offset)
+                old = f.read(1)
+                f.seek(fault_offset)
+                f.write(bytes([old[0] ^ 0xFF]))
         t1 = time.monotonic()
         _verify(path, mgr, bounds, seed, result)
         result.verify_seconds = time.monotonic() - t1
@@ -1057,25 +1058,25 @@ def _run_pool(path: str, lock_dir: str, seed: int, bounds: Sequence[tuple[int, i
 def _verify(path: str, mgr: LockManager, bounds: Sequence[tuple[int, int, int]], seed: int,
             result: DemoResult) -> None:
     """Compare every byte with the pattern, and every slice with its worker's checksum."""
-    with mgr.lock(0, result.size, "shared", timeout=_DEMO_LOCK_TIMEOUT_S):
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            if len(mapped) != result.size:
-                result.bad_slices = [b[0] for b in bounds]
-                result.first_bad_offset = min(len(mapped), result.size)
-                return
-            for index, start, end in bounds:
-                want = bytearray(end - start)
-                with memoryview(want) as scratch:
-                    fill_pattern(scratch, seed, start)
-                # bytes == bytearray compares with memcmp; memoryview == would go
-                # element by element, 40 times slower.
-                got = mapped[start:end]
-                if got == want and result.checksums.get(index) == zlib.crc32(got):
-                    continue
-                result.bad_slices.append(index)
-                if result.first_bad_offset is None:
-                    diff = next((i for i in range(end - start) if got[i] != want[i]), 0)
-                    result.first_bad_offset = start + diff
+    with mgr.lock(0, result.size, "shared", timeout=_DEMO_LOCK_TIMEOUT_S), \
+            open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        if len(mapped) != result.size:
+            result.bad_slices = [b[0] for b in bounds]
+            result.first_bad_offset = min(len(mapped), result.size)
+            return
+        for index, start, end in bounds:
+            want = bytearray(end - start)
+            with memoryview(want) as scratch:
+                fill_pattern(scratch, seed, start)
+            # bytes == bytearray compares with memcmp; memoryview == would go
+            # element by element, 40 times slower.
+            got = mapped[start:end]
+            if got == want and result.checksums.get(index) == zlib.crc32(got):
+                continue
+            result.bad_slices.append(index)
+            if result.first_bad_offset is None:
+                diff = next((i for i in range(end - start) if got[i] != want[i]), 0)
+                result.first_bad_offset = start + diff
 
 
 def _remove_private_table(table: str) -> None:
@@ -1202,7 +1203,8 @@ class _Parser(argparse.ArgumentParser):
         """The parser of subcommand ``command`` (for checks argparse cannot express)."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
-                return action.choices[command]
+                chosen: argparse.ArgumentParser = action.choices[command]
+                return chosen
         raise KeyError(command)
 
     def error(self, message: str) -> NoReturn:
@@ -1247,7 +1249,7 @@ def _check_reap_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("give PATH, or --all for every table")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     """The ``shmslice`` argument parser."""
     parser = _Parser(
         prog=PROG,
@@ -1255,11 +1257,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 success, 1 runtime error, 2 usage error.")
     parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
 
-    tables = argparse.ArgumentParser(add_help=False)
+    tables = _Parser(add_help=False)
     tables.add_argument(
         "--lock-dir", metavar="DIR",
         help="directory of lock tables (default: $SHMSLICE_DIR, else /dev/shm/shmslice)")
-    as_json = argparse.ArgumentParser(add_help=False)
+    as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON for programs")
 
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

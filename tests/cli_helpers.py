@@ -17,16 +17,18 @@ import os
 import signal
 import sys
 import threading
+from typing import Literal
 
 import shmslice
 
 _MAX_HOLD_S = 120
 
 
-def _wait_for(mgr: shmslice.LockManager, start: int, end: int, mode: str) -> None:
+def _wait_for(mgr: shmslice.LockManager, start: int, end: int,
+              mode: Literal["shared", "exclusive"]) -> None:
     """Block (bounded) on a conflicting request; it is the waiting entry tests look for."""
     try:
-        mgr.lock(start, end, mode, timeout=_MAX_HOLD_S)   # type: ignore[arg-type]
+        mgr.lock(start, end, mode, timeout=_MAX_HOLD_S)
     except shmslice.LockTimeout:
         # Expected when the test keeps the conflicting lock until it kills us.
         return
@@ -43,11 +45,12 @@ def main(argv: list[str]) -> int:
         if kind == "pin":
             for _ in range(int(rest[0]) if rest else 1):
                 held.append(mgr.pin(start, end))
-        elif kind in ("shared", "exclusive"):
-            held.append(mgr.lock(start, end, kind, timeout=10))
-        elif kind in ("wait-shared", "wait-exclusive"):
-            threading.Thread(target=_wait_for, args=(mgr, start, end, kind[5:]),
-                             daemon=True).start()
+        elif kind in ("shared", "exclusive", "wait-shared", "wait-exclusive"):
+            mode: Literal["shared", "exclusive"] = "shared" if kind.endswith("shared") else "exclusive"
+            if not kind.startswith("wait-"):
+                held.append(mgr.lock(start, end, mode, timeout=10))
+                continue
+            threading.Thread(target=_wait_for, args=(mgr, start, end, mode), daemon=True).start()
         else:
             raise SystemExit(f"cli_helpers: unknown spec {spec!r}")
     print(f"ready {os.getpid()}", flush=True)

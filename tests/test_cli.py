@@ -16,8 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -32,7 +32,7 @@ TIMEOUT = 60   # seconds for any one command; they take well under a second
 def shmslice(*args: str | os.PathLike[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run ``python -m shmslice ARGS`` and capture its output."""
     return subprocess.run([sys.executable, "-m", "shmslice", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+                          check=False, capture_output=True, text=True, timeout=timeout)
 
 
 def ok_json(*args: str | os.PathLike[str]) -> dict:
@@ -268,33 +268,33 @@ def test_locks_shows_entries_of_live_processes(data: Path, locks: Path) -> None:
 
 
 def test_sigkilled_owner_shows_dead_then_reap_removes_it(data: Path, locks: Path) -> None:
-    with holder(data, locks, "shared:0:100") as live:
-        with holder(data, locks, "exclusive:1000:2000", "pin:5000:6000:2") as victim:
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(timeout=30)
-            doc = ok_json("locks", data, "--lock-dir", locks)
-            alive = {(e["start"], e["pid"]): e["alive"] for e in doc["entries"]}
-            assert alive == {(0, live.pid): True, (1000, victim.pid): False,
-                             (5000, victim.pid): False}
-            dead = [e for e in doc["entries"] if not e["alive"]]
-            # A dead owner's pid is not looked up: it may name another process by now.
-            assert all(e["process"] == "dead" and e["name"] is None for e in dead)
-            assert doc["summary"]["dead_owners"] == 1 and doc["summary"]["dead_entries"] == 2
-            assert doc["summary"]["dead_owner_pids"] == [victim.pid]
+    with holder(data, locks, "shared:0:100") as live, \
+            holder(data, locks, "exclusive:1000:2000", "pin:5000:6000:2") as victim:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        doc = ok_json("locks", data, "--lock-dir", locks)
+        alive = {(e["start"], e["pid"]): e["alive"] for e in doc["entries"]}
+        assert alive == {(0, live.pid): True, (1000, victim.pid): False,
+                         (5000, victim.pid): False}
+        dead = [e for e in doc["entries"] if not e["alive"]]
+        # A dead owner's pid is not looked up: it may name another process by now.
+        assert all(e["process"] == "dead" and e["name"] is None for e in dead)
+        assert doc["summary"]["dead_owners"] == 1 and doc["summary"]["dead_entries"] == 2
+        assert doc["summary"]["dead_owner_pids"] == [victim.pid]
 
-            r = shmslice("locks", data, "--lock-dir", locks)
-            rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:-1]}
-            assert " dead " in rows["1000"] and " alive " in rows["0"]
-            assert f"dead owners: 1 (pid {victim.pid}; 2 entries; 'shmslice reap" in r.stdout
+        r = shmslice("locks", data, "--lock-dir", locks)
+        rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:-1]}
+        assert " dead " in rows["1000"] and " alive " in rows["0"]
+        assert f"dead owners: 1 (pid {victim.pid}; 2 entries; 'shmslice reap" in r.stdout
 
-            r = shmslice("reap", data, "--lock-dir", locks)
-            assert r.returncode == 0, r.stderr
-            assert r.stdout.strip() == f"{data}: removed 2 dead entries, 1 remaining"
-            doc = ok_json("locks", data, "--lock-dir", locks)
-            assert [(e["start"], e["pid"], e["alive"]) for e in doc["entries"]] == \
-                [(0, live.pid, True)]
-            again = ok_json("reap", data, "--lock-dir", locks)
-            assert again["removed"] == 0 and again["tables"][0]["remaining"] == 1
+        r = shmslice("reap", data, "--lock-dir", locks)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f"{data}: removed 2 dead entries, 1 remaining"
+        doc = ok_json("locks", data, "--lock-dir", locks)
+        assert [(e["start"], e["pid"], e["alive"]) for e in doc["entries"]] == \
+            [(0, live.pid, True)]
+        again = ok_json("reap", data, "--lock-dir", locks)
+        assert again["removed"] == 0 and again["tables"][0]["remaining"] == 1
 
 
 def test_watch_redraws_until_interrupted(data: Path, locks: Path) -> None:
