@@ -343,10 +343,53 @@ static int header_sane(struct ss_handle *h)
     return SS_OK;
 }
 
+/* Initialise the table mutex: robust, process-shared, NORMAL kind. */
+static void table_mutex_init(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_NORMAL);
+    pthread_mutex_init(m, &attr);
+    pthread_mutexattr_destroy(&attr);
+}
+
+/* glibc keeps a mutex's kind (type, robust, shared, priority protocol) in
+ * the mutex itself, i.e. in the shared file.  A garbled kind can send
+ * pthread_mutex_*lock down the priority-inheritance path, where an owner tid
+ * that does not exist trips an assertion and aborts the process instead of
+ * returning an error.  So before every lock the kind word must equal that of
+ * a mutex made by table_mutex_init in this process. */
+#ifdef __GLIBC__
+static int expected_mutex_kind;
+static pthread_once_t mutex_kind_once = PTHREAD_ONCE_INIT;
+
+static void init_mutex_kind(void)
+{
+    pthread_mutex_t ref;
+    table_mutex_init(&ref);
+    expected_mutex_kind = ref.__data.__kind;
+    pthread_mutex_destroy(&ref);
+}
+
+static int mutex_kind_ok(struct ss_handle *h)
+{
+    pthread_once(&mutex_kind_once, init_mutex_kind);
+    return __atomic_load_n(&h->hdr->mutex.__data.__kind, __ATOMIC_RELAXED) ==
+           expected_mutex_kind;
+}
+#else
+static int mutex_kind_ok(struct ss_handle *h) { (void)h; return 1; }
+#endif
+
 /* Lock the table mutex.  On EOWNERDEAD the previous holder died inside the
  * table: rebuild everything derived from the entries, then mark consistent. */
 static int table_lock(struct ss_handle *h)
 {
+    if (__builtin_expect(!mutex_kind_ok(h), 0))
+        return fail(SS_ECORRUPT, "lock table %s: its mutex is not a robust shared mutex "
+                    "of this C library (corrupt, or made by another libc)", h->table_path);
     int rc = pthread_mutex_trylock(&h->hdr->mutex);   /* the common, uncontended case */
     if (rc == EBUSY) {
         struct timespec deadline;
@@ -996,13 +1039,7 @@ static int create_table(int dir_fd, const char *name, const char *dir,
     hd->data_ino = (uint64_t)data->st_ino;
     hd->created_ns = now_ns(CLOCK_REALTIME);
     snprintf(hd->data_path, sizeof hd->data_path, "%s", data_path ? data_path : "");
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_NORMAL);
-    pthread_mutex_init(&hd->mutex, &attr);
-    pthread_mutexattr_destroy(&attr);
+    table_mutex_init(&hd->mutex);
     for (int t = 0; t < TREE_COUNT; t++) hd->root[t] = SS_NIL;
     hd->free_head = SS_NIL;
     hd->file_size = (uint64_t)data->st_size;
