@@ -192,11 +192,12 @@ class TableView:
         if not isinstance(table_path, (str, os.PathLike)):
             raise TypeError(f"table_path must be a str or os.PathLike, not {type(table_path).__name__}")
         self.table_path = os.fspath(table_path)
+        self._ptr: object | None = None   # so __del__ is quiet if the attach fails
         out = ffi.new("ss_handle **")
         rc = lib.ss_attach_table(self.table_path.encode(), out)
         if rc < 0:
             raise_status(rc, self.table_path)
-        self._ptr: object | None = out[0]
+        self._ptr = out[0]
 
     def _handle(self) -> object:
         if self._ptr is None:
