@@ -14,10 +14,15 @@ from shmslice.errors import (
     UnsafeLockTable,
 )
 from shmslice.locks import LockInfo, LockManager, RegionLock, TableStat, TableView
+from shmslice.mapping import MappedFile, open
+from shmslice.slices import ByteBufferSlice
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "open",
+    "MappedFile",
+    "ByteBufferSlice",
     "LockManager",
     "RegionLock",
     "LockInfo",

@@ -1,0 +1,512 @@
+"""Zero-copy slices of a mapped file: :class:`ByteBufferSlice`.
+
+A slice is a region ``[start, end)`` of a :class:`~shmslice.MappedFile`.  It
+never copies the file's bytes: reading and writing go straight to the shared
+mapping, :meth:`ByteBufferSlice.view` hands out a ``memoryview`` of the mapping
+itself, and pickling sends a small descriptor that the receiving process maps
+again (once per process).
+
+The lock count
+--------------
+Every live slice and every live exported view holds one *pin* on its exact
+region in the file's shared lock table, owned by its process.  A pin stops any
+process from shrinking the file below the region's end, so memory a slice or
+view can reach always exists (no SIGBUS), and ``mf.locks()`` shows who uses
+which bytes.  Pins go away with :meth:`ByteBufferSlice.release`, the end of a
+``with`` block or -- deterministically under CPython's reference counting --
+when the last object that needs them dies.
+
+How views hold their pin
+------------------------
+Python 3.12+ (PEP 688): ``memoryview(s)`` calls ``s.__buffer__``, which pins
+and returns a view of the mapping; ``__release_buffer__`` runs when the last
+view sharing that buffer dies, and unpins.
+
+Python 3.11 has no PEP 688, and a ``memoryview``'s own lifetime is the wrong
+thing to watch (``v[1:3]`` outlives ``v`` and shares its buffer).  So each
+:meth:`~ByteBufferSlice.view` gets a C-level exporter of its own: a cffi
+buffer over ``ffi.from_buffer(<slice of the mapping>)``.  The ``from_buffer``
+object holds a real buffer export of the ``mmap`` (so ``mmap.close`` raises
+``BufferError`` while it lives: never a view over unmapped memory), every
+view derived from the returned one keeps the exporter alive, and a weak
+reference to the exporter tells us when the last of them died.  (ctypes
+``from_buffer`` would do the same but refuses read-only buffers and caches one
+array type per distinct length forever; measured slower too.)
+
+Fork
+----
+A forked child inherits slices and views whose pins belong to the parent.
+The child never releases those (that would drop the parent's pins); an
+inherited slice used in the child first takes a pin of its own ("adopts" its
+region), and the child's own slices pin under the child's pid.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import weakref
+from typing import TYPE_CHECKING, Any, Iterator
+
+from shmslice._binding import ffi, lib, raise_status
+from shmslice.errors import StaleDescriptor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shmslice.locks import RegionLock
+    from shmslice.mapping import MappedFile
+
+__all__ = ["ByteBufferSlice"]
+
+# Bumped in every forked child (see _after_fork_in_child).  A list, so the
+# finalizers below can capture it as a default argument and still see updates
+# during interpreter shutdown, when module globals may already be gone.
+_FORK = [0]
+
+_ss_pin = lib.ss_pin
+_ss_unpin = lib.ss_unpin
+_new_slice = object.__new__
+
+# Slice state kept in ByteBufferSlice._ref: a pin reference (>= 0), or one of:
+_RELEASED = -1    # released (or its MappedFile was closed): every use raises ValueError
+_EMPTY = -2       # live, but empty: there is no memory to protect, so no pin
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_PYBUF_WRITABLE = 0x0001
+_CHUNK = 1 << 16   # bytes per step when iterating
+
+
+class ByteBufferSlice:
+    """Bytes ``[start, end)`` of a :class:`~shmslice.MappedFile`, without a copy.
+
+    Made by slicing a mapped file (``mf[a:b]``, ``mf.slice(a, b)``,
+    ``mf.split(n)``), slicing another slice, or unpickling.  ``start`` and
+    ``end`` are absolute offsets in the file; slicing a slice keeps them
+    absolute.  Indexing and slicing follow the rules of ``bytes`` (negative
+    indices, clamped slice bounds); slices with a step other than 1 are refused
+    (use ``s.view()[::k]``).  Writes (``s[a:b] = data``) must keep the length.
+
+    While alive (until :meth:`release`, the end of a ``with`` block, or garbage
+    collection) the slice holds one pin on its region in the file's shared lock
+    table; see the module documentation.
+    """
+
+    __slots__ = ("_mf", "_h", "_mv", "_start", "_end", "_ref", "_gen")
+
+    _mf: MappedFile
+    _h: Any          # the LockManager's handle (owns the C pointer; .closed)
+    _mv: memoryview | None   # the whole mapping current when the slice was made
+    _start: int
+    _end: int
+    _ref: int
+    _gen: int
+
+    def __new__(cls, *args: object, **kwargs: object) -> ByteBufferSlice:
+        raise TypeError("ByteBufferSlice objects are made by slicing a MappedFile: "
+                        "mf = shmslice.open(path); s = mf[start:end]")
+
+    # -- state ------------------------------------------------------------------
+    def _live(self) -> memoryview | None:
+        """The base mapping, after checking that the slice may still be used."""
+        ref = self._ref
+        if ref == _RELEASED or self._h.closed:
+            raise ValueError(self._dead_message())
+        if self._gen != _FORK[0]:
+            self._adopt()
+        mv = self._mv
+        if mv is None and self._ref >= 0:
+            mv = self._verify()
+        return mv
+
+    def _verify(self) -> memoryview:
+        # First touch of a slice made on MappedFile's hot path: the pin was taken
+        # without looking at the resize counter.  The pin has been held since,
+        # so if the region is inside the file now, it has been all along and
+        # will stay there; if not, another process shrank the file just before.
+        mf = self._mf
+        mf._refresh()
+        if self._end > mf._size:
+            self.release()
+            raise ValueError(f"ByteBufferSlice [{self._start}, {self._end}) of {mf.path} "
+                             f"does not exist: another process shrank the file to {mf._size} "
+                             "bytes just before it was made; slice it again")
+        mv = self._mv = mf._mv
+        return mv  # type: ignore[return-value]
+
+    def _dead_message(self) -> str:
+        what = f"ByteBufferSlice [{self._start}, {self._end}) of {self._mf.path}"
+        if self._h.closed:
+            return f"{what} is unusable: its MappedFile was closed"
+        return f"{what} was released; slice the MappedFile again"
+
+    def _adopt(self) -> None:
+        # An inherited slice used in a forked child: the parent's pin may go
+        # away at any moment, so take one of our own before touching memory,
+        # and check that the region still exists.
+        if self._ref == _EMPTY:
+            self._gen = _FORK[0]
+            return
+        mf = self._mf
+        ref = _ss_pin(self._h.ptr, self._start, self._end)
+        if ref < 0:
+            raise_status(ref, mf.path)
+        mf._refresh()
+        if self._end > mf._size:
+            _ss_unpin(self._h.ptr, ref)
+            self._ref = _RELEASED
+            raise ValueError(f"ByteBufferSlice [{self._start}, {self._end}) of {mf.path} "
+                             f"no longer exists: the file was shrunk to {mf._size} bytes")
+        self._ref = ref
+        self._gen = _FORK[0]
+        if self._mv is None:
+            self._mv = mf._mv
+
+    @property
+    def start(self) -> int:
+        """Absolute offset of the first byte in the file."""
+        return self._start
+
+    @property
+    def end(self) -> int:
+        """Absolute offset one past the last byte."""
+        return self._end
+
+    @property
+    def base(self) -> MappedFile:
+        """The :class:`~shmslice.MappedFile` this slice belongs to."""
+        return self._mf
+
+    @property
+    def readonly(self) -> bool:
+        """True if the file was mapped read-only (mode ``"r"``)."""
+        return self._mf._readonly
+
+    @property
+    def released(self) -> bool:
+        """True once released (or once its MappedFile was closed)."""
+        return self._ref == _RELEASED or self._h.closed
+
+    def __len__(self) -> int:
+        self._live()
+        return self._end - self._start
+
+    # -- release ------------------------------------------------------------------
+    def release(self) -> None:
+        """Drop this slice's pin; any later use raises ``ValueError``.
+
+        Views exported from the slice keep their own pins and stay valid.
+        Releasing twice is harmless.  In a forked child, releasing a slice
+        inherited from the parent leaves the parent's pin alone.
+        """
+        ref = self._ref
+        if ref >= 0:
+            self._ref = _RELEASED
+            h = self._h
+            if self._gen == _FORK[0] and not h.closed:
+                rc = _ss_unpin(h.ptr, ref)
+                if rc < 0:
+                    raise_status(rc, self._mf.path)
+        else:
+            self._ref = _RELEASED
+
+    def __del__(self, _unpin: Any = _ss_unpin, _fork: list[int] = _FORK) -> None:
+        # Same as release(), with what it needs bound at definition time so it
+        # still works while the interpreter shuts down.
+        ref = self._ref
+        if ref >= 0 and self._gen == _fork[0]:
+            h = self._h
+            if not h.closed:
+                rc = _unpin(h.ptr, ref)
+                if rc < 0:
+                    raise_status(rc, self._mf.path)   # reported by sys.unraisablehook
+
+    def __enter__(self) -> ByteBufferSlice:
+        self._live()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    # -- reading ------------------------------------------------------------------
+    def _region(self) -> memoryview:
+        """A memoryview of the region, for use while this slice is alive (not handed out)."""
+        mv = self._live()
+        if mv is None or self._ref == _EMPTY:
+            return memoryview(b"")
+        return mv[self._start:self._end]
+
+    def __getitem__(self, key: int | slice) -> int | ByteBufferSlice:
+        mv = self._live()
+        n = self._end - self._start
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                raise ValueError(
+                    f"ByteBufferSlice slices must be contiguous (step 1), got step {step}; "
+                    f"for a strided view use s.view()[::{step}]")
+            if stop < start:
+                stop = start
+            return self._mf._sub_slice(self, self._start + start, self._start + stop)
+        try:
+            i = key.__index__()  # type: ignore[union-attr]
+        except AttributeError:
+            raise TypeError(f"ByteBufferSlice indices must be integers or slices, "
+                            f"not {type(key).__name__}") from None
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {key} out of range for a ByteBufferSlice of length {n}")
+        return mv[self._start + i]  # type: ignore[index]
+
+    def tobytes(self) -> bytes:
+        """A copy of the region as ``bytes``."""
+        return self._region().tobytes()
+
+    def __bytes__(self) -> bytes:
+        return self._region().tobytes()
+
+    def __iter__(self) -> Iterator[int]:
+        # A chunk at a time, re-checking the slice between chunks: a plain
+        # iterator over the mapping would outlive a release() and could then
+        # touch memory nothing pins any more.
+        n = self._end - self._start
+        self._live()
+        for offset in range(0, n, _CHUNK):
+            yield from self._region()[offset:offset + _CHUNK].tobytes()
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, int):
+            if not 0 <= item < 256:
+                raise ValueError("byte must be in range(0, 256)")
+            needle: bytes = bytes((item,))
+        else:
+            try:
+                needle = memoryview(item).tobytes()  # type: ignore[arg-type]
+            except TypeError:
+                raise TypeError(f"a bytes-like object is required, not {type(item).__name__!r}") from None
+        mv = self._live()
+        if mv is None or self._ref == _EMPTY:
+            return needle == b""
+        # mmap.find searches the mapping in place, without copying the region.
+        return mv.obj.find(needle, self._start, self._end) != -1  # type: ignore[union-attr]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ByteBufferSlice):
+            theirs = other._region()
+        else:
+            try:
+                theirs = memoryview(other)  # type: ignore[arg-type]
+            except TypeError:
+                return NotImplemented
+        return self._region() == theirs
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like bytearray
+
+    # -- writing ------------------------------------------------------------------
+    def __setitem__(self, key: int | slice, value: Any) -> None:
+        mv = self._live()
+        mf = self._mf
+        if mf._readonly:
+            raise TypeError(f"cannot write to {mf.path}: it was mapped read-only (mode 'r'); "
+                            "open it with mode='r+' to write")
+        n = self._end - self._start
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                raise ValueError(
+                    f"ByteBufferSlice slices must be contiguous (step 1), got step {step}; "
+                    f"for strided writes use s.view()[::{step}] = ...")
+            if stop < start:
+                stop = start
+            data = _as_bytes_view(value)
+            if data.nbytes != stop - start:
+                raise ValueError(f"cannot write {data.nbytes} bytes into a region of "
+                                 f"{stop - start} bytes: a ByteBufferSlice cannot change "
+                                 "size, so the lengths must match")
+            if stop > start:
+                mv[self._start + start:self._start + stop] = data  # type: ignore[index]
+            return
+        try:
+            i = key.__index__()  # type: ignore[union-attr]
+        except AttributeError:
+            raise TypeError(f"ByteBufferSlice indices must be integers or slices, "
+                            f"not {type(key).__name__}") from None
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {key} out of range for a ByteBufferSlice of length {n}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"a byte must be an int in range(0, 256), not {type(value).__name__}")
+        if not 0 <= value < 256:
+            raise ValueError(f"byte must be in range(0, 256), got {value}")
+        mv[self._start + i] = value  # type: ignore[index]
+
+    def flush(self) -> None:
+        """Write the region's changes to disk (msync); returns when they are there."""
+        mv = self._live()
+        if mv is None or self._ref == _EMPTY or self._mf._readonly:
+            return
+        first = self._start - self._start % _PAGE   # msync needs a page-aligned start
+        mv.obj.flush(first, self._end - first)  # type: ignore[union-attr]
+
+    # -- views --------------------------------------------------------------------
+    def _empty_view(self) -> memoryview:
+        return memoryview(b"") if self._mf._readonly else memoryview(bytearray())
+
+    def _view_311(self) -> memoryview:
+        """Zero-copy memoryview of the region, holding a pin while any view derived from it lives."""
+        mv = self._live()
+        if mv is None or self._ref == _EMPTY:
+            return self._empty_view()
+        h = self._h
+        start, end = self._start, self._end
+        ref = _ss_pin(h.ptr, start, end)
+        if ref < 0:
+            raise_status(ref, self._mf.path)
+        exporter = _ffi_buffer(_ffi_from_buffer(mv[start:end]))
+        mf = self._mf
+        wr = _weakref(exporter, _view_died)
+        _live_views[id(wr)] = (wr, mf, h, ref, _FORK[0])
+        mf._exports += 1
+        out = memoryview(exporter)
+        # cffi buffers always export writable memory; read-only mappings must not.
+        return out.toreadonly() if mf._readonly else out
+
+    def _view_pep688(self) -> memoryview:
+        """Zero-copy memoryview of the region, holding a pin while any view derived from it lives."""
+        return memoryview(self)
+
+    def __buffer__(self, flags: int) -> memoryview:
+        """PEP 688 export (Python 3.12+): pins the region until ``__release_buffer__``."""
+        mv = self._live()
+        mf = self._mf
+        if flags & _PYBUF_WRITABLE and mf._readonly:
+            raise BufferError(f"{mf.path} was mapped read-only (mode 'r'); "
+                              "a writable buffer needs mode='r+'")
+        if mv is None or self._ref == _EMPTY:
+            out = self._empty_view()
+            _pep688_exports[id(out)] = (mf, self._h, -1, _FORK[0])
+        else:
+            h = self._h
+            ref = _ss_pin(h.ptr, self._start, self._end)
+            if ref < 0:
+                raise_status(ref, mf.path)
+            out = mv[self._start:self._end]
+            _pep688_exports[id(out)] = (mf, h, ref, _FORK[0])
+        mf._exports += 1
+        return out
+
+    def __release_buffer__(self, view: memoryview) -> None:
+        """PEP 688: the last view of a buffer made by ``__buffer__`` died; drop its pin."""
+        entry = _pep688_exports.pop(id(view), None)
+        if entry is None:
+            raise ValueError("__release_buffer__ called with a view this slice did not export")
+        mf, h, ref, gen = entry
+        mf._exports -= 1
+        if ref >= 0 and gen == _FORK[0] and not h.closed:
+            rc = _ss_unpin(h.ptr, ref)
+            if rc < 0:
+                raise_status(rc, mf.path)
+
+    if sys.version_info >= (3, 12):
+        view = _view_pep688
+    else:
+        view = _view_311
+    view.__doc__ = """A zero-copy ``memoryview`` of the region (format ``'B'``).
+
+        Writable unless the file was mapped read-only.  The view (and every view,
+        numpy array or other object made from it) holds its own pin on the
+        region until the last of them dies or is released, even if the slice is
+        released first; ``MappedFile.close()`` raises ``BufferError`` meanwhile.
+        """
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        """numpy interop: ``numpy.asarray(s)`` is a zero-copy uint8 array over the region."""
+        import numpy as np
+        if copy:
+            arr = np.frombuffer(self.tobytes(), dtype=np.uint8).copy()
+        else:
+            arr = np.frombuffer(self.view(), dtype=np.uint8)
+        if dtype is not None and np.dtype(dtype) != arr.dtype:
+            if copy is False:
+                raise ValueError("converting a ByteBufferSlice to another dtype needs a copy; "
+                                 "use numpy.frombuffer(s.view(), dtype) to reinterpret instead")
+            arr = arr.astype(dtype)
+        return arr
+
+    # -- locks --------------------------------------------------------------------
+    def lock(self, mode: str = "exclusive", timeout: float | None = None) -> RegionLock:
+        """Lock exactly ``[start, end)`` of the file; see :meth:`LockManager.lock`."""
+        self._live()
+        if self._end == self._start:
+            raise ValueError(f"cannot lock an empty slice ([{self._start}, {self._end}) "
+                             f"of {self._mf.path}): a lock needs at least one byte")
+        return self._mf._mgr.lock(self._start, self._end, mode, timeout)  # type: ignore[arg-type]
+
+    # -- pickling -----------------------------------------------------------------
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle as a descriptor (path, identity, region, writability, size): never the bytes."""
+        self._live()
+        return (_rebuild, self._mf._descriptor(self._start, self._end))
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else ("read-only" if self._mf._readonly else "writable")
+        return (f"<shmslice.ByteBufferSlice [{self._start}, {self._end}) of "
+                f"{self._mf.path!r} {state}>")
+
+
+def _as_bytes_view(value: Any) -> memoryview:
+    """``value`` as a flat memoryview of bytes, for writing."""
+    if isinstance(value, ByteBufferSlice):
+        return value._region()
+    try:
+        data = memoryview(value)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not {type(value).__name__!r}") from None
+    if data.format != "B" or data.ndim != 1:
+        if not data.c_contiguous:
+            raise ValueError("data to write must be C-contiguous")
+        data = data.cast("B")
+    return data
+
+
+# -- views on Python 3.11 ----------------------------------------------------------
+_ffi_buffer = ffi.buffer
+_ffi_from_buffer = ffi.from_buffer
+_weakref = weakref.ref
+
+# id(weakref to exporter) -> (weakref, MappedFile, handle, pin ref, fork generation).
+# Holding the MappedFile here keeps its lock table attached while views live.
+_live_views: dict[int, tuple[Any, Any, Any, int, int]] = {}
+# id(exported memoryview) -> (MappedFile, handle, pin ref or -1, fork generation).
+_pep688_exports: dict[int, tuple[Any, Any, int, int]] = {}
+
+
+def _view_died(wr: Any, _views: dict[int, Any] = _live_views, _unpin: Any = _ss_unpin,
+               _fork: list[int] = _FORK) -> None:
+    _, mf, h, ref, gen = _views.pop(id(wr))
+    mf._exports -= 1
+    if gen == _fork[0] and not h.closed:
+        rc = _unpin(h.ptr, ref)
+        if rc < 0:
+            raise_status(rc, mf.path)   # reported by sys.unraisablehook
+
+
+# -- unpickling --------------------------------------------------------------------
+def _rebuild(path: str, dev: int, ino: int, start: int, end: int, writable: bool,
+             size: int, lock_dir: str) -> ByteBufferSlice:
+    """Unpickle a slice: find or map its file in this process, check it, pin the region."""
+    from shmslice.mapping import _mapped_for_descriptor
+    mf = _mapped_for_descriptor(path, dev, ino, writable, lock_dir)
+    mf._refresh()
+    if mf._size < size or end > mf._size:
+        raise StaleDescriptor(
+            f"slice [{start}, {end}) of {path} is stale: the file was shrunk from {size} "
+            f"to {mf._size} bytes since the slice was pickled", path)
+    return mf._slice_exact(start, end)
+
+
+def _after_fork_in_child() -> None:
+    _FORK[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
