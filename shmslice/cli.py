@@ -26,7 +26,6 @@ import concurrent.futures
 import functools
 import hashlib
 import json
-import mmap
 import multiprocessing
 import os
 import re
@@ -48,7 +47,10 @@ import psutil
 from shmslice import __version__
 from shmslice._paths import resolve_lock_dir
 from shmslice.errors import CorruptLockTable, ShmSliceError
-from shmslice.locks import LockInfo, LockManager, TableStat, TableView, table_path_for
+from shmslice.locks import LockInfo, TableStat, TableView, table_path_for
+from shmslice.mapping import MappedFile
+from shmslice.mapping import open as shmslice_open
+from shmslice.slices import ByteBufferSlice
 
 __all__ = ["build_parser", "human_duration", "human_size", "main", "parse_size"]
 
@@ -70,17 +72,6 @@ _KINDS = ("shared", "exclusive", "pin")
 
 class CommandError(Exception):
     """A runtime failure, reported as one line on stderr with exit status 1."""
-
-
-class _View(TableView):
-    """:class:`TableView` that stays quiet when its constructor fails.
-
-    ``TableView.__del__`` reads ``self._ptr``, which a failed ``__init__`` (no
-    table, a corrupt one) never sets; the class default keeps that from
-    printing "Exception ignored" noise under our one-line error.
-    """
-
-    _ptr: object | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -381,7 +372,7 @@ class Snapshot:
 def take_snapshot(target: Target) -> Snapshot:
     """Read the table of ``target`` without creating it or taking any lock."""
     try:
-        view = _View(target.table_path)
+        view = TableView(target.table_path)
     except FileNotFoundError:
         if target.data_path is None:
             raise CommandError(f"{target.table_path}: the lock table no longer exists") from None
@@ -632,7 +623,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     failures: list[str] = []
     for table in list_tables(directory):
         try:
-            view = _View(table)
+            view = TableView(table)
         except FileNotFoundError:
             continue   # removed since we listed the directory: nothing to show
         except (ShmSliceError, OSError) as err:
@@ -685,7 +676,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _reap_table(table: str) -> dict[str, Any]:
-    with _View(table) as view:
+    with TableView(table) as view:
         removed = view.reap()
         st = view.stat()
     return {"table": table, "data_path": st.data_path, "removed": removed, "remaining": st.used}
@@ -741,7 +732,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """``shmslice info PATH``."""
     target = resolve_target(args.path, args.lock_dir)
     try:
-        view = _View(target.table_path)
+        view = TableView(target.table_path)
     except FileNotFoundError:
         raise CommandError(_no_table_message(target)) from None
     try:
@@ -801,10 +792,6 @@ _PAGE = 4096
 _DEMO_LOCK_TIMEOUT_S = 30.0
 _DEMO_SNAPSHOT_EVERY_S = 0.1
 
-# Per worker process: set by _demo_worker_init.
-_worker: dict[str, Any] = {}
-
-
 @functools.lru_cache(maxsize=4)
 def _demo_filler(seed: int, length: int) -> bytes:
     """``length`` bytes of a 4 KiB pseudo-random block derived from ``seed``, repeated.
@@ -845,38 +832,28 @@ def demo_pattern(seed: int, start: int, end: int) -> bytes:
     return bytes(out)
 
 
-def _demo_worker_init(path: str, lock_dir: str, seed: int) -> None:
-    """Attach a worker process to the file and its lock table."""
+def _demo_worker_init() -> None:
+    """Set up a worker process of the demo's pool."""
     # Ctrl-C reaches the whole process group; the parent shuts the pool down in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        mapped = mmap.mmap(fd, 0)
-    finally:
-        os.close(fd)   # the mapping keeps the file open
-    _worker.update(mgr=LockManager(path, lock_dir), map=mapped, seed=seed)
 
 
-def _demo_task(index: int, start: int, end: int) -> tuple[int, int, float, float, int]:
-    """Write and checksum bytes [start, end): the unit of work of the demo.
+def _demo_task(index: int, piece: ByteBufferSlice, seed: int) -> tuple[int, int, float, float, int]:
+    """Write and checksum one slice: the unit of work of the demo.
 
-    Pins the slice while working on it (so the file cannot be shrunk under the
-    mapping), writes under an exclusive lock, checksums under a shared one.
-    Returns (index, crc32, started, finished, pid); the times are
-    ``time.monotonic()``, which is one clock for every process on the machine.
+    ``piece`` arrived pickled as a small descriptor; unpickling mapped the file
+    in this worker (once per process) and pinned the region.  The pattern is
+    written under an exclusive lock, the checksum taken under a shared one,
+    both straight through zero-copy views of the mapping.  Returns (index,
+    crc32, started, finished, pid); the times are ``time.monotonic()``, one
+    clock for every process on the machine.
     """
-    mgr: LockManager = _worker["mgr"]
-    mapped: mmap.mmap = _worker["map"]
     started = time.monotonic()
-    ref = mgr.pin(start, end)
-    try:
-        with memoryview(mapped)[start:end] as view:
-            with mgr.lock(start, end, "exclusive", timeout=_DEMO_LOCK_TIMEOUT_S):
-                fill_pattern(view, _worker["seed"], start)
-            with mgr.lock(start, end, "shared", timeout=_DEMO_LOCK_TIMEOUT_S):
-                crc = zlib.crc32(view)
-    finally:
-        mgr.unpin(ref)
+    with piece:   # drops this worker's pin on the region when done
+        with piece.lock("exclusive", timeout=_DEMO_LOCK_TIMEOUT_S), piece.view() as view:
+            fill_pattern(view, seed, piece.start)
+        with piece.lock("shared", timeout=_DEMO_LOCK_TIMEOUT_S), piece.view() as view:
+            crc = zlib.crc32(view)
     return index, crc, started, time.monotonic(), os.getpid()
 
 
@@ -972,76 +949,90 @@ class DemoResult:
 
 
 def run_demo(path: str, size: int, chunk: int, workers: int, lock_dir: str,
-             progress: _Progress, fault_offset: int | None = None) -> DemoResult:
-    """Create ``path``, let a pool of ``workers`` write and checksum it slice by slice, verify it."""
+             progress: _Progress, fault_offset: int | None = None,
+             durable: bool = False) -> DemoResult:
+    """Create ``path``, let a pool of ``workers`` write and checksum it slice by slice, verify it.
+
+    ``durable`` flushes the file to disk at the end (worth it only for a file
+    that is kept).
+    """
     wall0 = time.monotonic()
     seed = int.from_bytes(os.urandom(8), "little")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    os.close(fd)
-    mgr = LockManager(path, lock_dir)
+    mf = shmslice_open(path, "w+", size=size, lock_dir=lock_dir)
+    pieces: list[ByteBufferSlice] = []
     try:
-        mgr.resize_file(size)   # through the table, so `shmslice info` shows the size set
-        bounds = [(i, off, min(off + chunk, size)) for i, off in enumerate(range(0, size, chunk))]
-        result = DemoResult(path, mgr.table_path, size, chunk, len(bounds), workers)
-        _run_pool(path, lock_dir, seed, bounds, mgr, result, progress)
+        pieces = mf.split(chunk)
+        result = DemoResult(path, mf.lock_manager.table_path, size, chunk, len(pieces), workers)
+        _run_pool(mf, pieces, seed, result, progress)
         if fault_offset is not None:
             # Test hook (hidden --fault): damage one byte behind the workers' backs,
             # as a lost or misdirected write would, to prove verification notices.
-            with mgr.lock(fault_offset, fault_offset + 1, "exclusive",
-                          timeout=_DEMO_LOCK_TIMEOUT_S), open(path, "r+b") as f:
-                f.seek(fault_offset)
-                old = f.read(1)
-                f.seek(fault_offset)
-                f.write(bytes([old[0] ^ 0xFF]))
+            with mf.lock(fault_offset, fault_offset + 1, "exclusive", timeout=_DEMO_LOCK_TIMEOUT_S):
+                with mf.slice(fault_offset, fault_offset + 1) as byte:
+                    damaged = bytes([byte.tobytes()[0] ^ 0xFF])
+                mf[fault_offset:fault_offset + 1] = damaged
         t1 = time.monotonic()
-        _verify(path, mgr, bounds, seed, result)
+        _verify(mf, seed, result)
         result.verify_seconds = time.monotonic() - t1
+        if durable:
+            mf.flush()
     finally:
-        mgr.close()
+        for piece in pieces:
+            piece.release()
+        mf.close()
     result.wall_seconds = time.monotonic() - wall0
     return result
 
 
-def _run_pool(path: str, lock_dir: str, seed: int, bounds: Sequence[tuple[int, int, int]],
-              mgr: LockManager, result: DemoResult, progress: _Progress) -> None:
-    """Run one task per slice on a process pool, showing progress and the table's lock counts."""
-    target = Target(path, path, mgr.table_path)
+def _run_pool(mf: MappedFile, pieces: list[ByteBufferSlice], seed: int, result: DemoResult,
+              progress: _Progress) -> None:
+    """Run one task per slice on a process pool, showing progress and the table's lock counts.
+
+    Our own slice of each region stays alive (pinned) until its task is done,
+    as a producer keeps its input until the consumer has it: the pins in the
+    live line fall as the work completes.
+    """
+    me = os.getpid()
+    target = Target(mf.path, mf.path, mf.lock_manager.table_path)
     pids: set[int] = set()
     done_bytes = 0
     first_start = last_finish = None
-    busiest = 0
-    width = len(str(len(bounds)))
-    # spawn, not fork: each worker is a fresh interpreter that attaches to the
-    # table on its own, exactly as unrelated processes of a pipeline would.
+    busiest = -1
+    width = len(str(len(pieces)))
+    # spawn, not fork: each worker is a fresh interpreter that maps the file and
+    # attaches to the table on its own, as unrelated processes of a pipeline would.
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=len(bounds) and result.workers, mp_context=context,
-        initializer=_demo_worker_init, initargs=(path, lock_dir, seed))
+        max_workers=result.workers, mp_context=context, initializer=_demo_worker_init)
     try:
-        pending = {pool.submit(_demo_task, *b) for b in bounds}
+        futures = {pool.submit(_demo_task, i, piece, seed): i for i, piece in enumerate(pieces)}
+        pending = set(futures)
         while pending:
             finished, pending = concurrent.futures.wait(
                 pending, timeout=_DEMO_SNAPSHOT_EVERY_S,
                 return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
                 index, crc, started, ended, pid = future.result()
+                piece = pieces[index]
                 result.checksums[index] = crc
                 pids.add(pid)
-                done_bytes += bounds[index][2] - bounds[index][1]
+                done_bytes += len(piece)
+                piece.release()
                 first_start = started if first_start is None else min(first_start, started)
                 last_finish = ended if last_finish is None else max(last_finish, ended)
-            entries = mgr.locks(waiting=True)
-            if len(entries) > busiest:
-                # Keep the fullest moment, with its owners as they were then.
-                busiest = len(entries)
-                result.busiest = Snapshot(target, mgr.stat(), entries, time.time(),
+            entries = mf.lock_manager.locks(waiting=True)
+            theirs = sum(1 for e in entries if e.pid != me)
+            if theirs > busiest:
+                # Keep the moment the workers held most, with their owners as they were.
+                busiest = theirs
+                result.busiest = Snapshot(target, mf.lock_manager.stat(), entries, time.time(),
                                           describe_owners(entries))
+            if not result.checksums and not theirs:
+                continue   # workers still starting: nothing worth a line yet
             # Rate over the work itself: worker start-up (a fresh interpreter each) is not I/O.
             elapsed = time.monotonic() - first_start if first_start is not None else 0.0
             rate = done_bytes / elapsed if elapsed > 0 else 0.0
-            if not result.checksums and not entries:
-                continue   # workers still starting: nothing worth a line yet
-            progress.update(f"  {len(result.checksums):>{width}}/{len(bounds)} slices  "
+            progress.update(f"  {len(result.checksums):>{width}}/{len(pieces)} slices  "
                             f"{human_size(done_bytes):>10}  {human_size(int(rate)):>10}/s  "
                             f"{_LockCounts.of(entries).line()}")
     except BaseException:
@@ -1051,26 +1042,26 @@ def _run_pool(path: str, lock_dir: str, seed: int, bounds: Sequence[tuple[int, i
     result.processes = sorted(pids)
     if first_start is not None and last_finish is not None:
         result.work_seconds = last_finish - first_start
-    progress.update(f"  {len(bounds)}/{len(bounds)} slices  {human_size(result.size)}  "
+    progress.update(f"  {len(pieces)}/{len(pieces)} slices  {human_size(result.size)}  "
                     f"done in {result.work_seconds:.2f}s", final=True)
 
 
-def _verify(path: str, mgr: LockManager, bounds: Sequence[tuple[int, int, int]], seed: int,
-            result: DemoResult) -> None:
+def _verify(mf: MappedFile, seed: int, result: DemoResult) -> None:
     """Compare every byte with the pattern, and every slice with its worker's checksum."""
-    with mgr.lock(0, result.size, "shared", timeout=_DEMO_LOCK_TIMEOUT_S), \
-            open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        if len(mapped) != result.size:
-            result.bad_slices = [b[0] for b in bounds]
-            result.first_bad_offset = min(len(mapped), result.size)
+    with mf.lock(0, result.size, "shared", timeout=_DEMO_LOCK_TIMEOUT_S):
+        if len(mf) != result.size:
+            result.bad_slices = list(range(result.slices))
+            result.first_bad_offset = min(len(mf), result.size)
             return
-        for index, start, end in bounds:
+        for index, start in enumerate(range(0, result.size, result.chunk)):
+            end = min(start + result.chunk, result.size)
             want = bytearray(end - start)
             with memoryview(want) as scratch:
                 fill_pattern(scratch, seed, start)
-            # bytes == bytearray compares with memcmp; memoryview == would go
-            # element by element, 40 times slower.
-            got = mapped[start:end]
+            with mf.slice(start, end) as piece:
+                # bytes == bytearray compares with memcmp; memoryview == would go
+                # element by element, 40 times slower.
+                got = piece.tobytes()
             if got == want and result.checksums.get(index) == zlib.crc32(got):
                 continue
             result.bad_slices.append(index)
@@ -1087,7 +1078,7 @@ def _remove_private_table(table: str) -> None:
     directory, so leaving its table behind would only leak shared memory.
     """
     try:
-        with _View(table) as view:
+        with TableView(table) as view:
             view.reap()
             st = view.stat()
     except FileNotFoundError:
@@ -1104,13 +1095,19 @@ def _bad_slices(result: DemoResult) -> str:
 
 def _print_demo_report(result: DemoResult, out: TextIO) -> None:
     columns = _terminal_columns(out)
-    if result.busiest is not None and result.busiest.entries:
-        snap = result.busiest
-        print(f"\nthe lock table at its busiest moment, as 'shmslice locks {result.path}' "
-              "showed it:", file=out)
-        for line in format_lock_table(snap.entries, snap.owners, snap.taken, columns, indent=2):
+    snap = result.busiest
+    if snap is not None and snap.entries:
+        # The demo's own pins (one per slice not yet done) would fill the screen:
+        # show the workers' rows, and count ours in the summary below them.
+        me = os.getpid()
+        theirs = [e for e in snap.entries if e.pid != me]
+        ours = len(snap.entries) - len(theirs)
+        print(f"\nthe lock table while the workers ran, as 'shmslice locks {result.path}' showed "
+              f"it (without the {plural(ours, 'pin')} the demo process {me} held on slices "
+              "not yet done):", file=out)
+        for line in format_lock_table(theirs, snap.owners, snap.taken, columns, indent=2):
             print(line, file=out)
-        print("  " + summary_line(summarize(snap), len(snap.entries), snap.target, True), file=out)
+        print("  " + summary_line(summarize(snap), len(theirs), snap.target, True), file=out)
     rate = result.size / result.work_seconds if result.work_seconds > 0 else 0.0
     print(f"\nwrote and checksummed {human_size(result.size)} in {result.work_seconds:.2f}s: "
           f"{human_size(int(rate))}/s ({plural(result.workers, 'worker')}, "
@@ -1128,7 +1125,8 @@ def _demo_json(result: DemoResult) -> dict[str, Any]:
     busiest = result.busiest
     return {
         "path": result.path, "table": result.table, "size": result.size, "chunk": result.chunk,
-        "slices": result.slices, "workers": result.workers, "worker_pids": result.processes,
+        "slices": result.slices, "workers": result.workers, "pid": os.getpid(),
+        "worker_pids": result.processes,
         "work_seconds": round(result.work_seconds, 4),
         "bytes_per_second": round(result.size / result.work_seconds) if result.work_seconds else None,
         "verify_seconds": round(result.verify_seconds, 4),
@@ -1168,7 +1166,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"{plural(workers, 'worker')} (lock directory {lock_dir})", file=out)
             out.flush()
         progress = _Progress(out, enabled=not args.json)
-        result = run_demo(path, size, chunk, workers, lock_dir, progress, args.fault)
+        result = run_demo(path, size, chunk, workers, lock_dir, progress, args.fault,
+                          durable=tmpdir is None)
         table = result.table
     finally:
         if tmpdir is not None:
