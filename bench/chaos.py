@@ -1,0 +1,464 @@
+#!/usr/bin/env python3
+"""Kill chaos for the shmslice lock table (issue 5, "kill chaos").
+
+W worker processes take and release shared and exclusive locks and pins on
+overlapping regions of one file at random.  A controller SIGKILLs a random
+worker every few milliseconds and forks a replacement; some workers also arm
+the C core's crash-point hook (ss_debug_set_crash_point) so that they kill
+themselves *inside* the table mutex (allocating, publishing, unlinking or
+freeing an entry, or half way through a repair).
+
+What is checked, and by whom:
+
+* Mutual exclusion, by the workers themselves.  A shared record (an mmap'ed
+  file) has one row per worker slot with one byte per unit of the file:
+  0 free, 1 shared, 2 exclusive.  A worker marks its row after it is granted a
+  lock and clears it before releasing; on entry and again before leaving it
+  reads every other row.  A conflicting byte is a violation unless the row's
+  owner is dead (a killed holder's stale mark): the checker polls until the
+  owner is dead or replaced (stale, fine) or clears the mark while alive /
+  keeps it for 3 s (a real second holder: violation).
+* Count exactness, by the workers: now and then a worker compares its own
+  entries in ``locks()`` with the pins it believes it holds.
+* No deadlock, by the controller: every live worker bumps a heartbeat after
+  each operation; one that does not move for --stall seconds fails the run
+  (every lock wait is also bounded: a LockTimeout after 10 s is a failure).
+* Nothing left over, by the controller at the end: workers freeze (holding
+  only pins), half of them are killed, ``reap()`` runs, and the table must
+  hold exactly the live workers' pins with the counts they believe; after
+  every worker has closed, the table must be empty.
+
+Usage::
+
+    python bench/chaos.py --kills 2000           # the long run
+    python bench/chaos.py --kills 200 --json     # what the pytest run does
+    SHMSLICE_CHAOS_SEED=42 python bench/chaos.py --kills 2000   # replay a seed
+
+Exit status 0 if clean, 1 on any violation, stall, crash or leftover.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import random
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+
+UNIT = 4096
+GLOBAL_BYTES = 4096
+ROW_BYTES = 256               # row header 64 bytes, marks from offset 64
+MARKS = 64
+# Global fields
+G_STOP, G_EXIT = 0, 4
+# Row fields: pid q@0, incarnation Q@8, heartbeat Q@16, lock ops checked Q@24,
+# pin ops Q@32, count checks Q@40, frozen I@48
+R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN = 0, 8, 16, 24, 32, 40, 48
+LOCK_TIMEOUT = 10.0
+STALE_POLL_S = 3.0
+
+
+class Record:
+    def __init__(self, path: str, rows: int, units: int, create: bool) -> None:
+        size = GLOBAL_BYTES + rows * ROW_BYTES
+        assert units <= ROW_BYTES - MARKS
+        if create:
+            with open(path, "wb") as f:
+                f.write(b"\0" * size)
+        fd = os.open(path, os.O_RDWR)
+        self.mm = mmap.mmap(fd, size)
+        os.close(fd)
+        self.rows, self.units = rows, units
+
+    def row(self, slot: int) -> int:
+        return GLOBAL_BYTES + slot * ROW_BYTES
+
+    def get(self, off: int, fmt: str = "<Q") -> int:
+        return struct.unpack_from(fmt, self.mm, off)[0]
+
+    def put(self, off: int, value: int, fmt: str = "<Q") -> None:
+        struct.pack_into(fmt, self.mm, off, value)
+
+    def bump(self, off: int) -> None:
+        struct.pack_into("<Q", self.mm, off, struct.unpack_from("<Q", self.mm, off)[0] + 1)
+
+    def marks(self, slot: int, a: int, b: int) -> bytes:
+        o = self.row(slot) + MARKS
+        return self.mm[o + a:o + b]
+
+    def set_marks(self, slot: int, a: int, b: int, code: int) -> None:
+        o = self.row(slot) + MARKS
+        self.mm[o + a:o + b] = bytes([code]) * (b - a)
+
+
+def pid_dead(pid: int) -> bool:
+    """Dead for the purpose of stale marks: gone, or a zombie (exit in progress
+    counts as alive; the poll just waits for it to finish)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]
+    return state in (b"Z", b"X")
+
+
+def conflicting(seg: bytes, exclusive: bool) -> bool:
+    return any(seg) if exclusive else 2 in seg
+
+
+# ---------------------------------------------------------------------------
+# Worker (a forked child of the controller)
+# ---------------------------------------------------------------------------
+
+def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -> None:
+    import shmslice
+    from shmslice._binding import lib
+
+    rng = random.Random(f"{args.seed}:{slot}:{incarnation}")
+    rec = Record(paths["record"], args.workers, args.units, create=False)
+    me = os.getpid()
+    row = rec.row(slot)
+    rec.set_marks(slot, 0, args.units, 0)         # a dead predecessor's stale marks
+    rec.put(row + R_INC, incarnation)
+    rec.put(row + R_PID, me, "<q")
+    rec.put(row + R_FROZEN, 0, "<I")
+    if rng.random() < args.crash_prob:
+        lib.ss_debug_set_crash_point(rng.randint(1, 5), rng.randint(1, 40))
+    mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"])
+    pins: list[tuple[int, int, int]] = []
+
+    def fail(msg: str) -> None:
+        sys.stderr.write(f"chaos worker slot {slot} pid {me}: VIOLATION {msg}\n")
+        sys.stderr.flush()
+        os._exit(3)
+
+    def check(a: int, b: int, exclusive: bool, when: str) -> None:
+        for v in range(args.workers):
+            if v == slot:
+                continue
+            vrow = rec.row(v)
+            inc1, pid1 = rec.get(vrow + R_INC), rec.get(vrow + R_PID, "<q")
+            seg = rec.marks(v, a, b)
+            if not conflicting(seg, exclusive):
+                continue
+            deadline = time.monotonic() + STALE_POLL_S
+            while True:
+                if rec.get(vrow + R_INC) != inc1 or pid_dead(pid1):
+                    break   # a dead holder's stale mark: the table reclaimed its lock
+                now_seg = rec.marks(v, a, b)
+                if not conflicting(now_seg, exclusive):
+                    fail(f"{when}: holding {'exclusive' if exclusive else 'shared'} units "
+                         f"[{a},{b}) while live slot {v} (pid {pid1}) held {list(seg)} there")
+                if time.monotonic() > deadline:
+                    fail(f"{when}: live slot {v} (pid {pid1}) keeps conflicting marks "
+                         f"{list(now_seg)} on units [{a},{b}) we hold")
+                time.sleep(0.001)
+
+    while not rec.get(G_STOP, "<I"):
+        r = rng.random()
+        if r < 0.6:
+            a = rng.randrange(args.units)
+            b = min(args.units, a + rng.randint(1, args.max_len))
+            exclusive = rng.random() < 0.4
+            try:
+                # --sabotage (checker self-test): writers take shared locks.
+                mode = "exclusive" if exclusive and not args.sabotage else "shared"
+                lk = mgr.lock(a * UNIT, b * UNIT, mode, timeout=LOCK_TIMEOUT)
+            except shmslice.LockTimeout as exc:
+                fail(f"lock [{a},{b}) not granted in {LOCK_TIMEOUT} s: {exc}")
+            rec.set_marks(slot, a, b, 2 if exclusive else 1)
+            check(a, b, exclusive, "entry")
+            if rng.random() < 0.5:
+                time.sleep(rng.random() * args.hold_ms / 1000)
+            check(a, b, exclusive, "exit")
+            rec.set_marks(slot, a, b, 0)
+            lk.release()
+            rec.bump(row + R_OPS)
+        elif r < 0.78:
+            start = rng.randrange(args.units) * UNIT
+            end = start + UNIT * rng.randint(1, 3)
+            pins.append((mgr.pin(start, end), start, end))
+            rec.bump(row + R_PINS)
+        elif r < 0.95:
+            if pins:
+                ref, _, _ = pins.pop(rng.randrange(len(pins)))
+                mgr.unpin(ref)
+                rec.bump(row + R_PINS)
+        elif r < 0.985:
+            want = Counter((s, e) for _, s, e in pins)
+            mine = [e for e in mgr.locks() if e.pid == me and e.alive]
+            got = {(e.start, e.end): e.count for e in mine if e.kind == "pin"}
+            others = [e for e in mine if e.kind != "pin"]
+            if got != dict(want) or others:
+                fail(f"locks() shows {got} pins and {others} locks; this worker holds {dict(want)}")
+            rec.bump(row + R_COUNTS)
+        else:
+            mgr.reap()
+        rec.bump(row + R_BEAT)
+
+    # Freeze: hold only pins, tell the controller what we hold, wait to be told to exit.
+    beliefs = sorted(Counter((s, e) for _, s, e in pins).items())
+    tmp = os.path.join(paths["beliefs"], f"{slot}.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"pid": me, "pins": [[s, e, c] for (s, e), c in beliefs]}, f)
+    os.rename(tmp, os.path.join(paths["beliefs"], f"{slot}.json"))
+    rec.put(row + R_FROZEN, 1, "<I")
+    deadline = time.monotonic() + 120
+    while not rec.get(G_EXIT, "<I"):
+        if time.monotonic() > deadline:
+            fail("never told to exit")
+        time.sleep(0.005)
+    mgr.close()
+
+
+def run_worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        worker(slot, incarnation, args, paths)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        code = 2
+    os._exit(code)
+
+
+# ---------------------------------------------------------------------------
+# Controller
+# ---------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> dict:
+    import shmslice
+
+    work = args.dir or tempfile.mkdtemp(prefix="shmslice-chaos-")
+    os.makedirs(work, exist_ok=True)
+    paths = {"data": os.path.join(work, "data.bin"), "lock_dir": os.path.join(work, "locks"),
+             "record": os.path.join(work, "record.bin"), "beliefs": os.path.join(work, "beliefs")}
+    os.makedirs(paths["lock_dir"], mode=0o700, exist_ok=True)
+    os.makedirs(paths["beliefs"], exist_ok=True)
+    with open(paths["data"], "wb") as f:
+        f.write(b"\0" * (UNIT * args.units))
+    rec = Record(paths["record"], args.workers, args.units, create=True)
+    table = shmslice.locks.table_path_for(paths["data"], paths["lock_dir"])
+    rng = random.Random(args.seed)
+
+    live: dict[int, int] = {}            # slot -> pid
+    by_pid: dict[int, int] = {}          # pid -> slot
+    incarnation = Counter()
+    beat_seen: dict[int, tuple[int, float]] = {}
+    killed: set[int] = set()
+    failures: list[str] = []
+    counts = Counter()
+
+    def spawn(slot: int) -> None:
+        incarnation[slot] += 1
+        pid = run_worker(slot, incarnation[slot], args, paths)
+        live[slot] = pid
+        by_pid[pid] = slot
+        beat_seen[slot] = (rec.get(rec.row(slot) + R_BEAT), time.monotonic())
+
+    def collect(block_until: float | None = None) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                if block_until is None or time.monotonic() > block_until or not by_pid:
+                    return
+                time.sleep(0.002)
+                continue
+            slot = by_pid.pop(pid, None)
+            if slot is None:
+                continue
+            was_killed = pid in killed
+            killed.discard(pid)
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+                counts["kills" if was_killed else "crash_point_deaths"] += 1
+            elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and stopping:
+                counts["clean_exits"] += 1
+            elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3:
+                failures.append(f"slot {slot} pid {pid}: violation (see stderr)")
+            else:
+                desc = (f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+                        if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}")
+                failures.append(f"slot {slot} pid {pid}: died unexpectedly ({desc})")
+            if live.get(slot) == pid:
+                del live[slot]
+                if not stopping and not failures:
+                    spawn(slot)
+
+    def check_progress() -> None:
+        now = time.monotonic()
+        for slot, pid in live.items():
+            beat = rec.get(rec.row(slot) + R_BEAT)
+            last, since = beat_seen[slot]
+            if beat != last:
+                beat_seen[slot] = (beat, now)
+            elif now - since > args.stall:
+                failures.append(f"slot {slot} pid {pid}: no progress for {now - since:.1f} s "
+                                f"(table: {describe_table(table)})")
+
+    stopping = False
+    started = time.monotonic()
+    for slot in range(args.workers):
+        spawn(slot)
+    next_progress = time.monotonic() + 0.2
+    while counts["kills"] + counts["crash_point_deaths"] < args.kills and not failures:
+        time.sleep(rng.uniform(args.kill_min_ms, args.kill_max_ms) / 1000)
+        collect()
+        if failures:
+            break
+        if live:
+            slot = rng.choice(sorted(live))
+            pid = live[slot]
+            killed.add(pid)
+            os.kill(pid, signal.SIGKILL)
+            del live[slot]
+            spawn(slot)              # the victim is still dying: the table must cope
+        if time.monotonic() > next_progress:
+            check_progress()
+            next_progress = time.monotonic() + 0.2
+        if time.monotonic() - started > args.max_seconds:
+            failures.append(f"run exceeded --max-seconds {args.max_seconds}")
+    chaos_elapsed = time.monotonic() - started
+
+    # ---- final phase ----------------------------------------------------------
+    stopping = True
+    rec.put(G_STOP, 1, "<I")
+    deadline = time.monotonic() + LOCK_TIMEOUT + 20
+    while time.monotonic() < deadline:
+        collect()
+        if all(rec.get(rec.row(s) + R_FROZEN, "<I") for s in live):
+            break
+        time.sleep(0.01)
+    else:
+        failures.append("workers did not freeze: " +
+                        ", ".join(str(s) for s in live if not rec.get(rec.row(s) + R_FROZEN, "<I")))
+    leftover_report = {}
+    if not failures:
+        # Kill half of the frozen workers: their pins must go at reap().
+        victims = sorted(live)[: len(live) // 2]
+        for slot in victims:
+            pid = live.pop(slot)
+            killed.add(pid)
+            os.kill(pid, signal.SIGKILL)
+        collect(block_until=time.monotonic() + 10)
+        if any(p in by_pid for p in killed):
+            failures.append("killed workers were not collected in 10 s")
+        view = shmslice.TableView(table)
+        reaped = view.reap()
+        entries = view.locks(waiting=True)
+        expect: dict[int, dict] = {}
+        for slot, pid in live.items():
+            with open(os.path.join(paths["beliefs"], f"{slot}.json")) as f:
+                b = json.load(f)
+            assert b["pid"] == pid
+            expect[pid] = {(s, e): c for s, e, c in b["pins"]}
+        got: dict[int, dict] = {pid: {} for pid in expect}
+        for e in entries:
+            if e.pid not in expect or not e.alive or e.kind != "pin" or e.waiting:
+                failures.append(f"after reap, entry not owned by a live worker's pin: {e}")
+                continue
+            got[e.pid][(e.start, e.end)] = e.count
+        for pid in expect:
+            if got[pid] != expect[pid]:
+                failures.append(f"pid {pid}: table pins {got[pid]} != held {expect[pid]}")
+        leftover_report = {"reaped_at_end": reaped, "entries_after_reap": len(entries),
+                           "live_workers_at_end": len(live)}
+        rec.put(G_EXIT, 1, "<I")
+        collect(block_until=time.monotonic() + 20)
+        if by_pid:
+            failures.append(f"workers did not exit: {sorted(by_pid)}")
+        view.reap()
+        rest = view.locks(waiting=True)
+        st = view.stat()
+        if rest or st.used or st.waiting or st.procs:
+            failures.append(f"after every worker closed: {len(rest)} entries, used {st.used}, "
+                            f"waiting {st.waiting}, procs {st.procs}")
+        counts["repairs"] = st.repairs
+        view.close()
+    for pid in list(by_pid):     # only after a failure: stop whatever is left
+        killed.add(pid)
+        os.kill(pid, signal.SIGKILL)
+    collect(block_until=time.monotonic() + 10)
+
+    totals = Counter()
+    for slot in range(args.workers):
+        r = rec.row(slot)
+        totals["lock_ops_checked"] += rec.get(r + R_OPS)
+        totals["pin_ops"] += rec.get(r + R_PINS)
+        totals["count_checks"] += rec.get(r + R_COUNTS)
+    return {
+        "seed": args.seed, "workers": args.workers,
+        "kills": counts["kills"], "crash_point_deaths": counts["crash_point_deaths"],
+        "deaths_survived": counts["kills"] + counts["crash_point_deaths"],
+        "repairs": counts["repairs"], **totals, **leftover_report,
+        "chaos_seconds": round(chaos_elapsed, 2), "failures": failures[:20],
+        "work_dir": work,
+    }
+
+
+def describe_table(table: str) -> str:
+    import shmslice
+    try:
+        with shmslice.TableView(table) as v:
+            return "; ".join(f"{e.kind} [{e.start},{e.end}) pid {e.pid} alive {e.alive} "
+                             f"waiting {e.waiting}" for e in v.locks(waiting=True))[:1500]
+    except shmslice.ShmSliceError as exc:
+        return f"unreadable: {exc}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kills", type=int, default=2000, help="deaths to survive (SIGKILLs "
+                   "from the controller plus crash-point suicides)")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--units", type=int, default=24, help="file size in 4 KiB units")
+    p.add_argument("--max-len", type=int, default=6, help="longest lock, in units")
+    p.add_argument("--hold-ms", type=float, default=1.0)
+    p.add_argument("--kill-min-ms", type=float, default=2.0)
+    p.add_argument("--kill-max-ms", type=float, default=15.0)
+    p.add_argument("--crash-prob", type=float, default=0.3,
+                   help="chance that a worker arms a random crash point")
+    p.add_argument("--stall", type=float, default=5.0, help="seconds without progress = deadlock")
+    p.add_argument("--max-seconds", type=float, default=3600)
+    p.add_argument("--seed", type=int,
+                   default=int(os.environ.get("SHMSLICE_CHAOS_SEED", "0")) or None)
+    p.add_argument("--dir", help="work directory (default: a new temporary one)")
+    p.add_argument("--json", action="store_true", help="print only the JSON summary")
+    p.add_argument("--sabotage", action="store_true",
+                   help="checker self-test: take writers' locks as shared (must fail)")
+    args = p.parse_args(argv)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1, 2**31)
+    if args.workers < 2 or args.units < 2:
+        p.error("need at least 2 workers and 2 units")
+    if not args.json:
+        print(f"chaos: seed {args.seed} (replay: SHMSLICE_CHAOS_SEED={args.seed}), "
+              f"{args.workers} workers, {args.kills} deaths", flush=True)
+    summary = run(args)
+    if not args.json:
+        for f in summary["failures"]:
+            print(f"FAILURE {f}")
+        print(f"deaths survived: {summary['deaths_survived']} ({summary['kills']} SIGKILLs, "
+              f"{summary['crash_point_deaths']} inside the C core), lock operations checked: "
+              f"{summary['lock_ops_checked']}, pin operations: {summary['pin_ops']}, "
+              f"count checks: {summary['count_checks']}, repairs: {summary['repairs']}, "
+              f"in {summary['chaos_seconds']} s")
+    print(json.dumps(summary), flush=True)
+    return 1 if summary["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

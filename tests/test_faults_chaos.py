@@ -1,0 +1,60 @@
+"""Kill chaos (issue 5): workers lock, pin and check each other while a
+controller SIGKILLs them every few milliseconds and some kill themselves
+inside the C core's critical sections.  The engine is bench/chaos.py; see its
+docstring for what is checked.  The seed is printed; replay with
+``SHMSLICE_CHAOS_SEED=<seed>``.  ``SHMSLICE_SLOW=1`` adds the 2,000-death run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAOS = ROOT / "bench" / "chaos.py"
+
+
+def _run(tmp_path: Path, *extra: str, timeout: float) -> tuple[dict, str]:
+    env_seed = os.environ.get("SHMSLICE_CHAOS_SEED")
+    seed = int(env_seed) if env_seed else random.SystemRandom().randrange(1, 2**31)
+    print(f"chaos seed {seed} (replay: SHMSLICE_CHAOS_SEED={seed})")
+    r = subprocess.run([sys.executable, str(CHAOS), "--seed", str(seed), "--json",
+                        "--dir", str(tmp_path / "chaos"), *extra],
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.stdout.strip(), f"chaos printed nothing (exit {r.returncode}):\n{r.stderr[-3000:]}"
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    print({k: v for k, v in summary.items() if k != "work_dir"})
+    return summary, r.stderr
+
+
+def _check(summary: dict, stderr: str, deaths: int) -> None:
+    assert summary["failures"] == [], f"{summary['failures']}\nworker stderr:\n{stderr[-4000:]}"
+    assert summary["deaths_survived"] >= deaths
+    assert summary["crash_point_deaths"] > 0, "no worker died inside the C core"
+    assert summary["lock_ops_checked"] > 10 * summary["workers"]
+    assert summary["count_checks"] > 0
+
+
+def test_chaos_kills_keep_exclusion_progress_and_an_exact_table(tmp_path: Path) -> None:
+    summary, stderr = _run(tmp_path, "--kills", "600", "--workers", "4", timeout=150)
+    _check(summary, stderr, 600)
+
+
+def test_chaos_checker_catches_a_broken_lock(tmp_path: Path) -> None:
+    """The workers' own check is not vacuous: with writers locking shared, it fails."""
+    summary, stderr = _run(tmp_path, "--kills", "400", "--workers", "4", "--sabotage",
+                           "--crash-prob", "0", timeout=150)
+    assert any("violation" in f for f in summary["failures"]), summary
+    assert "VIOLATION" in stderr
+
+
+@pytest.mark.skipif(not os.environ.get("SHMSLICE_SLOW"), reason="slow: set SHMSLICE_SLOW=1")
+def test_chaos_2000_deaths(tmp_path: Path) -> None:
+    summary, stderr = _run(tmp_path, "--kills", "2000", "--workers", "6", timeout=900)
+    _check(summary, stderr, 2000)
