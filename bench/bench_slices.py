@@ -1,0 +1,262 @@
+"""Benchmark shmslice's zero-copy slices (issue 3) against what a user would do instead.
+
+    python bench/bench_slices.py            # full run (a minute or two)
+    python bench/bench_slices.py --quick    # smoke run (rough numbers)
+
+Measured in one run, so that ratios compare like with like:
+
+1. ``s = mf[a:b]; s.release()`` against ``numpy.memmap`` slicing and
+   ``memoryview(mm)[a:b]`` + ``release()`` on a plain ``mmap`` (interleaved).
+2. Export and release of a view: ``v = s.view(); v.release()`` (on 3.12+ this is
+   ``memoryview(s)`` through PEP 688).
+3. 8 slices of 64 MiB handed to a 2-worker ``multiprocessing.Pool`` that
+   computes a crc32 of each: as ``ByteBufferSlice`` objects, as ``bytes``, and
+   as hand-written ``(path, offset, length)`` tuples that the worker maps itself.
+4. 4 worker processes each read all of a 256 MiB file through slices: the sum
+   of their USS growth (psutil), measured after all of them have read it all.
+
+Every figure is the median of several repeats (min beside it).  Targets are
+printed as PASS/MISS, never asserted.  The run ends with a markdown table.  Data
+files and lock tables live in a temporary directory removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import (  # noqa: E402
+    Stats,
+    add_common_args,
+    fmt_ratio,
+    fmt_us,
+    machine_info,
+    markdown_table,
+    measure_interleaved,
+    paired_ratio,
+    print_section,
+    settings_from_args,
+    verdict,
+)
+
+try:
+    import shmslice
+except ImportError as _err:  # pragma: no cover - depends on the environment
+    raise SystemExit(f"cannot import shmslice ({_err}); run with the project's venv, "
+                     "e.g. .venv/bin/python bench/bench_slices.py") from None
+
+try:
+    import numpy
+except ImportError:  # the numpy comparison is skipped without it
+    numpy = None
+
+MiB = 1 << 20
+CHUNK = 4 * MiB
+
+
+def write_file(path: str, size: int) -> None:
+    """A file of `size` bytes of incompressible data (1 MiB of random bytes, repeated)."""
+    block = os.urandom(MiB)
+    with open(path, "wb") as f:
+        for _ in range(size // MiB):
+            f.write(block)
+        f.write(block[: size % MiB])
+
+
+# -- workers (module level: picklable under every start method) -----------------------
+def crc_slice(s: shmslice.ByteBufferSlice) -> int:
+    return zlib.crc32(s.view())
+
+
+def crc_bytes(data: bytes) -> int:
+    return zlib.crc32(data)
+
+
+def crc_tuple(desc: tuple[str, int, int]) -> int:
+    """What a user writes by hand: map the region in the worker, read it, unmap."""
+    path, offset, length = desc
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), length + (offset - base), access=mmap.ACCESS_READ, offset=base)
+    with mm:
+        view = memoryview(mm)[offset - base:]
+        try:
+            return zlib.crc32(view)
+        finally:
+            view.release()
+
+
+def warm(_: object) -> int:
+    return os.getpid()
+
+
+def uss_reader(s: shmslice.ByteBufferSlice, barrier, out) -> None:
+    import psutil
+    proc = psutil.Process()
+    before = proc.memory_full_info().uss
+    crc = 0
+    for off in range(0, len(s), CHUNK):
+        with s[off:off + CHUNK] as part:
+            v = part.view()
+            crc = zlib.crc32(v, crc)
+            v.release()
+    barrier.wait(120)        # every worker has now touched every page
+    after = proc.memory_full_info().uss
+    out.put((os.getpid(), crc, after - before))
+    barrier.wait(120)        # keep the mappings until every worker has measured
+
+
+# -- 1 and 2: microbenchmarks -----------------------------------------------------------------
+def micro(tmp: str, settings) -> dict[str, Stats]:
+    path = os.path.join(tmp, "micro.bin")
+    write_file(path, 16 * MiB)
+    mf = shmslice.open(path, "r+", lock_dir=os.path.join(tmp, "locks"))
+    f = open(path, "r+b")
+    mm = mmap.mmap(f.fileno(), 0)
+    s = mf[4096:8192]
+    g = {"mf": mf, "mm": mm, "s": s, "a": 4096, "b": 8192}
+    cases = {
+        "slice": timeit.Timer("s = mf[a:b]; s.release()", globals=g),
+        "mmap": timeit.Timer("v = memoryview(mm)[a:b]; v.release()", globals=g),
+        "view": timeit.Timer("v = s.view(); v.release()", globals=g),
+    }
+    if numpy is not None:
+        g["nm"] = numpy.memmap(path, dtype=numpy.uint8, mode="r+")
+        cases["numpy"] = timeit.Timer("x = nm[a:b]; del x", globals=g)
+    results = measure_interleaved(cases, settings.repeats, settings.seconds_per_repeat)
+    assert mf.locks()[0].count == 1 and len(mf.locks()) == 1, "pins leaked in the benchmark"
+    del g
+    s.release()
+    mf.close()
+    mm.close()
+    f.close()
+    return results
+
+
+# -- 3: pool ------------------------------------------------------------------------------
+def pool_bench(tmp: str, settings, slices: int = 8, size: int = 64 * MiB) -> dict[str, Stats]:
+    path = os.path.join(tmp, "pool.bin")
+    write_file(path, slices * size)
+    mf = shmslice.open(path, "r", lock_dir=os.path.join(tmp, "locks"))
+    chunks = mf.split(size)
+    expected = [zlib.crc32(c.view()) for c in chunks]
+    results = {"slices": Stats(), "tuples": Stats(), "bytes": Stats()}
+    repeats = 1 if settings.quick else 3
+    with multiprocessing.Pool(2) as pool:
+        pool.map(warm, range(4))
+        pool.map(crc_slice, chunks[:2])          # each worker maps the file once, up front
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            got = pool.map(crc_slice, chunks, chunksize=1)
+            results["slices"].add(time.perf_counter() - t0)
+            assert got == expected
+            t0 = time.perf_counter()
+            got = pool.map(crc_tuple, [(path, c.start, len(c)) for c in chunks], chunksize=1)
+            results["tuples"].add(time.perf_counter() - t0)
+            assert got == expected
+            t0 = time.perf_counter()
+            # What a user without shmslice sends: the bytes (copied out, pickled, piped).
+            got = pool.map(crc_bytes, (c.tobytes() for c in chunks), chunksize=1)
+            results["bytes"].add(time.perf_counter() - t0)
+            assert got == expected
+    del chunks
+    mf.close()
+    os.unlink(path)
+    return results
+
+
+# -- 4: USS ---------------------------------------------------------------------------------
+def uss_bench(tmp: str, workers: int = 4, size: int = 256 * MiB) -> tuple[int, list[int]]:
+    path = os.path.join(tmp, "uss.bin")
+    write_file(path, size)
+    ctx = multiprocessing.get_context("spawn")   # clean processes: nothing inherited
+    mf = shmslice.open(path, "r", lock_dir=os.path.join(tmp, "locks"))
+    expected = zlib.crc32(mf[:].view())
+    barrier = ctx.Barrier(workers)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=uss_reader, args=(mf[:], barrier, out)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    rows = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert all(crc == expected for _, crc, _ in rows), "a worker read different bytes"
+    mf.close()
+    os.unlink(path)
+    growth = [g for _, _, g in rows]
+    return sum(growth), growth
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    print("\n".join(machine_info()))
+    print(f"multiprocessing start method (pool): {multiprocessing.get_start_method()}")
+    tmp = tempfile.mkdtemp(prefix="bench_slices_")
+    try:
+        print_section("1-2. slicing and view export (per operation)")
+        r = micro(tmp, settings)
+        for name, label in (("slice", "s = mf[a:b]; s.release()"),
+                            ("numpy", "x = numpy.memmap[a:b]"),
+                            ("mmap", "v = memoryview(mm)[a:b]; v.release()"),
+                            ("view", "v = s.view(); v.release()")):
+            if name in r:
+                print(f"  {label:42s} {r[name].fmt()}")
+        print_section("3. 8 x 64 MiB slices to a 2-worker Pool, crc32 each (seconds per batch)")
+        p = pool_bench(tmp, settings)
+        for name in ("slices", "tuples", "bytes"):
+            print(f"  {name:8s} {p[name].fmt('s')}")
+        print_section("4. 4 workers read all of a 256 MiB file through slices")
+        total, growth = uss_bench(tmp)
+        print(f"  USS growth per worker: {', '.join(f'{g / MiB:.1f} MiB' for g in growth)}; "
+              f"total {total / MiB:.1f} MiB")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    slice_med = r["slice"].median
+    rows = [
+        ["`s = mf[a:b]; s.release()`", r["slice"].fmt(), "<= 1.5 µs",
+         verdict(slice_med <= 1.5e-6)],
+    ]
+    if "numpy" in r:
+        ratio = paired_ratio(r["numpy"], r["slice"])
+        rows.append(["... vs `numpy.memmap` slicing", f"numpy takes {fmt_ratio(ratio)} as long "
+                     f"({r['numpy'].fmt()})", "slices faster", verdict(ratio > 1)])
+    else:
+        rows.append(["... vs `numpy.memmap` slicing", "numpy not installed", "slices faster", "n/a"])
+    ratio = paired_ratio(r["slice"], r["mmap"])
+    rows.append(["... vs `memoryview(mm)[a:b]` + release", f"{fmt_ratio(ratio)} as long "
+                 f"({r['mmap'].fmt()})", "within 10x", verdict(ratio <= 10)])
+    rows.append(["`v = s.view(); v.release()`", r["view"].fmt(), "<= 1.5 µs",
+                 verdict(r["view"].median <= 1.5e-6)])
+    speedup = p["bytes"].median / p["slices"].median
+    rows.append(["8 x 64 MiB to 2-worker Pool: slices", p["slices"].fmt("s"), "", ""])
+    rows.append(["... sending bytes instead", f"{p['bytes'].fmt('s')}: slices {fmt_ratio(speedup)} faster",
+                 ">= 10x faster", verdict(speedup >= 10)])
+    vs_tuples = p["slices"].median / p["tuples"].median
+    rows.append(["... hand-written (path, offset, length)", f"{p['tuples'].fmt('s')}: slices take "
+                 f"{fmt_ratio(vs_tuples)} as long", "within 1.25x", verdict(vs_tuples <= 1.25)])
+    rows.append(["4 workers read 256 MiB via slices: USS growth", f"{total / MiB:.1f} MiB total",
+                 "< 16 MiB", verdict(total < 16 * MiB)])
+    print_section("summary (markdown)")
+    print(markdown_table(["measurement", "result", "target", ""], rows))
+    print(f"\nPython {sys.version.split()[0]}; medians of {settings.repeats} repeats "
+          f"(pool: {1 if settings.quick else 3}); min in parentheses.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
