@@ -1152,8 +1152,15 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     int rc;
     int dir_fd = open(table_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dir_fd < 0) {
-        rc = errno == ELOOP ? fail(SS_EUNSAFE, "lock directory %s is a symbolic link", table_dir)
-                            : fail_sys("cannot open lock directory %s", table_dir);
+        /* O_DIRECTORY | O_NOFOLLOW on a symbolic link fails with ENOTDIR, not ELOOP. */
+        int err = errno;
+        struct stat lst;
+        if ((err == ELOOP || err == ENOTDIR) && lstat(table_dir, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+            rc = fail(SS_EUNSAFE, "lock directory %s is a symbolic link", table_dir);
+        } else {
+            errno = err;
+            rc = fail_sys("cannot open lock directory %s", table_dir);
+        }
         goto error;
     }
     for (int attempt = 0;; attempt++) {
