@@ -125,7 +125,7 @@ def parse_size(text: str) -> int:
 
 def human_duration(seconds: float) -> str:
     """``4.2`` -> ``"4.2s"``, ``184`` -> ``"3m04s"``, ``7500`` -> ``"2h05m"``."""
-    seconds = max(0.0, seconds)   # clocks of other machines' processes can be ahead
+    seconds = max(0.0, seconds)   # the wall clock can step back (NTP) after an entry was stamped
     if seconds < 10:
         return f"{seconds:.1f}s"
     whole = int(seconds)
@@ -229,6 +229,9 @@ def resolve_target(path: str, lock_dir: str | None) -> Target:
         raise CommandError(f"{path}: no such file") from None
     if stat.S_ISDIR(st.st_mode):
         raise CommandError(f"{path}: is a directory, not a data file")
+    if not stat.S_ISREG(st.st_mode):
+        # shmslice maps regular files only; and opening a FIFO to read a magic number would hang.
+        raise CommandError(f"{path}: not a regular file")
     if is_table_file(path):
         return Target(path, None, os.path.abspath(path))
     return Target(path, path, table_path_for(path, lock_dir))
@@ -248,7 +251,7 @@ def table_identity(table_path: str) -> tuple[int, int] | None:
 
 
 def data_file_status(table_path: str, data_path: str) -> str:
-    """``"ok"`` if ``data_path`` still names the table's file, else ``"missing"`` or ``"moved"``.
+    """``"ok"`` if ``data_path`` still names the table's file, else ``"missing"`` or ``"replaced"``.
 
     The path is the one recorded when the table was created, so a rename or a
     delete makes it stale; the table's name holds the identity to check.
@@ -262,7 +265,7 @@ def data_file_status(table_path: str, data_path: str) -> str:
         return "unknown"
     if identity is None or (st.st_dev, st.st_ino) == identity:
         return "ok"
-    return "moved"
+    return "replaced"   # the path now names another file
 
 
 # ---------------------------------------------------------------------------
@@ -303,9 +306,16 @@ def is_multiprocessing_worker(cmdline: Sequence[str] | None) -> bool:
 
 
 def _command(cmdline: Sequence[str]) -> str:
-    """A command line for display: the program's base name, then its arguments, shell-quoted."""
-    # The interpreter's full path says little; its base name is enough.
-    return shlex.join([os.path.basename(cmdline[0]), *cmdline[1:]])
+    """A command line for display: the program's base name, then its arguments, shell-quoted.
+
+    The full path of the program says little and would use up the column; so
+    does that of a script run by an interpreter (``python3 /venv/bin/shmslice``).
+    """
+    program = os.path.basename(cmdline[0])
+    args = list(cmdline[1:])
+    if program.startswith("python") and args and os.path.isabs(args[0]):
+        args[0] = os.path.basename(args[0])
+    return shlex.join([program, *args])
 
 
 def _denied_is_none(call: Any) -> Any:
@@ -1087,6 +1097,26 @@ def _remove_private_table(table: str) -> None:
         os.unlink(table)
 
 
+def _check_space(directory: str, size: int) -> None:
+    """Refuse a demo file that cannot fit, before writing a byte of it."""
+    free = shutil.disk_usage(directory).free
+    if size > free:
+        raise CommandError(f"a {human_size(size)} demo file does not fit in {directory} "
+                           f"({human_size(free)} free): choose a smaller --size or another --path")
+
+
+def _clean_up_demo(tmpdir: str, table: str | None) -> None:
+    """Remove the demo's temporary directory and its table; warn (do not fail) if that fails."""
+    try:
+        if table is not None:
+            _remove_private_table(table)
+        shutil.rmtree(tmpdir)
+    except (ShmSliceError, OSError) as err:
+        # The demo's result stands; leftovers are worth a word, not a failure.
+        print(f"{PROG} demo: warning: could not clean up {tmpdir}: {describe_error(err)}",
+              file=sys.stderr)
+
+
 def _bad_slices(result: DemoResult) -> str:
     n = len(result.bad_slices)
     return (f"{plural(n, 'slice')} {'differs' if n == 1 else 'differ'} from what was written, "
@@ -1150,12 +1180,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     tmpdir: str | None = None
     if args.path:
         path = args.path
-        if os.path.isdir(path):
-            raise CommandError(f"{path}: is a directory")
-        if os.path.exists(path) and os.path.getsize(path) > 0 and not args.force:
-            raise CommandError(f"{path} exists and is not empty; the demo overwrites its file: "
-                               "pass --force, or choose a new path")
+        if os.path.lexists(path):
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise CommandError(f"{path}: exists and is not a regular file")
+            if st.st_size > 0 and not args.force:
+                raise CommandError(f"{path} exists and is not empty; the demo overwrites its "
+                                   "file: pass --force, or choose a new path")
+        _check_space(os.path.dirname(os.path.abspath(path)), size)
     else:
+        _check_space(tempfile.gettempdir(), size)
         tmpdir = tempfile.mkdtemp(prefix="shmslice-demo-")
         path = os.path.join(tmpdir, "demo.bin")
     table: str | None = None
@@ -1177,9 +1211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     table = table_path_for(path, lock_dir)
                 except OSError:
                     table = None
-            if table is not None:
-                _remove_private_table(table)
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            _clean_up_demo(tmpdir, table)
     if args.json:
         print(json.dumps(_demo_json(result), indent=2))
     else:
@@ -1367,7 +1399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 0
-    except (ShmSliceError, OSError) as err:
+    except (ShmSliceError, OSError, BufferError) as err:
+        # BufferError: the library refuses to shrink a file another process still uses.
         _error_line(args.command, describe_error(err))
     except KeyboardInterrupt:
         print(file=sys.stderr)

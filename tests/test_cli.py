@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import select
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -145,6 +147,40 @@ def test_process_details_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     info = cli.describe_process(os.getpid(), time.time())
     assert info.status == "denied"
     assert cli._process_cells(info, alive=True)[0] == "?"
+
+
+def _report_pid_and_wait(queue: multiprocessing.Queue[int], done: Any) -> None:
+    queue.put(os.getpid())
+    done.wait(30)
+
+
+def test_multiprocessing_workers_are_named_by_their_parent() -> None:
+    # A spawned worker's own command line is multiprocessing boilerplate; the
+    # table shows the command that started it instead.
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[int] = ctx.Queue()
+    done = ctx.Event()
+    worker = ctx.Process(target=_report_pid_and_wait, args=(queue, done))
+    worker.start()
+    try:
+        pid = queue.get(timeout=30)
+        info = cli.describe_process(pid, time.time())
+        assert cli.is_multiprocessing_worker(info.cmdline)
+        assert info.ppid == os.getpid() and info.parent_cmdline == psutil.Process().cmdline()
+        _, command = cli._process_cells(info, alive=True)
+        assert command.startswith(f"[worker of {os.getpid()}] ")
+    finally:
+        done.set()
+        worker.join(30)
+        if worker.is_alive():
+            worker.kill()
+            worker.join(30)
+
+
+def test_command_column_shortens_paths() -> None:
+    assert cli._command(["/usr/bin/python3", "/venv/bin/shmslice", "demo", "a b"]) == \
+        "python3 shmslice demo 'a b'"
+    assert cli._command(["/bin/sleep", "/tmp/x"]) == "sleep /tmp/x"
 
 
 # ---------------------------------------------------------------------------
@@ -473,3 +509,33 @@ def test_demo_fails_when_verification_fails(locks: Path) -> None:
     r = shmslice("demo", "--size", "1M", "--workers", "2", "--lock-dir", locks, "--fault", "70000")
     one_line_error(r, 1, "verification failed", "offset 70000")
     assert "verification FAILED" in r.stdout
+
+
+def test_demo_interrupted_exits_130_and_cleans_up(tmp_path: Path, locks: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}   # to see that the demo's directory goes away
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmslice", "demo", "--size", "1G", "--lock-dir", str(locks)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # A shell may start us with SIGINT ignored; the demo must see Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while True:   # wait for the workers to be busy
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, "the demo showed no progress within 30 s"
+            line = proc.stdout.readline()
+            assert line, "the demo ended before it could be interrupted"
+            if " slices " in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("shmslice-demo-")] == []
+    assert list(locks.iterdir()) == []
