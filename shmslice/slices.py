@@ -354,11 +354,14 @@ class ByteBufferSlice:
 
     def _view_311(self) -> memoryview:
         """Zero-copy memoryview of the region, holding a pin while any view derived from it lives."""
-        mv = self._live()
-        if mv is None or self._ref == _EMPTY:
-            return self._empty_view()
         h = self._h
-        start, end = self._start, self._end
+        mv = self._mv
+        if self._ref < 0 or h.closed or mv is None or self._gen != _FORK[0]:
+            mv = self._live()      # raises if unusable; adopts or verifies if needed
+            if mv is None or self._ref == _EMPTY:
+                return self._empty_view()
+        start = self._start
+        end = self._end
         ref = _ss_pin(h.ptr, start, end)
         if ref < 0:
             raise_status(ref, self._mf.path)
@@ -367,9 +370,10 @@ class ByteBufferSlice:
         wr = _weakref(exporter, _view_died)
         _live_views[id(wr)] = (wr, mf, h, ref, _FORK[0])
         mf._exports += 1
-        out = memoryview(exporter)
-        # cffi buffers always export writable memory; read-only mappings must not.
-        return out.toreadonly() if mf._readonly else out
+        if mf._readonly:
+            # cffi buffers always export writable memory; read-only mappings must not.
+            return memoryview(exporter).toreadonly()
+        return memoryview(exporter)
 
     def _view_pep688(self) -> memoryview:
         """Zero-copy memoryview of the region, holding a pin while any view derived from it lives."""
@@ -377,30 +381,31 @@ class ByteBufferSlice:
 
     def __buffer__(self, flags: int) -> memoryview:
         """PEP 688 export (Python 3.12+): pins the region until ``__release_buffer__``."""
-        mv = self._live()
+        h = self._h
+        mv = self._mv
         mf = self._mf
+        if self._ref < 0 or h.closed or mv is None or self._gen != _FORK[0]:
+            mv = self._live()
         if flags & _PYBUF_WRITABLE and mf._readonly:
             raise BufferError(f"{mf.path} was mapped read-only (mode 'r'); "
                               "a writable buffer needs mode='r+'")
         if mv is None or self._ref == _EMPTY:
             out = self._empty_view()
-            _pep688_exports[id(out)] = (mf, self._h, -1, _FORK[0])
+            _pep688_exports[id(out)] = (mf, h, -1, _FORK[0])
         else:
-            h = self._h
-            ref = _ss_pin(h.ptr, self._start, self._end)
+            start = self._start
+            end = self._end
+            ref = _ss_pin(h.ptr, start, end)
             if ref < 0:
                 raise_status(ref, mf.path)
-            out = mv[self._start:self._end]
+            out = mv[start:end]
             _pep688_exports[id(out)] = (mf, h, ref, _FORK[0])
         mf._exports += 1
         return out
 
     def __release_buffer__(self, view: memoryview) -> None:
         """PEP 688: the last view of a buffer made by ``__buffer__`` died; drop its pin."""
-        entry = _pep688_exports.pop(id(view), None)
-        if entry is None:
-            raise ValueError("__release_buffer__ called with a view this slice did not export")
-        mf, h, ref, gen = entry
+        mf, h, ref, gen = _pep688_exports.pop(id(view))
         mf._exports -= 1
         if ref >= 0 and gen == _FORK[0] and not h.closed:
             rc = _ss_unpin(h.ptr, ref)
