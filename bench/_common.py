@@ -14,6 +14,9 @@ Conventions:
 * competing implementations are measured **interleaved** (repeat 1 of A, B, C,
   then repeat 2 of A, B, C, ...) so that a burst of load from elsewhere hits
   them all alike, and ratios are taken between figures of the same run;
+* single-process timings record both this thread's CPU time and wall-clock
+  (see :class:`Timing`): CPU time is what an operation costs, wall-clock adds
+  whatever the machine's other work took from us;
 * targets are reported as PASS/MISS, never asserted: a benchmark is not a test.
 """
 
@@ -35,6 +38,9 @@ __all__ = [
     "Settings",
     "add_common_args",
     "settings_from_args",
+    "Timing",
+    "both_clocks",
+    "make_timer",
     "calibrate",
     "measure_interleaved",
     "time_once",
@@ -146,16 +152,56 @@ def verdict(ok: bool) -> str:
 # Timing
 # --------------------------------------------------------------------------
 
-def time_once(timer: timeit.Timer, number: int) -> float:
-    """Seconds per operation for one repeat of `number` loops (gc off, like timeit)."""
-    return timer.timeit(number) / number
+class _Stamp:
+    """Wall-clock and this thread's CPU time, taken together; subtracting gives both spans."""
+
+    __slots__ = ("wall", "cpu")
+
+    def __init__(self, wall: float, cpu: float) -> None:
+        self.wall = wall
+        self.cpu = cpu
+
+    def __sub__(self, other: "_Stamp") -> "_Stamp":
+        return _Stamp(self.wall - other.wall, self.cpu - other.cpu)
+
+
+def both_clocks() -> _Stamp:
+    """A timer for :class:`timeit.Timer` that reads wall-clock and thread CPU time."""
+    return _Stamp(time.perf_counter(), time.thread_time())
+
+
+@dataclass
+class Timing:
+    """Per-operation times of one case: CPU time of the measuring thread and wall-clock.
+
+    On a machine shared with other work, wall-clock includes the time this process
+    waited for a CPU; thread CPU time (user + system, so system calls count) does not,
+    which makes it the steadier measure of what an operation costs.
+    """
+
+    cpu: Stats = field(default_factory=Stats)
+    wall: Stats = field(default_factory=Stats)
+
+
+def make_timer(stmt: str, glb: dict, setup: str = "pass") -> timeit.Timer:
+    """A :class:`timeit.Timer` for `stmt` (run with globals `glb`) that records both clocks."""
+    return timeit.Timer(stmt, setup=setup, timer=both_clocks, globals=glb)
+
+
+def time_once(timer: timeit.Timer, number: int) -> tuple[float, float]:
+    """(CPU, wall) seconds per operation for one repeat of `number` loops (gc off, like timeit).
+
+    `timer` must come from :func:`make_timer`.
+    """
+    span = timer.timeit(number)
+    return span.cpu / number, span.wall / number
 
 
 def calibrate(timer: timeit.Timer, target_seconds: float, *, min_number: int = 10) -> int:
-    """Loop count that makes one repeat of `timer` last about `target_seconds`."""
+    """Loop count that makes one repeat of `timer` last about `target_seconds` (wall-clock)."""
     number = min_number
     while True:
-        elapsed = timer.timeit(number)
+        elapsed = timer.timeit(number).wall
         if elapsed >= target_seconds / 5 or number >= 10**8:
             break
         number *= 4 if elapsed < target_seconds / 50 else 2
@@ -164,11 +210,11 @@ def calibrate(timer: timeit.Timer, target_seconds: float, *, min_number: int = 1
 
 
 def measure_interleaved(cases: Mapping[str, timeit.Timer], repeats: int, target_seconds: float,
-                        *, progress: Callable[[str], None] | None = None) -> dict[str, Stats]:
+                        *, progress: Callable[[str], None] | None = None) -> dict[str, Timing]:
     """Per-op time of every case, repeats interleaved across cases.
 
-    Each case is a :class:`timeit.Timer` (build it with ``stmt`` as a string and
-    ``globals=`` so that the measured statement is exactly what a user writes,
+    Each case is a timer from :func:`make_timer` (``stmt`` given as a string with
+    ``globals=``, so that the measured statement is exactly what a user writes,
     without an extra function call).  Loop counts are calibrated once per case.
     """
     numbers = {}
@@ -176,10 +222,12 @@ def measure_interleaved(cases: Mapping[str, timeit.Timer], repeats: int, target_
         numbers[name] = calibrate(timer, target_seconds)
         if progress:
             progress(f"calibrated {name}: {numbers[name]} loops per repeat")
-    results = {name: Stats() for name in cases}
+    results = {name: Timing() for name in cases}
     for _ in range(repeats):
         for name, timer in cases.items():
-            results[name].add(time_once(timer, numbers[name]))
+            cpu, wall = time_once(timer, numbers[name])
+            results[name].cpu.add(cpu)
+            results[name].wall.add(wall)
     return results
 
 

@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     fmt_us,
     machine_info,
     markdown_table,
+    make_timer,
     measure_interleaved,
     paired_ratio,
     print_section,
@@ -98,6 +99,18 @@ def speedup(ours: Stats, theirs: Stats) -> tuple[float, float, float]:
     return theirs.median / ours.median, theirs.min / ours.min, paired_ratio(theirs, ours)
 
 
+def _c_handle(mgr):
+    """The manager's cffi ``ss_handle *`` (private; the attribute has moved before), or None."""
+    for get in (lambda: mgr._cptr, lambda: mgr._h.ptr):
+        try:
+            ptr = get()
+        except AttributeError:
+            continue
+        if ptr is not None:
+            return ptr
+    return None
+
+
 # ==========================================================================
 # 1. Uncontended lock + release
 # ==========================================================================
@@ -115,7 +128,7 @@ def bench_uncontended(tmp: str, settings) -> dict:
     labels: dict[str, str] = {}
 
     def add(key: str, label: str, stmt: str, glb: dict) -> None:
-        cases[key] = timeit.Timer(stmt, globals=glb)
+        cases[key] = make_timer(stmt, glb)
         labels[key] = label
 
     try:
@@ -123,10 +136,12 @@ def bench_uncontended(tmp: str, settings) -> dict:
             f"lk = mgr.lock({a}, {b}); lk.release()", {"mgr": mgr})
         add("shmslice_shared", "shmslice  same, mode='shared'",
             f"lk = mgr.lock({a}, {b}, mode='shared'); lk.release()", {"mgr": mgr})
-        add("shmslice_c", "shmslice  C core only: lib.ss_lock + lib.ss_release via cffi",
-            f"r = ss_lock(h, {a}, {b}, EXCL, -1); ss_release(h, r)",
-            {"ss_lock": _lib.ss_lock, "ss_release": _lib.ss_release, "h": mgr._h.ptr,
-             "EXCL": _lib.SS_EXCLUSIVE})
+        cptr = _c_handle(mgr)
+        if cptr is not None:
+            add("shmslice_c", "shmslice  C core only: lib.ss_lock + lib.ss_release via cffi",
+                f"r = ss_lock(h, {a}, {b}, EXCL, -1); ss_release(h, r)",
+                {"ss_lock": _lib.ss_lock, "ss_release": _lib.ss_release, "h": cptr,
+                 "EXCL": _lib.SS_EXCLUSIVE})
         add("reference", "(machine-speed reference: pure-Python `o = C(); o.a = 1; f(o)`)",
             "o = C(); o.a = 1; f(o)", {"C": type("C", (), {}), "f": lambda o: o})
         # Competitors: names pre-bound (fewer attribute look-ups than user code
@@ -159,7 +174,7 @@ def bench_uncontended(tmp: str, settings) -> dict:
             add("fasteners_rw", "fasteners.InterProcessReaderWriterLock: acquire/release_write_lock",
                 "L.acquire_write_lock(); L.release_write_lock()", {"L": f_rw})
 
-        res = measure_interleaved(cases, settings.repeats, settings.seconds_per_repeat, progress=log)
+        timing = measure_interleaved(cases, settings.repeats, settings.seconds_per_repeat, progress=log)
     finally:
         for close in reversed(closers):
             try:
@@ -167,18 +182,26 @@ def bench_uncontended(tmp: str, settings) -> dict:
             except Exception:   # noqa: BLE001 - best effort cleanup
                 pass
 
+    res = {key: t.cpu for key, t in timing.items()}      # figures and verdicts: CPU time
+    wall = {key: t.wall for key, t in timing.items()}
     width = max(len(v) for v in labels.values())
-    print(f"  {'per lock+release pair':<{width}}  median (min) of {settings.repeats} repeats")
-    for key, stats in res.items():
-        print(f"  {labels[key]:<{width}}  {stats.fmt()}")
+    print(f"  median (min) of {settings.repeats} repeats per lock+release pair; CPU = this thread's "
+          "user+system time, wall = elapsed")
+    print(f"  {'':<{width}}  {'CPU time':<22}  wall-clock")
+    for key in res:
+        print(f"  {labels[key]:<{width}}  {res[key].fmt():<22}  {wall[key].fmt()}")
     ours = res["shmslice"]
-    out = {"res": res, "labels": labels, "checks": []}
+    out = {"res": res, "wall": wall, "labels": labels, "checks": [], "ratios": {}}
     ok = ours.median <= TARGET_UNCONTENDED_S
     print()
-    print(f"  shmslice median {fmt_us(ours.median)} vs target <= {fmt_us(TARGET_UNCONTENDED_S)}: {verdict(ok)}")
+    print(f"  shmslice median {fmt_us(ours.median)} CPU ({fmt_us(wall['shmslice'].median)} wall) "
+          f"vs target <= {fmt_us(TARGET_UNCONTENDED_S)}: {verdict(ok)}")
     out["checks"].append(("uncontended", ok))
-    print(f"  C core alone: {fmt_us(res['shmslice_c'].median)}; Python wrapper adds "
-          f"{fmt_us(ours.median - res['shmslice_c'].median)} per pair")
+    if "shmslice_c" in res:
+        print(f"  C core called directly through cffi: {fmt_us(res['shmslice_c'].median)}; the Python "
+              f"wrapper (LockManager.lock, RegionLock) adds {fmt_us(ours.median - res['shmslice_c'].median)} per pair")
+    print("  speed-ups: median over repeats of the ratio within each repeat (the cases run interleaved,")
+    print("  so each ratio compares figures taken within a second of each other), CPU time")
     for key, target in (("lockf", TARGET_VS_LOCKF), ("ofd", None), ("portalocker_fn", TARGET_VS_LIBS),
                         ("portalocker_obj", TARGET_VS_LIBS), ("fasteners_ipl", TARGET_VS_LIBS),
                         ("fasteners_rw", TARGET_VS_LIBS)):
@@ -186,12 +209,14 @@ def bench_uncontended(tmp: str, settings) -> dict:
             print(f"  {key}: not installed, skipped")
             continue
         r_med, r_min, r_pair = speedup(ours, res[key])
+        out["ratios"][key] = r_pair
         tail = "(for information)" if target is None else \
-            f"target >= {target:g}x: {verdict(r_med >= target)}"
+            f"target >= {target:g}x: {verdict(r_pair >= target)}"
         if target is not None:
-            out["checks"].append((key, r_med >= target))
-        print(f"  shmslice vs {key:<16} {fmt_ratio(r_med):>7} faster (of mins {fmt_ratio(r_min)}, "
-              f"median per-repeat {fmt_ratio(r_pair)})  {tail}")
+            out["checks"].append((key, r_pair >= target))
+        r_wall = wall[key].median / wall["shmslice"].median
+        print(f"  shmslice vs {key:<16} {fmt_ratio(r_pair):>7} faster (ratio of medians {fmt_ratio(r_med)}, "
+              f"of mins {fmt_ratio(r_min)}; wall-clock medians {fmt_ratio(r_wall)})  {tail}")
     return out
 
 
@@ -289,7 +314,7 @@ def _handoff_placements() -> list[tuple[str, tuple[int, int] | None]]:
     out: list[tuple[str, tuple[int, int] | None]] = []
     if len(cpus) >= 2:
         out.append((f"pinned to CPUs {cpus[0]} and {cpus[1]}", (cpus[0], cpus[1])))
-    out.append(("unpinned (scheduler's choice)", None))
+    out.append(("unpinned, scheduler's choice", None))
     return out
 
 
@@ -405,7 +430,7 @@ def bench_handoff(tmp: str, settings) -> dict:
         share = breaks_total["shmslice"] / pairs
         if breaks_total["shmslice"]:
             print(f"     (elapsed / (2 x rounds) would give shmslice {naive.fmt()})")
-        ratio = ours.median / sem.median
+        ratio = statistics.median(pair_ratios)
         # A few breaks are corrected for above; past a quarter of the rounds the runs are
         # mostly one process re-acquiring alone and there is no handoff left to time.
         reliable = share <= 0.25
@@ -413,9 +438,9 @@ def bench_handoff(tmp: str, settings) -> dict:
         ok = ratio <= TARGET_HANDOFF_RATIO and reliable
         if reliable:
             tail_text = f"target <= {TARGET_HANDOFF_RATIO:g}x: {verdict(ok)}" if primary else "(for information)"
-            print(f"     ratio shmslice / Semaphore: {fmt_ratio(ratio)} (ratio of mins "
-                  f"{fmt_ratio(ours.min / sem.min)}, median of per-repeat ratios "
-                  f"{fmt_ratio(statistics.median(pair_ratios))})  {tail_text}")
+            print(f"     ratio shmslice / Semaphore (median of per-repeat ratios): {fmt_ratio(ratio)} "
+                  f"(ratio of medians {fmt_ratio(ours.median / sem.median)}, of mins "
+                  f"{fmt_ratio(ours.min / sem.min)})  {tail_text}")
             if share > 0.01:
                 print(f"     note: {100 * share:.1f}% of shmslice rounds did not alternate: the other process was not")
                 print("     running at that moment (descheduled by the OS or the hypervisor), so the runner re-acquired")
@@ -500,14 +525,13 @@ def bench_scaling(tmp: str, settings) -> dict:
             if len(held) != n or st.used != n:
                 print(f"  WARNING: table for N={n} has {st.used} entries, {len(held)} of the holder's")
             mid = HELD_BASE + (n // 2) * 8 + 4      # a free gap in the middle of the held ranges
-            cases[("exclusive", n)] = timeit.Timer(f"lk = mgr.lock({a}, {b}); lk.release()",
-                                                   globals={"mgr": mgr})
-            cases[("shared", n)] = timeit.Timer(f"lk = mgr.lock({a}, {b}, mode='shared'); lk.release()",
-                                                globals={"mgr": mgr})
-            cases[("exclusive-mid", n)] = timeit.Timer(f"lk = mgr.lock({mid}, {mid + 4}); lk.release()",
-                                                       globals={"mgr": mgr})
+            cases[("exclusive", n)] = make_timer(f"lk = mgr.lock({a}, {b}); lk.release()", {"mgr": mgr})
+            cases[("shared", n)] = make_timer(f"lk = mgr.lock({a}, {b}, mode='shared'); lk.release()",
+                                              {"mgr": mgr})
+            cases[("exclusive-mid", n)] = make_timer(f"lk = mgr.lock({mid}, {mid + 4}); lk.release()",
+                                                     {"mgr": mgr})
         log(f"scaling: holder pid {holder_pid} holds {', '.join(map(str, SCALING_COUNTS))} locks")
-        res = measure_interleaved(cases, settings.repeats, settings.seconds_per_repeat, progress=log)
+        timing = measure_interleaved(cases, settings.repeats, settings.seconds_per_repeat, progress=log)
     finally:
         for mgr in mgrs:
             mgr.close()
@@ -520,18 +544,26 @@ def bench_scaling(tmp: str, settings) -> dict:
         "exclusive-mid": "exclusive, 4-byte gap amid the held ranges",
     }
     print(f"  entries in the three tables before measuring: {'; '.join(entries)}")
-    print(f"  median (min) of {settings.repeats} repeats, interleaved across N")
+    res = {key: t.cpu for key, t in timing.items()}
+    wall = {key: t.wall for key, t in timing.items()}
+    print(f"  CPU time per lock+release pair, median (min) of {settings.repeats} repeats interleaved across N; "
+          "wall-clock medians below")
     print(f"  {'N held by the other process':<44}" + "".join(f"{n:>22,}" for n in SCALING_COUNTS)
-          + "   ratio N=50,000 / N=10")
+          + "   ratio N=50,000 / N=10 (median per-repeat)")
     out["res"] = res
     for mode, label in labels.items():
         row = "".join(f"{res[(mode, n)].fmt():>22}" for n in SCALING_COUNTS)
         hi, lo = res[(mode, SCALING_COUNTS[-1])], res[(mode, SCALING_COUNTS[0])]
-        r = hi.median / lo.median
+        r = paired_ratio(hi, lo)
         ok = r <= TARGET_SCALING_RATIO
         out["checks"].append((f"scaling {mode}", ok))
-        print(f"  {label:<44}{row}   {fmt_ratio(r)} (per-repeat {fmt_ratio(paired_ratio(hi, lo))})  "
+        print(f"  {label:<44}{row}   {fmt_ratio(r)} (of medians {fmt_ratio(hi.median / lo.median)})  "
               f"target <= {TARGET_SCALING_RATIO:g}x: {verdict(ok)}")
+    print("  wall-clock medians (include time this process waited for a CPU):")
+    for mode, label in labels.items():
+        row = "".join(f"{fmt_us(wall[(mode, n)].median):>22}" for n in SCALING_COUNTS)
+        r = wall[(mode, SCALING_COUNTS[-1])].median / wall[(mode, SCALING_COUNTS[0])].median
+        print(f"  {label:<44}{row}   {fmt_ratio(r)}")
     return out
 
 
@@ -544,7 +576,8 @@ def summary_table(settings, unc, hand, scal) -> str:
     if unc:
         res, labels = unc["res"], unc["labels"]
         ours = res["shmslice"]
-        rows.append(["Uncontended `lk = mgr.lock(0, 4096); lk.release()`", fmt_us(ours.median), "—", "—",
+        rows.append(["Uncontended `lk = mgr.lock(0, 4096); lk.release()`",
+                     f"{fmt_us(ours.median)} (min {fmt_us(ours.min, bare=True)})", "—", "—",
                      f"≤ {fmt_us(TARGET_UNCONTENDED_S)}", verdict(ours.median <= TARGET_UNCONTENDED_S)])
         names = {
             "lockf": ("`fcntl.lockf` lock+unlock, same range", TARGET_VS_LOCKF),
@@ -557,7 +590,7 @@ def summary_table(settings, unc, hand, scal) -> str:
         for key, (label, target) in names.items():
             if key not in res:
                 continue
-            r = res[key].median / ours.median
+            r = unc["ratios"][key]
             rows.append([f"vs {label}", fmt_us(ours.median), fmt_us(res[key].median),
                          f"{fmt_ratio(r)} faster",
                          "info" if target is None else f"≥ {target:g}x",
@@ -566,7 +599,7 @@ def summary_table(settings, unc, hand, scal) -> str:
         for row in hand["rows"]:
             if not row["primary"] and not row["reliable"]:
                 continue   # explained in section 2; no handoff figure to show
-            result = verdict(row["ok"]) if row["primary"] else "info"
+            result = verdict(row["ok"]) if row["primary"] else ""
             if not row["reliable"]:
                 result += f" ({100 * row['share']:.0f}% not alternating)"
             rows.append([f"Exclusive-lock handoff between 2 processes ({row['placement']}), one-way, "
@@ -579,12 +612,16 @@ def summary_table(settings, unc, hand, scal) -> str:
         lo, mid, hi = SCALING_COUNTS
         for mode, label in (("exclusive", "exclusive [0, 4096)"), ("shared", "shared [0, 4096)"),
                             ("exclusive-mid", "exclusive, amid the held ranges")):
-            r = res[(mode, hi)].median / res[(mode, lo)].median
+            r = paired_ratio(res[(mode, hi)], res[(mode, lo)])
             rows.append([f"Lock+release, {label}, with {lo:,} / {mid:,} / {hi:,} entries held by another process",
                          " / ".join(fmt_us(res[(mode, n)].median) for n in SCALING_COUNTS), "—",
                          f"{fmt_ratio(r)} (50,000 vs 10)", f"≤ {TARGET_SCALING_RATIO:g}x",
                          verdict(r <= TARGET_SCALING_RATIO)])
     return markdown_table(["Measurement", "shmslice", "Alternative", "Ratio", "Target", "Result"], rows)
+
+
+def _common_cpu() -> str:
+    return machine_info()[0].split(";")[0].replace("CPU: ", "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -634,8 +671,15 @@ def main(argv: list[str] | None = None) -> int:
     if settings.quick:
         print("  (--quick: rough numbers; run without --quick for the README table)")
     print()
-    print(f"Command: `{command}` — medians of {settings.repeats} repeats; "
-          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}.")
+    ref = ""
+    if unc and "reference" in unc["res"]:
+        ref = (f"; machine-speed reference (a pure-Python `o = C(); o.a = 1; f(o)`) "
+               f"{fmt_us(unc['res']['reference'].median)}")
+    print(f"Command: `{command}` — medians of {settings.repeats} interleaved repeats "
+          f"(handoff: {min(settings.repeats, 9) if not settings.quick else settings.repeats}); "
+          "single-process figures are CPU time per operation, handoffs wall-clock; "
+          "ratios are medians of per-repeat ratios; "
+          f"{os.cpu_count()} CPUs ({_common_cpu()}), Python {sys.version.split()[0]}{ref}.")
     print()
     print(summary_table(settings, unc, hand, scal))
     return 0
