@@ -483,12 +483,24 @@ class MappedFile:
         self._mv = None
         if _user_files.get(self._key()) is self:
             del _user_files[self._key()]
+        still_exported = 0
         for r in maps:
             mv = r()
             if mv is not None:
                 mm = mv.obj
                 mv.release()
-                mm.close()  # type: ignore[union-attr]
+                try:
+                    mm.close()  # type: ignore[union-attr]
+                except BufferError:
+                    still_exported += 1
+        if still_exported:
+            # Someone holds an export we did not hand out (our count says none):
+            # the mmap refused to unmap, so memory stays valid -- and so must the
+            # pins that keep other processes from truncating under it.  They go
+            # when this object is garbage collected.
+            raise BufferError(f"{self._path}: {still_exported} mapping(s) are still exported "
+                              "by buffers shmslice did not count; they stay mapped (and "
+                              "pinned) until those buffers die")
         self._mgr.close()   # drops every pin and lock taken through it
 
     def __enter__(self) -> MappedFile:
