@@ -1301,7 +1301,13 @@ def build_parser() -> _Parser:
         "locks", parents=[tables, as_json], help="show a file's locks and pins",
         description="Show the lock table of a data file: one row per lock, pin or waiting "
                     "request, with its owner. PATH may also be a table file as 'shmslice ls' "
-                    "lists it. A file no process has opened through shmslice has an empty table.")
+                    "lists it. A file no process has opened through shmslice has an empty table.",
+        epilog="Columns: START, END: the region [START, END) in bytes; KIND: shared, exclusive "
+               "or pin; COUNT: references of a pin (a lock: 1); STATE: held or waiting; OWNER: "
+               "alive, or dead (its entries stay until reaped, by 'shmslice reap' or by a process "
+               "waiting on them); HELD: time since the "
+               "entry was granted (waiting: since it was queued); NAME, COMMAND: the owner "
+               "process, as far as this user may see it.")
     p.add_argument("path", metavar="PATH", help="data file (or lock table file)")
     p.add_argument("--watch", metavar="SECONDS", type=_positive_float,
                    help="redraw every SECONDS until Ctrl-C (with --json: one JSON document per line)")
