@@ -6,6 +6,7 @@ import gc
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,17 +89,56 @@ def test_open_errors_name_the_path(tmp_path: Path, lock_dir: Path, mode: str) ->
     assert str(empty) in str(ei2.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-def test_open_without_permission(path: Path, lock_dir: Path) -> None:
-    path.chmod(0o444)
+def _check_permissions(d: str, lock_dir: str) -> None:
+    ro, none = os.path.join(d, "ro.bin"), os.path.join(d, "none.bin")
     with pytest.raises(PermissionError) as ei:
-        shmslice.open(path, "r+", lock_dir=lock_dir)
-    assert ei.value.filename == str(path)
-    with shmslice.open(path, "r", lock_dir=lock_dir) as m:
-        assert m.readonly
-    path.chmod(0)
-    with pytest.raises(PermissionError):
-        shmslice.open(path, "r", lock_dir=lock_dir)
+        shmslice.open(ro, "r+", lock_dir=lock_dir)
+    assert ei.value.filename == ro
+    with shmslice.open(ro, "r", lock_dir=lock_dir) as m:     # readable: fine, read-only
+        assert m.readonly and bytes(m[:3]) == b"xxx"
+    with pytest.raises(PermissionError) as ei:
+        shmslice.open(none, "r", lock_dir=lock_dir)
+    assert ei.value.filename == none
+
+
+def test_open_without_permission() -> None:
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="shmslice-perm-")   # not under pytest's 0700 directory
+    try:
+        os.chmod(d, 0o755)
+        for name, mode in (("ro.bin", 0o444), ("none.bin", 0)):
+            Path(d, name).write_bytes(b"x" * 100)
+            os.chmod(os.path.join(d, name), mode)
+        locks = os.path.join(d, "locks")
+        os.mkdir(locks)
+        os.chmod(locks, 0o1777)                     # shared lock dirs must be sticky
+        if os.geteuid() != 0:
+            _check_permissions(d, locks)
+            return
+        # root ignores permission bits: check as 'nobody' in a forked child.
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                _check_permissions(d, locks)
+                code = 0
+            except BaseException as err:   # reported through the exit code and stderr
+                os.write(2, f"{err!r}\n".encode())
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 60
+        while not (done := os.waitpid(pid, os.WNOHANG))[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise AssertionError("permission-check child hung")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        shutil.rmtree(d)
 
 
 def test_open_argument_validation(path: Path, lock_dir: Path) -> None:
