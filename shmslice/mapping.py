@@ -37,7 +37,7 @@ from typing import Any, Literal
 from shmslice._binding import lib, raise_status
 from shmslice.errors import StaleDescriptor
 from shmslice.locks import LockInfo, LockManager, RegionLock
-from shmslice.slices import _EMPTY, _FORK, ByteBufferSlice, _new_slice
+from shmslice.slices import _EMPTY, _FORK, ByteBufferSlice, _new_slice, _PinnedSlice
 
 __all__ = ["open", "MappedFile"]
 
@@ -255,7 +255,7 @@ class MappedFile:
                 if not h.closed:
                     ref = _ss_pin(h.ptr, a, b)
                     if ref >= 0:
-                        s = _new_slice(ByteBufferSlice)
+                        s = _new_slice(_PinnedSlice)
                         s._mf = self
                         s._h = h
                         s._mv = None   # not yet verified
@@ -291,18 +291,8 @@ class MappedFile:
     def _try_slice(self, a: int, b: int) -> ByteBufferSlice | None:
         """Pin [a, b) and make the slice; None if the file was resized meanwhile."""
         h = self._h
-        s = _new_slice(ByteBufferSlice)
-        s._mf = self
-        s._h = h
-        s._start = a
-        s._end = b
-        s._gen = _FORK[0]
         if a == b:
-            s._mv = self._mv
-            s._ref = _EMPTY
-            return s
-        s._ref = -1   # not yet pinned: a failure below must not unpin anything
-        s._mv = None
+            return self._new(ByteBufferSlice, self._mv, a, b, _EMPTY)
         ref = _ss_pin(h.ptr, a, b)
         if ref < 0:
             raise_status(ref, self._path)
@@ -311,8 +301,18 @@ class MappedFile:
             if rc < 0:
                 raise_status(rc, self._path)
             return None
-        s._mv = self._mv
+        return self._new(_PinnedSlice, self._mv, a, b, ref)
+
+    def _new(self, cls: type[ByteBufferSlice], mv: memoryview | None, a: int, b: int,
+             ref: int) -> ByteBufferSlice:
+        s = _new_slice(cls)
+        s._mf = self
+        s._h = self._h
+        s._mv = mv
+        s._start = a
+        s._end = b
         s._ref = ref
+        s._gen = _FORK[0]
         return s
 
     def _slice_exact(self, a: int, b: int) -> ByteBufferSlice:
@@ -329,23 +329,12 @@ class MappedFile:
     def _sub_slice(self, parent: ByteBufferSlice, a: int, b: int) -> ByteBufferSlice:
         # Inside a live, pinned parent: the region exists and the parent's mapping
         # covers it, so the resize counter need not be checked.
-        h = self._h
-        s = _new_slice(ByteBufferSlice)
-        s._mf = self
-        s._h = h
-        s._mv = parent._mv
-        s._start = a
-        s._end = b
-        s._gen = _FORK[0]
         if a == b:
-            s._ref = _EMPTY
-            return s
-        s._ref = -1
-        ref = _ss_pin(h.ptr, a, b)
+            return self._new(ByteBufferSlice, parent._mv, a, b, _EMPTY)
+        ref = _ss_pin(self._h.ptr, a, b)
         if ref < 0:
             raise_status(ref, self._path)
-        s._ref = ref
-        return s
+        return self._new(_PinnedSlice, parent._mv, a, b, ref)
 
     def _index(self, key: Any) -> int:
         try:

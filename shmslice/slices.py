@@ -153,10 +153,12 @@ class ByteBufferSlice:
         if self._end > mf._size:
             _ss_unpin(self._h.ptr, ref)
             self._ref = _RELEASED
+            self.__class__ = ByteBufferSlice
             raise ValueError(f"ByteBufferSlice [{self._start}, {self._end}) of {mf.path} "
                              f"no longer exists: the file was shrunk to {mf._size} bytes")
         self._ref = ref
         self._gen = _FORK[0]
+        self.__class__ = _PinnedSlice
         if self._mv is None:
             self._mv = mf._mv
 
@@ -198,26 +200,16 @@ class ByteBufferSlice:
         inherited from the parent leaves the parent's pin alone.
         """
         ref = self._ref
+        self._ref = _RELEASED
         if ref >= 0:
-            self._ref = _RELEASED
+            # Nothing left to finalize: the class without __del__ saves the
+            # finalizer call when the object dies (measured: ~0.1 us).
+            self.__class__ = ByteBufferSlice
             h = self._h
             if self._gen == _FORK[0] and not h.closed:
                 rc = _ss_unpin(h.ptr, ref)
                 if rc < 0:
                     raise_status(rc, self._mf.path)
-        else:
-            self._ref = _RELEASED
-
-    def __del__(self, _unpin: Any = _ss_unpin, _fork: list[int] = _FORK) -> None:
-        # Same as release(), with what it needs bound at definition time so it
-        # still works while the interpreter shuts down.
-        ref = self._ref
-        if ref >= 0 and self._gen == _fork[0]:
-            h = self._h
-            if not h.closed:
-                rc = _unpin(h.ptr, ref)
-                if rc < 0:
-                    raise_status(rc, self._mf.path)   # reported by sys.unraisablehook
 
     def __enter__(self) -> ByteBufferSlice:
         self._live()
@@ -457,6 +449,29 @@ class ByteBufferSlice:
         state = "released" if self.released else ("read-only" if self._mf._readonly else "writable")
         return (f"<shmslice.ByteBufferSlice [{self._start}, {self._end}) of "
                 f"{self._mf.path!r} {state}>")
+
+
+class _PinnedSlice(ByteBufferSlice):
+    """A :class:`ByteBufferSlice` that holds a pin: its finalizer drops it.
+
+    Every slice that holds a pin is of this class, and :meth:`release` turns it
+    into a plain ``ByteBufferSlice``, so the many slices that are released
+    explicitly (or are empty) die without a finalizer call.  Test with
+    ``isinstance(s, ByteBufferSlice)``.
+    """
+
+    __slots__ = ()
+
+    def __del__(self, _unpin: Any = _ss_unpin, _fork: list[int] = _FORK) -> None:
+        # release() without the class change, with what it needs bound at
+        # definition time so that it still works while the interpreter shuts down.
+        ref = self._ref
+        if ref >= 0 and self._gen == _fork[0]:
+            h = self._h
+            if not h.closed:
+                rc = _unpin(h.ptr, ref)
+                if rc < 0:
+                    raise_status(rc, self._mf.path)   # reported by sys.unraisablehook
 
 
 def _as_bytes_view(value: Any) -> memoryview:
