@@ -226,6 +226,7 @@ struct ss_handle {
     uint32_t proc_capacity;
     int table_fd;                /* -1 after fork until re-attached, or inspect-only */
     int inspect_only;            /* opened by ss_attach_table: owns no slot */
+    int data_writable;           /* data file descriptor was open for writing at attach */
     uint32_t slot, gen;          /* our process slot (valid if has_slot) */
     int has_slot;
     int32_t owner_pid;
@@ -1141,10 +1142,13 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     struct stat data;
     if (fstat(data_fd, &data) != 0) return fail_sys("cannot stat the data file");
     if (!S_ISREG(data.st_mode)) return fail(SS_EINVAL, "the data file is not a regular file");
+    int data_flags = fcntl(data_fd, F_GETFL);
+    if (data_flags < 0) return fail_sys("cannot read the data file's open flags");
 
     struct ss_handle *h = calloc(1, sizeof *h);
     if (!h) return fail_sys("out of memory");
     h->table_fd = -1;
+    h->data_writable = (data_flags & O_ACCMODE) != O_RDONLY;
     char name[96];
     ss_table_name((uint64_t)data.st_dev, (uint64_t)data.st_ino, name, sizeof name);
     snprintf(h->table_path, sizeof h->table_path, "%s/%s", table_dir, name);
@@ -1348,6 +1352,13 @@ int64_t ss_lock(ss_handle *h, int64_t start_arg, int64_t end_arg, int kind, int6
     uint64_t start = (uint64_t)start_arg, end = (uint64_t)end_arg;
     if (kind != SS_SHARED && kind != SS_EXCLUSIVE)
         return fail(SS_EINVAL, "kind %d is neither shared nor exclusive", kind);
+    if (kind == SS_EXCLUSIVE && !h->data_writable) {
+        /* The rule: exclusive locks block the file's writers, so only a
+         * process that opened the data file for writing may take them. */
+        errno = EACCES;
+        return fail_sys("exclusive lock on [%lld, %lld): the data file was not opened "
+                        "for writing", (long long)start, (long long)end);
+    }
     int rc = ensure_slot(h);
     if (rc) return rc;
     uint64_t deadline = timeout_ns > 0 ? now_ns(CLOCK_MONOTONIC) + (uint64_t)timeout_ns : 0;

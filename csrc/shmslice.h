@@ -117,7 +117,8 @@ int ss_data_path(ss_handle *h, char *buf, uint32_t buflen);
  * forever, 0 tries once, > 0 waits at most that long.  Returns a reference
  * (>= 0) on success, else SS_ETIMEDOUT, SS_EDEADLK, SS_EFULL, SS_EINTR, ...
  * Waiters sleep on a futex and wake on every release and every 50 ms to
- * reclaim entries of dead processes.
+ * reclaim entries of dead processes.  Exclusive locks need a handle whose
+ * data_fd was open for writing at ss_attach (else SS_ESYS with errno EACCES).
  */
 int64_t ss_lock(ss_handle *h, int64_t start, int64_t end, int kind,
                 int64_t timeout_ns);

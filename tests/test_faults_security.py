@@ -11,6 +11,7 @@ Tests that change owners or user ids need root and skip otherwise.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -226,6 +227,9 @@ def _as_nobody(data: str, lock_dir: str, write_fd: int) -> None:
     attempt("shared", lambda: mgr.lock(0, 100, "shared", timeout=5).release())
     attempt("pin", lambda: mgr.unpin(mgr.pin(0, 100)))
     attempt("exclusive", lambda: mgr.lock(0, 100, "exclusive", timeout=5).release())
+    rc = lib.ss_lock(mgr._h.ptr, 0, 100, lib.SS_EXCLUSIVE, 0)   # bypassing the Python check
+    results.append(f"c_exclusive={ffi.string(lib.ss_status_name(rc)).decode() if rc < 0 else rc}"
+                   f"/{lib.ss_last_errno() if rc < 0 else 0}")
     attempt("resize", lambda: mgr.resize_file(10))
     attempt("resize_grow", lambda: mgr.resize_file(1 << 20))
     mgr.close()
@@ -269,7 +273,9 @@ def test_reader_without_write_permission_cannot_take_exclusive_locks() -> None:
             report = b"".join(chunks).decode()
             assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
             assert report.split() == ["writable=False", "shared=ok", "pin=ok",
-                                      "exclusive=PermissionError", "resize=PermissionError",
+                                      "exclusive=PermissionError",
+                                      f"c_exclusive=SS_ESYS/{errno.EACCES}",
+                                      "resize=PermissionError",
                                       "resize_grow=PermissionError"], report
             # The writer was never blocked and nothing of the reader is left.
             held.release()
@@ -278,3 +284,23 @@ def test_reader_without_write_permission_cannot_take_exclusive_locks() -> None:
         assert data.read_bytes() == b"\0" * 4096
     finally:
         shutil.rmtree(base)
+
+
+def test_c_core_enforces_the_exclusive_rule_for_read_only_descriptors(data_file: Path,
+                                                                       lock_dir: Path) -> None:
+    """The rule holds at the C API too, not only in LockManager: a handle
+    attached through a read-only descriptor cannot take exclusive locks."""
+    fd = os.open(data_file, os.O_RDONLY)
+    out = ffi.new("ss_handle **")
+    try:
+        assert lib.ss_attach(str(lock_dir).encode(), fd, b"", 0, 0, out) == 0
+        h = out[0]
+        try:
+            rc = lib.ss_lock(h, 0, 100, lib.SS_EXCLUSIVE, 0)
+            assert rc == lib.SS_ESYS and lib.ss_last_errno() == errno.EACCES
+            ref = lib.ss_lock(h, 0, 100, lib.SS_SHARED, 0)
+            assert ref >= 0 and lib.ss_release(h, ref) == 0
+        finally:
+            lib.ss_close(h)
+    finally:
+        os.close(fd)
