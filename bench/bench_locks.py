@@ -1,23 +1,28 @@
 """Benchmark shmslice's LockManager against the locks a user would pick instead.
 
-    python bench/bench_locks.py            # full run (about 1-2 minutes)
-    python bench/bench_locks.py --quick    # smoke run (well under 20 s; rough numbers)
+    python bench/bench_locks.py            # full run (about a minute)
+    python bench/bench_locks.py --quick    # smoke run (a few seconds; rough numbers)
 
 Three measurements, all in one run so that ratios compare like with like:
 
 1. Uncontended ``lk = mgr.lock(0, 4096); lk.release()`` against ``fcntl.lockf``
    and OFD locks on the same range, portalocker and fasteners.
 2. Two processes handing an exclusive lock back and forth (shmslice grants
-   conflicting requests FIFO, so they strictly alternate; this is checked)
-   against a ping-pong over two ``multiprocessing.Semaphore``.
+   conflicting requests FIFO, so once both are queued they strictly alternate;
+   this is checked) against a ping-pong over two ``multiprocessing.Semaphore``.
+   Measured with the two processes pinned to two CPUs (the figure that counts:
+   a handoff needs both running) and again where the scheduler puts them.
 3. Lock+release in this process while ANOTHER process holds 10, 1,000 and
    50,000 locks on disjoint ranges of the same file.
 
-Every figure is the median of several repeats (min beside it); competitors are
-measured interleaved.  Targets from issue 2 are printed as PASS/MISS, never
-asserted.  The run ends with a markdown table for README.md.  Temporary files
-(data files and lock tables, via ``lock_dir=``) live in a temporary directory
-that is removed at the end.
+Every figure is the median of several repeats (min beside it) and competitors
+are measured interleaved; ratios are the median of the per-repeat ratios.
+Single-process figures are this thread's CPU time per operation (user + system,
+so system calls count), printed beside wall-clock, which on a shared machine
+also counts the time spent waiting for a CPU; handoffs are wall-clock.  Targets
+from issue 2 are printed as PASS/MISS, never asserted.  The run ends with a
+markdown table for README.md.  Temporary files (data files and lock tables, via
+``lock_dir=``) live in a temporary directory that is removed at the end.
 """
 
 from __future__ import annotations
@@ -387,9 +392,9 @@ def bench_handoff(tmp: str, settings) -> dict:
     pairs = (rounds - 1) * 2 * repeats
     for index, (placement, _) in enumerate(placements):
         # With strict alternation a side's timed window spans 2 x rounds one-way handoffs.
-        # When the other side was not even queued (its CPU was taken away between its
-        # release and its next request, or both sides share one CPU and the waker was
-        # preempted by the wakee) this side re-acquires without a handoff: a "break".
+        # When the other side has not queued its next request yet (it is still in the
+        # futex wake of its release, waits for the table mutex, lost its CPU, or both
+        # sides share one CPU) this side re-acquires without a handoff: a "break".
         # Each break removes two handoffs from the window, so one-way =
         # elapsed / (2 x (rounds - breaks)): conservative for shmslice, whose cheap
         # re-acquisitions are charged as if they were handoffs.
@@ -425,7 +430,7 @@ def bench_handoff(tmp: str, settings) -> dict:
             nb = breaks_total[kind]
             state = "strict" if nb == 0 else \
                 f"{nb} of {pairs} consecutive acquisitions by one side ({100 * nb / pairs:.1f}%) " \
-                "had no acquisition by the other side between them"
+                "were not separated by exactly one acquisition of the other side"
             print(f"     alternation ({kind:<9}): acquisitions side0={n0} side1={n1}; {state}")
         share = breaks_total["shmslice"] / pairs
         if breaks_total["shmslice"]:
@@ -442,9 +447,10 @@ def bench_handoff(tmp: str, settings) -> dict:
                   f"(ratio of medians {fmt_ratio(ours.median / sem.median)}, of mins "
                   f"{fmt_ratio(ours.min / sem.min)})  {tail_text}")
             if share > 0.01:
-                print(f"     note: {100 * share:.1f}% of shmslice rounds did not alternate: the other process was not")
-                print("     running at that moment (descheduled by the OS or the hypervisor), so the runner re-acquired")
-                print("     alone; the one-way figure above counts only real handoffs")
+                print(f"     note: {100 * share:.1f}% of shmslice rounds did not alternate: the other process had not")
+                print("     queued its next request yet (still in its release's wake-up system call, waiting for the")
+                print("     table mutex, or descheduled), so the runner re-acquired; the one-way figure above")
+                print("     counts only real handoffs (and charges those re-acquisitions to them)")
         else:
             print(f"     NOT A HANDOFF FIGURE: the shmslice runs did not alternate in {100 * share:.0f}% of rounds.")
             print("     The other process was not running most of the time (on one CPU with the runner, see above,")
