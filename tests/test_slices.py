@@ -544,3 +544,33 @@ def test_model_writes_match_bytearray(model_file, writes) -> None:
 def test_python_version_view_path() -> None:
     # 3.12+ exports through PEP 688; 3.11 through a cffi exporter (see slices.py).
     assert (ByteBufferSlice.view is ByteBufferSlice._view_pep688) == (sys.version_info >= (3, 12))
+
+
+def test_threads_slicing_one_file(mf: MappedFile, content: bytes) -> None:
+    import threading
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for i in range(300):
+                a = (seed * 997 + i * 131) % (SIZE - 64)
+                with mf[a:a + 64] as s:
+                    v = s.view()
+                    assert v[:8] == content[a:a + 8]     # writers only ever write these same bytes
+                    sub = s[8:16]
+                    sub[:] = content[a + 8:a + 16]       # same bytes: other readers unaffected
+                    assert bytes(sub) == content[a + 8:a + 16]
+                    v.release()
+                    sub.release()
+        except BaseException as err:  # collected and re-raised in the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert pins(mf) == [] and mf._exports == 0
+    assert bytes(mf[:]) == content

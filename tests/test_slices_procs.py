@@ -205,6 +205,7 @@ def test_fork_child_never_drops_parent_pins(datafile: Path, lock_dir: Path) -> N
             os.write(to_parent_w, f"{int(ok)}\n".encode())
             _read_line(to_child_r)             # parent has looked; drop ours and leave
             del mine, adopted
+            m.close()                          # closing the inherited file: ours only
             code = 0
         finally:
             os._exit(code)
