@@ -636,7 +636,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
             view = TableView(table)
         except FileNotFoundError:
             continue   # removed since we listed the directory: nothing to show
-        except (ShmSliceError, OSError) as err:
+        except ShmSliceError as err:   # corrupt, or unsafe (a PermissionError too)
+            failures.append(f"{table}: {describe_error(err)}")
+            continue
+        except PermissionError:
+            # Another user's table (its mode follows its data file's): normal on a
+            # shared machine, so listed as unreadable rather than failed.
+            records.append({"table": table, "readable": False, "error": "permission denied"})
+            continue
+        except OSError as err:
             failures.append(f"{table}: {describe_error(err)}")
             continue
         try:
@@ -649,7 +657,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             view.close()
         live = sorted({e.pid for e in entries if e.alive})
         records.append({
-            "table": table, "data_path": st.data_path,
+            "table": table, "readable": True, "data_path": st.data_path,
             "data_status": data_file_status(table, st.data_path),
             "file_size": st.file_size, "entries": len(entries),
             "waiting": sum(1 for e in entries if e.waiting),
@@ -665,6 +673,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     else:
         rows = []
         for r in records:
+            if not r["readable"]:
+                rows.append(["? (no permission to read this table)", "?", "?", "?", "?", "?",
+                             os.path.basename(r["table"])])
+                continue
             shown_path = r["data_path"]
             if r["data_status"] != "ok":
                 shown_path += f" ({r['data_status']})"
@@ -695,6 +707,7 @@ def _reap_table(table: str) -> dict[str, Any]:
 def cmd_reap(args: argparse.Namespace) -> int:
     """``shmslice reap PATH`` / ``shmslice reap --all``."""
     results: list[dict[str, Any]] = []
+    skipped: list[str] = []
     failures: list[str] = []
     if args.all:
         directory = _lock_directory(args.lock_dir)
@@ -703,7 +716,13 @@ def cmd_reap(args: argparse.Namespace) -> int:
                 results.append(_reap_table(table))
             except FileNotFoundError:
                 continue   # removed since listed
-            except (ShmSliceError, OSError) as err:
+            except ShmSliceError as err:   # corrupt, or unsafe (a PermissionError too)
+                failures.append(f"{table}: {describe_error(err)}")
+            except PermissionError:
+                # Another user's table: theirs to reap (their processes also reclaim
+                # dead entries they run into), so a note rather than a failure.
+                skipped.append(table)
+            except OSError as err:
                 failures.append(f"{table}: {describe_error(err)}")
     else:
         target = resolve_target(args.path, args.lock_dir)
@@ -715,15 +734,19 @@ def cmd_reap(args: argparse.Namespace) -> int:
         results.append(result)
     total = sum(r["removed"] for r in results)
     if args.json:
-        print(json.dumps({"removed": total, "tables": results, "errors": failures}, indent=2))
+        print(json.dumps({"removed": total, "tables": results, "skipped": skipped,
+                          "errors": failures}, indent=2))
     else:
         for r in results:
             name = r.get("path") or r["data_path"] or r["table"]
             print(f"{name}: removed {plural(r['removed'], 'dead entry', 'dead entries')}, "
                   f"{r['remaining']} remaining")
+        for table in skipped:
+            print(f"{table}: skipped (no permission to open it)")
         if args.all:
             print(f"removed {plural(total, 'dead entry', 'dead entries')} from "
-                  f"{plural(len(results), 'lock table')}")
+                  f"{plural(len(results), 'lock table')}"
+                  + (f"; skipped {len(skipped)} of other users" if skipped else ""))
     for failure in failures:
         _error_line("reap", failure)
     return 1 if failures else 0
@@ -1081,11 +1104,15 @@ def _verify(mf: MappedFile, seed: int, result: DemoResult) -> None:
 
 
 def _remove_private_table(table: str) -> None:
-    """Delete the table of the demo's own temporary file once nobody uses it.
+    """Delete the table of the demo's own temporary file, which is already deleted.
 
     Tables are not removed by the library (another process may attach at any
-    moment), but no other process can reach a file in our private temporary
-    directory, so leaving its table behind would only leak shared memory.
+    moment), but nobody can attach to the table of a file that no longer
+    exists, and no process outside the demo could ever reach our private
+    temporary directory; leaving the table behind would only leak shared
+    memory.  The pool has been shut down, so a process still attached can only
+    be the demo itself (a handle an interrupt left behind), which is exiting.
+    A table still holding live entries is left alone all the same.
     """
     try:
         with TableView(table) as view:
@@ -1093,7 +1120,7 @@ def _remove_private_table(table: str) -> None:
             st = view.stat()
     except FileNotFoundError:
         return
-    if st.used == 0 and st.procs == 0:
+    if st.used == 0:
         os.unlink(table)
 
 
@@ -1108,9 +1135,10 @@ def _check_space(directory: str, size: int) -> None:
 def _clean_up_demo(tmpdir: str, table: str | None) -> None:
     """Remove the demo's temporary directory and its table; warn (do not fail) if that fails."""
     try:
+        # The file first: once it is gone, no straggling worker can attach to its table anew.
+        shutil.rmtree(tmpdir)
         if table is not None:
             _remove_private_table(table)
-        shutil.rmtree(tmpdir)
     except (ShmSliceError, OSError) as err:
         # The demo's result stands; leftovers are worth a word, not a failure.
         print(f"{PROG} demo: warning: could not clean up {tmpdir}: {describe_error(err)}",

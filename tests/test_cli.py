@@ -12,6 +12,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import select
 import signal
 import subprocess
@@ -511,7 +512,9 @@ def test_demo_fails_when_verification_fails(locks: Path) -> None:
     assert "verification FAILED" in r.stdout
 
 
-def test_demo_interrupted_exits_130_and_cleans_up(tmp_path: Path, locks: Path) -> None:
+@pytest.mark.parametrize("when", [r"^shmslice demo: ", r"^\s+\d+/\d+ slices"],
+                         ids=["while-creating", "while-working"])
+def test_demo_interrupted_exits_130_and_cleans_up(tmp_path: Path, locks: Path, when: str) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}   # to see that the demo's directory goes away
     proc = subprocess.Popen(
         [sys.executable, "-m", "shmslice", "demo", "--size", "1G", "--lock-dir", str(locks)],
@@ -526,7 +529,7 @@ def test_demo_interrupted_exits_130_and_cleans_up(tmp_path: Path, locks: Path) -
             assert ready, "the demo showed no progress within 30 s"
             line = proc.stdout.readline()
             assert line, "the demo ended before it could be interrupted"
-            if " slices " in line:
+            if re.match(when, line):   # the banner (file being created) or a progress line
                 break
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
@@ -539,3 +542,42 @@ def test_demo_interrupted_exits_130_and_cleans_up(tmp_path: Path, locks: Path) -
                 stream.close()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("shmslice-demo-")] == []
     assert list(locks.iterdir()) == []
+
+
+def test_other_users_tables_are_listed_as_unreadable(
+        tmp_path: Path, locks: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Root opens every table, so another user's is simulated (in process): opening
+    # it fails with EACCES, as it would for a table of mode 0644 that is not ours.
+    import errno
+
+    from shmslice import LockManager, TableView
+
+    mine, theirs = tmp_path / "mine.bin", tmp_path / "theirs.bin"
+    for path in (mine, theirs):
+        path.write_bytes(bytes(4096))
+        LockManager(path, locks).close()   # tables outlive their managers
+    forbidden = table_path_for(theirs, locks)
+
+    class View(TableView):
+        def __init__(self, table_path: str) -> None:
+            if os.fspath(table_path) == forbidden:
+                self._ptr = None   # what TableView.__del__ expects of a failed attach
+                raise PermissionError(errno.EACCES, "cannot open lock table: Permission denied",
+                                      table_path)
+            super().__init__(table_path)
+
+    monkeypatch.setattr(cli, "TableView", View)
+    assert cli.main(["ls", "--lock-dir", str(locks)]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    assert "? (no permission to read this table)" in out.out and str(mine) in out.out
+    assert cli.main(["ls", "--lock-dir", str(locks), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    readable = {t["table"]: t["readable"] for t in doc["tables"]}
+    assert readable == {forbidden: False, table_path_for(mine, locks): True}
+    assert cli.main(["reap", "--all", "--lock-dir", str(locks)]) == 0
+    out = capsys.readouterr()
+    assert f"{forbidden}: skipped (no permission to open it)" in out.out
+    assert out.out.splitlines()[-1] == \
+        "removed 0 dead entries from 1 lock table; skipped 1 of other users"
