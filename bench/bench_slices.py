@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-import timeit
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,8 +39,8 @@ from _common import (  # noqa: E402
     Stats,
     add_common_args,
     fmt_ratio,
-    fmt_us,
     machine_info,
+    make_timer,
     markdown_table,
     measure_interleaved,
     paired_ratio,
@@ -118,7 +117,8 @@ def uss_reader(s: shmslice.ByteBufferSlice, barrier, out) -> None:
 
 
 # -- 1 and 2: microbenchmarks -----------------------------------------------------------------
-def micro(tmp: str, settings) -> dict[str, Stats]:
+def micro(tmp: str, settings) -> tuple[dict[str, Stats], dict[str, Stats]]:
+    """(CPU time, wall-clock) per operation of each case, measured interleaved."""
     path = os.path.join(tmp, "micro.bin")
     write_file(path, 16 * MiB)
     mf = shmslice.open(path, "r+", lock_dir=os.path.join(tmp, "locks"))
@@ -127,13 +127,13 @@ def micro(tmp: str, settings) -> dict[str, Stats]:
     s = mf[4096:8192]
     g = {"mf": mf, "mm": mm, "s": s, "a": 4096, "b": 8192}
     cases = {
-        "slice": timeit.Timer("s = mf[a:b]; s.release()", globals=g),
-        "mmap": timeit.Timer("v = memoryview(mm)[a:b]; v.release()", globals=g),
-        "view": timeit.Timer("v = s.view(); v.release()", globals=g),
+        "slice": make_timer("s = mf[a:b]; s.release()", g),
+        "mmap": make_timer("v = memoryview(mm)[a:b]; v.release()", g),
+        "view": make_timer("v = s.view(); v.release()", g),
     }
     if numpy is not None:
         g["nm"] = numpy.memmap(path, dtype=numpy.uint8, mode="r+")
-        cases["numpy"] = timeit.Timer("x = nm[a:b]; del x", globals=g)
+        cases["numpy"] = make_timer("x = nm[a:b]; del x", g)
     results = measure_interleaved(cases, settings.repeats, settings.seconds_per_repeat)
     assert mf.locks()[0].count == 1 and len(mf.locks()) == 1, "pins leaked in the benchmark"
     del g
@@ -141,7 +141,7 @@ def micro(tmp: str, settings) -> dict[str, Stats]:
     mf.close()
     mm.close()
     f.close()
-    return results
+    return ({k: t.cpu for k, t in results.items()}, {k: t.wall for k, t in results.items()})
 
 
 # -- 3: pool ------------------------------------------------------------------------------
@@ -208,21 +208,23 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="bench_slices_")
     try:
         print_section("1-2. slicing and view export (per operation)")
-        r = micro(tmp, settings)
+        r, wall = micro(tmp, settings)
+        print("  (CPU time of this thread per operation; wall-clock, which adds waiting for a "
+              "CPU on a busy machine, after it)")
         for name, label in (("slice", "s = mf[a:b]; s.release()"),
                             ("numpy", "x = numpy.memmap[a:b]"),
                             ("mmap", "v = memoryview(mm)[a:b]; v.release()"),
                             ("view", "v = s.view(); v.release()")):
             if name in r:
-                print(f"  {label:42s} {r[name].fmt()}")
+                print(f"  {label:42s} {r[name].fmt()}   wall {wall[name].fmt()}")
         print_section("3. 8 x 64 MiB slices to a 2-worker Pool, crc32 each (seconds per batch)")
         p = pool_bench(tmp, settings)
         for name in ("slices", "tuples", "bytes"):
             print(f"  {name:8s} {p[name].fmt('s')}")
         print_section("4. 4 workers read all of a 256 MiB file through slices")
         total, growth = uss_bench(tmp)
-        print(f"  USS growth per worker: {', '.join(f'{g / MiB:.1f} MiB' for g in growth)}; "
-              f"total {total / MiB:.1f} MiB")
+        print(f"  USS growth per worker: {', '.join(f'{g / 1024:+.0f} KiB' for g in growth)}; "
+              f"total {total / MiB:+.2f} MiB")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -249,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     vs_tuples = p["slices"].median / p["tuples"].median
     rows.append(["... hand-written (path, offset, length)", f"{p['tuples'].fmt('s')}: slices take "
                  f"{fmt_ratio(vs_tuples)} as long", "within 1.25x", verdict(vs_tuples <= 1.25)])
-    rows.append(["4 workers read 256 MiB via slices: USS growth", f"{total / MiB:.1f} MiB total",
+    rows.append(["4 workers read 256 MiB via slices: USS growth", f"{total / MiB:+.2f} MiB total",
                  "< 16 MiB", verdict(total < 16 * MiB)])
     print_section("summary (markdown)")
     print(markdown_table(["measurement", "result", "target", ""], rows))
     print(f"\nPython {sys.version.split()[0]}; medians of {settings.repeats} repeats "
-          f"(pool: {1 if settings.quick else 3}); min in parentheses.")
+          f"(pool: {1 if settings.quick else 3}); min in parentheses; per-operation figures "
+          "are CPU time, the pool figures wall-clock.")
     return 0
 
 

@@ -265,9 +265,7 @@ class MappedFile:
                         s._gen = _FORK[0]
                         return s
             return self._slice_slow(a, b, key.step)
-        if isinstance(key, slice):
-            return self._slice_slow(key.start, key.stop, key.step)
-        return self._byte_at(key)
+        return self._byte_at(key)   # (slice cannot be subclassed: the type test is exact)
 
     def slice(self, start: int | None = None, end: int | None = None) -> ByteBufferSlice:
         """Same as ``mf[start:end]``."""
