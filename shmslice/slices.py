@@ -87,7 +87,8 @@ class ByteBufferSlice:
 
     While alive (until :meth:`release`, the end of a ``with`` block, or garbage
     collection) the slice holds one pin on its region in the file's shared lock
-    table; see the module documentation.
+    table; see the module documentation.  (A slice holding a pin is an instance
+    of a private subclass that carries the finalizer; test with ``isinstance``.)
     """
 
     __slots__ = ("_mf", "_h", "_mv", "_start", "_end", "_ref", "_gen")
@@ -120,8 +121,9 @@ class ByteBufferSlice:
     def _verify(self) -> memoryview:
         # First touch of a slice made on MappedFile's hot path: the pin was taken
         # without looking at the resize counter.  The pin has been held since,
-        # so if the region is inside the file now, it has been all along and
-        # will stay there; if not, another process shrank the file just before.
+        # so if the region is inside the file now it will stay there (nobody can
+        # shrink below a pin); if not, another process shrank the file just
+        # before the pin was taken.
         mf = self._mf
         mf._refresh()
         if self._end > mf._size:
