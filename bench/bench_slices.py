@@ -103,7 +103,8 @@ def warm(_: object) -> int:
 def uss_reader(s: shmslice.ByteBufferSlice, barrier, out) -> None:
     import psutil
     proc = psutil.Process()
-    before = proc.memory_full_info().uss
+    info = proc.memory_full_info()
+    before, rss_before = info.uss, info.rss
     crc = 0
     for off in range(0, len(s), CHUNK):
         with s[off:off + CHUNK] as part:
@@ -111,8 +112,8 @@ def uss_reader(s: shmslice.ByteBufferSlice, barrier, out) -> None:
             crc = zlib.crc32(v, crc)
             v.release()
     barrier.wait(120)        # every worker has now touched every page
-    after = proc.memory_full_info().uss
-    out.put((os.getpid(), crc, after - before))
+    info = proc.memory_full_info()
+    out.put((os.getpid(), crc, info.uss - before, info.rss - rss_before))
     barrier.wait(120)        # keep the mappings until every worker has measured
 
 
@@ -134,11 +135,31 @@ def micro(tmp: str, settings) -> tuple[dict[str, Stats], dict[str, Stats]]:
     if numpy is not None:
         g["nm"] = numpy.memmap(path, dtype=numpy.uint8, mode="r+")
         cases["numpy"] = make_timer("x = nm[a:b]; del x", g)
+    # Floors, for reading the figures above: the two C calls every slice and
+    # view makes (pin + unpin), and on 3.12+ the PEP 688 round trip of a Python
+    # object that does nothing but return a memoryview.
+    from shmslice._binding import lib
+    g.update(pin=lib.ss_pin, unpin=lib.ss_unpin, ptr=mf.lock_manager._h.ptr)
+    cases["pin"] = make_timer("unpin(ptr, pin(ptr, a, b))", g)
+    if sys.version_info >= (3, 12):
+        base = memoryview(mm)
+
+        class Bare:
+            def __buffer__(self, flags: int) -> memoryview:
+                return base[4096:8192]
+
+            def __release_buffer__(self, view: memoryview) -> None:
+                pass
+
+        g["bare"] = Bare()
+        cases["bare688"] = make_timer("v = memoryview(bare); v.release()", g)
     results = measure_interleaved(cases, settings.repeats, settings.seconds_per_repeat)
     assert mf.locks()[0].count == 1 and len(mf.locks()) == 1, "pins leaked in the benchmark"
     del g
     s.release()
     mf.close()
+    if sys.version_info >= (3, 12):
+        base.release()
     mm.close()
     f.close()
     return ({k: t.cpu for k, t in results.items()}, {k: t.wall for k, t in results.items()})
@@ -177,7 +198,7 @@ def pool_bench(tmp: str, settings, slices: int = 8, size: int = 64 * MiB) -> dic
 
 
 # -- 4: USS ---------------------------------------------------------------------------------
-def uss_bench(tmp: str, workers: int = 4, size: int = 256 * MiB) -> tuple[int, list[int]]:
+def uss_bench(tmp: str, workers: int = 4, size: int = 256 * MiB) -> tuple[int, list[int], list[int]]:
     path = os.path.join(tmp, "uss.bin")
     write_file(path, size)
     ctx = multiprocessing.get_context("spawn")   # clean processes: nothing inherited
@@ -191,11 +212,11 @@ def uss_bench(tmp: str, workers: int = 4, size: int = 256 * MiB) -> tuple[int, l
     rows = [out.get(timeout=300) for _ in procs]
     for p in procs:
         p.join(60)
-    assert all(crc == expected for _, crc, _ in rows), "a worker read different bytes"
+    assert all(row[1] == expected for row in rows), "a worker read different bytes"
     mf.close()
     os.unlink(path)
-    growth = [g for _, _, g in rows]
-    return sum(growth), growth
+    growth = [row[2] for row in rows]
+    return sum(growth), growth, [row[3] for row in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, label in (("slice", "s = mf[a:b]; s.release()"),
                             ("numpy", "x = numpy.memmap[a:b]"),
                             ("mmap", "v = memoryview(mm)[a:b]; v.release()"),
-                            ("view", "v = s.view(); v.release()")):
+                            ("view", "v = s.view(); v.release()"),
+                            ("pin", "(floor) C pin + unpin"),
+                            ("bare688", "(floor) PEP 688 export of a no-op class")):
             if name in r:
                 print(f"  {label:42s} {r[name].fmt()}   wall {wall[name].fmt()}")
         print_section("3. 8 x 64 MiB slices to a 2-worker Pool, crc32 each (seconds per batch)")
@@ -222,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("slices", "tuples", "bytes"):
             print(f"  {name:8s} {p[name].fmt('s')}")
         print_section("4. 4 workers read all of a 256 MiB file through slices")
-        total, growth = uss_bench(tmp)
+        total, growth, rss = uss_bench(tmp)
         print(f"  USS growth per worker: {', '.join(f'{g / 1024:+.0f} KiB' for g in growth)}; "
               f"total {total / MiB:+.2f} MiB")
+        print(f"  (RSS growth per worker, i.e. pages each one mapped and touched: "
+              f"{', '.join(f'{g / MiB:.0f} MiB' for g in rss)})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
