@@ -189,10 +189,10 @@ class TableView:
     """
 
     def __init__(self, table_path: str | os.PathLike[str]) -> None:
+        self._ptr: object | None = None   # so __del__ is quiet if __init__ fails
         if not isinstance(table_path, (str, os.PathLike)):
             raise TypeError(f"table_path must be a str or os.PathLike, not {type(table_path).__name__}")
         self.table_path = os.fspath(table_path)
-        self._ptr: object | None = None   # so __del__ is quiet if the attach fails
         out = ffi.new("ss_handle **")
         rc = lib.ss_attach_table(self.table_path.encode(), out)
         if rc < 0:
@@ -374,6 +374,9 @@ class LockManager:
         """Drop one pin taken by :meth:`pin` (raises ``ValueError`` if not held)."""
         if type(ref) is not int:
             raise TypeError(f"ref must be an int from pin(), not {type(ref).__name__}")
+        if not 0 <= ref <= _MAX_OFFSET:   # not a reference (and would overflow int64_t)
+            self._ptr()
+            raise ValueError(f"pin {ref} is not held by this process: not a reference from pin()")
         rc = lib.ss_unpin(self._ptr(), ref)
         if rc == _ENOTOWNER:
             raise ValueError(f"pin {ref} is not held by this process: {_binding.detail()}")
@@ -404,8 +407,8 @@ class LockManager:
         """
         if isinstance(new_size, bool) or not isinstance(new_size, int):
             raise TypeError(f"new_size must be an int, not {type(new_size).__name__}")
-        if new_size < 0:
-            raise ValueError(f"new_size must be >= 0, got {new_size}")
+        if not 0 <= new_size <= _MAX_OFFSET:
+            raise ValueError(f"new_size must be >= 0 and at most 2**63-1, got {new_size}")
         if not self._h.writable:
             raise PermissionError(f"{self.path} was opened read-only; resizing needs write permission")
         who = ffi.new("ss_entry_info *")
