@@ -59,8 +59,8 @@ MARKS = 64
 # Global fields
 G_STOP, G_EXIT = 0, 4
 # Row fields: pid q@0, incarnation Q@8, heartbeat Q@16, lock ops checked Q@24,
-# pin ops Q@32, count checks Q@40, frozen I@48
-R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN = 0, 8, 16, 24, 32, 40, 48
+# pin ops Q@32, count checks Q@40, frozen I@48, forked children Q@56
+R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN, R_FORKS = 0, 8, 16, 24, 32, 40, 48, 56
 LOCK_TIMEOUT = 10.0
 STALE_POLL_S = 3.0
 
@@ -200,8 +200,11 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             if got != dict(want) or others:
                 fail(f"locks() shows {got} pins and {others} locks; this worker holds {dict(want)}")
             rec.bump(row + R_COUNTS)
-        else:
+        elif r < 0.995:
             mgr.reap()
+        else:
+            forked_child(mgr, rng, pins, fail)
+            rec.bump(row + R_FORKS)
         rec.bump(row + R_BEAT)
 
     # Freeze: hold only pins, tell the controller what we hold, wait to be told to exit.
@@ -217,6 +220,67 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             fail("never told to exit")
         time.sleep(0.005)
     mgr.close()
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def forked_child(mgr, rng: random.Random, pins: list, fail) -> None:
+    """Fork a child that uses the inherited LockManager (the C core gives it a
+    slot of its own), pins, checks its own entries, and either closes or just
+    exits.  Afterwards the parent's own entries must still be alive: a child
+    must neither keep the parent's slot alive nor take it down."""
+    import shmslice
+    mode = rng.choice(["close", "exit", "killed"])
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _die_with_parent()
+            me = os.getpid()
+            refs = [mgr.pin(u * UNIT, (u + 1) * UNIT) for u in (rng.randrange(4) for _ in range(3))]
+            mine = [e for e in mgr.locks() if e.pid == me and e.alive]
+            if sum(e.count for e in mine) != len(refs) or any(e.kind != "pin" for e in mine):
+                sys.stderr.write(f"forked child {me}: entries {mine} for {len(refs)} pins\n")
+                code = 3
+            elif mode == "close":
+                mgr.close()
+            elif mode == "killed":
+                os.kill(me, signal.SIGKILL)
+        except BaseException:
+            traceback.print_exc()
+            code = 2
+        os._exit(code)
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            fail("forked child did not finish in 10 s")
+        time.sleep(0.001)
+    # SIGKILL in any mode: the child inherits an armed crash point, if any.
+    ok = (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL) \
+        or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and mode != "killed")
+    if not ok:
+        fail(f"forked child ({mode}) ended with status {status}")
+    me = os.getpid()
+    want = Counter((s, e) for _, s, e in pins)
+    got = {(e.start, e.end): e.count for e in mgr.locks() if e.pid == me and e.alive}
+    if got != dict(want):
+        fail(f"after a forked child ({mode}): parent's live pins {got} != held {dict(want)}")
+    if mode != "close":
+        mgr.reap()   # the child's pins are a dead owner's: reaped, the parent's stay
+        got = {(e.start, e.end): e.count for e in mgr.locks() if e.pid == me}
+        if got != dict(want):
+            fail(f"after reaping a forked child ({mode}): parent's pins {got} != held {dict(want)}")
 
 
 def run_worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -> int:
@@ -399,6 +463,7 @@ def run(args: argparse.Namespace) -> dict:
         totals["lock_ops_checked"] += rec.get(r + R_OPS)
         totals["pin_ops"] += rec.get(r + R_PINS)
         totals["count_checks"] += rec.get(r + R_COUNTS)
+        totals["forked_children"] += rec.get(r + R_FORKS)
     return {
         "seed": args.seed, "workers": args.workers,
         "kills": counts["kills"], "crash_point_deaths": counts["crash_point_deaths"],
@@ -454,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deaths survived: {summary['deaths_survived']} ({summary['kills']} SIGKILLs, "
               f"{summary['crash_point_deaths']} inside the C core), lock operations checked: "
               f"{summary['lock_ops_checked']}, pin operations: {summary['pin_ops']}, "
-              f"count checks: {summary['count_checks']}, repairs: {summary['repairs']}, "
+              f"count checks: {summary['count_checks']}, forked children: "
+              f"{summary['forked_children']}, repairs: {summary['repairs']}, "
               f"in {summary['chaos_seconds']} s")
     print(json.dumps(summary), flush=True)
     return 1 if summary["failures"] else 0
