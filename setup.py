@@ -1,5 +1,13 @@
-"""setuptools needs this file only to hand the cffi module to the build."""
+"""setuptools needs this file to hand the cffi module and the C fast path to the build."""
 
-from setuptools import setup
+from setuptools import Extension, setup
 
-setup(cffi_modules=["build_ffi.py:ffibuilder"])
+fastpath = Extension(
+    "shmslice._fastpath",
+    sources=["csrc/fastpath.c"],
+    include_dirs=["csrc"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+                        "-Wno-cast-function-type", "-Wno-unused-parameter"],
+)
+
+setup(cffi_modules=["build_ffi.py:ffibuilder"], ext_modules=[fastpath])

@@ -235,6 +235,8 @@ struct ss_handle {
     ino_t table_ino;
     char table_path[4096];
     struct ss_handle *next;      /* registry of open handles (for atfork) */
+    int closing;                 /* set once by ss_close; calls then fail SS_ECLOSED */
+    int busy;                    /* calls in flight (atomic), awaited by ss_close */
 };
 
 /* ===================================================================
@@ -1263,10 +1265,36 @@ static int remove_owned(struct ss_handle *h, uint32_t slot, uint32_t gen, uint32
     return SS_OK;
 }
 
+/* Every public call on a handle runs between handle_enter and handle_leave,
+ * so ss_close can wait for calls in flight in other threads (a waiter may be
+ * asleep in ss_lock) before it unmaps the table under them. */
+static int handle_enter(struct ss_handle *h)
+{
+    __atomic_add_fetch(&h->busy, 1, __ATOMIC_ACQ_REL);
+    if (__builtin_expect(__atomic_load_n(&h->closing, __ATOMIC_ACQUIRE), 0)) {
+        __atomic_sub_fetch(&h->busy, 1, __ATOMIC_ACQ_REL);
+        return 0;
+    }
+    return 1;
+}
+
+static void handle_leave(struct ss_handle *h)
+{
+    __atomic_sub_fetch(&h->busy, 1, __ATOMIC_ACQ_REL);
+}
+
 int ss_close(ss_handle *h)
 {
-    if (!h) return SS_OK;
+    if (!h || __atomic_exchange_n(&h->closing, 1, __ATOMIC_ACQ_REL)) return SS_OK;
     registry_remove(h);
+    /* Wake our own sleepers so they see `closing` now rather than at their
+     * next periodic re-check; then wait for every call in flight to leave. */
+    while (__atomic_load_n(&h->busy, __ATOMIC_ACQUIRE) > 0) {
+        bump_wake(h);
+        futex_wake_all(&h->hdr->wake_seq);
+        struct timespec nap = {0, 1000000};
+        nanosleep(&nap, NULL);
+    }
     int rc = SS_OK;
     if (h->has_slot && h->table_fd >= 0) {
         rc = table_lock(h);
@@ -1281,13 +1309,25 @@ int ss_close(ss_handle *h)
             table_unlock(h, 1);
         }
     }
-    handle_free(h);   /* closing the descriptor drops the liveness lock */
+    /* Closing the descriptor drops the liveness lock. */
+    if (h->hdr) munmap(h->hdr, h->map_bytes);
+    h->hdr = NULL;
+    if (h->table_fd >= 0) close(h->table_fd);
+    h->table_fd = -1;
+    h->has_slot = 0;
     return rc;
+}
+
+void ss_free(ss_handle *h)
+{
+    if (!h) return;
+    ss_close(h);
+    free(h);
 }
 
 const char *ss_table_path(ss_handle *h) { return h->table_path; }
 
-int ss_data_path(ss_handle *h, char *buf, uint32_t buflen)
+static int data_path_impl(ss_handle *h, char *buf, uint32_t buflen)
 {
     if (!buf || buflen == 0) return fail(SS_EINVAL, "buffer required");
     size_t n = strnlen(h->hdr->data_path, sizeof h->hdr->data_path);
@@ -1343,9 +1383,8 @@ static int find_conflict(struct ss_handle *h, uint64_t start, uint64_t end, int 
     }
 }
 
-int64_t ss_lock(ss_handle *h, int64_t start_arg, int64_t end_arg, int kind, int64_t timeout_ns)
+static int64_t lock_impl(ss_handle *h, int64_t start_arg, int64_t end_arg, int kind, int64_t timeout_ns)
 {
-    if (!h) return fail(SS_ECLOSED, "handle is closed");
     if (start_arg < 0 || start_arg >= end_arg)
         return fail(SS_EINVAL, "region [%lld, %lld) is empty or negative",
                     (long long)start_arg, (long long)end_arg);
@@ -1436,6 +1475,11 @@ int64_t ss_lock(ss_handle *h, int64_t start_arg, int64_t end_arg, int kind, int6
         int werr = futex_wait(&hd->wake_seq, seq, nap);
         rc = table_lock(h);
         if (rc) return rc;   /* table unusable: our waiting entry is left to reaping */
+        if (__atomic_load_n(&h->closing, __ATOMIC_ACQUIRE)) {
+            result = fail(SS_ECLOSED, "the lock manager was closed while waiting for "
+                          "[%llu, %llu)", (unsigned long long)start, (unsigned long long)end);
+            break;
+        }
         if (waiting >= hd->entry_hwm || h->entries[waiting].state != SS_WAITING ||
             h->entries[waiting].serial != waiting_serial) {
             result = fail(SS_ECORRUPT, "lock table %s: our waiting entry vanished",
@@ -1458,9 +1502,8 @@ int64_t ss_lock(ss_handle *h, int64_t start_arg, int64_t end_arg, int kind, int6
     return result;
 }
 
-int ss_release(ss_handle *h, int64_t ref)
+static int release_impl(ss_handle *h, int64_t ref)
 {
-    if (!h) return fail(SS_ECLOSED, "handle is closed");
     int rc = table_lock(h);
     if (rc) return rc;
     int64_t i = own_entry(h, ref, 0);
@@ -1479,9 +1522,8 @@ static int is_same_pin(struct ss_handle *h, uint32_t i, void *varg)
            e->owner_gen == a->gen;
 }
 
-int64_t ss_pin(ss_handle *h, int64_t start_arg, int64_t end_arg)
+static int64_t pin_impl(ss_handle *h, int64_t start_arg, int64_t end_arg)
 {
-    if (!h) return fail(SS_ECLOSED, "handle is closed");
     if (start_arg < 0 || start_arg >= end_arg)
         return fail(SS_EINVAL, "region [%lld, %lld) is empty or negative",
                     (long long)start_arg, (long long)end_arg);
@@ -1510,9 +1552,8 @@ int64_t ss_pin(ss_handle *h, int64_t start_arg, int64_t end_arg)
     return result;
 }
 
-int ss_unpin(ss_handle *h, int64_t ref)
+static int unpin_impl(ss_handle *h, int64_t ref)
 {
-    if (!h) return fail(SS_ECLOSED, "handle is closed");
     int rc = table_lock(h);
     if (rc) return rc;
     int64_t i = own_entry(h, ref, 1);
@@ -1566,9 +1607,8 @@ static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
     return 0;
 }
 
-int ss_reach_beyond(ss_handle *h, uint64_t offset, ss_entry_info *who)
+static int reach_beyond_impl(ss_handle *h, uint64_t offset, ss_entry_info *who)
 {
-    if (!h) return fail(SS_ECLOSED, "handle is closed");
     int rc = table_lock(h);
     if (rc) return rc;
     rc = find_beyond(h, offset, who);
@@ -1576,9 +1616,8 @@ int ss_reach_beyond(ss_handle *h, uint64_t offset, ss_entry_info *who)
     return rc;
 }
 
-int ss_resize(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_info *who)
+static int resize_impl(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_info *who)
 {
-    if (!h) return fail(SS_ECLOSED, "handle is closed");
     if (new_size > (uint64_t)INT64_MAX) return fail(SS_EINVAL, "size too large");
     struct stat st;
     if (fstat(data_fd, &st) != 0) return fail_sys("cannot stat the data file");
@@ -1618,16 +1657,15 @@ int ss_resize(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_info *who)
     return rc;
 }
 
-uint64_t ss_file_size(ss_handle *h) { return __atomic_load_n(&h->hdr->file_size, __ATOMIC_ACQUIRE); }
-uint64_t ss_size_epoch(ss_handle *h) { return __atomic_load_n(&h->hdr->size_epoch, __ATOMIC_ACQUIRE); }
+static int64_t file_size_impl(ss_handle *h) { return (int64_t)__atomic_load_n(&h->hdr->file_size, __ATOMIC_ACQUIRE); }
+static int64_t size_epoch_impl(ss_handle *h) { return (int64_t)__atomic_load_n(&h->hdr->size_epoch, __ATOMIC_ACQUIRE); }
 
 /* ===================================================================
  * 9. Inspection
  * =================================================================== */
 
-int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
+static int snapshot_impl(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
 {
-    if (!h) return fail(SS_ECLOSED, "handle is closed");
     if (!count || (max && !out)) return fail(SS_EINVAL, "output buffer required");
     int rc = table_lock(h);
     if (rc) return rc;
@@ -1648,9 +1686,8 @@ int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
     return rc;
 }
 
-int ss_stat(ss_handle *h, ss_table_stat *out)
+static int stat_impl(ss_handle *h, ss_table_stat *out)
 {
-    if (!h) return fail(SS_ECLOSED, "handle is closed");
     if (!out) return fail(SS_EINVAL, "output required");
     int rc = table_lock(h);
     if (rc) return rc;
@@ -1672,9 +1709,8 @@ int ss_stat(ss_handle *h, ss_table_stat *out)
     return SS_OK;
 }
 
-int ss_reap(ss_handle *h, uint32_t *removed)
+static int reap_impl(ss_handle *h, uint32_t *removed)
 {
-    if (!h) return fail(SS_ECLOSED, "handle is closed");
     if (!removed) return fail(SS_EINVAL, "output required");
     *removed = 0;
     int rc = table_lock(h);
@@ -1688,4 +1724,106 @@ int ss_reap(ss_handle *h, uint32_t *removed)
         }
     table_unlock(h, 1);
     return rc;
+}
+
+/* ===================================================================
+ * 10. Public entry points: each call is bracketed by handle_enter/leave
+ * =================================================================== */
+
+#define CLOSED_STATUS() fail(SS_ECLOSED, "the handle is closed")
+
+int64_t ss_lock(ss_handle *h, int64_t start, int64_t end, int kind, int64_t timeout_ns)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int64_t rc = lock_impl(h, start, end, kind, timeout_ns);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_release(ss_handle *h, int64_t ref)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = release_impl(h, ref);
+    handle_leave(h);
+    return rc;
+}
+
+int64_t ss_pin(ss_handle *h, int64_t start, int64_t end)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int64_t rc = pin_impl(h, start, end);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_unpin(ss_handle *h, int64_t ref)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = unpin_impl(h, ref);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_reach_beyond(ss_handle *h, uint64_t offset, ss_entry_info *who)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = reach_beyond_impl(h, offset, who);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_resize(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_info *who)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = resize_impl(h, data_fd, new_size, who);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = snapshot_impl(h, out, max, count);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_stat(ss_handle *h, ss_table_stat *out)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = stat_impl(h, out);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_reap(ss_handle *h, uint32_t *removed)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = reap_impl(h, removed);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_data_path(ss_handle *h, char *buf, uint32_t buflen)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = data_path_impl(h, buf, buflen);
+    handle_leave(h);
+    return rc;
+}
+
+int64_t ss_file_size(ss_handle *h)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int64_t size = file_size_impl(h);
+    handle_leave(h);
+    return size;
+}
+
+int64_t ss_size_epoch(ss_handle *h)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int64_t epoch = size_epoch_impl(h);
+    handle_leave(h);
+    return epoch;
 }

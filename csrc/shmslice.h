@@ -103,8 +103,16 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
  */
 int ss_attach_table(const char *table_path, ss_handle **out);
 
-/* Release every entry this handle owns, detach and free the handle. */
+/*
+ * Release every entry this handle owns and detach (unmap, drop the liveness
+ * lock).  Waits for calls in flight in other threads; sleeping waiters return
+ * SS_ECLOSED.  The handle stays allocated, and every later call on it returns
+ * SS_ECLOSED, until ss_free.  Closing twice is harmless.
+ */
 int ss_close(ss_handle *h);
+
+/* Close (if still open) and free the handle.  No call may follow. */
+void ss_free(ss_handle *h);
 
 /* Path of the table file (valid until ss_close). */
 const char *ss_table_path(ss_handle *h);
@@ -149,9 +157,9 @@ int ss_reach_beyond(ss_handle *h, uint64_t offset, ss_entry_info *who);
  */
 int ss_resize(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_info *who);
 
-/* Data file size recorded in the table, and the resize epoch. */
-uint64_t ss_file_size(ss_handle *h);
-uint64_t ss_size_epoch(ss_handle *h);
+/* Data file size recorded in the table, and the resize epoch (or SS_ECLOSED). */
+int64_t ss_file_size(ss_handle *h);
+int64_t ss_size_epoch(ss_handle *h);
 
 /*
  * Copy up to max entries into out; *count receives the number of entries in

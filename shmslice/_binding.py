@@ -1,8 +1,12 @@
-"""The one module that touches the compiled core.
+"""The one module that touches the compiled code.
 
-Everything else in shmslice calls the small functions here; they turn C
-status codes into the exceptions of :mod:`shmslice.errors`, with the C core's
-detail message and the path concerned.
+Two extensions: ``shmslice._core`` (cffi: the whole C core) and
+``shmslice._fastpath`` (a small CPython extension for the uncontended
+``LockManager.lock`` and ``RegionLock.release``, which calls the core through
+the function pointers handed to it here, so the core exists once per process).
+Everything else in shmslice calls the small functions here; they turn C status
+codes into the exceptions of :mod:`shmslice.errors`, with the C core's detail
+message and the path concerned.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from shmslice import _fastpath
 from shmslice._core import ffi, lib
 from shmslice.errors import (
     CorruptLockTable,
@@ -20,7 +25,17 @@ from shmslice.errors import (
     UnsafeLockTable,
 )
 
-__all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES", "KIND_CODES"]
+__all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES", "KIND_CODES",
+           "ManagerBase", "RegionLock"]
+
+
+def _address(name: str) -> int:
+    return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+
+
+_fastpath.bind(_address("ss_lock"), _address("ss_release"))
+ManagerBase = _fastpath.ManagerBase
+RegionLock = _fastpath.RegionLock
 
 KIND_NAMES = {lib.SS_SHARED: "shared", lib.SS_EXCLUSIVE: "exclusive", lib.SS_PIN: "pin"}
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from shmslice import _binding
-from shmslice._binding import KIND_NAMES, ffi, lib, raise_status
+from shmslice._binding import KIND_NAMES, ManagerBase, RegionLock, ffi, lib, raise_status
 from shmslice._paths import resolve_lock_dir
 
 __all__ = ["LockManager", "RegionLock", "LockInfo", "TableStat", "TableView", "table_path_for"]
@@ -147,7 +148,12 @@ def reap_handle(handle: object) -> int:
 
 
 class _Handle:
-    """Owns one C handle and the data file descriptor; closes both exactly once."""
+    """Owns one C handle and the data file descriptor.
+
+    ``ptr`` frees the C handle when the last reference to it goes (``ffi.gc``),
+    so a thread still inside a call keeps it valid; :meth:`close` only
+    detaches it (the C core then answers every call with SS_ECLOSED).
+    """
 
     __slots__ = ("ptr", "data_fd", "table_path", "writable", "closed", "__weakref__")
 
@@ -168,9 +174,9 @@ class _Handle:
             raise_status(rc, self.table_path)
 
     def __del__(self) -> None:
+        # The table handle is closed by ffi.gc; only the descriptor is ours.
         if not self.closed:
             self.closed = True
-            lib.ss_close(self.ptr)
             os.close(self.data_fd)
 
 
@@ -197,7 +203,7 @@ class TableView:
         rc = lib.ss_attach_table(self.table_path.encode(), out)
         if rc < 0:
             raise_status(rc, self.table_path)
-        self._ptr = out[0]
+        self._ptr = ffi.gc(out[0], lib.ss_free)
 
     def _handle(self) -> object:
         if self._ptr is None:
@@ -230,7 +236,7 @@ class TableView:
         self.close()
 
 
-class LockManager:
+class LockManager(ManagerBase):
     """The shared lock table of one data file.
 
     ``LockManager(path)`` attaches to (creating if needed) the table of the file
@@ -267,11 +273,13 @@ class LockManager:
                 if rc == lib.SS_EINVAL:
                     raise ValueError(f"{self.path}: {_binding.detail()}")
                 raise_status(rc, table_path)
+            ptr = ffi.gc(out[0], lib.ss_free)   # owned at once: an interrupt cannot leak it
         except BaseException:
             os.close(fd)
             raise
-        self._h = _Handle(out[0], fd, table_path, writable)
-        self._cptr: object | None = out[0]   # None once closed; read on the hot path
+        self._h = _Handle(ptr, fd, table_path, writable)
+        self._cptr: object | None = ptr   # None once closed
+        self._attach_handle(ptr, int(ffi.cast("uintptr_t", ptr)), writable)
         self._writable = writable
         self._lock = threading.Lock()
 
@@ -297,44 +305,40 @@ class LockManager:
         return h.ptr
 
     # -- locks ------------------------------------------------------------------
-    def lock(self, start: int, end: int, mode: Mode = "exclusive",
-             timeout: float | None = None) -> RegionLock:
-        """Lock bytes [start, end) of the file in ``mode`` ("exclusive" or "shared").
+    # lock() itself is ManagerBase.lock (csrc/fastpath.c): it takes a free lock
+    # in C and hands every other case to _lock_slow below.
+    if TYPE_CHECKING:
+        def lock(self, start: int, end: int, mode: Mode = "exclusive",
+                 timeout: float | None = None) -> RegionLock:
+            """Lock bytes [start, end) of the file in ``mode`` ("exclusive" or "shared")."""
 
-        ``timeout=None`` waits as long as it takes, ``0`` tries once, a positive
-        number of seconds waits at most that long; when it runs out
-        :class:`~shmslice.LockTimeout` is raised.  A request that conflicts with a
-        lock the calling thread already holds raises :class:`~shmslice.DeadlockError`
-        instead of waiting forever (with ``timeout=0`` it raises ``LockTimeout``).
-        The lock is released by :meth:`RegionLock.release`, at the end of a
-        ``with`` block, by :meth:`close`, or when the process exits.  Like
-        ``threading.Lock`` (and unlike a pin), dropping the ``RegionLock``
-        object does not release it: use ``with``.
-        """
-        # The hot path: well-formed calls take the cheapest branches, and the
-        # RegionLock is built without an __init__ call (measured: ~0.2 us less).
-        if type(start) is not int or type(end) is not int or not 0 <= start < end <= _MAX_OFFSET:
-            start, end = check_region(start, end)
+    def _lock_slow(self, start: object, end: object, mode: object, timeout: object) -> RegionLock:
+        """lock() for every case the C fast path does not take: validation,
+        waiting (with the GIL released), errors."""
+        start, end = check_region(start, end)
         if mode == "exclusive" and self._writable:
             kind = _EXCLUSIVE
         elif mode == "shared":
             kind = _SHARED
         else:
             kind = self._mode_error(mode)
+        timeout_ns = timeout_to_ns(timeout)
         ptr = self._cptr
         if ptr is None:
             raise ValueError(f"LockManager for {self.path} is closed")
-        timeout_ns = -1 if timeout is None else timeout_to_ns(timeout)
-        ref = _ss_lock(ptr, start, end, kind, timeout_ns)
+        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
+        ref = lib.ss_lock(ptr, start, end, kind, timeout_ns)
+        while ref == _EINTR:
+            # A signal interrupted the wait: Python runs its handlers here (which
+            # may raise KeyboardInterrupt); then resume with the time left.
+            remaining = -1 if deadline is None else max(0, deadline - time.monotonic_ns())
+            ref = lib.ss_lock(ptr, start, end, kind, remaining)
         if ref < 0:
-            ref = self._lock_slow(ptr, start, end, kind, timeout_ns, ref)
-        lk = _new_region_lock(RegionLock)
-        lk._h = self._h
-        lk._ref = ref
-        lk.start = start
-        lk.end = end
-        lk.mode = mode
-        return lk
+            raise_status(ref, self.path)
+        return self._make_lock(ref, start, end, "exclusive" if kind == _EXCLUSIVE else "shared")
+
+    def _raise_status(self, status: int) -> None:
+        raise_status(status, self.path)
 
     def _mode_error(self, mode: object) -> int:
         if mode == "exclusive":
@@ -344,19 +348,6 @@ class LockManager:
         if isinstance(mode, str):
             raise ValueError(f"mode must be 'shared' or 'exclusive', got {mode!r}")
         raise TypeError(f"mode must be a str ('shared' or 'exclusive'), not {type(mode).__name__}")
-
-    def _lock_slow(self, ptr: object, start: int, end: int, kind: int, timeout_ns: int,
-                   ref: int) -> int:
-        # A signal interrupted the wait: let Python run its handlers (which may
-        # raise KeyboardInterrupt) and resume with the time that is left.
-        import time
-        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
-        while ref == _EINTR:
-            remaining = -1 if deadline is None else max(0, deadline - time.monotonic_ns())
-            ref = lib.ss_lock(ptr, start, end, kind, remaining)
-        if ref < 0:
-            raise_status(ref, self.path)
-        return ref
 
     # -- pins (used by slices; public for code that manages regions itself) -----
     def pin(self, start: int, end: int) -> int:
@@ -448,6 +439,7 @@ class LockManager:
     def close(self) -> None:
         """Release every lock and pin this manager holds and detach from the table."""
         with self._lock:
+            self._detach_handle()
             self._cptr = None
             self._h.close()
 
@@ -463,58 +455,3 @@ class LockManager:
 
     def __reduce__(self):  # type: ignore[override]
         return (type(self), (self.path,))
-
-
-class RegionLock:
-    """A granted lock on bytes [start, end) of a file; see :meth:`LockManager.lock`.
-
-    Made only by :meth:`LockManager.lock`.
-    """
-
-    __slots__ = ("_h", "_ref", "start", "end", "mode")
-
-    _h: _Handle
-    _ref: int
-    start: int
-    end: int
-    mode: str
-
-    @property
-    def locked(self) -> bool:
-        """True until released (or until its manager is closed)."""
-        return self._ref >= 0 and not self._h.closed
-
-    def release(self) -> None:
-        """Release the lock.  Releasing twice is harmless.
-
-        In a forked child, releasing a lock inherited from the parent only
-        forgets it here: the parent still holds it.
-        """
-        ref = self._ref
-        if ref < 0:
-            return
-        self._ref = -1
-        h = self._h
-        if h.closed:
-            return
-        rc = _ss_release(h.ptr, ref)
-        if rc < 0 and rc != _ENOTOWNER:
-            raise_status(rc, h.table_path)
-
-    def __enter__(self) -> RegionLock:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def __reduce__(self):  # type: ignore[override]
-        raise TypeError("a RegionLock belongs to the process that took it and cannot be pickled")
-
-    def __repr__(self) -> str:
-        state = "locked" if self.locked else "released"
-        return f"<shmslice.RegionLock {self.mode} [{self.start}, {self.end}) {state}>"
-
-
-_new_region_lock = object.__new__
-_ss_lock = lib.ss_lock
-_ss_release = lib.ss_release

@@ -360,3 +360,51 @@ def test_read_only_opener_cannot_take_exclusive_locks(data_file, lock_dir):
         with pytest.raises(PermissionError, match="shared"):
             m.lock(0, 10)
         m.lock(0, 10, mode="shared").release()
+
+
+# -- the C fast path (csrc/fastpath.c) ----------------------------------------------
+
+def test_fast_path_argument_forms(mgr):
+    with mgr.lock(0, 10) as a, mgr.lock(10, 20, "shared") as b, \
+            mgr.lock(20, 30, "exclusive", 0) as c, mgr.lock(end=40, start=30, timeout=1.5) as d:
+        assert [(lk.start, lk.end, lk.mode) for lk in (a, b, c, d)] == [
+            (0, 10, "exclusive"), (10, 20, "shared"), (20, 30, "exclusive"), (30, 40, "exclusive")]
+        assert repr(a) == "<shmslice.RegionLock exclusive [0, 10) locked>"
+    assert repr(a).endswith("released>") and not a.locked
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        mgr.lock(0, 10, wait=True)
+    with pytest.raises(TypeError, match="multiple values"):
+        mgr.lock(0, 10, start=0)
+    with pytest.raises(TypeError):
+        mgr.lock(0, 10, "shared", None, 5)
+    with pytest.raises(TypeError):
+        mgr.lock(0)
+    with pytest.raises(TypeError, match="pickled"):
+        pickle.dumps(mgr.lock(50, 60))
+    with pytest.raises(TypeError):
+        shmslice.RegionLock()
+    assert mgr.locks()[0].start == 50
+
+
+def test_closing_while_another_thread_waits(data_file, lock_dir):
+    m = shmslice.LockManager(data_file, lock_dir=lock_dir)
+    other = shmslice.LockManager(data_file, lock_dir=lock_dir)
+    held = other.lock(0, 10)
+    errors = []
+
+    def waiter():
+        try:
+            m.lock(0, 10, timeout=30)
+        except ValueError as err:   # the manager was closed under it
+            errors.append(err)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    m.close()
+    t.join(10)
+    assert not t.is_alive() and len(errors) == 1 and "closed" in str(errors[0])
+    assert time.monotonic() - t0 < 1.0
+    held.release()
+    other.close()
