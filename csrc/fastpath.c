@@ -28,9 +28,12 @@
 
 typedef int64_t (*ss_lock_fn)(ss_handle *, int64_t, int64_t, int, int64_t);
 typedef int (*ss_release_fn)(ss_handle *, int64_t);
+typedef int64_t (*ss_pin_fn)(ss_handle *, int64_t, int64_t);
 
 static ss_lock_fn core_lock;        /* set once by bind() */
-static ss_release_fn core_release;
+static ss_release_fn core_release;  /* also ss_unpin: same signature */
+static ss_pin_fn core_pin;
+static ss_release_fn core_unpin;
 static PyObject *str_exclusive;     /* interned "exclusive" */
 static PyObject *str_shared;        /* interned "shared" */
 static PyObject *str_lock_slow;     /* interned "_lock_slow" */
@@ -388,29 +391,82 @@ static PyTypeObject ManagerBaseType = {
 
 /* --- module --------------------------------------------------------------------- */
 
-/* bind(lock_address, release_address): the core's entry points, from cffi. */
+/* bind(lock, release, pin, unpin): the core's entry points, as addresses from cffi. */
 static PyObject *fastpath_bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "bind(lock_address, release_address)");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "bind(lock, release, pin, unpin)");
         return NULL;
     }
-    void *lock_address = PyLong_AsVoidPtr(args[0]);
-    void *release_address = PyLong_AsVoidPtr(args[1]);
-    if (PyErr_Occurred()) return NULL;
-    if (!lock_address || !release_address) {
-        PyErr_SetString(PyExc_ValueError, "null function address");
-        return NULL;
+    void *address[4];
+    for (int i = 0; i < 4; i++) {
+        address[i] = PyLong_AsVoidPtr(args[i]);
+        if (PyErr_Occurred()) return NULL;
+        if (!address[i]) {
+            PyErr_SetString(PyExc_ValueError, "null function address");
+            return NULL;
+        }
     }
-    core_lock = (ss_lock_fn)lock_address;
-    core_release = (ss_release_fn)release_address;
+    core_lock = (ss_lock_fn)address[0];
+    core_release = (ss_release_fn)address[1];
+    core_pin = (ss_pin_fn)address[2];
+    core_unpin = (ss_release_fn)address[3];
     Py_RETURN_NONE;
+}
+
+static int as_manager(PyObject *obj, ManagerBase **out)
+{
+    if (!PyObject_TypeCheck(obj, &ManagerBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a LockManager");
+        return -1;
+    }
+    *out = (ManagerBase *)obj;
+    return 0;
+}
+
+/* pin(manager, start, end) -> reference (>= 0) or a negative status.  For
+ * the slices' hot path: one core call with the GIL held, no conversion layer;
+ * the caller validates arguments and maps statuses to exceptions. */
+static PyObject *fastpath_pin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    ManagerBase *mgr;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "pin(manager, start, end)");
+        return NULL;
+    }
+    if (as_manager(args[0], &mgr) < 0) return NULL;
+    long long a = PyLong_AsLongLong(args[1]);
+    long long b = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (!mgr->handle) return PyLong_FromLong(SS_ECLOSED);
+    return PyLong_FromLongLong(core_pin(mgr->handle, a, b));
+}
+
+/* unpin(manager, ref) -> status (0 or negative). */
+static PyObject *fastpath_unpin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    ManagerBase *mgr;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "unpin(manager, ref)");
+        return NULL;
+    }
+    if (as_manager(args[0], &mgr) < 0) return NULL;
+    long long ref = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    if (!mgr->handle) return PyLong_FromLong(SS_ECLOSED);
+    return PyLong_FromLong(core_unpin(mgr->handle, ref));
 }
 
 static PyMethodDef fastpath_functions[] = {
     {"bind", (PyCFunction)(void (*)(void))fastpath_bind, METH_FASTCALL,
-     "bind(lock_address, release_address): use these ss_lock/ss_release."},
+     "bind(lock, release, pin, unpin): the addresses of ss_lock, ss_release, ss_pin, ss_unpin."},
+    {"pin", (PyCFunction)(void (*)(void))fastpath_pin, METH_FASTCALL,
+     "pin(manager, start, end) -> reference (>= 0) or negative status"},
+    {"unpin", (PyCFunction)(void (*)(void))fastpath_unpin, METH_FASTCALL,
+     "unpin(manager, ref) -> 0 or negative status"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,14 +26,16 @@ from shmslice.errors import (
 )
 
 __all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES", "KIND_CODES",
-           "ManagerBase", "RegionLock"]
+           "ManagerBase", "RegionLock", "fast_pin", "fast_unpin"]
 
 
 def _address(name: str) -> int:
     return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 
 
-_fastpath.bind(_address("ss_lock"), _address("ss_release"))
+_fastpath.bind(_address("ss_lock"), _address("ss_release"), _address("ss_pin"), _address("ss_unpin"))
+fast_pin = _fastpath.pin
+fast_unpin = _fastpath.unpin
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
 
