@@ -294,6 +294,9 @@ static void atfork_child(void)
             h->table_fd = -1;
         }
         h->has_slot = 0;
+        /* Threads that were inside a call at fork time do not exist here:
+         * without this, ss_close in the child waits for them forever. */
+        __atomic_store_n(&h->busy, 0, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&registry_lock);
 }
