@@ -58,3 +58,57 @@ def test_chaos_checker_catches_a_broken_lock(tmp_path: Path) -> None:
 def test_chaos_2000_deaths(tmp_path: Path) -> None:
     summary, stderr = _run(tmp_path, "--kills", "2000", "--workers", "6", timeout=900)
     _check(summary, stderr, 2000)
+
+
+def test_fork_while_a_thread_waits_then_close_in_child(tmp_path: Path) -> None:
+    """A forked child inherited the parent's count of calls in flight (a thread
+    asleep in lock()), so its close() -- or its exit, through the finalizer --
+    waited forever for a thread that does not exist in the child."""
+    import signal
+    import threading
+    import time
+
+    import shmslice
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"\0" * 4096)
+    lock_dir = tmp_path / "locks"
+    with shmslice.LockManager(data, lock_dir=lock_dir) as mgr:
+        held = mgr.lock(0, 10)                      # another lock object: the waiter blocks
+        outcome: list[str] = []
+
+        def waiter() -> None:
+            try:
+                mgr.lock(0, 10, timeout=10).release()
+                outcome.append("granted")
+            except shmslice.LockTimeout:
+                outcome.append("timeout")
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        deadline = time.monotonic() + 10
+        while not any(e.waiting for e in mgr.locks(waiting=True)):
+            assert time.monotonic() < deadline, "the waiter never queued"
+            time.sleep(0.005)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                mgr.close()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        deadline = time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child hung in close()")
+            time.sleep(0.01)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        held.release()
+        t.join(15)
+        assert outcome == ["granted"]
