@@ -220,6 +220,90 @@ def test_history_checker_flags_overlap() -> None:
     assert check_history([(0, 10, 0, 5, 1, "a"), (9, 12, 4, 6, 1, "b")])
 
 
+def _hold_for(data: str, lock_dir: str, ready, done) -> None:
+    m = shmslice.LockManager(data, lock_dir=lock_dir)
+    held = [m.lock(0, 100, "exclusive"), m.lock(1000, 1100, "shared")]
+    ready.set()
+    done.wait(60)
+    for lk in held:
+        lk.release()
+    m.close()
+
+
+def test_close_with_calls_in_flight_in_other_threads(tmp_path: Path) -> None:
+    """close() while other threads are inside lock (some asleep behind another
+    process's lock), release, pin, unpin and locks(): every thread ends within
+    a bound with the result or ValueError (closed), and the table keeps
+    nothing of ours.  Seeded; run under .ci/sanitize for use-after-unmap."""
+    seed = _seed()
+    print(f"close-in-flight seed {seed} (replay: SHMSLICE_STRESS_SEED={seed})")
+    rng = random.Random(seed)
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"\0" * SPAN)
+    lock_dir = tmp_path / "locks"
+    ctx = mp.get_context("fork")
+    ready, done = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_for, args=(str(data), str(lock_dir), ready, done))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        table = shmslice.locks.table_path_for(data, lock_dir)
+        for rnd in range(int(os.environ.get("SHMSLICE_CLOSE_ROUNDS", "25"))):
+            mgr = shmslice.LockManager(data, lock_dir=lock_dir)
+            errors: list[str] = []
+            stop = threading.Event()
+
+            def hammer(t: int) -> None:
+                r = random.Random(f"{seed}:{rnd}:{t}")
+                refs: list[int] = []
+                try:
+                    while not stop.is_set():
+                        op = r.random()
+                        try:
+                            if op < 0.5:
+                                a = r.randrange(0, 2000)
+                                lk = mgr.lock(a, a + r.randint(1, 200),
+                                              r.choice(["shared", "exclusive"]),
+                                              timeout=r.choice([0, 0.01, 2]))
+                                lk.release()
+                            elif op < 0.75:
+                                refs.append(mgr.pin(r.randrange(100), 200))
+                            elif op < 0.9 and refs:
+                                mgr.unpin(refs.pop())
+                            else:
+                                mgr.locks(waiting=True)
+                        except (shmslice.LockTimeout, shmslice.DeadlockError):
+                            continue
+                except ValueError as exc:
+                    if "closed" not in str(exc):
+                        errors.append(f"thread {t}: {exc!r}")
+                except BaseException as exc:
+                    errors.append(f"thread {t}: {exc!r}")
+
+            threads = [threading.Thread(target=hammer, args=(t,)) for t in range(6)]
+            for th in threads:
+                th.start()
+            time.sleep(rng.uniform(0.0, 0.05))
+            t0 = time.monotonic()
+            mgr.close()
+            closed_in = time.monotonic() - t0
+            for th in threads:
+                th.join(15)
+            stop.set()
+            assert not any(th.is_alive() for th in threads), f"round {rnd}: a thread is stuck"
+            assert not errors, f"seed {seed} round {rnd}: {errors}"
+            assert closed_in < 12, f"close() took {closed_in:.1f} s"
+            with shmslice.TableView(table) as view:
+                mine = [e for e in view.locks(waiting=True) if e.pid == os.getpid()]
+            assert mine == [], f"seed {seed} round {rnd}: left behind {mine}"
+    finally:
+        done.set()
+        holder.join(30)
+        if holder.is_alive():
+            holder.kill()
+            holder.join(10)
+
+
 if __name__ == "__main__":
     import tempfile
     ap = argparse.ArgumentParser(description="long seeded stress run")
