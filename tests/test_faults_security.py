@@ -84,8 +84,8 @@ def test_planted_file_of_another_user_is_refused(data_file: Path, lock_dir: Path
     other_dir = data_file.parent / "other-locks"
     other_dir.mkdir(mode=0o700)
     with shmslice.LockManager(other, lock_dir=other_dir) as mgr:
-        mgr.lock(0, 10)   # left behind on close? no: released; the table stays
-        forged = mgr.table_path
+        mgr.lock(0, 10).release()
+        forged = mgr.table_path   # a valid table, of another data file
     table = table_path_for(data_file, lock_dir)
     shutil.copyfile(forged, table)
     os.chown(table, NOBODY, NOBODY)
