@@ -138,9 +138,9 @@ def micro(tmp: str, settings) -> tuple[dict[str, Stats], dict[str, Stats]]:
     # Floors, for reading the figures above: the two C calls every slice and
     # view makes (pin + unpin), and on 3.12+ the PEP 688 round trip of a Python
     # object that does nothing but return a memoryview.
-    from shmslice._binding import lib
-    g.update(pin=lib.ss_pin, unpin=lib.ss_unpin, ptr=mf.lock_manager._h.ptr)
-    cases["pin"] = make_timer("unpin(ptr, pin(ptr, a, b))", g)
+    from shmslice._binding import fast_pin, fast_unpin
+    g.update(pin=fast_pin, unpin=fast_unpin, mgr=mf.lock_manager)
+    cases["pin"] = make_timer("unpin(mgr, pin(mgr, a, b))", g)
     if sys.version_info >= (3, 12):
         base = memoryview(mm)
 

@@ -34,15 +34,15 @@ import stat
 import weakref
 from typing import Any, Literal
 
-from shmslice._binding import lib, raise_status
+from shmslice._binding import fast_pin, fast_unpin, lib, raise_status
 from shmslice.errors import StaleDescriptor
 from shmslice.locks import LockInfo, LockManager, RegionLock
 from shmslice.slices import _EMPTY, _FORK, ByteBufferSlice, _new_slice, _PinnedSlice
 
 __all__ = ["open", "MappedFile"]
 
-_ss_pin = lib.ss_pin
-_ss_unpin = lib.ss_unpin
+_ss_pin = fast_pin        # (manager, start, end): the C fast path, see slices.py
+_ss_unpin = fast_unpin
 _ss_size_epoch = lib.ss_size_epoch
 
 OpenMode = Literal["r", "r+", "w+"]
@@ -251,19 +251,18 @@ class MappedFile:
             # which is when a concurrent shrink by another process would matter.
             if (type(a) is int and type(b) is int and key.step is None
                     and 0 <= a < b <= self._size):
-                h = self._h
-                if not h.closed:
-                    ref = _ss_pin(h.ptr, a, b)
-                    if ref >= 0:
-                        s = _new_slice(_PinnedSlice)
-                        s._mf = self
-                        s._h = h
-                        s._mv = None   # not yet verified
-                        s._start = a
-                        s._end = b
-                        s._ref = ref
-                        s._gen = _FORK[0]
-                        return s
+                mgr = self._mgr
+                ref = _ss_pin(mgr, a, b)   # SS_ECLOSED once closed: the slow path says so
+                if ref >= 0:
+                    s = _new_slice(_PinnedSlice)
+                    s._mf = self
+                    s._m = mgr
+                    s._mv = None   # not yet verified
+                    s._start = a
+                    s._end = b
+                    s._ref = ref
+                    s._gen = _FORK[0]
+                    return s
             return self._slice_slow(a, b, key.step)
         return self._byte_at(key)   # (slice cannot be subclassed: the type test is exact)
 
@@ -288,14 +287,13 @@ class MappedFile:
 
     def _try_slice(self, a: int, b: int) -> ByteBufferSlice | None:
         """Pin [a, b) and make the slice; None if the file was resized meanwhile."""
-        h = self._h
         if a == b:
             return self._new(ByteBufferSlice, self._mv, a, b, _EMPTY)
-        ref = _ss_pin(h.ptr, a, b)
+        ref = _ss_pin(self._mgr, a, b)
         if ref < 0:
             raise_status(ref, self._path)
-        if _ss_size_epoch(h.ptr) != self._epoch:
-            rc = _ss_unpin(h.ptr, ref)
+        if _ss_size_epoch(self._h.ptr) != self._epoch:
+            rc = _ss_unpin(self._mgr, ref)
             if rc < 0:
                 raise_status(rc, self._path)
             return None
@@ -305,7 +303,7 @@ class MappedFile:
              ref: int) -> ByteBufferSlice:
         s = _new_slice(cls)
         s._mf = self
-        s._h = self._h
+        s._m = self._mgr
         s._mv = mv
         s._start = a
         s._end = b
@@ -329,7 +327,7 @@ class MappedFile:
         # covers it, so the resize counter need not be checked.
         if a == b:
             return self._new(ByteBufferSlice, parent._mv, a, b, _EMPTY)
-        ref = _ss_pin(self._h.ptr, a, b)
+        ref = _ss_pin(self._mgr, a, b)
         if ref < 0:
             raise_status(ref, self._path)
         return self._new(_PinnedSlice, parent._mv, a, b, ref)

@@ -48,7 +48,7 @@ import sys
 import weakref
 from typing import TYPE_CHECKING, Any, Iterator
 
-from shmslice._binding import ffi, lib, raise_status
+from shmslice._binding import fast_pin, fast_unpin, ffi, lib, raise_status
 from shmslice.errors import StaleDescriptor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,8 +62,12 @@ __all__ = ["ByteBufferSlice"]
 # during interpreter shutdown, when module globals may already be gone.
 _FORK = [0]
 
-_ss_pin = lib.ss_pin
-_ss_unpin = lib.ss_unpin
+# The C fast path (csrc/fastpath.c): one core call with the GIL held, taking
+# the LockManager itself; about a third of the cost of the same call via cffi.
+# A closed manager answers SS_ECLOSED instead of touching freed memory.
+_ss_pin = fast_pin
+_ss_unpin = fast_unpin
+_ECLOSED = lib.SS_ECLOSED
 _new_slice = object.__new__
 
 # Slice state kept in ByteBufferSlice._ref: a pin reference (>= 0), or one of:
@@ -91,10 +95,10 @@ class ByteBufferSlice:
     of a private subclass that carries the finalizer; test with ``isinstance``.)
     """
 
-    __slots__ = ("_mf", "_h", "_mv", "_start", "_end", "_ref", "_gen")
+    __slots__ = ("_mf", "_m", "_mv", "_start", "_end", "_ref", "_gen")
 
     _mf: MappedFile
-    _h: Any          # the LockManager's handle (owns the C pointer; .closed)
+    _m: Any          # the file's LockManager (what the C fast path takes)
     _mv: memoryview | None   # the whole mapping current when the slice was made
     _start: int
     _end: int
@@ -109,7 +113,7 @@ class ByteBufferSlice:
     def _live(self) -> memoryview | None:
         """The base mapping, after checking that the slice may still be used."""
         ref = self._ref
-        if ref == _RELEASED or self._h.closed:
+        if ref == _RELEASED or self._mf._h.closed:
             raise ValueError(self._dead_message())
         if self._gen != _FORK[0]:
             self._adopt()
@@ -136,7 +140,7 @@ class ByteBufferSlice:
 
     def _dead_message(self) -> str:
         what = f"ByteBufferSlice [{self._start}, {self._end}) of {self._mf.path}"
-        if self._h.closed:
+        if self._mf._h.closed:
             return f"{what} is unusable: its MappedFile was closed"
         return f"{what} was released; slice the MappedFile again"
 
@@ -148,12 +152,12 @@ class ByteBufferSlice:
             self._gen = _FORK[0]
             return
         mf = self._mf
-        ref = _ss_pin(self._h.ptr, self._start, self._end)
+        ref = _ss_pin(self._m, self._start, self._end)
         if ref < 0:
             raise_status(ref, mf.path)
         mf._refresh()
         if self._end > mf._size:
-            _ss_unpin(self._h.ptr, ref)
+            _ss_unpin(self._m, ref)
             self._ref = _RELEASED
             self.__class__ = ByteBufferSlice
             raise ValueError(f"ByteBufferSlice [{self._start}, {self._end}) of {mf.path} "
@@ -187,7 +191,7 @@ class ByteBufferSlice:
     @property
     def released(self) -> bool:
         """True once released (or once its MappedFile was closed)."""
-        return self._ref == _RELEASED or self._h.closed
+        return self._ref == _RELEASED or self._mf._h.closed
 
     def __len__(self) -> int:
         self._live()
@@ -207,10 +211,9 @@ class ByteBufferSlice:
             # Nothing left to finalize: the class without __del__ saves the
             # finalizer call when the object dies (measured: ~0.1 us).
             self.__class__ = ByteBufferSlice
-            h = self._h
-            if self._gen == _FORK[0] and not h.closed:
-                rc = _ss_unpin(h.ptr, ref)
-                if rc < 0:
+            if self._gen == _FORK[0]:
+                rc = _ss_unpin(self._m, ref)
+                if rc < 0 and rc != _ECLOSED:   # closed: close() dropped every pin
                     raise_status(rc, self._mf.path)
 
     def __enter__(self) -> ByteBufferSlice:
@@ -348,21 +351,21 @@ class ByteBufferSlice:
 
     def _view_311(self) -> memoryview:
         """Zero-copy memoryview of the region, holding a pin while any view derived from it lives."""
-        h = self._h
+        m = self._m
         mv = self._mv
-        if self._ref < 0 or h.closed or mv is None or self._gen != _FORK[0]:
+        if self._ref < 0 or mv is None or self._gen != _FORK[0]:
             mv = self._live()      # raises if unusable; adopts or verifies if needed
             if mv is None or self._ref == _EMPTY:
                 return self._empty_view()
         start = self._start
         end = self._end
-        ref = _ss_pin(h.ptr, start, end)
+        ref = _ss_pin(m, start, end)
         if ref < 0:
-            raise_status(ref, self._mf.path)
+            self._pin_failed(ref)
         exporter = _ffi_buffer(_ffi_from_buffer(mv[start:end]))
         mf = self._mf
         wr = _weakref(exporter, _view_died)
-        _live_views[id(wr)] = (wr, mf, h, ref, _FORK[0])
+        _live_views[id(wr)] = (wr, mf, m, ref, _FORK[0])
         mf._exports += 1
         if mf._readonly:
             # cffi buffers always export writable memory; read-only mappings must not.
@@ -375,36 +378,41 @@ class ByteBufferSlice:
 
     def __buffer__(self, flags: int) -> memoryview:
         """PEP 688 export (Python 3.12+): pins the region until ``__release_buffer__``."""
-        h = self._h
+        m = self._m
         mv = self._mv
         mf = self._mf
-        if self._ref < 0 or h.closed or mv is None or self._gen != _FORK[0]:
+        if self._ref < 0 or mv is None or self._gen != _FORK[0]:
             mv = self._live()
         if flags & _PYBUF_WRITABLE and mf._readonly:
             raise BufferError(f"{mf.path} was mapped read-only (mode 'r'); "
                               "a writable buffer needs mode='r+'")
         if mv is None or self._ref == _EMPTY:
             out = self._empty_view()
-            _pep688_exports[id(out)] = (mf, h, -1, _FORK[0])
+            _pep688_exports[id(out)] = (mf, m, -1, _FORK[0])
         else:
             start = self._start
             end = self._end
-            ref = _ss_pin(h.ptr, start, end)
+            ref = _ss_pin(m, start, end)
             if ref < 0:
-                raise_status(ref, mf.path)
+                self._pin_failed(ref)
             out = mv[start:end]
-            _pep688_exports[id(out)] = (mf, h, ref, _FORK[0])
+            _pep688_exports[id(out)] = (mf, m, ref, _FORK[0])
         mf._exports += 1
         return out
 
     def __release_buffer__(self, view: memoryview) -> None:
         """PEP 688: the last view of a buffer made by ``__buffer__`` died; drop its pin."""
-        mf, h, ref, gen = _pep688_exports.pop(id(view))
+        mf, m, ref, gen = _pep688_exports.pop(id(view))
         mf._exports -= 1
-        if ref >= 0 and gen == _FORK[0] and not h.closed:
-            rc = _ss_unpin(h.ptr, ref)
-            if rc < 0:
+        if ref >= 0 and gen == _FORK[0]:
+            rc = _ss_unpin(m, ref)
+            if rc < 0 and rc != _ECLOSED:
                 raise_status(rc, mf.path)
+
+    def _pin_failed(self, status: int) -> None:
+        if status == _ECLOSED:
+            raise ValueError(self._dead_message())
+        raise_status(status, self._mf.path)
 
     if sys.version_info >= (3, 12):
         view = _view_pep688
@@ -464,16 +472,15 @@ class _PinnedSlice(ByteBufferSlice):
 
     __slots__ = ()
 
-    def __del__(self, _unpin: Any = _ss_unpin, _fork: list[int] = _FORK) -> None:
+    def __del__(self, _unpin: Any = _ss_unpin, _fork: list[int] = _FORK,
+                _closed: int = _ECLOSED) -> None:
         # release() without the class change, with what it needs bound at
         # definition time so that it still works while the interpreter shuts down.
         ref = self._ref
         if ref >= 0 and self._gen == _fork[0]:
-            h = self._h
-            if not h.closed:
-                rc = _unpin(h.ptr, ref)
-                if rc < 0:
-                    raise_status(rc, self._mf.path)   # reported by sys.unraisablehook
+            rc = _unpin(self._m, ref)
+            if rc < 0 and rc != _closed:
+                raise_status(rc, self._mf.path)   # reported by sys.unraisablehook
 
 
 def _as_bytes_view(value: Any) -> memoryview:
@@ -504,12 +511,12 @@ _pep688_exports: dict[int, tuple[Any, Any, int, int]] = {}
 
 
 def _view_died(wr: Any, _views: dict[int, Any] = _live_views, _unpin: Any = _ss_unpin,
-               _fork: list[int] = _FORK) -> None:
-    _, mf, h, ref, gen = _views.pop(id(wr))
+               _fork: list[int] = _FORK, _closed: int = _ECLOSED) -> None:
+    _, mf, m, ref, gen = _views.pop(id(wr))
     mf._exports -= 1
-    if gen == _fork[0] and not h.closed:
-        rc = _unpin(h.ptr, ref)
-        if rc < 0:
+    if gen == _fork[0]:
+        rc = _unpin(m, ref)
+        if rc < 0 and rc != _closed:
             raise_status(rc, mf.path)   # reported by sys.unraisablehook
 
 
