@@ -59,8 +59,10 @@ MARKS = 64
 # Global fields
 G_STOP, G_EXIT = 0, 4
 # Row fields: pid q@0, incarnation Q@8, heartbeat Q@16, lock ops checked Q@24,
-# pin ops Q@32, count checks Q@40, frozen I@48, forked children Q@56
+# pin ops Q@32, count checks Q@40, frozen I@48, forked children Q@56, table full Q@64
+# (marks start at MARKS)
 R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN, R_FORKS = 0, 8, 16, 24, 32, 40, 48, 56
+R_FULL = MARKS - 8
 LOCK_TIMEOUT = 10.0
 STALE_POLL_S = 3.0
 
@@ -132,7 +134,8 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
     rec.put(row + R_FROZEN, 0, "<I")
     if rng.random() < args.crash_prob:
         lib.ss_debug_set_crash_point(rng.randint(1, 5), rng.randint(1, 40))
-    mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"])
+    mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
+                               _capacity=args.capacity)
     pins: list[tuple[int, int, int]] = []
 
     def fail(msg: str) -> None:
@@ -174,6 +177,12 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
                 lk = mgr.lock(a * UNIT, b * UNIT, mode, timeout=LOCK_TIMEOUT)
             except shmslice.LockTimeout as exc:
                 fail(f"lock [{a},{b}) not granted in {LOCK_TIMEOUT} s: {exc}")
+            except shmslice.LockTableFull:
+                if not args.capacity:
+                    raise
+                rec.bump(row + R_FULL)   # a small table (--capacity) full of live entries
+                rec.bump(row + R_BEAT)
+                continue
             rec.set_marks(slot, a, b, 2 if exclusive else 1)
             check(a, b, exclusive, "entry")
             if rng.random() < 0.5:
@@ -185,7 +194,12 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
         elif r < 0.78:
             start = rng.randrange(args.units) * UNIT
             end = start + UNIT * rng.randint(1, 3)
-            pins.append((mgr.pin(start, end), start, end))
+            try:
+                pins.append((mgr.pin(start, end), start, end))
+            except shmslice.LockTableFull:
+                if not args.capacity:
+                    raise
+                rec.bump(row + R_FULL)
             rec.bump(row + R_PINS)
         elif r < 0.95:
             if pins:
@@ -243,7 +257,12 @@ def forked_child(mgr, rng: random.Random, pins: list, fail) -> None:
         try:
             _die_with_parent()
             me = os.getpid()
-            refs = [mgr.pin(u * UNIT, (u + 1) * UNIT) for u in (rng.randrange(4) for _ in range(3))]
+            refs = []
+            try:
+                for u in (rng.randrange(4) for _ in range(3)):
+                    refs.append(mgr.pin(u * UNIT, (u + 1) * UNIT))
+            except shmslice.LockTableFull:
+                pass   # only with a small --capacity; the pins taken are checked below
             mine = [e for e in mgr.locks() if e.pid == me and e.alive]
             if sum(e.count for e in mine) != len(refs) or any(e.kind != "pin" for e in mine):
                 sys.stderr.write(f"forked child {me}: entries {mine} for {len(refs)} pins\n")
@@ -464,6 +483,7 @@ def run(args: argparse.Namespace) -> dict:
         totals["pin_ops"] += rec.get(r + R_PINS)
         totals["count_checks"] += rec.get(r + R_COUNTS)
         totals["forked_children"] += rec.get(r + R_FORKS)
+        totals["table_full"] += rec.get(r + R_FULL)
     return {
         "seed": args.seed, "workers": args.workers,
         "kills": counts["kills"], "crash_point_deaths": counts["crash_point_deaths"],
@@ -496,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-max-ms", type=float, default=15.0)
     p.add_argument("--crash-prob", type=float, default=0.3,
                    help="chance that a worker arms a random crash point")
+    p.add_argument("--capacity", type=int, default=0,
+                   help="entries in the table (default: the library's); a small one makes "
+                   "it fill up, so allocation must reclaim dead owners' entries")
     p.add_argument("--stall", type=float, default=5.0, help="seconds without progress = deadlock")
     p.add_argument("--max-seconds", type=float, default=3600)
     p.add_argument("--seed", type=int,

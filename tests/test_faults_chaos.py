@@ -46,6 +46,14 @@ def test_chaos_kills_keep_exclusion_progress_and_an_exact_table(tmp_path: Path) 
     _check(summary, stderr, 600)
 
 
+def test_chaos_with_a_small_table_that_fills_up(tmp_path: Path) -> None:
+    """A 40-entry table: allocation keeps running out and must reclaim the
+    entries of killed workers (sweep on full) while checks go on."""
+    summary, stderr = _run(tmp_path, "--kills", "300", "--workers", "4", "--capacity", "40",
+                           timeout=150)
+    _check(summary, stderr, 300)
+
+
 def test_chaos_checker_catches_a_broken_lock(tmp_path: Path) -> None:
     """The workers' own check is not vacuous: with writers locking shared, it fails."""
     summary, stderr = _run(tmp_path, "--kills", "400", "--workers", "4", "--sabotage",
