@@ -37,7 +37,7 @@ from typing import Any, Literal
 from shmslice._binding import fast_pin, fast_unpin, lib, raise_status
 from shmslice.errors import StaleDescriptor
 from shmslice.locks import LockInfo, LockManager, RegionLock
-from shmslice.slices import _EMPTY, _FORK, ByteBufferSlice, _new_slice, _PinnedSlice
+from shmslice.slices import _EMPTY, _FORK, ByteBufferSlice, _new_slice, _PinnedSlice, exported_views
 
 __all__ = ["open", "MappedFile"]
 
@@ -116,7 +116,7 @@ class MappedFile:
     """
 
     __slots__ = ("_path", "_abspath", "_mode", "_readonly", "_mgr", "_h", "_dev", "_ino",
-                 "_lock_dir", "_size", "_epoch", "_mv", "_maps", "_exports", "_closed",
+                 "_lock_dir", "_size", "_epoch", "_mv", "_maps", "_closed",
                  "__weakref__")
 
     _mv: memoryview | None
@@ -156,7 +156,6 @@ class MappedFile:
         self._epoch = -1
         self._mv = None
         self._maps: list[weakref.ref[memoryview]] = []
-        self._exports = 0
         self._closed = False
         try:
             if mode == "w+":
@@ -458,9 +457,10 @@ class MappedFile:
         """
         if self._closed:
             return
-        if self._exports > 0:
+        exported = exported_views(self)
+        if exported:
             raise BufferError(
-                f"cannot close {self._path}: {self._exports} exported view(s) of its slices "
+                f"cannot close {self._path}: {exported} exported view(s) of its slices "
                 "are still alive; release them (view.release(), or drop every reference "
                 "to them and to arrays made from them) first")
         self._closed = True

@@ -365,8 +365,7 @@ class ByteBufferSlice:
         exporter = _ffi_buffer(_ffi_from_buffer(mv[start:end]))
         mf = self._mf
         wr = _weakref(exporter, _view_died)
-        _live_views[id(wr)] = (wr, mf, m, ref, _FORK[0])
-        mf._exports += 1
+        _live_views[id(wr)] = (wr, mf, ref)
         if mf._readonly:
             # cffi buffers always export writable memory; read-only mappings must not.
             return memoryview(exporter).toreadonly()
@@ -378,36 +377,37 @@ class ByteBufferSlice:
 
     def __buffer__(self, flags: int) -> memoryview:
         """PEP 688 export (Python 3.12+): pins the region until ``__release_buffer__``."""
-        m = self._m
         mv = self._mv
-        mf = self._mf
         if self._ref < 0 or mv is None or self._gen != _FORK[0]:
-            mv = self._live()
-        if flags & _PYBUF_WRITABLE and mf._readonly:
-            raise BufferError(f"{mf.path} was mapped read-only (mode 'r'); "
-                              "a writable buffer needs mode='r+'")
-        if mv is None or self._ref == _EMPTY:
-            out = self._empty_view()
-            _pep688_exports[id(out)] = (mf, m, -1, _FORK[0])
-        else:
-            start = self._start
-            end = self._end
-            ref = _ss_pin(m, start, end)
-            if ref < 0:
-                self._pin_failed(ref)
-            out = mv[start:end]
-            _pep688_exports[id(out)] = (mf, m, ref, _FORK[0])
-        mf._exports += 1
+            mv = self._live()      # raises if unusable; adopts or verifies if needed
+            if mv is None or self._ref == _EMPTY:
+                self._check_flags(flags)
+                return self._empty_view()   # nothing mapped, nothing to pin or count
+        if flags & _PYBUF_WRITABLE:
+            self._check_flags(flags)
+        start = self._start
+        end = self._end
+        ref = _ss_pin(self._m, start, end)
+        if ref < 0:
+            self._pin_failed(ref)
+        out = mv[start:end]
+        _pep688_exports[id(out)] = (ref, self._mf)
         return out
 
     def __release_buffer__(self, view: memoryview) -> None:
         """PEP 688: the last view of a buffer made by ``__buffer__`` died; drop its pin."""
-        mf, m, ref, gen = _pep688_exports.pop(id(view))
-        mf._exports -= 1
-        if ref >= 0 and gen == _FORK[0]:
-            rc = _ss_unpin(m, ref)
+        # None: an empty view, or one exported before this process was forked
+        # (that pin is the parent's).
+        entry = _pep688_exports.pop(id(view), None)
+        if entry is not None:
+            rc = _ss_unpin(self._m, entry[0])
             if rc < 0 and rc != _ECLOSED:
-                raise_status(rc, mf.path)
+                raise_status(rc, self._mf.path)
+
+    def _check_flags(self, flags: int) -> None:
+        if flags & _PYBUF_WRITABLE and self._mf._readonly:
+            raise BufferError(f"{self._mf.path} was mapped read-only (mode 'r'); "
+                              "a writable buffer needs mode='r+'")
 
     def _pin_failed(self, status: int) -> None:
         if status == _ECLOSED:
@@ -503,21 +503,33 @@ _ffi_buffer = ffi.buffer
 _ffi_from_buffer = ffi.from_buffer
 _weakref = weakref.ref
 
-# id(weakref to exporter) -> (weakref, MappedFile, handle, pin ref, fork generation).
-# Holding the MappedFile here keeps its lock table attached while views live.
-_live_views: dict[int, tuple[Any, Any, Any, int, int]] = {}
-# id(exported memoryview) -> (MappedFile, handle, pin ref or -1, fork generation).
-_pep688_exports: dict[int, tuple[Any, Any, int, int]] = {}
+# The views this process exported and that are still alive, so that a view's
+# death can drop its pin and MappedFile.close() can refuse while any live.
+# Emptied in a forked child: views inherited from the parent hold the parent's
+# pins, which the child must never drop.
+#
+# 3.11: id(weakref to the exporter) -> (weakref, MappedFile, pin ref).  Holding
+# the MappedFile keeps its lock table attached while its views live.
+_live_views: dict[int, tuple[Any, Any, int]] = {}
+# 3.12+: id(memoryview returned by __buffer__) -> (pin ref, MappedFile).
+_pep688_exports: dict[int, tuple[int, Any]] = {}
+
+
+def exported_views(mf: MappedFile) -> int:
+    """How many views exported from slices of ``mf`` are alive in this process."""
+    return (sum(1 for entry in _live_views.values() if entry[1] is mf)
+            + sum(1 for entry in _pep688_exports.values() if entry[1] is mf))
 
 
 def _view_died(wr: Any, _views: dict[int, Any] = _live_views, _unpin: Any = _ss_unpin,
-               _fork: list[int] = _FORK, _closed: int = _ECLOSED) -> None:
-    _, mf, m, ref, gen = _views.pop(id(wr))
-    mf._exports -= 1
-    if gen == _fork[0]:
-        rc = _unpin(m, ref)
-        if rc < 0 and rc != _closed:
-            raise_status(rc, mf.path)   # reported by sys.unraisablehook
+               _closed: int = _ECLOSED) -> None:
+    entry = _views.pop(id(wr), None)
+    if entry is None:
+        return   # exported before a fork: the parent's pin
+    mf = entry[1]
+    rc = _unpin(mf._mgr, entry[2])
+    if rc < 0 and rc != _closed:
+        raise_status(rc, mf.path)   # reported by sys.unraisablehook
 
 
 # -- unpickling --------------------------------------------------------------------
@@ -536,6 +548,8 @@ def _rebuild(path: str, dev: int, ino: int, start: int, end: int, writable: bool
 
 def _after_fork_in_child() -> None:
     _FORK[0] += 1
+    _live_views.clear()
+    _pep688_exports.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import shmslice
 from shmslice import ByteBufferSlice, LockManager, MappedFile, StaleDescriptor
+from shmslice.slices import exported_views
 
 SIZE = 1 << 16
 
@@ -572,5 +573,5 @@ def test_threads_slicing_one_file(mf: MappedFile, content: bytes) -> None:
         t.join(60)
     assert not any(t.is_alive() for t in threads)
     assert errors == []
-    assert pins(mf) == [] and mf._exports == 0
+    assert pins(mf) == [] and exported_views(mf) == 0
     assert bytes(mf[:]) == content
