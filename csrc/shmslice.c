@@ -879,10 +879,16 @@ static int table_validate(struct ss_handle *h)
         rc = fail(SS_ECORRUPT, "lock table %s: %u entries in use but %u indexed",
                   h->table_path, used, indexed);
     uint32_t free_count = 0;
-    for (uint32_t f = hd->free_head; rc == SS_OK && f != SS_NIL; f = h->entries[f].next_free) {
-        if (f >= hwm || seen[f] || h->entries[f].state != ENTRY_FREE)
+    /* The link is followed only after f was checked: an out-of-range f must
+     * not be dereferenced, not even by the loop's step. */
+    for (uint32_t f = hd->free_head; rc == SS_OK && f != SS_NIL;) {
+        if (f >= hwm || seen[f] || h->entries[f].state != ENTRY_FREE) {
             rc = fail(SS_ECORRUPT, "lock table %s: free list broken", h->table_path);
-        else { seen[f] = 1; free_count++; }
+        } else {
+            seen[f] = 1;
+            free_count++;
+            f = h->entries[f].next_free;
+        }
     }
     if (rc == SS_OK && used + free_count != hwm)
         rc = fail(SS_ECORRUPT, "lock table %s: %u entries neither used nor free",

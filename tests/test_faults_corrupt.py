@@ -134,3 +134,30 @@ def test_killed_while_dropping_last_pin_leaves_repairable_table(point: int, data
         mgr.reap()
         assert mgr.locks(waiting=True) == []
         assert mgr.stat().repairs >= 1
+
+
+ENTRIES_OFFSET = 4096 + 4096 * 32   # header page, then SS_DEFAULT_PROC_CAPACITY process slots
+ENTRY_BYTES = 80
+NEXT_FREE = 48
+
+
+@pytest.mark.parametrize("target", [16777216, 2**31 + 11, 2**32 - 2])
+def test_free_list_link_out_of_range_is_corrupt_not_segv(target: int, data_file: Path,
+                                                         lock_dir: Path) -> None:
+    """table_validate followed a free-list link in the loop's step before the
+    body had rejected it: a far out-of-range next_free was dereferenced (SIGSEGV)."""
+    with shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=64) as mgr:
+        refs = [mgr.pin(i * 10, i * 10 + 5) for i in range(8)]
+        for ref in refs[::2]:
+            mgr.unpin(ref)                     # entries 6, 4, 2, 0 on the free list
+        table = mgr.table_path
+        mgr.close()
+    with open(table, "r+b") as f:
+        f.seek(1156)                           # struct ss_header.free_head
+        head = struct.unpack("<I", f.read(4))[0]
+        assert head < 8
+        f.seek(ENTRIES_OFFSET + head * ENTRY_BYTES + NEXT_FREE)
+        f.write(struct.pack("<I", target))
+    rc, out = _attach_in_child(data_file, lock_dir)
+    assert rc == 0, f"attach crashed (exit {rc}): {out}"
+    assert out.startswith("corrupt"), out
