@@ -142,7 +142,7 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
     kind = rng.choices(
         ["flip", "hdr_garbage", "truncate", "extend", "capacity", "hdr_index", "entry_link",
          "entry_value", "cycle", "free_loop", "dup_entry", "proc", "magic", "data_id", "path"],
-        weights=[14, 6, 5, 4, 8, 12, 12, 12, 8, 6, 4, 5, 2, 1, 1])[0]
+        weights=[14, 6, 5, 4, 8, 12, 12, 12, 8, 10, 4, 5, 2, 1, 1])[0]
     mutex_lo, mutex_hi = MUTEX[0], MUTEX[0] + MUTEX[1]
 
     def outside_mutex(off: int, n: int = 1) -> bool:
@@ -241,7 +241,10 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
     if kind == "free_loop":
         if b.free:
             f = rng.choice(b.free)
-            target = rng.choice([b.h["free_head"], f] + b.free)
+            if rng.random() < 0.5:
+                target = interesting_u32(rng, b)   # out of range, or a used entry
+            else:
+                target = rng.choice([b.h["free_head"], f] + b.free)   # a loop
             return [("op", f"free_loop:entry{f}.next_free->{target}"),
                     ("set", b.entry_off(f, "next_free"), "<I", target & NIL)]
         # No free entry: make one by hand, looping on itself.
@@ -556,6 +559,15 @@ def build_bases(work: str) -> list[str]:
         time.sleep(0.01)
     view.close()
     save("live")
+    # A long free list: pins taken, then every other one dropped.
+    flpid = _child(holder, "F", [], [], [(1000 + 7 * k, 1003 + 7 * k) for k in range(14)])
+    _wait_file(os.path.join(flags, "F"))
+    view = shmslice.TableView(table)
+    os.kill(flpid, signal.SIGKILL)
+    _reap(flpid)
+    view.reap()            # the killed holder's entries go onto the free list
+    view.close()
+    save("freelist")
     # Tables left by a process killed inside the mutex, at each crash point.
     for point, what in [(1, "lock"), (2, "lock"), (2, "pin"), (3, "release"), (4, "release"),
                         (3, "unpin"), (4, "unpin")]:
