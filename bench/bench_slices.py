@@ -27,7 +27,6 @@ import mmap
 import multiprocessing
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
