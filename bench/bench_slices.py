@@ -176,20 +176,20 @@ def pool_bench(tmp: str, settings, slices: int = 8, size: int = 64 * MiB) -> dic
     with multiprocessing.Pool(2) as pool:
         pool.map(warm, range(4))
         pool.map(crc_slice, chunks[:2])          # each worker maps the file once, up front
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            got = pool.map(crc_slice, chunks, chunksize=1)
-            results["slices"].add(time.perf_counter() - t0)
-            assert got == expected
-            t0 = time.perf_counter()
-            got = pool.map(crc_tuple, [(path, c.start, len(c)) for c in chunks], chunksize=1)
-            results["tuples"].add(time.perf_counter() - t0)
-            assert got == expected
-            t0 = time.perf_counter()
+        runs = {
+            "slices": lambda: pool.map(crc_slice, chunks, chunksize=1),
+            "tuples": lambda: pool.map(crc_tuple, [(path, c.start, len(c)) for c in chunks],
+                                       chunksize=1),
             # What a user without shmslice sends: the bytes (copied out, pickled, piped).
-            got = pool.map(crc_bytes, (c.tobytes() for c in chunks), chunksize=1)
-            results["bytes"].add(time.perf_counter() - t0)
-            assert got == expected
+            "bytes": lambda: pool.map(crc_bytes, (c.tobytes() for c in chunks), chunksize=1),
+        }
+        order = list(runs)
+        for i in range(repeats):
+            for name in order[i % 3:] + order[:i % 3]:   # rotate who goes first
+                t0 = time.perf_counter()
+                got = runs[name]()
+                results[name].add(time.perf_counter() - t0)
+                assert got == expected, name
     del chunks
     mf.close()
     os.unlink(path)
