@@ -44,6 +44,7 @@ import json
 import mmap
 import os
 import random
+import shutil
 import signal
 import struct
 import sys
@@ -525,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
                    default=int(os.environ.get("SHMSLICE_CHAOS_SEED", "0")) or None)
     p.add_argument("--dir", help="work directory (default: a new temporary one)")
     p.add_argument("--json", action="store_true", help="print only the JSON summary")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary work directory even after a clean run")
     p.add_argument("--sabotage", action="store_true",
                    help="checker self-test: take writers' locks as shared (must fail)")
     args = p.parse_args(argv)
@@ -545,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
               f"count checks: {summary['count_checks']}, forked children: "
               f"{summary['forked_children']}, repairs: {summary['repairs']}, "
               f"in {summary['chaos_seconds']} s")
+    if not summary["failures"] and not args.keep and not args.dir:
+        shutil.rmtree(summary["work_dir"], ignore_errors=True)
+        summary["work_dir"] = None
     print(json.dumps(summary), flush=True)
     return 1 if summary["failures"] else 0
 

@@ -38,6 +38,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -825,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replay", type=int, help="write the mutated table of this case and stop")
     p.add_argument("--out", help="with --replay: where to write it")
     p.add_argument("--json", action="store_true", help="print only the JSON summary")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary work directory even after a clean run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--lock-dir", help=argparse.SUPPRESS)
@@ -846,8 +849,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutations tried: {summary['mutations']}  outcomes: {summary['outcomes']}  "
               f"crashes: {summary['crashes']}  hangs: {summary['hangs']}  "
               f"exit signals: {summary['exit_signals']}  in {summary['elapsed_s']} s")
-    print(json.dumps(summary))
     bad = summary["findings_total"] > 0
+    if not bad and not args.keep and not args.dir:
+        shutil.rmtree(summary["work_dir"], ignore_errors=True)
+        summary["work_dir"] = None
+    print(json.dumps(summary))
     return 1 if bad else 0
 
 
