@@ -26,7 +26,7 @@ from shmslice.errors import (
 )
 
 __all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES", "KIND_CODES",
-           "ManagerBase", "RegionLock", "fast_pin", "fast_unpin"]
+           "ManagerBase", "RegionLock", "fast_pin", "fast_unpin", "pinned_view"]
 
 
 def _address(name: str) -> int:
@@ -36,6 +36,7 @@ def _address(name: str) -> int:
 _fastpath.bind(_address("ss_lock"), _address("ss_release"), _address("ss_pin"), _address("ss_unpin"))
 fast_pin = _fastpath.pin
 fast_unpin = _fastpath.unpin
+pinned_view = _fastpath.pinned_view
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
 

@@ -24,14 +24,17 @@ view sharing that buffer dies, and unpins.
 
 Python 3.11 has no PEP 688, and a ``memoryview``'s own lifetime is the wrong
 thing to watch (``v[1:3]`` outlives ``v`` and shares its buffer).  So each
-:meth:`~ByteBufferSlice.view` gets a C-level exporter of its own: a cffi
-buffer over ``ffi.from_buffer(<slice of the mapping>)``.  The ``from_buffer``
-object holds a real buffer export of the ``mmap`` (so ``mmap.close`` raises
-``BufferError`` while it lives: never a view over unmapped memory), every
-view derived from the returned one keeps the exporter alive, and a weak
-reference to the exporter tells us when the last of them died.  (ctypes
-``from_buffer`` would do the same but refuses read-only buffers and caches one
-array type per distinct length forever; measured slower too.)
+:meth:`~ByteBufferSlice.view` gets a C-level exporter of its own,
+``shmslice._fastpath.PinnedBuffer`` -- the re-exporting ByteBufferSlice of the
+PEP 3118 discussion.  It holds a real buffer export of the ``mmap`` (so
+``mmap.close`` raises ``BufferError`` while it lives: never a view over
+unmapped memory) and the region's pin; every view derived from the returned
+one keeps it alive, and when the last dies its C dealloc drops both.  It
+refuses writable exports of read-only mappings, also through ``view.obj``.
+(A cffi buffer over ``ffi.from_buffer`` plus a weak-reference callback did the
+same 0.55 us slower, and its ``.obj`` exported read-only memory as writable;
+ctypes ``from_buffer`` refuses read-only buffers and caches one array type per
+distinct length forever.)
 
 Fork
 ----
@@ -45,10 +48,9 @@ from __future__ import annotations
 
 import os
 import sys
-import weakref
 from typing import TYPE_CHECKING, Any, Iterator
 
-from shmslice._binding import fast_pin, fast_unpin, ffi, lib, raise_status
+from shmslice._binding import fast_pin, fast_unpin, lib, pinned_view, raise_status
 from shmslice.errors import StaleDescriptor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,6 +69,7 @@ _FORK = [0]
 # A closed manager answers SS_ECLOSED instead of touching freed memory.
 _ss_pin = fast_pin
 _ss_unpin = fast_unpin
+_pinned_view = pinned_view
 _ECLOSED = lib.SS_ECLOSED
 _new_slice = object.__new__
 
@@ -362,14 +365,7 @@ class ByteBufferSlice:
         ref = _ss_pin(m, start, end)
         if ref < 0:
             self._pin_failed(ref)
-        exporter = _ffi_buffer(_ffi_from_buffer(mv[start:end]))
-        mf = self._mf
-        wr = _weakref(exporter, _view_died)
-        _live_views[id(wr)] = (wr, mf, ref)
-        if mf._readonly:
-            # cffi buffers always export writable memory; read-only mappings must not.
-            return memoryview(exporter).toreadonly()
-        return memoryview(exporter)
+        return _pinned_view(m, mv[start:end], ref, self._mf._readonly)   # owns the pin now
 
     def _view_pep688(self) -> memoryview:
         """Zero-copy memoryview of the region, holding a pin while any view derived from it lives."""
@@ -498,38 +494,19 @@ def _as_bytes_view(value: Any) -> memoryview:
     return data
 
 
-# -- views on Python 3.11 ----------------------------------------------------------
-_ffi_buffer = ffi.buffer
-_ffi_from_buffer = ffi.from_buffer
-_weakref = weakref.ref
-
-# The views this process exported and that are still alive, so that a view's
-# death can drop its pin and MappedFile.close() can refuse while any live.
-# Emptied in a forked child: views inherited from the parent hold the parent's
-# pins, which the child must never drop.
-#
-# 3.11: id(weakref to the exporter) -> (weakref, MappedFile, pin ref).  Holding
-# the MappedFile keeps its lock table attached while its views live.
-_live_views: dict[int, tuple[Any, Any, int]] = {}
-# 3.12+: id(memoryview returned by __buffer__) -> (pin ref, MappedFile).
+# -- live views --------------------------------------------------------------------
+# 3.12+: id(memoryview returned by __buffer__) -> (pin ref, MappedFile), so the
+# view's death can drop its pin and MappedFile.close() can refuse while any
+# live.  Emptied in a forked child: views inherited from the parent hold the
+# parent's pins, which the child must never drop.  (On 3.11 the C exporters
+# count themselves per manager: LockManager._live_buffers.)
 _pep688_exports: dict[int, tuple[int, Any]] = {}
 
 
 def exported_views(mf: MappedFile) -> int:
     """How many views exported from slices of ``mf`` are alive in this process."""
-    return (sum(1 for entry in _live_views.values() if entry[1] is mf)
+    return (mf._mgr._live_buffers
             + sum(1 for entry in _pep688_exports.values() if entry[1] is mf))
-
-
-def _view_died(wr: Any, _views: dict[int, Any] = _live_views, _unpin: Any = _ss_unpin,
-               _closed: int = _ECLOSED) -> None:
-    entry = _views.pop(id(wr), None)
-    if entry is None:
-        return   # exported before a fork: the parent's pin
-    mf = entry[1]
-    rc = _unpin(mf._mgr, entry[2])
-    if rc < 0 and rc != _closed:
-        raise_status(rc, mf.path)   # reported by sys.unraisablehook
 
 
 # -- unpickling --------------------------------------------------------------------
@@ -548,7 +525,6 @@ def _rebuild(path: str, dev: int, ino: int, start: int, end: int, writable: bool
 
 def _after_fork_in_child() -> None:
     _FORK[0] += 1
-    _live_views.clear()
     _pep688_exports.clear()
 
 
