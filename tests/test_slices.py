@@ -575,3 +575,30 @@ def test_threads_slicing_one_file(mf: MappedFile, content: bytes) -> None:
     assert errors == []
     assert pins(mf) == [] and exported_views(mf) == 0
     assert bytes(mf[:]) == content
+
+
+def test_read_only_view_cannot_be_written_through_its_exporter(path: Path, lock_dir: Path) -> None:
+    with shmslice.open(path, "r", lock_dir=lock_dir) as ro:
+        v = ro[0:4096].view()
+        assert v.readonly
+        with pytest.raises((TypeError, BufferError)):
+            memoryview(v.obj)[0:1] = b"y"      # would write a PROT_READ page
+        with pytest.raises(TypeError):
+            v[0:1] = b"y"
+        v.release()
+
+
+def test_view_pins_until_the_last_derived_view_dies(mf: MappedFile) -> None:
+    s = mf[0:4096]
+    v = s.view()
+    part = v[10:20]
+    assert [(e.kind, e.count) for e in mf.locks()] == [("pin", 2)]
+    v.release()                     # part still shares the export
+    assert [(e.kind, e.count) for e in mf.locks()] == [("pin", 2)]
+    with pytest.raises(BufferError):
+        mf.close()
+    del part
+    gc.collect()
+    assert [(e.kind, e.count) for e in mf.locks()] == [("pin", 1)]
+    s.release()
+    assert mf.locks() == []
