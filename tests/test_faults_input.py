@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import shmslice
@@ -124,10 +124,15 @@ def test_pin_unpin_reach_arguments(files, start, end, ref, offset) -> None:
         assert mgr.locks(waiting=True) == []
 
 
+def _huge_valid(n: object) -> bool:
+    return type(n) is int and SIZE * 4 < n <= 2**63 - 1
+
+
 @SETTINGS
 @given(size=st.one_of(weird, st.integers(0, SIZE * 4)))
 def test_resize_file_arguments(files, size) -> None:
     data, locks = files
+    assume(not _huge_valid(size))   # would allocate gigabytes for real
     with shmslice.LockManager(data, lock_dir=locks) as mgr:
         ref = mgr.pin(0, 100)
         try:
@@ -270,6 +275,8 @@ def test_slice_writes_touch_only_their_target(ops) -> None:
        size=st.one_of(st.none(), weird), chunk=weird, key=keys, new_size=weird)
 def test_open_and_mappedfile_arguments(files, mode, size, chunk, key, new_size) -> None:
     data, locks = files
+    # Valid but huge sizes would really allocate gigabytes: bad input, not a bad size.
+    assume(not _huge_valid(size) and not _huge_valid(new_size))
     try:
         mf = shmslice.open(data, mode, size=size, lock_dir=locks)
     except ARG_ERRORS + (OSError,):
@@ -278,7 +285,7 @@ def test_open_and_mappedfile_arguments(files, mode, size, chunk, key, new_size) 
         n = mf.size
         try:
             parts = mf.split(chunk)
-        except ARG_ERRORS:
+        except ARG_ERRORS + (shmslice.LockTableFull,):   # full: more slices than entries
             pass
         else:
             assert sum(len(p) for p in parts) == n
