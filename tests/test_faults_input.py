@@ -151,9 +151,10 @@ def test_resize_file_arguments(files, size) -> None:
 @SETTINGS
 @given(path=st.one_of(weird, st.sampled_from(["", "\0", "missing", "dir", "fifo", "data"])),
        lock_dir=st.one_of(st.none(), weird, st.sampled_from(["", "\0x", "locks", "data"])))
-def test_constructor_arguments(files, path, lock_dir) -> None:
+def test_constructor_arguments(files, monkeypatch, path, lock_dir) -> None:
     data, locks = files
     base = data.parent
+    monkeypatch.chdir(base)   # relative paths such as "0" land here, not in the checkout
     named = {"missing": base / "missing", "dir": base, "data": data, "locks": locks}
     fifo = base / "fifo"
     if not fifo.exists():
@@ -193,7 +194,8 @@ def test_everything_on_a_closed_manager_raises_valueerror(files) -> None:
 
 @SETTINGS
 @given(path=weird)
-def test_tableview_arguments(files, path) -> None:
+def test_tableview_arguments(files, monkeypatch, path) -> None:
+    monkeypatch.chdir(files[0].parent)
     try:
         shmslice.TableView(path).close()
     except ARG_ERRORS + (OSError, ShmSliceError):
@@ -273,8 +275,10 @@ def test_slice_writes_touch_only_their_target(ops) -> None:
 @SETTINGS
 @given(mode=st.one_of(modes, st.sampled_from(["r", "r+", "w+", "w", "a", "rb"])),
        size=st.one_of(st.none(), weird), chunk=weird, key=keys, new_size=weird)
-def test_open_and_mappedfile_arguments(files, mode, size, chunk, key, new_size) -> None:
+def test_open_and_mappedfile_arguments(files, monkeypatch, mode, size, chunk, key,
+                                       new_size) -> None:
     data, locks = files
+    monkeypatch.chdir(data.parent)
     # Valid but huge sizes would really allocate gigabytes: bad input, not a bad size.
     assume(not _huge_valid(size) and not _huge_valid(new_size))
     try:
