@@ -15,14 +15,15 @@
  * one copy of the core's state (its fork registry above all).
  *
  * The fast path holds the GIL while it tries the lock with timeout 0: that
- * costs the table mutex hold (microseconds).  Anything else -- a lock that is
- * taken, a closed manager, arguments that need converting or rejecting --
- * goes to LockManager._lock_slow in Python, which releases the GIL through
- * cffi while it waits and raises the documented exceptions.
+ * costs the table mutex hold (microseconds).  If the lock is taken it waits
+ * in C with the GIL released.  Anything else -- a closed manager, arguments
+ * that need converting or rejecting, try-lock failures -- goes to
+ * LockManager._lock_slow in Python, which raises the documented exceptions.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <time.h>
 
 #include "shmslice.h"
 
@@ -329,22 +330,59 @@ static PyObject *manager_lock(ManagerBase *self, PyObject *const *args, Py_ssize
     }
     if (kind == SS_EXCLUSIVE && !self->writable)
         return slow_lock(self, start, end, mode, timeout);
-    if (timeout && timeout != Py_None) {   /* only plain, valid numbers stay here */
+    int64_t timeout_ns = -1;               /* only plain, valid numbers stay here */
+    if (timeout && timeout != Py_None) {
         if (PyFloat_CheckExact(timeout)) {
             double t = PyFloat_AS_DOUBLE(timeout);
             if (!(t >= 0.0)) return slow_lock(self, start, end, mode, timeout);   /* < 0, NaN */
+            timeout_ns = t * 1e9 < 9.2e18 ? (int64_t)(t * 1e9) : -1;          /* inf: forever */
         } else if (PyLong_CheckExact(timeout)) {
             long long t = PyLong_AsLongLongAndOverflow(timeout, &overflow);
             if (overflow < 0 || (!overflow && t < 0))
                 return slow_lock(self, start, end, mode, timeout);
+            timeout_ns = (overflow || t > INT64_MAX / 1000000000) ? -1 : t * 1000000000;
         } else {
             return slow_lock(self, start, end, mode, timeout);
         }
     }
 
-    int64_t ref = core_lock(self->handle, a, b, kind, 0);
-    if (ref < 0) return slow_lock(self, start, end, mode, timeout);
-    return region_lock_new(self, ref, a, b, mode);
+    /* Try with the GIL held: a free lock costs one core call. */
+    ss_handle *h = self->handle;
+    int64_t ref = core_lock(h, a, b, kind, 0);
+    if (ref >= 0) return region_lock_new(self, ref, a, b, mode);
+    if (ref != SS_ETIMEDOUT || timeout_ns == 0)
+        return slow_lock(self, start, end, mode, timeout);   /* it raises the right error */
+
+    /* Wait with the GIL released.  Waiting here rather than in Python keeps
+     * the gap between the failed try and joining the queue to a microsecond:
+     * a holder that releases and re-locks in a loop (0.3 us a cycle) would
+     * otherwise overtake us again and again before we were queued. */
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t remaining = timeout_ns;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        ref = core_lock(h, a, b, kind, remaining);
+        Py_END_ALLOW_THREADS
+        if (ref != SS_EINTR) break;
+        if (PyErr_CheckSignals() < 0) return NULL;   /* e.g. KeyboardInterrupt */
+        if (timeout_ns > 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            int64_t spent = (int64_t)(now.tv_sec - t0.tv_sec) * 1000000000 +
+                            (now.tv_nsec - t0.tv_nsec);
+            remaining = spent >= timeout_ns ? 0 : timeout_ns - spent;
+        }
+    }
+    if (ref >= 0) return region_lock_new(self, ref, a, b, mode);
+    PyObject *status = PyLong_FromLongLong(ref);
+    if (!status) return NULL;
+    PyObject *args2[] = {(PyObject *)self, status};
+    PyObject *res = PyObject_VectorcallMethod(str_raise_status, args2,
+                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(status);
+    Py_XDECREF(res);
+    return NULL;   /* _raise_status always raises */
 }
 
 static PyObject *manager_make_lock(ManagerBase *self, PyObject *const *args, Py_ssize_t nargs)

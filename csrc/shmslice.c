@@ -135,6 +135,7 @@ static int fail_sys(const char *fmt, ...)
 #define SS_HEADER_BYTES 4096
 #define SS_SLOT_LOCK_BASE ((off_t)1 << 40)   /* OFD liveness lock byte of slot 0 */
 #define SS_RECHECK_NS 50000000LL   /* sleepers re-check for dead holders this often (half the 100 ms promise) */
+#define SS_ALIVE_CACHE_NS 1000000LL  /* trust a liveness probe this long (1 ms) */
 #define SS_MUTEX_PATIENCE_S 10     /* table mutex held longer than this: report */
 #define SS_DATA_PATH_MAX 1024
 #define SS_MAX_CAPACITY (1u << 24)
@@ -236,6 +237,7 @@ struct ss_handle {
     char table_path[4096];
     struct ss_handle *next;      /* registry of open handles (for atfork) */
     int closing;                 /* set once by ss_close; calls then fail SS_ECLOSED */
+    struct { uint32_t slot, gen; uint64_t until_ns; } alive_cache[16]; /* recent probes that found a slot alive */
     int busy;                    /* calls in flight (atomic), awaited by ss_close */
 };
 
@@ -728,11 +730,25 @@ static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
     if (p->state != PROC_USED || p->gen != gen) return 0;
     if (h->has_slot && slot == h->slot) return 1;
     if (h->table_fd < 0) return 1;   /* cannot probe: assume alive */
+    /* A slot probed alive within SS_ALIVE_CACHE_NS is taken to be alive still:
+     * a holder handing a lock back and forth with us would otherwise cost a
+     * system call per acquisition.  At worst a holder's death is noticed that
+     * much later. */
+    uint64_t now = now_ns(CLOCK_MONOTONIC);
+    unsigned c = slot % (unsigned)(sizeof h->alive_cache / sizeof h->alive_cache[0]);
+    if (h->alive_cache[c].slot == slot && h->alive_cache[c].gen == gen &&
+        h->alive_cache[c].until_ns > now)
+        return 1;
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
                        .l_start = SS_SLOT_LOCK_BASE + slot, .l_len = 1};
     if (fcntl(h->table_fd, F_OFD_GETLK, &fl) != 0)
         return fail_sys("lock table %s: liveness probe failed", h->table_path);
-    if (fl.l_type != F_UNLCK) return 1;
+    if (fl.l_type != F_UNLCK) {
+        h->alive_cache[c].slot = slot;
+        h->alive_cache[c].gen = gen;
+        h->alive_cache[c].until_ns = now + SS_ALIVE_CACHE_NS;
+        return 1;
+    }
     /* Dead: free the slot so every entry made under this gen is dead too. */
     p->state = PROC_FREE;
     p->gen++;
@@ -1372,8 +1388,13 @@ static int conflicts(struct ss_handle *h, uint32_t i, void *varg)
 
 /* First live conflicting entry for a request, reclaiming dead ones on the way.
  * Returns 1 (*who set), 0 (none) or < 0. */
+/* Liveness probes are system calls (~1 us here).  A blocking request skips
+ * them while it is being woken by releases -- a live holder's release is what
+ * it waits for -- and probes when it wakes by its SS_RECHECK_NS timer (no
+ * release came: the holder may be dead), and on try-locks, which must reclaim
+ * a dead holder at once. */
 static int find_conflict(struct ss_handle *h, uint64_t start, uint64_t end, int kind,
-                         struct conflict_arg *arg, uint32_t *who, int *reclaimed)
+                         struct conflict_arg *arg, uint32_t *who, int *reclaimed, int probe)
 {
     for (;;) {
         uint32_t found = SS_NIL;
@@ -1383,6 +1404,7 @@ static int find_conflict(struct ss_handle *h, uint64_t start, uint64_t end, int 
             rc = tree_find(h, h->hdr->root[TREE_SHARED], start, end, conflicts, arg,
                            &found, 0);
         if (rc <= 0) return rc;
+        if (!probe) { *who = found; return 1; }
         int alive = entry_alive(h, found);
         if (alive < 0) return alive;
         if (alive) { *who = found; return 1; }
@@ -1416,11 +1438,12 @@ static int64_t lock_impl(ss_handle *h, int64_t start_arg, int64_t end_arg, int k
     struct conflict_arg arg = {SS_NIL, hd->next_ticket++, 0};
     uint32_t waiting = SS_NIL, waiting_serial = 0;
     int wake = 0;
+    int probe = 1;   /* see find_conflict */
     int64_t result;
     for (;;) {
         uint32_t who;
         int reclaimed = 0;
-        rc = find_conflict(h, start, end, kind, &arg, &who, &reclaimed);
+        rc = find_conflict(h, start, end, kind, &arg, &who, &reclaimed, probe);
         if (reclaimed) wake = 1;
         if (rc < 0) { result = rc; break; }
         if (rc == 0) {
@@ -1445,7 +1468,7 @@ static int64_t lock_impl(ss_handle *h, int64_t start_arg, int64_t end_arg, int k
         if (timeout_ns != 0) {
             struct conflict_arg mine = {SS_NIL, 0, 1};
             uint32_t self_held;
-            int r = find_conflict(h, start, end, kind, &mine, &self_held, &reclaimed);
+            int r = find_conflict(h, start, end, kind, &mine, &self_held, &reclaimed, 0);
             if (r < 0) { result = r; break; }
             if (r == 1) {
                 result = fail(SS_EDEADLK, "[%llu, %llu): this thread already holds a "
@@ -1482,6 +1505,7 @@ static int64_t lock_impl(ss_handle *h, int64_t start_arg, int64_t end_arg, int k
         table_unlock(h, wake);
         wake = 0;
         int werr = futex_wait(&hd->wake_seq, seq, nap);
+        probe = werr == ETIMEDOUT;
         rc = table_lock(h);
         if (rc) return rc;   /* table unusable: our waiting entry is left to reaping */
         if (__atomic_load_n(&h->closing, __ATOMIC_ACQUIRE)) {
