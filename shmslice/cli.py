@@ -36,6 +36,7 @@ import stat
 import struct
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -1037,10 +1038,17 @@ def _run_pool(mf: MappedFile, pieces: list[ByteBufferSlice], seed: int, result: 
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=result.workers, mp_context=context, initializer=_demo_worker_init)
+    # Ctrl-C only sets a flag, checked between waits: a KeyboardInterrupt raised
+    # inside concurrent.futures' own machinery (its locks, its queue feeder) can
+    # leave the executor unable to shut down, and the demo hanging.
+    interrupted = threading.Event()
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
     try:
         futures = {pool.submit(_demo_task, i, piece, seed): i for i, piece in enumerate(pieces)}
         pending = set(futures)
         while pending:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
             finished, pending = concurrent.futures.wait(
                 pending, timeout=_DEMO_SNAPSHOT_EVERY_S,
                 return_when=concurrent.futures.FIRST_COMPLETED)
@@ -1071,7 +1079,11 @@ def _run_pool(mf: MappedFile, pieces: list[ByteBufferSlice], seed: int, result: 
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     pool.shutdown(wait=True)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
     result.processes = sorted(pids)
     if first_start is not None and last_finish is not None:
         result.work_seconds = last_finish - first_start
