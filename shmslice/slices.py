@@ -246,15 +246,7 @@ class ByteBufferSlice:
             if stop < start:
                 stop = start
             return self._mf._sub_slice(self, self._start + start, self._start + stop)
-        try:
-            i = key.__index__()  # type: ignore[union-attr]
-        except AttributeError:
-            raise TypeError(f"ByteBufferSlice indices must be integers or slices, "
-                            f"not {type(key).__name__}") from None
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {key} out of range for a ByteBufferSlice of length {n}")
+        i = _position(key, n)
         return mv[self._start + i]  # type: ignore[index]
 
     def tobytes(self) -> bytes:
@@ -325,15 +317,7 @@ class ByteBufferSlice:
             if stop > start:
                 mv[self._start + start:self._start + stop] = data  # type: ignore[index]
             return
-        try:
-            i = key.__index__()  # type: ignore[union-attr]
-        except AttributeError:
-            raise TypeError(f"ByteBufferSlice indices must be integers or slices, "
-                            f"not {type(key).__name__}") from None
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {key} out of range for a ByteBufferSlice of length {n}")
+        i = _position(key, n)
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"a byte must be an int in range(0, 256), not {type(value).__name__}")
         if not 0 <= value < 256:
@@ -492,6 +476,20 @@ def _as_bytes_view(value: Any) -> memoryview:
             raise ValueError("data to write must be C-contiguous")
         data = data.cast("B")
     return data
+
+
+def _position(key: Any, n: int) -> int:
+    """The offset within a slice of length ``n`` that index ``key`` names (bytes' rules)."""
+    try:
+        i = key.__index__()
+    except AttributeError:
+        raise TypeError(f"ByteBufferSlice indices must be integers or slices, "
+                        f"not {type(key).__name__}") from None
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {key} out of range for a ByteBufferSlice of length {n}")
+    return int(i)
 
 
 # -- live views --------------------------------------------------------------------
