@@ -542,9 +542,18 @@ def test_model_writes_match_bytearray(model_file, writes) -> None:
     assert p.read_bytes() == bytes(model)
 
 
-def test_python_version_view_path() -> None:
-    # 3.12+ exports through PEP 688; 3.11 through a cffi exporter (see slices.py).
-    assert (ByteBufferSlice.view is ByteBufferSlice._view_pep688) == (sys.version_info >= (3, 12))
+def test_view_path(mf: MappedFile) -> None:
+    # s.view() re-exports through the C PinnedBuffer on every version;
+    # memoryview(s) works on 3.12+ only (PEP 688), through __buffer__.
+    s = mf[0:100]
+    with s.view() as v:
+        assert type(v.obj).__name__ == "PinnedBuffer"
+    if sys.version_info >= (3, 12):
+        with memoryview(s) as v:
+            assert v.tobytes() == s.tobytes()
+    else:
+        with pytest.raises(TypeError):
+            memoryview(s)
 
 
 def test_threads_slicing_one_file(mf: MappedFile, content: bytes) -> None:
