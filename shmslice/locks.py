@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from shmslice import _binding
 from shmslice._binding import KIND_NAMES, ManagerBase, RegionLock, ffi, lib, raise_status
@@ -305,12 +305,10 @@ class LockManager(ManagerBase):
         return h.ptr
 
     # -- locks ------------------------------------------------------------------
-    # lock() itself is ManagerBase.lock (csrc/fastpath.c): it takes a free lock
-    # in C and hands every other case to _lock_slow below.
-    if TYPE_CHECKING:
-        def lock(self, start: int, end: int, mode: Mode = "exclusive",
-                 timeout: float | None = None) -> RegionLock:
-            """Lock bytes [start, end) of the file in ``mode`` ("exclusive" or "shared")."""
+    # lock() itself is ManagerBase.lock (csrc/fastpath.c; typed in
+    # _fastpath.pyi): it takes a free lock in C, waits in C with the GIL
+    # released when the lock is taken, and hands every other case to
+    # _lock_slow below.
 
     def _lock_slow(self, start: object, end: object, mode: object, timeout: object) -> RegionLock:
         """lock() for every case the C fast path does not take: validation,
