@@ -1293,10 +1293,13 @@ static int remove_owned(struct ss_handle *h, uint32_t slot, uint32_t gen, uint32
 /* Every public call on a handle runs between handle_enter and handle_leave,
  * so ss_close can wait for calls in flight in other threads (a waiter may be
  * asleep in ss_lock) before it unmaps the table under them. */
+/* busy++ then read closing here, closing = 1 then read busy in ss_close: a
+ * store-load pair on each side, so both need SEQ_CST (acquire/release lets
+ * each side miss the other's store and ss_close unmap under a call). */
 static int handle_enter(struct ss_handle *h)
 {
-    __atomic_add_fetch(&h->busy, 1, __ATOMIC_ACQ_REL);
-    if (__builtin_expect(__atomic_load_n(&h->closing, __ATOMIC_ACQUIRE), 0)) {
+    __atomic_add_fetch(&h->busy, 1, __ATOMIC_SEQ_CST);
+    if (__builtin_expect(__atomic_load_n(&h->closing, __ATOMIC_SEQ_CST), 0)) {
         __atomic_sub_fetch(&h->busy, 1, __ATOMIC_ACQ_REL);
         return 0;
     }
@@ -1310,11 +1313,11 @@ static void handle_leave(struct ss_handle *h)
 
 int ss_close(ss_handle *h)
 {
-    if (!h || __atomic_exchange_n(&h->closing, 1, __ATOMIC_ACQ_REL)) return SS_OK;
+    if (!h || __atomic_exchange_n(&h->closing, 1, __ATOMIC_SEQ_CST)) return SS_OK;
     registry_remove(h);
     /* Wake our own sleepers so they see `closing` now rather than at their
      * next periodic re-check; then wait for every call in flight to leave. */
-    while (__atomic_load_n(&h->busy, __ATOMIC_ACQUIRE) > 0) {
+    while (__atomic_load_n(&h->busy, __ATOMIC_SEQ_CST) > 0) {
         bump_wake(h);
         futex_wake_all(&h->hdr->wake_seq);
         struct timespec nap = {0, 1000000};
@@ -1439,6 +1442,11 @@ static int64_t lock_impl(ss_handle *h, int64_t start_arg, int64_t end_arg, int k
     uint32_t waiting = SS_NIL, waiting_serial = 0;
     int wake = 0;
     int probe = 1;   /* see find_conflict */
+    /* Releases anywhere in the table wake every sleeper, so a waiter can be
+     * woken more often than SS_RECHECK_NS for ever without its timer firing:
+     * probe at least that often regardless of why we woke, or a dead holder
+     * is never noticed while unrelated regions keep changing hands. */
+    uint64_t probe_due = now_ns(CLOCK_MONOTONIC) + SS_RECHECK_NS;
     int64_t result;
     for (;;) {
         uint32_t who;
@@ -1505,7 +1513,9 @@ static int64_t lock_impl(ss_handle *h, int64_t start_arg, int64_t end_arg, int k
         table_unlock(h, wake);
         wake = 0;
         int werr = futex_wait(&hd->wake_seq, seq, nap);
-        probe = werr == ETIMEDOUT;
+        uint64_t woke = now_ns(CLOCK_MONOTONIC);
+        probe = werr == ETIMEDOUT || woke >= probe_due;
+        if (probe) probe_due = woke + SS_RECHECK_NS;
         rc = table_lock(h);
         if (rc) return rc;   /* table unusable: our waiting entry is left to reaping */
         if (__atomic_load_n(&h->closing, __ATOMIC_ACQUIRE)) {

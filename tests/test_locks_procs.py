@@ -333,3 +333,52 @@ def test_random_stress_never_two_conflicting_holders(method, data_file, lock_dir
     assert all(w.exitcode == 0 for w in workers)
     with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
         assert mgr.locks(waiting=True) == []
+
+
+def test_dead_holder_is_replaced_while_unrelated_releases_keep_waking_the_waiter(data_file, lock_dir):
+    # Every release wakes every sleeper (one futex word per table).  A waiter
+    # woken by releases elsewhere, often enough that its 50 ms timer never
+    # fires, must still probe its own holder and find it dead.
+    import threading
+
+    c = ctx("fork")
+    ready = c.Event()
+    holder = start(c, helpers.hold_and_hang, str(data_file), str(lock_dir), 0, 100, "exclusive", ready)
+    wait_set(ready, "the holder")
+    stop_churn = threading.Event()
+    outcome: list = []
+
+    def churn() -> None:
+        with shmslice.LockManager(data_file, lock_dir=lock_dir) as other:
+            while not stop_churn.is_set():
+                other.lock(5000, 5010).release()
+
+    def waiter() -> None:
+        with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+            try:
+                lk = mgr.lock(10, 20, timeout=5)
+            except shmslice.LockTimeout:
+                outcome.append(("timeout", time.monotonic()))
+                return
+            outcome.append(("ok", time.monotonic()))
+            lk.release()
+
+    w = threading.Thread(target=waiter)
+    w.start()
+    ch = threading.Thread(target=churn)
+    try:
+        time.sleep(0.3)   # the waiter has probed the holder alive and sleeps
+        ch.start()
+        time.sleep(0.1)
+        killed_at = time.monotonic()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(5)
+        w.join(10)
+    finally:
+        stop_churn.set()
+        if ch.ident is not None:
+            ch.join(10)
+    assert not w.is_alive()
+    status, granted_at = outcome[0]
+    assert status == "ok", "the waiter never noticed its holder had died"
+    assert granted_at - killed_at < 1.0, f"granted {granted_at - killed_at:.2f} s after the death"
