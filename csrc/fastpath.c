@@ -267,6 +267,16 @@ static PyObject *slow_lock(ManagerBase *self, PyObject *start, PyObject *end, Py
                                      NULL);
 }
 
+/* The RegionLock for a lock just granted; if it cannot be made (no memory),
+ * nothing could ever release the lock, so release it here. */
+static PyObject *granted(ManagerBase *self, ss_handle *h, int64_t ref, long long a,
+                         long long b, PyObject *mode)
+{
+    PyObject *lk = region_lock_new(self, ref, a, b, mode);
+    if (!lk) (void)core_release(h, ref);
+    return lk;
+}
+
 /* lock(start, end, mode="exclusive", timeout=None) -> RegionLock */
 static PyObject *manager_lock(ManagerBase *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
@@ -349,7 +359,7 @@ static PyObject *manager_lock(ManagerBase *self, PyObject *const *args, Py_ssize
     /* Try with the GIL held: a free lock costs one core call. */
     ss_handle *h = self->handle;
     int64_t ref = core_lock(h, a, b, kind, 0);
-    if (ref >= 0) return region_lock_new(self, ref, a, b, mode);
+    if (ref >= 0) return granted(self, h, ref, a, b, mode);
     if (ref != SS_ETIMEDOUT || timeout_ns == 0)
         return slow_lock(self, start, end, mode, timeout);   /* it raises the right error */
 
@@ -374,7 +384,7 @@ static PyObject *manager_lock(ManagerBase *self, PyObject *const *args, Py_ssize
             remaining = spent >= timeout_ns ? 0 : timeout_ns - spent;
         }
     }
-    if (ref >= 0) return region_lock_new(self, ref, a, b, mode);
+    if (ref >= 0) return granted(self, h, ref, a, b, mode);
     PyObject *status = PyLong_FromLongLong(ref);
     if (!status) return NULL;
     PyObject *args2[] = {(PyObject *)self, status};
@@ -463,8 +473,22 @@ static int pinned_buffer_getbuffer(PinnedBufferObject *self, Py_buffer *view, in
                              self->readonly, flags);
 }
 
+/* GC support: the buffer holds its manager, so a view reachable from the
+ * manager (mgr.x = s.view()) makes a cycle through it; untracked, its edge to
+ * the manager would count as an outside reference and the cycle -- manager,
+ * table handle and pin -- would never be collected.  No tp_clear: the source
+ * export must live as long as we do; clearing the other members of the cycle
+ * frees us by reference counting. */
+static int pinned_buffer_traverse(PinnedBufferObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->mgr);   /* not source.obj: the collector must never clear an
+                              exporter we still hold an export of */
+    return 0;
+}
+
 static void pinned_buffer_dealloc(PinnedBufferObject *self)
 {
+    PyObject_GC_UnTrack(self);
     if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
     ManagerBase *mgr = self->mgr;
     if (self->ref >= 0 && mgr && mgr->handle)
@@ -485,8 +509,9 @@ static PyTypeObject PinnedBufferType = {
     .tp_name = "shmslice._fastpath.PinnedBuffer",
     .tp_doc = "A pinned, zero-copy re-export of a mapped region (see fastpath.c).",
     .tp_basicsize = sizeof(PinnedBufferObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_dealloc = (destructor)pinned_buffer_dealloc,
+    .tp_traverse = (traverseproc)pinned_buffer_traverse,
     .tp_as_buffer = &pinned_buffer_as_buffer,
     .tp_weaklistoffset = offsetof(PinnedBufferObject, weakrefs),
 };
@@ -512,9 +537,13 @@ static PyObject *fastpath_pinned_view(PyObject *module, PyObject *const *args, P
     if (ref == -1 && PyErr_Occurred()) return NULL;
     int readonly = PyObject_IsTrue(args[3]);
     if (readonly < 0) return NULL;
-    PinnedBufferObject *b = PyObject_New(PinnedBufferObject, &PinnedBufferType);
-    if (!b) return NULL;   /* the caller still owns the pin */
-    /* From here on the pin is ours: every failure below drops it in dealloc. */
+    /* From here on the pin is ours (the caller never drops it): every failure
+     * below drops it, here or in dealloc. */
+    PinnedBufferObject *b = PyObject_GC_New(PinnedBufferObject, &PinnedBufferType);
+    if (!b) {
+        if (mgr->handle) (void)core_unpin(mgr->handle, ref);
+        return NULL;
+    }
     Py_INCREF(mgr);
     b->mgr = mgr;
     b->ref = ref;
@@ -527,6 +556,7 @@ static PyObject *fastpath_pinned_view(PyObject *module, PyObject *const *args, P
         Py_DECREF(b);
         return NULL;
     }
+    PyObject_GC_Track(b);
     PyObject *view = PyMemoryView_FromObject((PyObject *)b);
     Py_DECREF(b);   /* the view holds it now */
     return view;

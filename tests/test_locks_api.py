@@ -408,3 +408,20 @@ def test_closing_while_another_thread_waits(data_file, lock_dir):
     assert time.monotonic() - t0 < 1.0
     held.release()
     other.close()
+
+
+def test_lock_granted_without_memory_for_its_object_is_released(mgr) -> None:
+    # The fast path takes the lock in C, then makes the RegionLock; if that
+    # allocation fails nothing could release the lock, so it must not stay.
+    _testcapi = pytest.importorskip("_testcapi")
+    failed = False
+    _testcapi.set_nomemory(0, 0)   # every allocation from here on fails
+    try:
+        mgr.lock(0, 10)
+    except MemoryError:
+        failed = True
+    finally:
+        _testcapi.remove_mem_hooks()
+    assert failed
+    assert mgr.locks() == []
+    mgr.lock(0, 10, timeout=0).release()

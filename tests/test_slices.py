@@ -611,3 +611,41 @@ def test_view_pins_until_the_last_derived_view_dies(mf: MappedFile) -> None:
     assert [(e.kind, e.count) for e in mf.locks()] == [("pin", 1)]
     s.release()
     assert mf.locks() == []
+
+
+def test_view_in_a_cycle_through_its_manager_is_collected(path: Path, lock_dir: Path) -> None:
+    # The view's exporter holds the manager; a cycle manager -> view -> manager
+    # must still be collectable (the exporter takes part in garbage collection).
+    import weakref
+
+    m = shmslice.open(path, "r+", lock_dir=lock_dir)
+    s = m[100:200]
+    mgr = m._mgr
+    mgr.keep = s.view()
+    gone = weakref.ref(mgr)
+    s.release()
+    del s, m, mgr
+    gc.collect()
+    assert gone() is None, "manager kept alive by a collectable cycle through a view"
+
+
+def test_pinned_view_owns_its_pin_even_when_out_of_memory(mf: MappedFile) -> None:
+    # slices.view() hands the pin to pinned_view and never drops it itself.
+    _testcapi = pytest.importorskip("_testcapi")
+    from shmslice import _fastpath
+
+    mgr = mf._mgr
+    source = bytearray(100)
+    ref = _fastpath.pin(mgr, 300, 400)
+    assert ref >= 0
+    failed = False
+    _testcapi.set_nomemory(0, 0)
+    try:
+        _fastpath.pinned_view(mgr, source, ref, False)
+    except MemoryError:
+        failed = True
+    finally:
+        _testcapi.remove_mem_hooks()
+    assert failed
+    assert (300, 400) not in [(i.start, i.end) for i in mf.locks() if i.kind == "pin"]
+    del source
