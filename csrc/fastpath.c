@@ -209,10 +209,20 @@ static PyTypeObject RegionLockType = {
 /* --- ManagerBase methods ------------------------------------------------------ */
 
 /* Subclasses (LockManager) are heap types over this static base: CPython's
- * subtype_traverse/subtype_dealloc visit and release the type itself. */
+ * subtype_traverse/subtype_dealloc visit and release the type itself.
+ *
+ * owner is deliberately not visited.  It is a cffi ffi.gc cdata whose
+ * tp_finalize runs ss_free; the collector runs the finalizers of everything
+ * in a garbage cycle before it clears anything, so if owner were seen as part
+ * of a cycle through this manager, handle would be freed while finalizers
+ * (and PinnedBuffer deallocs) in the same cycle can still use it.  Unvisited,
+ * owner counts as reachable and is freed only by manager_clear/dealloc, after
+ * handle is NULL.  owner refers to nothing that could lead back to us. */
 static int manager_traverse(ManagerBase *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->owner);
+    (void)self;
+    (void)visit;
+    (void)arg;
     return 0;
 }
 

@@ -425,3 +425,30 @@ def test_lock_granted_without_memory_for_its_object_is_released(mgr) -> None:
     assert failed
     assert mgr.locks() == []
     mgr.lock(0, 10, timeout=0).release()
+
+
+def test_manager_in_a_garbage_cycle_stays_usable_until_cleared(data_file: Path, lock_dir: Path) -> None:
+    # The collector runs every finalizer of a garbage cycle before clearing
+    # any of it, cffi's ffi.gc one (ss_free) included.  The C handle must not
+    # be freed under a manager that finalizers in the cycle can still use.
+    import gc
+
+    seen: list = []
+
+    class Holder:
+        def __del__(self) -> None:
+            self.lk.release()
+            try:
+                self.mgr.lock(0, 10, timeout=0).release()
+                seen.append("ok")
+            except ValueError as err:   # "the lock manager is closed": handle freed
+                seen.append(str(err))
+
+    m = shmslice.LockManager(data_file, lock_dir=lock_dir)
+    h = Holder()
+    h.mgr = m
+    h.lk = m.lock(0, 10)
+    m.holder = h
+    del h, m
+    gc.collect()
+    assert seen == ["ok"]
