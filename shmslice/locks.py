@@ -251,6 +251,10 @@ class LockManager(ManagerBase):
 
     def __init__(self, path: str | os.PathLike[str], lock_dir: str | os.PathLike[str] | None = None,
                  *, _capacity: int = 0) -> None:
+        if "_h" in self.__dict__:
+            # Re-attaching in place would swap the C handle under threads and
+            # RegionLocks that still use the old one.
+            raise RuntimeError("LockManager.__init__ called twice; make a new LockManager")
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
         self.path = os.fspath(path)

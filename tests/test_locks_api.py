@@ -452,3 +452,11 @@ def test_manager_in_a_garbage_cycle_stays_usable_until_cleared(data_file: Path, 
     del h, m
     gc.collect()
     assert seen == ["ok"]
+
+
+def test_init_twice_is_refused(mgr, data_file, lock_dir):
+    held = mgr.lock(0, 10)
+    with pytest.raises(RuntimeError, match="twice"):
+        mgr.__init__(data_file, lock_dir=lock_dir)
+    assert held.locked and mgr.locks()[0].start == 0
+    held.release()
