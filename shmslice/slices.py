@@ -239,13 +239,7 @@ class ByteBufferSlice:
         mv = self._live()
         n = self._end - self._start
         if isinstance(key, slice):
-            start, stop, step = key.indices(n)
-            if step != 1:
-                raise ValueError(
-                    f"ByteBufferSlice slices must be contiguous (step 1), got step {step}; "
-                    f"for a strided view use s.view()[::{step}]")
-            if stop < start:
-                stop = start
+            start, stop = _span(key, n, "for a strided view use s.view()[::{step}]")
             return self._mf._sub_slice(self, self._start + start, self._start + stop)
         i = _position(key, n)
         return mv[self._start + i]  # type: ignore[index]
@@ -303,13 +297,7 @@ class ByteBufferSlice:
                             "open it with mode='r+' to write")
         n = self._end - self._start
         if isinstance(key, slice):
-            start, stop, step = key.indices(n)
-            if step != 1:
-                raise ValueError(
-                    f"ByteBufferSlice slices must be contiguous (step 1), got step {step}; "
-                    f"for strided writes use s.view()[::{step}] = ...")
-            if stop < start:
-                stop = start
+            start, stop = _span(key, n, "for strided writes use s.view()[::{step}] = ...")
             data = _as_bytes_view(value)
             if data.nbytes != stop - start:
                 raise ValueError(f"cannot write {data.nbytes} bytes into a region of "
@@ -469,6 +457,16 @@ def _as_bytes_view(value: Any) -> memoryview:
             raise ValueError("data to write must be C-contiguous")
         data = data.cast("B")
     return data
+
+
+def _span(key: slice, n: int, hint: str) -> tuple[int, int]:
+    """The [start, stop) within a slice of length ``n`` that ``key`` names (bytes' rules);
+    a step other than 1 raises ValueError with ``hint`` (formatted with the step)."""
+    start, stop, step = key.indices(n)
+    if step != 1:
+        raise ValueError(f"ByteBufferSlice slices must be contiguous (step 1), got step {step}; "
+                         + hint.format(step=step))
+    return start, max(stop, start)
 
 
 def _position(key: Any, n: int) -> int:
