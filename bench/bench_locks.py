@@ -105,15 +105,9 @@ def speedup(ours: Stats, theirs: Stats) -> tuple[float, float, float]:
 
 
 def _c_handle(mgr):
-    """The manager's cffi ``ss_handle *`` (private; the attribute has moved before), or None."""
-    for get in (lambda: mgr._cptr, lambda: mgr._h.ptr):
-        try:
-            ptr = get()
-        except AttributeError:
-            continue
-        if ptr is not None:
-            return ptr
-    return None
+    """The manager's cffi ``ss_handle *`` (private), or None once closed."""
+    h = mgr._h
+    return None if h.closed else h.ptr
 
 
 # ==========================================================================

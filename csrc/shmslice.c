@@ -230,8 +230,6 @@ struct ss_handle {
     int data_writable;           /* data file descriptor was open for writing at attach */
     uint32_t slot, gen;          /* our process slot (valid if has_slot) */
     int has_slot;
-    int32_t owner_pid;
-    uint64_t fork_epoch;         /* ss_fork_epoch when slot was taken */
     dev_t table_dev;             /* identity of the table file we mapped */
     ino_t table_ino;
     char table_path[4096];
@@ -280,7 +278,6 @@ static void futex_wake_all(uint32_t *word)
  * liveness lock) before the child runs anything else. */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ss_handle *registry_head;
-static uint64_t ss_fork_epoch;   /* bumped in every forked child; guarded by registry_lock */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void atfork_prepare(void) { pthread_mutex_lock(&registry_lock); }
@@ -289,7 +286,6 @@ static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
 static void atfork_child(void)
 {
     tls_tid = 0;
-    ss_fork_epoch++;
     for (struct ss_handle *h = registry_head; h; h = h->next) {
         if (h->table_fd >= 0 && !h->inspect_only) {
             close(h->table_fd);
@@ -980,8 +976,6 @@ static int take_slot(struct ss_handle *h)
             h->slot = s;
             h->gen = p->gen;
             h->has_slot = 1;
-            h->owner_pid = p->pid;
-            h->fork_epoch = ss_fork_epoch;
             return SS_OK;
         }
     }
@@ -1365,7 +1359,6 @@ static int data_path_impl(ss_handle *h, char *buf, uint32_t buflen)
     return SS_OK;
 }
 
-int32_t ss_owner_pid(ss_handle *h) { return h->has_slot ? h->owner_pid : 0; }
 
 /* ===================================================================
  * 8. Locks, pins, resize

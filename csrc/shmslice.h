@@ -173,8 +173,6 @@ int ss_stat(ss_handle *h, ss_table_stat *out);
 /* Remove every entry of a dead process; *removed receives how many. */
 int ss_reap(ss_handle *h, uint32_t *removed);
 
-/* Process id this handle's entries are recorded under (0 if not attached). */
-int32_t ss_owner_pid(ss_handle *h);
 
 /*
  * Test hook, off unless set: the calling process kills itself with SIGKILL

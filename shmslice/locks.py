@@ -282,9 +282,7 @@ class LockManager(ManagerBase):
             os.close(fd)
             raise
         self._h = _Handle(ptr, fd, table_path, writable)
-        self._cptr: object | None = ptr   # None once closed
         self._attach_handle(ptr, int(ffi.cast("uintptr_t", ptr)), writable)
-        self._writable = writable
         self._lock = threading.Lock()
 
     # -- properties -------------------------------------------------------------
@@ -318,16 +316,14 @@ class LockManager(ManagerBase):
         """lock() for every case the C fast path does not take: validation,
         waiting (with the GIL released), errors."""
         start, end = check_region(start, end)
-        if mode == "exclusive" and self._writable:
+        if mode == "exclusive" and self._h.writable:
             kind = _EXCLUSIVE
         elif mode == "shared":
             kind = _SHARED
         else:
             kind = self._mode_error(mode)
         timeout_ns = timeout_to_ns(timeout)
-        ptr = self._cptr
-        if ptr is None:
-            raise ValueError(f"LockManager for {self.path} is closed")
+        ptr = self._ptr()
         deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
         ref = lib.ss_lock(ptr, start, end, kind, timeout_ns)
         while ref == _EINTR:
@@ -442,7 +438,6 @@ class LockManager(ManagerBase):
         """Release every lock and pin this manager holds and detach from the table."""
         with self._lock:
             self._detach_handle()
-            self._cptr = None
             self._h.close()
 
     def __enter__(self) -> LockManager:
