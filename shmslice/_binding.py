@@ -25,7 +25,7 @@ from shmslice.errors import (
     UnsafeLockTable,
 )
 
-__all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES", "KIND_CODES",
+__all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES",
            "ManagerBase", "RegionLock", "fast_pin", "fast_unpin", "pinned_view"]
 
 
@@ -41,7 +41,6 @@ ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
 
 KIND_NAMES = {lib.SS_SHARED: "shared", lib.SS_EXCLUSIVE: "exclusive", lib.SS_PIN: "pin"}
-KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 
 _STATUS_EXCEPTIONS: dict[int, type[ShmSliceError]] = {
     lib.SS_ETIMEDOUT: LockTimeout,
