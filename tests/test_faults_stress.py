@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 import shmslice
+from tests.support import end_process
 
 SPAN = 1 << 16
 EVENT = struct.Struct("<QQQQB")       # t_acquired, t_released, start, end, exclusive
@@ -191,9 +192,7 @@ def run_stress(work: Path, seed: int, procs: int, rounds: int, ops: int) -> dict
     finally:
         barrier.abort()
         for c in children:
-            if c.is_alive():
-                c.kill()
-                c.join(10)
+            end_process(c, 0)
     return {"seed": seed, "grants_checked": grants, "pin_regions_checked": pin_checks}
 
 
@@ -298,10 +297,7 @@ def test_close_with_calls_in_flight_in_other_threads(tmp_path: Path) -> None:
             assert mine == [], f"seed {seed} round {rnd}: left behind {mine}"
     finally:
         done.set()
-        holder.join(30)
-        if holder.is_alive():
-            holder.kill()
-            holder.join(10)
+        end_process(holder)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import shmslice
-from shmslice._binding import ffi, lib
 from shmslice.locks import table_path_for
 
 
@@ -21,14 +20,6 @@ def mgr(data_file: Path, lock_dir: Path):
     m = shmslice.LockManager(data_file, lock_dir=lock_dir)
     yield m
     m.close()
-
-
-# -- the compiled core -----------------------------------------------------------
-
-def test_core_loads_and_status_table_is_complete():
-    names = {ffi.string(lib.ss_status_name(code)).decode() for code in range(0, -13, -1)}
-    assert "SS_ETIMEDOUT" in names and "SS_UNKNOWN" not in names
-    assert ffi.string(lib.ss_status_name(-99)) == b"SS_UNKNOWN"
 
 
 # -- argument validation ---------------------------------------------------------

@@ -6,7 +6,6 @@ import gc
 import os
 import pickle
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 import shmslice
 from shmslice import ByteBufferSlice, LockManager, MappedFile, StaleDescriptor
 from shmslice.slices import exported_views
+from tests.support import wait_pid
 
 SIZE = 1 << 16
 
@@ -130,14 +130,8 @@ def test_open_without_permission() -> None:
                 os.write(2, f"{err!r}\n".encode())
             finally:
                 os._exit(code)
-        deadline = time.monotonic() + 60
-        while not (done := os.waitpid(pid, os.WNOHANG))[0]:
-            if time.monotonic() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                raise AssertionError("permission-check child hung")
-            time.sleep(0.01)
-        assert os.waitstatus_to_exitcode(done[1]) == 0
+        status = wait_pid(pid, 60, what="the permission-check child")
+        assert os.waitstatus_to_exitcode(status) == 0
     finally:
         shutil.rmtree(d)
 

@@ -30,9 +30,9 @@ What is checked, and by whom:
 
 Usage::
 
-    python bench/chaos.py --kills 2000           # the long run
-    python bench/chaos.py --kills 200 --json     # what the pytest run does
-    SHMSLICE_CHAOS_SEED=42 python bench/chaos.py --kills 2000   # replay a seed
+    python tools/chaos.py --kills 2000           # the long run
+    python tools/chaos.py --kills 200 --json     # what the pytest run does
+    SHMSLICE_CHAOS_SEED=42 python tools/chaos.py --kills 2000   # replay a seed
 
 Exit status 0 if clean, 1 on any violation, stall, crash or leftover.
 """

@@ -14,10 +14,10 @@ that does not answer in time is a hang.  Both fail the run.
 
 Usage::
 
-    python bench/fuzz_table.py --mutations 20000            # long run
-    python bench/fuzz_table.py --mutations 20000 --mutex     # also garble the mutex (slow)
-    SHMSLICE_FUZZ_SEED=1234 python bench/fuzz_table.py ...   # replay a seed
-    python bench/fuzz_table.py --seed 1234 --replay 517 --out /tmp/case517.shmslice
+    python tools/fuzz_table.py --mutations 20000            # long run
+    python tools/fuzz_table.py --mutations 20000 --mutex     # also garble the mutex (slow)
+    SHMSLICE_FUZZ_SEED=1234 python tools/fuzz_table.py ...   # replay a seed
+    python tools/fuzz_table.py --seed 1234 --replay 517 --out /tmp/case517.shmslice
 
 The table mutex lives in the header.  Garbage in its bytes can make
 ``pthread_mutex_clocklock`` wait the full SS_MUTEX_PATIENCE_S (10 s) before
@@ -632,7 +632,7 @@ def verify_layout(work: str) -> None:
         if get(buf, b.proc_off(0, "pid"), "<i") != os.getpid():
             problems.append("proc slot pid")
         if problems:
-            raise SystemExit("table layout does not match bench/fuzz_table.py: " + "; ".join(problems))
+            raise SystemExit("table layout does not match tools/fuzz_table.py: " + "; ".join(problems))
         lk.release()
         mgr.unpin(ref)
 
