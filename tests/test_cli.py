@@ -111,7 +111,7 @@ def test_parse_size() -> None:
     assert formatting.parse_size("1.5k") == 1536
     assert formatting.parse_size(" 2 GiB ") == 2 << 30
     for bad in ("", "M", "12Q", "-1", "0.3"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"^not a "):
             formatting.parse_size(bad)
 
 
@@ -202,7 +202,7 @@ def test_version_and_help() -> None:
     assert r.returncode == 0 and "locks" in r.stdout and "demo" in r.stdout
 
 
-@pytest.mark.parametrize("args, words", [
+@pytest.mark.parametrize(("args", "words"), [
     ((), ["COMMAND"]),
     (("frobnicate",), ["invalid choice"]),
     (("locks",), ["PATH"]),

@@ -24,7 +24,7 @@ def mgr(data_file: Path, lock_dir: Path):
 
 # -- argument validation ---------------------------------------------------------
 
-@pytest.mark.parametrize("args, exc, word", [
+@pytest.mark.parametrize(("args", "exc", "word"), [
     (("0", 10), TypeError, "start"),
     ((0, 10.0), TypeError, "end"),
     ((True, 10), TypeError, "start"),
@@ -40,7 +40,7 @@ def test_bad_regions(mgr, args, exc, word):
         mgr.pin(*args)
 
 
-@pytest.mark.parametrize("kwargs, exc, word", [
+@pytest.mark.parametrize(("kwargs", "exc", "word"), [
     ({"mode": "write"}, ValueError, "mode"),
     ({"mode": 2}, TypeError, "mode"),
     ({"timeout": -1}, ValueError, "timeout"),

@@ -101,7 +101,7 @@ def test_descriptor_round_trips(datafile: Path, lock_dir: Path, method: str, exe
                 sums = list(ex.map(helpers.checksum, chunks, timeout=WAIT))
                 halves = list(ex.map(helpers.half, chunks, timeout=WAIT))
         me = os.getpid()
-        for (pid, start, end, crc, seen), c in zip(sums, chunks):
+        for (pid, start, end, crc, seen), c in zip(sums, chunks, strict=True):
             assert pid != me and (start, end) == (c.start, c.end)
             assert crc == zlib.crc32(content[start:end])
             # The worker saw its own pin (slice + view) next to the parent's.
@@ -110,7 +110,7 @@ def test_descriptor_round_trips(datafile: Path, lock_dir: Path, method: str, exe
                 if (s_, e_, kind) == (start, end, "pin"):
                     owners[p] = owners.get(p, 0) + 1
             assert me in owners and pid in owners
-        for h, c in zip(halves, chunks):
+        for h, c in zip(halves, chunks, strict=True):
             assert h.base is m              # results join the file this process has open
             assert (h.start, h.end) == (c.start, c.start + len(c) // 2)
             assert h == content[h.start:h.end]
