@@ -30,28 +30,28 @@ import statistics
 import sys
 import time
 import timeit
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
 
 __all__ = [
-    "Stats",
     "Settings",
-    "add_common_args",
-    "settings_from_args",
+    "Stats",
     "Timing",
+    "add_common_args",
     "both_clocks",
-    "make_timer",
     "calibrate",
-    "measure_interleaved",
-    "time_once",
-    "paired_ratio",
-    "fmt_us",
     "fmt_ratio",
-    "verdict",
-    "machine_info",
-    "print_section",
-    "markdown_table",
+    "fmt_us",
     "gc_paused",
+    "machine_info",
+    "make_timer",
+    "markdown_table",
+    "measure_interleaved",
+    "paired_ratio",
+    "print_section",
+    "settings_from_args",
+    "time_once",
+    "verdict",
 ]
 
 
@@ -122,7 +122,7 @@ def paired_ratio(a: Stats, b: Stats) -> float:
     """Median over repeats of a[i] / b[i]: for cases measured interleaved, each
     pair ran close together in time, so this ratio shrugs off load that came and
     went during the run better than a ratio of medians does."""
-    return statistics.median(x / y for x, y in zip(a.samples, b.samples))
+    return statistics.median(x / y for x, y in zip(a.samples, b.samples, strict=True))
 
 
 def fmt_us(seconds: float, unit: str = "us", bare: bool = False) -> str:
@@ -155,13 +155,13 @@ def verdict(ok: bool) -> str:
 class _Stamp:
     """Wall-clock and this thread's CPU time, taken together; subtracting gives both spans."""
 
-    __slots__ = ("wall", "cpu")
+    __slots__ = ("cpu", "wall")
 
     def __init__(self, wall: float, cpu: float) -> None:
         self.wall = wall
         self.cpu = cpu
 
-    def __sub__(self, other: "_Stamp") -> "_Stamp":
+    def __sub__(self, other: _Stamp) -> _Stamp:
         return _Stamp(self.wall - other.wall, self.cpu - other.cpu)
 
 
@@ -285,7 +285,7 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     return "\n".join(out)
 
 
-def gc_paused() -> "_GcPause":
+def gc_paused() -> _GcPause:
     """Context manager: garbage collection off inside (for hand-written timing loops)."""
     return _GcPause()
 

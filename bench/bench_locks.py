@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import itertools
 import multiprocessing
 import os
 import queue
@@ -42,14 +43,14 @@ import timeit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (  # noqa: E402
+from _common import (
     Stats,
     add_common_args,
     fmt_ratio,
     fmt_us,
     machine_info,
-    markdown_table,
     make_timer,
+    markdown_table,
     measure_interleaved,
     paired_ratio,
     print_section,
@@ -178,7 +179,7 @@ def bench_uncontended(tmp: str, settings) -> dict:
         for close in reversed(closers):
             try:
                 close()
-            except Exception:   # noqa: BLE001 - best effort cleanup
+            except Exception:
                 pass
 
     res = {key: t.cpu for key, t in timing.items()}      # figures and verdicts: CPU time
@@ -187,8 +188,8 @@ def bench_uncontended(tmp: str, settings) -> dict:
     print(f"  median (min) of {settings.repeats} repeats per lock+release pair; CPU = this thread's "
           "user+system time, wall = elapsed")
     print(f"  {'':<{width}}  {'CPU time':<22}  wall-clock")
-    for key in res:
-        print(f"  {labels[key]:<{width}}  {res[key].fmt():<22}  {wall[key].fmt()}")
+    for key, cpu in res.items():
+        print(f"  {labels[key]:<{width}}  {cpu.fmt():<22}  {wall[key].fmt()}")
     ours = res["shmslice"]
     out = {"res": res, "wall": wall, "labels": labels, "checks": [], "ratios": {}}
     ok = ours.median <= TARGET_UNCONTENDED_S
@@ -197,8 +198,9 @@ def bench_uncontended(tmp: str, settings) -> dict:
           f"vs target <= {fmt_us(TARGET_UNCONTENDED_S)}: {verdict(ok)}")
     out["checks"].append(("uncontended", ok))
     if "shmslice_c" in res:
-        print(f"  C core called directly through cffi: {fmt_us(res['shmslice_c'].median)}; the Python "
-              f"wrapper (LockManager.lock, RegionLock) adds {fmt_us(ours.median - res['shmslice_c'].median)} per pair")
+        direct = res["shmslice_c"].median
+        print(f"  C core called directly through cffi: {fmt_us(direct)}; the Python "
+              f"wrapper (LockManager.lock, RegionLock) adds {fmt_us(ours.median - direct)} per pair")
     print("  speed-ups: median over repeats of the ratio within each repeat (the cases run interleaved,")
     print("  so each ratio compares figures taken within a second of each other), CPU time")
     for key, target in (("lockf", TARGET_VS_LOCKF), ("ofd", None), ("portalocker_fn", TARGET_VS_LIBS),
@@ -282,12 +284,12 @@ def _handoff_worker(role, path, lock_dir, counter, sem_a, sem_b, barrier, result
                 _sem_rounds(acq, rel, counter, append, tail)
             timed = seen[warmup:warmup + rounds]
             # Strict alternation: between two of my acquisitions the other side had exactly one.
-            breaks = sum(1 for x, y in zip(timed, timed[1:]) if y - x != 2)
+            breaks = sum(1 for x, y in itertools.pairwise(timed) if y - x != 2)
             results.put(("ok", role, (placement, rep, kind), t1 - t0, len(seen), breaks, cpu))
-    except BaseException as err:  # noqa: BLE001 - reported to the parent
+    except BaseException as err:
         try:
             results.put(("error", role, f"{type(err).__name__}: {err}"))
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         raise
     finally:
@@ -399,10 +401,10 @@ def bench_handoff(tmp: str, settings) -> dict:
         pair_ratios = []
         for rep in range(repeats):
             per_kind = {}
-            for kind in stats:
+            for kind, kind_stats in stats.items():
                 sides = got[(placement, rep, kind)]
                 per_op = statistics.mean(el / (2 * max(1, rounds - br)) for _, el, _, br in sides)
-                stats[kind].add(per_op)
+                kind_stats.add(per_op)
                 per_kind[kind] = per_op
                 if kind == "shmslice":
                     naive.add(statistics.mean(el for _, el, _, _ in sides) / (2 * rounds))
@@ -436,18 +438,24 @@ def bench_handoff(tmp: str, settings) -> dict:
         primary = index == 0
         ok = ratio <= TARGET_HANDOFF_RATIO and reliable
         if reliable:
-            tail_text = f"target <= {TARGET_HANDOFF_RATIO:g}x: {verdict(ok)}" if primary else "(for information)"
+            tail_text = (f"target <= {TARGET_HANDOFF_RATIO:g}x: {verdict(ok)}" if primary
+                         else "(for information)")
             print(f"     ratio shmslice / Semaphore (median of per-repeat ratios): {fmt_ratio(ratio)} "
                   f"(ratio of medians {fmt_ratio(ours.median / sem.median)}, of mins "
                   f"{fmt_ratio(ours.min / sem.min)})  {tail_text}")
             if share > 0.01:
-                print(f"     note: {100 * share:.1f}% of shmslice rounds did not alternate: the other process had not")
-                print("     queued its next request yet (still in its release's wake-up system call, waiting for the")
-                print("     table mutex, or descheduled), so the runner re-acquired; the one-way figure above")
+                print(f"     note: {100 * share:.1f}% of shmslice rounds did not alternate: the other "
+                      "process had not")
+                print("     queued its next request yet (still in its release's wake-up system call, "
+                      "waiting for the")
+                print("     table mutex, or descheduled), so the runner re-acquired; the one-way figure "
+                      "above")
                 print("     counts only real handoffs (and charges those re-acquisitions to them)")
         else:
-            print(f"     NOT A HANDOFF FIGURE: the shmslice runs did not alternate in {100 * share:.0f}% of rounds.")
-            print("     The other process was not running most of the time (on one CPU with the runner, see above,")
+            print("     NOT A HANDOFF FIGURE: the shmslice runs did not alternate in "
+                  f"{100 * share:.0f}% of rounds.")
+            print("     The other process was not running most of the time (on one CPU with the runner, "
+                  "see above,")
             print("     or descheduled by the hypervisor): the runner never finds it queued, so it keeps")
             print("     re-acquiring alone for its whole time slice instead of handing the lock over.")
             print(f"     ratio {fmt_ratio(ratio)} not meaningful" +
@@ -455,8 +463,8 @@ def bench_handoff(tmp: str, settings) -> dict:
                    " (for information only)"))
         if primary:
             out["checks"].append(("handoff", ok))
-        out["rows"].append(dict(placement=placement, ours=ours, sem=sem, ratio=ratio, ok=ok,
-                                primary=primary, reliable=reliable, share=share))
+        out["rows"].append({"placement": placement, "ours": ours, "sem": sem, "ratio": ratio, "ok": ok,
+                                "primary": primary, "reliable": reliable, "share": share})
     return out
 
 
@@ -468,7 +476,7 @@ def _holder(paths, counts, lock_dir, ready, stop, results):
     """Take counts[i] shared locks on disjoint ranges of paths[i]; hold them until `stop`."""
     mgrs, kept = [], []
     try:
-        for path, n in zip(paths, counts):
+        for path, n in zip(paths, counts, strict=True):
             mgr = shmslice.LockManager(path, lock_dir=lock_dir)
             mgrs.append(mgr)
             lock = mgr.lock
@@ -480,7 +488,7 @@ def _holder(paths, counts, lock_dir, ready, stop, results):
         results.put(("ready", os.getpid()))
         ready.set()
         stop.wait(WAIT_S * 5)
-    except BaseException as err:  # noqa: BLE001 - reported to the parent
+    except BaseException as err:
         results.put(("error", f"{type(err).__name__}: {err}"))
         raise
     finally:
@@ -516,7 +524,7 @@ def bench_scaling(tmp: str, settings) -> dict:
         cases = {}
         entries = []
         a, b = REGION
-        for n, path in zip(SCALING_COUNTS, paths):
+        for n, path in zip(SCALING_COUNTS, paths, strict=True):
             mgr = shmslice.LockManager(path, lock_dir=lock_dir)
             mgrs.append(mgr)
             st = mgr.stat()
@@ -546,8 +554,8 @@ def bench_scaling(tmp: str, settings) -> dict:
     print(f"  entries in the three tables before measuring: {'; '.join(entries)}")
     res = {key: t.cpu for key, t in timing.items()}
     wall = {key: t.wall for key, t in timing.items()}
-    print(f"  CPU time per lock+release pair, median (min) of {settings.repeats} repeats interleaved across N; "
-          "wall-clock medians below")
+    print(f"  CPU time per lock+release pair, median (min) of {settings.repeats} repeats "
+          "interleaved across N; wall-clock medians below")
     print(f"  {'N held by the other process':<44}" + "".join(f"{n:>22,}" for n in SCALING_COUNTS)
           + "   ratio N=50,000 / N=10 (median per-repeat)")
     out["res"] = res
@@ -574,7 +582,7 @@ def bench_scaling(tmp: str, settings) -> dict:
 def summary_table(settings, unc, hand, scal) -> str:
     rows = []
     if unc:
-        res, labels = unc["res"], unc["labels"]
+        res = unc["res"]
         ours = res["shmslice"]
         rows.append(["Uncontended `lk = mgr.lock(0, 4096); lk.release()`",
                      f"{fmt_us(ours.median)} (min {fmt_us(ours.min, bare=True)})", "—", "—",
@@ -613,7 +621,8 @@ def summary_table(settings, unc, hand, scal) -> str:
         for mode, label in (("exclusive", "exclusive [0, 4096)"), ("shared", "shared [0, 4096)"),
                             ("exclusive-mid", "exclusive, amid the held ranges")):
             r = paired_ratio(res[(mode, hi)], res[(mode, lo)])
-            rows.append([f"Lock+release, {label}, with {lo:,} / {mid:,} / {hi:,} entries held by another process",
+            rows.append([f"Lock+release, {label}, with {lo:,} / {mid:,} / {hi:,} entries held by "
+                         "another process",
                          " / ".join(fmt_us(res[(mode, n)].median) for n in SCALING_COUNTS), "—",
                          f"{fmt_ratio(r)} (50,000 vs 10)", f"≤ {TARGET_SCALING_RATIO:g}x",
                          verdict(r <= TARGET_SCALING_RATIO)])
@@ -641,7 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"shmslice {shmslice.__version__} lock benchmark: {command}")
     for line in machine_info():
         print(f"  {line}")
-    print(f"  portalocker {getattr(portalocker, '__version__', 'not installed') if portalocker else 'not installed'}, "
+    portalocker_version = (getattr(portalocker, "__version__", "not installed") if portalocker
+                           else "not installed")
+    print(f"  portalocker {portalocker_version}, "
           f"fasteners {getattr(fasteners, '__version__', '?') if fasteners else 'not installed'}; "
           f"multiprocessing start method {START_METHOD}; "
           f"{settings.repeats} repeats per figure, ~{settings.seconds_per_repeat:g} s each")
