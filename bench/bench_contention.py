@@ -976,16 +976,18 @@ PLOT_STYLE = {"shmslice": ("tab:red", "o"), "lockf": ("tab:blue", "s"), "ofd": (
 
 
 def draw(grid: Grid, png: str, subtitle: str) -> str | None:
-    """Throughput and p99 wait against N for every kind of section 1; None when matplotlib is missing."""
+    """Throughput, p99 and longest wait against N for every kind of section 1;
+    returns why not when matplotlib is missing, else None."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:
         return f"matplotlib is not installed ({err}): pip install matplotlib (or .[bench])"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     panels = ((axes[0], "throughput", "lock grants per second, all processes", 1.0),
-              (axes[1], "p99_s", "p99 acquisition wait (µs)", 1e6))
+              (axes[1], "p99_s", "p99 acquisition wait (µs)", 1e6),
+              (axes[2], "max_s", "longest acquisition wait (ms)", 1e3))
     for ax, attr, ylabel, scale in panels:
         for kind in grid.kinds:
             counts = [n for n in grid.counts if grid.valid(kind, n)]
@@ -1008,6 +1010,8 @@ def draw(grid: Grid, png: str, subtitle: str) -> str | None:
     axes[0].legend(loc="best", fontsize=9)
     axes[0].set_title("throughput (higher is better)")
     axes[1].set_title("p99 wait (lower is better)")
+    axes[2].axhline(TARGET_MAX_WAIT_S * 1e3, color="0.4", linestyle="--", linewidth=1)
+    axes[2].set_title(f"longest wait (target at 8 processes: ≤ {TARGET_MAX_WAIT_S * 1e3:g} ms)")
     fig.suptitle("One hot range: exclusive lock + counter increment (medians; bars: min–max of repeats)",
                  fontsize=11)
     fig.text(0.5, 0.005, subtitle, ha="center", va="bottom", fontsize=7.5, color="0.3")
@@ -1266,7 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu = info[0].split(";")[0].replace("CPU: ", "")
         subtitle = (f"{command}  ·  {os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}, "
                     f"{time.strftime('%Y-%m-%d')}, git {_git_describe()}, {opts.repeats} repeats x "
-                    f"{opts.hot_seconds:g} s; machine shared with other work")
+                    f"{opts.hot_seconds:g} s; nice {os.nice(0)}; machine shared with other work")
         missing = draw(parts["hot"]["grid"], png, subtitle)
         if missing:
             print(f"  !! NO PICTURE: {missing}")
