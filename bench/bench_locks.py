@@ -108,8 +108,8 @@ def speedup(ours: Stats, theirs: Stats) -> tuple[float, float, float]:
 
 def _c_handle(mgr):
     """The manager's cffi ``ss_handle *`` (private), or None once closed."""
-    h = mgr._h
-    return None if h.closed else h.ptr
+    h = mgr._handle
+    return None if h.closed else h._cdata
 
 
 # ==========================================================================

@@ -1,18 +1,47 @@
 """The one module that touches the compiled code.
 
 Two extensions: ``shmslice._core`` (cffi: the whole C core) and
-``shmslice._fastpath`` (a small CPython extension for the uncontended
-``LockManager.lock`` and ``RegionLock.release``, which calls the core through
-the function pointers handed to it here, so the core exists once per process).
-Everything else in shmslice calls the small functions here; they turn C status
-codes into the exceptions of :mod:`shmslice.errors`, with the C core's detail
-message and the path concerned.
+``shmslice._fastpath`` (a small CPython extension for the calls made millions
+of times: the uncontended ``LockManager.lock``, ``RegionLock.release``, and the
+slices' pin, unpin and view export).  The fast path calls the core through the
+function pointers handed to it below, so the core exists once per process.
+
+What the rest of the package gets from here, in Python terms only (no cdata,
+handle pointer or function address leaves this module):
+
+* :func:`attach` and :func:`attach_table` return a :class:`FileTableHandle` or
+  :class:`TableHandle`: one attached lock table, with one thin method per C
+  call.  A handle owns its C handle (freed when the last reference to it goes,
+  so a thread still inside a call keeps it valid) and, for a data file's table,
+  the file's descriptor.  Its ``closed`` and ``writable`` attributes are the one
+  record of that state: :meth:`FileTableHandle.serve` gives the handle to a
+  manager's C fast path and :meth:`TableHandle.close` takes it back.
+* the fast-path types and functions (``ManagerBase``, ``RegionLock``,
+  ``fast_pin``, ``fast_unpin``, ``pinned_view``), which take and return Python
+  objects; ``fast_pin``/``fast_unpin`` return a reference or a negative status
+  (``ECLOSED`` for a closed manager) and leave raising to the caller.
+* :func:`check` and :func:`raise_status`, the one place where a C status
+  becomes an exception of :mod:`shmslice.errors` (or the built-in it stands
+  for), carrying the core's detail message and the path concerned.
+
+Calls from C into Python
+------------------------
+``ManagerBase.lock`` (C) calls two methods of its Python subclass by name:
+``_lock_slow(start, end, mode, timeout)`` for every request it does not grant
+itself, and ``_raise_status(status)`` to raise for a call that failed.
+``_fastpath.pyi`` declares both on ``ManagerBase`` so that the type checker
+holds ``LockManager`` to their signatures, and tests/test_binding.py checks
+that they exist.
 """
 
 from __future__ import annotations
 
 import errno as _errno
 import os
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from shmslice import _fastpath
 from shmslice._core import ffi, lib
@@ -24,25 +53,58 @@ from shmslice.errors import (
     ShmSliceError,
     UnsafeLockTable,
 )
+from shmslice.records import LockInfo, TableStat
 
-__all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES",
-           "ManagerBase", "RegionLock", "fast_pin", "fast_unpin", "pinned_view"]
+if TYPE_CHECKING:  # pragma: no cover
+    from shmslice._core import _CEntryInfo, _CHandle
+
+__all__ = [
+    "ECLOSED",
+    "EXCLUSIVE",
+    "SHARED",
+    "FileTableHandle",
+    "ManagerBase",
+    "RegionLock",
+    "TableHandle",
+    "attach",
+    "attach_table",
+    "check",
+    "detail",
+    "fast_pin",
+    "fast_unpin",
+    "ffi",
+    "lib",
+    "pinned_view",
+    "raise_status",
+    "set_crash_point",
+    "table_name",
+]
 
 
+# -- the fast path ------------------------------------------------------------------
 def _address(name: str) -> int:
     return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 
 
 _fastpath.bind(_address("ss_lock"), _address("ss_release"), _address("ss_pin"), _address("ss_unpin"))
-fast_pin = _fastpath.pin
-fast_unpin = _fastpath.unpin
-pinned_view = _fastpath.pinned_view
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
+fast_pin = _fastpath.pin              # (manager, start, end) -> reference >= 0, or a status < 0
+fast_unpin = _fastpath.unpin          # (manager, ref) -> 0, or a status < 0
+pinned_view = _fastpath.pinned_view   # (manager, source, ref, readonly) -> memoryview owning ref
 
-KIND_NAMES = {lib.SS_SHARED: "shared", lib.SS_EXCLUSIVE: "exclusive", lib.SS_PIN: "pin"}
 
-_STATUS_EXCEPTIONS: dict[int, type[ShmSliceError]] = {
+# -- constants the Python layer compares with -----------------------------------------
+SHARED: Final[int] = lib.SS_SHARED
+EXCLUSIVE: Final[int] = lib.SS_EXCLUSIVE
+ECLOSED: Final[int] = lib.SS_ECLOSED    # what a closed handle answers to every call
+
+_KIND_NAMES: Final[dict[int, str]] = {lib.SS_SHARED: "shared", lib.SS_EXCLUSIVE: "exclusive",
+                                      lib.SS_PIN: "pin"}
+
+
+# -- statuses to exceptions -------------------------------------------------------------
+_STATUS_EXCEPTIONS: Final[dict[int, type[ShmSliceError]]] = {
     lib.SS_ETIMEDOUT: LockTimeout,
     lib.SS_EDEADLK: DeadlockError,
     lib.SS_EFULL: LockTableFull,
@@ -56,7 +118,7 @@ def detail() -> str:
     return ffi.string(lib.ss_last_detail()).decode("utf-8", "replace")
 
 
-def raise_status(status: int, path: str | None = None) -> None:
+def raise_status(status: int, path: str | None = None) -> NoReturn:
     """Raise the exception for a negative C status; ``path`` names the file concerned."""
     message = detail() or ffi.string(lib.ss_status_message(status)).decode()
     if status == lib.SS_ESYS:
@@ -70,6 +132,215 @@ def raise_status(status: int, path: str | None = None) -> None:
         raise ValueError("the lock manager is closed")
     exc_type = _STATUS_EXCEPTIONS.get(status, ShmSliceError)
     raise exc_type(message, path)
+
+
+def check(status: int, path: str | None = None) -> int:
+    """``status`` if the C call succeeded (>= 0: a reference, a count or SS_OK), else raise for it."""
+    if status < 0:
+        raise_status(status, path)
+    return status
+
+
+def set_crash_point(point: int, countdown: int) -> None:
+    """Test hook: SIGKILL this process the ``countdown``-th time it reaches ``point`` in the core."""
+    lib.ss_debug_set_crash_point(point, countdown)
+
+
+# -- handles -------------------------------------------------------------------------------
+def _lock_info(e: _CEntryInfo, alive: bool) -> LockInfo:
+    return LockInfo(e.start, e.end, _KIND_NAMES.get(e.kind, "?"), e.pid, e.count,
+                    e.state == lib.SS_WAITING, alive, e.tid, e.since_ns / 1e9)
+
+
+class TableHandle:
+    """An attached lock table, opened by its own path for inspection (:func:`attach_table`).
+
+    It takes no locks or pins.  Every method raises ``ValueError`` once the
+    handle is closed (the C core answers SS_ECLOSED).
+    """
+
+    __slots__ = ("__weakref__", "_cdata", "_close_lock", "closed", "table_path")
+
+    _cdata: _CHandle
+    closed: bool          #: True once :meth:`close` ran
+    table_path: str       #: the table file
+
+    def __init__(self, cdata: _CHandle, table_path: str) -> None:
+        self._cdata = cdata
+        self._close_lock = threading.Lock()
+        self.closed = False
+        self.table_path = table_path
+
+    def snapshot(self) -> list[LockInfo]:
+        """Every entry in use (granted and waiting), in table order."""
+        count = ffi.new("uint32_t *")
+        size = 64
+        while True:
+            buf = ffi.new("ss_entry_info[]", size)
+            check(lib.ss_snapshot(self._cdata, buf, size, count))
+            if count[0] <= size:
+                break
+            size = count[0] + 64   # grown meanwhile: again, with room to spare
+        entries = (buf[i] for i in range(count[0]))
+        return [_lock_info(e, bool(e.alive)) for e in entries]
+
+    def stat(self) -> TableStat:
+        """Table-wide figures."""
+        st = ffi.new("ss_table_stat *")
+        check(lib.ss_stat(self._cdata, st))
+        path = ffi.new("char[]", 1100)   # the header keeps at most 1024 bytes of it
+        check(lib.ss_data_path(self._cdata, path, 1100))
+        return TableStat(
+            table_path=ffi.string(lib.ss_table_path(self._cdata)).decode(errors="replace"),
+            data_path=ffi.string(path).decode(errors="replace"),
+            format=st.format, table_bytes=st.table_bytes, capacity=st.capacity, used=st.used,
+            waiting=st.waiting, proc_capacity=st.proc_capacity, procs=st.procs,
+            repairs=st.repairs, file_size=st.file_size, created=st.created_ns / 1e9)
+
+    def reap(self) -> int:
+        """Remove every entry of a dead process; returns how many."""
+        removed = ffi.new("uint32_t *")
+        check(lib.ss_reap(self._cdata, removed))
+        return removed[0]
+
+    def close(self) -> None:
+        """Release what this handle owns and detach.  Closing twice is harmless.
+
+        The C handle stays allocated until the last reference to this object
+        goes; meanwhile every call on it answers SS_ECLOSED.
+        """
+        with self._close_lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._detach()
+
+    def _detach(self) -> None:
+        check(lib.ss_close(self._cdata), self.table_path)
+
+
+class FileTableHandle(TableHandle):
+    """The lock table of one open data file (:func:`attach`): locks, pins, resizing.
+
+    Owns the data file's descriptor ``data_fd`` (closed with the handle).
+    Errors name the data file by ``path``, as its user gave it.
+    """
+
+    __slots__ = ("_served", "data_fd", "path", "writable")
+
+    data_fd: int        #: the data file, open for reading, and for writing if ``writable``
+    path: str           #: the data file's path as the user gave it
+    writable: bool      #: exclusive locks and resizing allowed (the file is open for writing)
+
+    def __init__(self, cdata: _CHandle, table_path: str, data_fd: int, path: str,
+                 writable: bool) -> None:
+        super().__init__(cdata, table_path)
+        self.data_fd = data_fd
+        self.path = path
+        self.writable = writable
+        self._served: weakref.ref[ManagerBase] | None = None
+
+    def serve(self, manager: ManagerBase) -> None:
+        """Give the C handle to ``manager``'s fast path (``lock``, ``fast_pin``, ...) until :meth:`close`."""
+        address = int(ffi.cast("uintptr_t", self._cdata))
+        manager._attach_handle(self._cdata, address, self.writable)
+        self._served = weakref.ref(manager)
+
+    def lock(self, start: int, end: int, kind: int, timeout_ns: int) -> int:
+        """Lock [start, end) as ``kind`` (SHARED or EXCLUSIVE); returns the lock's reference.
+
+        ``timeout_ns`` < 0 waits forever, 0 tries once.  A signal ends the C
+        wait: Python runs its handlers on the way back here (they may raise
+        ``KeyboardInterrupt``), then the wait resumes with the time left.
+        """
+        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
+        ref = lib.ss_lock(self._cdata, start, end, kind, timeout_ns)
+        while ref == lib.SS_EINTR:
+            remaining = -1 if deadline is None else max(0, deadline - time.monotonic_ns())
+            ref = lib.ss_lock(self._cdata, start, end, kind, remaining)
+        return check(ref, self.path)
+
+    def pin(self, start: int, end: int) -> int:
+        """Add one pin on [start, end); returns its reference."""
+        return check(lib.ss_pin(self._cdata, start, end), self.path)
+
+    def unpin(self, ref: int) -> None:
+        """Drop one pin; ``ValueError`` if this handle holds no pin ``ref``."""
+        rc = lib.ss_unpin(self._cdata, ref)
+        if rc == lib.SS_ENOTOWNER:
+            raise ValueError(f"pin {ref} is not held by this process: {detail()}")
+        check(rc, self.path)
+
+    def reach_beyond(self, offset: int) -> LockInfo | None:
+        """A live pin or lock of any process whose end is past ``offset``, or None."""
+        who = ffi.new("ss_entry_info *")
+        if check(lib.ss_reach_beyond(self._cdata, offset, who), self.path) == 0:
+            return None
+        return _lock_info(who, True)
+
+    def resize(self, new_size: int) -> None:
+        """Set the data file's size; ``BufferError`` naming the holder if a pin or lock is in the way."""
+        who = ffi.new("ss_entry_info *")
+        rc = lib.ss_resize(self._cdata, self.data_fd, new_size, who)
+        if rc == lib.SS_EBUSY:
+            raise BufferError(f"{self.path}: {detail()}; release it first "
+                              "(see mgr.locks() or 'shmslice locks')")
+        check(rc, self.path)
+
+    def file_size(self) -> int:
+        """The data file's size as last set through shmslice, by any process."""
+        return check(lib.ss_file_size(self._cdata), self.path)
+
+    def size_epoch(self) -> int:
+        """The resize counter: bumped by every :meth:`resize`, in any process."""
+        return check(lib.ss_size_epoch(self._cdata), self.path)
+
+    def _detach(self) -> None:
+        manager = self._served() if self._served is not None else None
+        if manager is not None:
+            manager._detach_handle()   # the fast path takes the slow path from here on
+        rc = lib.ss_close(self._cdata)
+        os.close(self.data_fd)
+        check(rc, self.table_path)
+
+    def __del__(self) -> None:
+        # The C handle is freed by ffi.gc when its last reference goes; only the
+        # descriptor is ours to close.
+        if not self.closed:
+            self.closed = True
+            os.close(self.data_fd)
+
+
+def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,
+           capacity: int = 0) -> FileTableHandle:
+    """Attach to the lock table in ``table_dir`` of the data file open as ``data_fd``, creating it if needed.
+
+    The returned handle owns ``data_fd``; if attaching fails it is closed here.
+    ``path`` is the data file's path as the user gave it (for messages, and,
+    made absolute, recorded in a new table).  ``capacity`` applies only to a new
+    table (0: the default).
+    """
+    try:
+        st = os.fstat(data_fd)
+        table_path = os.path.join(table_dir, table_name(st.st_dev, st.st_ino))
+        out = ffi.new("ss_handle **")
+        rc = lib.ss_attach(table_dir.encode(), data_fd, os.path.abspath(path).encode(),
+                           capacity, 0, out)
+        if rc == lib.SS_EINVAL:
+            raise ValueError(f"{path}: {detail()}")
+        check(rc, table_path)
+        cdata = ffi.gc(out[0], lib.ss_free)   # owned at once: an interrupt cannot leak it
+    except BaseException:
+        os.close(data_fd)
+        raise
+    return FileTableHandle(cdata, table_path, data_fd, path, writable)
+
+
+def attach_table(table_path: str) -> TableHandle:
+    """Open the existing lock table file at ``table_path`` for inspection."""
+    out = ffi.new("ss_handle **")
+    check(lib.ss_attach_table(table_path.encode(), out), table_path)
+    return TableHandle(ffi.gc(out[0], lib.ss_free), table_path)
 
 
 def table_name(dev: int, ino: int) -> str:

@@ -1,6 +1,150 @@
-"""Type stubs for the cffi extension shmslice._core (declarations: csrc/shmslice.h)."""
+"""Type stubs for the cffi extension ``shmslice._core`` (the C core; declarations: csrc/shmslice.h).
 
-from typing import Any
+Only ``shmslice._binding`` uses this module.  ``lib`` declares every function
+and constant of the header (tests/test_binding.py checks that the two lists
+match); ``ffi`` declares the calls the binding makes, with one overload per C
+type it allocates, so that every field it reads has a type.  The ``_C*``
+classes exist only for the type checker: at run time they are all cffi cdata.
+"""
 
-ffi: Any
-lib: Any
+from collections.abc import Callable
+from typing import Literal, TypeVar, overload, type_check_only
+
+_T = TypeVar("_T")
+
+@type_check_only
+class _CData:
+    """Any cffi cdata object."""
+
+@type_check_only
+class _CChars(_CData):
+    """``char *`` / ``const char *`` / ``char[]``: read with ``ffi.string``."""
+
+@type_check_only
+class _CHandle(_CData):
+    """``ss_handle *``: opaque."""
+
+@type_check_only
+class _CHandleOut(_CData):
+    """``ss_handle **``, where an attach call stores the new handle."""
+    def __getitem__(self, index: Literal[0]) -> _CHandle: ...
+
+@type_check_only
+class _CUInt32Out(_CData):
+    """``uint32_t *``, where a call stores a count."""
+    def __getitem__(self, index: Literal[0]) -> int: ...
+
+@type_check_only
+class _CEntryInfo(_CData):
+    """``ss_entry_info`` (or a pointer to one)."""
+    start: int
+    end: int
+    since_ns: int
+    ticket: int
+    ref: int
+    kind: int
+    state: int
+    count: int
+    pid: int
+    tid: int
+    alive: int
+
+@type_check_only
+class _CEntryInfoArray(_CData):
+    """``ss_entry_info[]``."""
+    def __getitem__(self, index: int) -> _CEntryInfo: ...
+
+@type_check_only
+class _CTableStat(_CData):
+    """``ss_table_stat *``."""
+    format: int
+    table_bytes: int
+    data_dev: int
+    data_ino: int
+    file_size: int
+    size_epoch: int
+    created_ns: int
+    capacity: int
+    used: int
+    waiting: int
+    proc_capacity: int
+    procs: int
+    repairs: int
+
+@type_check_only
+class _CUIntPtr(_CData):
+    """``uintptr_t`` made by ``ffi.cast``."""
+    def __int__(self) -> int: ...
+
+@type_check_only
+class _FFI:
+    @overload
+    def new(self, cdecl: Literal["ss_handle **"]) -> _CHandleOut: ...
+    @overload
+    def new(self, cdecl: Literal["uint32_t *"]) -> _CUInt32Out: ...
+    @overload
+    def new(self, cdecl: Literal["ss_entry_info *"]) -> _CEntryInfo: ...
+    @overload
+    def new(self, cdecl: Literal["ss_entry_info[]"], init: int) -> _CEntryInfoArray: ...
+    @overload
+    def new(self, cdecl: Literal["ss_table_stat *"]) -> _CTableStat: ...
+    @overload
+    def new(self, cdecl: Literal["char[]"], init: int) -> _CChars: ...
+    def gc(self, cdata: _T, destructor: Callable[[_T], object], size: int = ...) -> _T: ...
+    def string(self, cdata: _CChars, maxlen: int = ...) -> bytes: ...
+    def cast(self, cdecl: Literal["uintptr_t"], value: _CData) -> _CUIntPtr: ...
+    def addressof(self, lib: _Lib, name: str) -> _CData: ...
+
+@type_check_only
+class _Lib:
+    # Status codes (csrc/ss_status.def).
+    SS_OK: int
+    SS_ESYS: int
+    SS_EINVAL: int
+    SS_ETIMEDOUT: int
+    SS_EDEADLK: int
+    SS_EFULL: int
+    SS_ECORRUPT: int
+    SS_ENOTOWNER: int
+    SS_EINTR: int
+    SS_ENOENT: int
+    SS_EUNSAFE: int
+    SS_EBUSY: int
+    SS_ECLOSED: int
+    # Constants of csrc/shmslice.h.
+    SS_SHARED: int
+    SS_EXCLUSIVE: int
+    SS_PIN: int
+    SS_GRANTED: int
+    SS_WAITING: int
+    SS_ATTACH_NOCREATE: int
+    SS_DEFAULT_CAPACITY: int
+    SS_DEFAULT_PROC_CAPACITY: int
+    # Functions of csrc/shmslice.h, in its order.
+    def ss_status_name(self, status: int, /) -> _CChars: ...
+    def ss_status_message(self, status: int, /) -> _CChars: ...
+    def ss_last_errno(self) -> int: ...
+    def ss_last_detail(self) -> _CChars: ...
+    def ss_table_name(self, dev: int, ino: int, buf: _CChars, buflen: int, /) -> int: ...
+    def ss_attach(self, table_dir: bytes, data_fd: int, data_path: bytes, capacity: int,
+                  flags: int, out: _CHandleOut, /) -> int: ...
+    def ss_attach_table(self, table_path: bytes, out: _CHandleOut, /) -> int: ...
+    def ss_close(self, h: _CHandle, /) -> int: ...
+    def ss_free(self, h: _CHandle, /) -> None: ...
+    def ss_table_path(self, h: _CHandle, /) -> _CChars: ...
+    def ss_data_path(self, h: _CHandle, buf: _CChars, buflen: int, /) -> int: ...
+    def ss_lock(self, h: _CHandle, start: int, end: int, kind: int, timeout_ns: int, /) -> int: ...
+    def ss_release(self, h: _CHandle, ref: int, /) -> int: ...
+    def ss_pin(self, h: _CHandle, start: int, end: int, /) -> int: ...
+    def ss_unpin(self, h: _CHandle, ref: int, /) -> int: ...
+    def ss_reach_beyond(self, h: _CHandle, offset: int, who: _CEntryInfo, /) -> int: ...
+    def ss_resize(self, h: _CHandle, data_fd: int, new_size: int, who: _CEntryInfo, /) -> int: ...
+    def ss_file_size(self, h: _CHandle, /) -> int: ...
+    def ss_size_epoch(self, h: _CHandle, /) -> int: ...
+    def ss_snapshot(self, h: _CHandle, out: _CEntryInfoArray, max: int, count: _CUInt32Out, /) -> int: ...
+    def ss_stat(self, h: _CHandle, out: _CTableStat, /) -> int: ...
+    def ss_reap(self, h: _CHandle, removed: _CUInt32Out, /) -> int: ...
+    def ss_debug_set_crash_point(self, point: int, countdown: int, /) -> None: ...
+
+ffi: _FFI
+lib: _Lib

@@ -10,13 +10,13 @@ catch either.  All of them pickle, so they cross process boundaries intact
 from __future__ import annotations
 
 __all__ = [
-    "ShmSliceError",
-    "LockTimeout",
-    "LockTableFull",
     "CorruptLockTable",
     "DeadlockError",
-    "UnsafeLockTable",
+    "LockTableFull",
+    "LockTimeout",
+    "ShmSliceError",
     "StaleDescriptor",
+    "UnsafeLockTable",
 ]
 
 
@@ -39,7 +39,7 @@ class ShmSliceError(Exception):
             return f"{type(self).__name__}({self.message!r})"
         return f"{type(self).__name__}({self.message!r}, path={self.path!r})"
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[type[ShmSliceError], tuple[str, str | None]]:
         return (type(self), (self.message, self.path))
 
 

@@ -9,37 +9,25 @@ closing a file descriptor never drops a lock.
 
 from __future__ import annotations
 
+import errno
 import math
+import operator
 import os
-import threading
-import time
-from dataclasses import dataclass
-from typing import Literal
+from typing import NoReturn, SupportsIndex
 
 from shmslice import _binding
-from shmslice._binding import KIND_NAMES, ManagerBase, RegionLock, ffi, lib, raise_status
+from shmslice._binding import EXCLUSIVE, SHARED, FileTableHandle, ManagerBase, RegionLock, TableHandle
 from shmslice._paths import resolve_lock_dir
+from shmslice.records import LockInfo, Mode, TableStat
 
-__all__ = ["LockManager", "RegionLock", "LockInfo", "TableStat", "TableView", "table_path_for"]
+__all__ = ["LockInfo", "LockManager", "Mode", "RegionLock", "TableStat", "TableView", "table_path_for"]
 
-_SHARED = lib.SS_SHARED
-_EXCLUSIVE = lib.SS_EXCLUSIVE
-_EINTR = lib.SS_EINTR
-_ENOTOWNER = lib.SS_ENOTOWNER
 _MAX_OFFSET = 2**63 - 1
-
-Mode = Literal["shared", "exclusive"]
-
-
 
 
 def check_region(start: object, end: object) -> tuple[int, int]:
     """Validate a byte region [start, end) given by the user; returns it as ints."""
-    for name, value in (("start", start), ("end", end)):
-        if type(value) is not int:
-            if isinstance(value, bool) or not hasattr(value, "__index__"):
-                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    start_i, end_i = int(start.__index__()), int(end.__index__())  # type: ignore[attr-defined]
+    start_i, end_i = _offset("start", start), _offset("end", end)
     if start_i < 0:
         raise ValueError(f"start must be >= 0, got {start_i}")
     if end_i <= start_i:
@@ -47,6 +35,12 @@ def check_region(start: object, end: object) -> tuple[int, int]:
     if end_i > _MAX_OFFSET:
         raise ValueError(f"end must be at most 2**63-1, got {end_i}")
     return start_i, end_i
+
+
+def _offset(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return operator.index(value)
 
 
 def timeout_to_ns(timeout: object) -> int:
@@ -62,122 +56,11 @@ def timeout_to_ns(timeout: object) -> int:
     return int(timeout * 1e9)
 
 
-@dataclass(frozen=True, slots=True)
-class LockInfo:
-    """One entry of a lock table, as seen at the moment it was read."""
-
-    start: int
-    end: int
-    kind: str          #: "shared", "exclusive" or "pin"
-    pid: int           #: owning process (as recorded when it attached)
-    count: int         #: pins: references held; locks: 1
-    waiting: bool      #: True for a request still waiting to be granted
-    alive: bool        #: False if the owner died and the entry awaits reaping
-    tid: int           #: owning thread id (locks only, else 0)
-    since: float       #: time.time() when granted (or queued)
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-
-@dataclass(frozen=True, slots=True)
-class TableStat:
-    """Table-wide figures (see :meth:`LockManager.stat`)."""
-
-    table_path: str
-    data_path: str
-    format: int
-    table_bytes: int
-    capacity: int
-    used: int
-    waiting: int
-    proc_capacity: int
-    procs: int
-    repairs: int
-    file_size: int
-    created: float
-
-
-def entries_from(handle: object, waiting: bool) -> list[LockInfo]:
-    """Snapshot every entry of the table behind ``handle``."""
-    count = ffi.new("uint32_t *")
-    size = 64
-    while True:
-        buf = ffi.new("ss_entry_info[]", size)
-        rc = lib.ss_snapshot(handle, buf, size, count)
-        if rc < 0:
-            raise_status(rc)
-        if count[0] <= size:
-            break
-        size = count[0] + 64
-    out = []
-    for i in range(count[0]):
-        e = buf[i]
-        is_waiting = e.state == lib.SS_WAITING
-        if is_waiting and not waiting:
-            continue
-        out.append(LockInfo(e.start, e.end, KIND_NAMES.get(e.kind, "?"), e.pid, e.count,
-                            is_waiting, bool(e.alive), e.tid, e.since_ns / 1e9))
-    out.sort(key=lambda info: (info.start, info.end, info.kind, info.pid))
-    return out
-
-
-def stat_from(handle: object) -> TableStat:
-    """Table-wide figures of the table behind ``handle``."""
-    st = ffi.new("ss_table_stat *")
-    rc = lib.ss_stat(handle, st)
-    if rc < 0:
-        raise_status(rc)
-    path = ffi.new("char[]", 1100)
-    lib.ss_data_path(handle, path, 1100)
-    return TableStat(
-        table_path=ffi.string(lib.ss_table_path(handle)).decode(errors="replace"),
-        data_path=ffi.string(path).decode(errors="replace"),
-        format=st.format, table_bytes=st.table_bytes, capacity=st.capacity, used=st.used,
-        waiting=st.waiting, proc_capacity=st.proc_capacity, procs=st.procs,
-        repairs=st.repairs, file_size=st.file_size, created=st.created_ns / 1e9)
-
-
-def reap_handle(handle: object) -> int:
-    removed = ffi.new("uint32_t *")
-    rc = lib.ss_reap(handle, removed)
-    if rc < 0:
-        raise_status(rc)
-    return int(removed[0])
-
-
-class _Handle:
-    """Owns one C handle and the data file descriptor.
-
-    ``ptr`` frees the C handle when the last reference to it goes (``ffi.gc``),
-    so a thread still inside a call keeps it valid; :meth:`close` only
-    detaches it (the C core then answers every call with SS_ECLOSED).
-    """
-
-    __slots__ = ("ptr", "data_fd", "table_path", "writable", "closed", "__weakref__")
-
-    def __init__(self, ptr: object, data_fd: int, table_path: str, writable: bool) -> None:
-        self.ptr = ptr
-        self.data_fd = data_fd
-        self.table_path = table_path
-        self.writable = writable
-        self.closed = False
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        rc = lib.ss_close(self.ptr)
-        os.close(self.data_fd)
-        if rc < 0:
-            raise_status(rc, self.table_path)
-
-    def __del__(self) -> None:
-        # The table handle is closed by ffi.gc; only the descriptor is ours.
-        if not self.closed:
-            self.closed = True
-            os.close(self.data_fd)
+def _listing(entries: list[LockInfo], waiting: bool) -> list[LockInfo]:
+    """``entries`` sorted by region, without waiting requests unless ``waiting``."""
+    if not waiting:
+        entries = [e for e in entries if not e.waiting]
+    return sorted(entries, key=lambda info: (info.start, info.end, info.kind, info.pid))
 
 
 def table_path_for(path: str | os.PathLike[str], lock_dir: str | os.PathLike[str] | None = None) -> str:
@@ -194,37 +77,44 @@ class TableView:
     list entries, report figures and reap dead owners.
     """
 
+    _handle: TableHandle | None = None   # stays None if __init__ fails, so __del__ is quiet
+
     def __init__(self, table_path: str | os.PathLike[str]) -> None:
-        self._ptr: object | None = None   # so __del__ is quiet if __init__ fails
         if not isinstance(table_path, (str, os.PathLike)):
             raise TypeError(f"table_path must be a str or os.PathLike, not {type(table_path).__name__}")
         self.table_path = os.fspath(table_path)
-        out = ffi.new("ss_handle **")
-        rc = lib.ss_attach_table(self.table_path.encode(), out)
-        if rc < 0:
-            raise_status(rc, self.table_path)
-        self._ptr = ffi.gc(out[0], lib.ss_free)
+        self._handle = _binding.attach_table(self.table_path)
 
-    def _handle(self) -> object:
-        if self._ptr is None:
+    def _open_handle(self) -> TableHandle:
+        handle = self._handle
+        if handle is None or handle.closed:
             raise ValueError(f"TableView of {self.table_path} is closed")
-        return self._ptr
+        return handle
 
-    def locks(self, *, waiting: bool = True) -> list[LockInfo]:
-        """Every entry, waiting requests included unless ``waiting=False``."""
-        return entries_from(self._handle(), waiting)
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._handle is None or self._handle.closed
+
+    def locks(self, *, waiting: bool = False) -> list[LockInfo]:
+        """Every pin and lock in the table, sorted by region (as :meth:`LockManager.locks`).
+
+        Requests still waiting are included only with ``waiting=True``.
+        """
+        return _listing(self._open_handle().snapshot(), waiting)
 
     def stat(self) -> TableStat:
-        return stat_from(self._handle())
+        """Table-wide figures: capacity, entries in use, waiters, attached processes."""
+        return self._open_handle().stat()
 
     def reap(self) -> int:
         """Remove every entry of a dead process; returns how many."""
-        return reap_handle(self._handle())
+        return self._open_handle().reap()
 
     def close(self) -> None:
-        if self._ptr is not None:
-            ptr, self._ptr = self._ptr, None
-            lib.ss_close(ptr)
+        """Detach from the table.  Closing twice is harmless."""
+        if self._handle is not None:
+            self._handle.close()
 
     def __enter__(self) -> TableView:
         return self
@@ -247,11 +137,16 @@ class LockManager(ManagerBase):
     A process that can read but not write the data file may take shared locks
     and pins, but not exclusive locks (which would block the file's writers):
     those raise ``PermissionError``.
+
+    A manager pickles as its path and lock directory: the copy a worker process
+    unpickles attaches to the same table (its locks are its own).
     """
+
+    _handle: FileTableHandle   # the table and the data file; its closed/writable are ours
 
     def __init__(self, path: str | os.PathLike[str], lock_dir: str | os.PathLike[str] | None = None,
                  *, _capacity: int = 0) -> None:
-        if "_h" in self.__dict__:
+        if "_handle" in self.__dict__:
             # Re-attaching in place would swap the C handle under threads and
             # RegionLocks that still use the old one.
             raise RuntimeError("LockManager.__init__ called twice; make a new LockManager")
@@ -262,49 +157,35 @@ class LockManager(ManagerBase):
         writable = True
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-        except (PermissionError, OSError) as err:
-            if not isinstance(err, PermissionError) and err.errno != 30:  # EROFS
+        except OSError as err:
+            if not isinstance(err, PermissionError) and err.errno != errno.EROFS:
                 raise
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             writable = False
-        try:
-            st = os.fstat(fd)
-            table_path = os.path.join(directory, _binding.table_name(st.st_dev, st.st_ino))
-            out = ffi.new("ss_handle **")
-            rc = lib.ss_attach(directory.encode(), fd, os.path.abspath(self.path).encode(),
-                               _capacity, 0, out)
-            if rc < 0:
-                if rc == lib.SS_EINVAL:
-                    raise ValueError(f"{self.path}: {_binding.detail()}")
-                raise_status(rc, table_path)
-            ptr = ffi.gc(out[0], lib.ss_free)   # owned at once: an interrupt cannot leak it
-        except BaseException:
-            os.close(fd)
-            raise
-        self._h = _Handle(ptr, fd, table_path, writable)
-        self._attach_handle(ptr, int(ffi.cast("uintptr_t", ptr)), writable)
-        self._lock = threading.Lock()
+        self._handle = _binding.attach(directory, fd, self.path, writable=writable, capacity=_capacity)
+        self._handle.serve(self)
 
     # -- properties -------------------------------------------------------------
     @property
     def table_path(self) -> str:
         """Path of the shared lock table file."""
-        return self._h.table_path
+        return self._handle.table_path
 
     @property
     def closed(self) -> bool:
-        return self._h.closed
+        """True once :meth:`close` ran."""
+        return self._handle.closed
 
     @property
     def writable(self) -> bool:
         """Whether this process opened the data file for writing (exclusive locks allowed)."""
-        return self._h.writable
+        return self._handle.writable
 
-    def _ptr(self) -> object:
-        h = self._h
-        if h.closed:
+    def _open_handle(self) -> FileTableHandle:
+        handle = self._handle
+        if handle.closed:
             raise ValueError(f"LockManager for {self.path} is closed")
-        return h.ptr
+        return handle
 
     # -- locks ------------------------------------------------------------------
     # lock() itself is ManagerBase.lock (csrc/fastpath.c; typed in
@@ -315,30 +196,21 @@ class LockManager(ManagerBase):
     def _lock_slow(self, start: object, end: object, mode: object, timeout: object) -> RegionLock:
         """lock() for every case the C fast path does not take: validation,
         waiting (with the GIL released), errors."""
-        start, end = check_region(start, end)
-        if mode == "exclusive" and self._h.writable:
-            kind = _EXCLUSIVE
+        start_i, end_i = check_region(start, end)
+        if mode == "exclusive" and self._handle.writable:
+            kind = EXCLUSIVE
         elif mode == "shared":
-            kind = _SHARED
+            kind = SHARED
         else:
-            kind = self._mode_error(mode)
+            self._mode_error(mode)
         timeout_ns = timeout_to_ns(timeout)
-        ptr = self._ptr()
-        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
-        ref = lib.ss_lock(ptr, start, end, kind, timeout_ns)
-        while ref == _EINTR:
-            # A signal interrupted the wait: Python runs its handlers here (which
-            # may raise KeyboardInterrupt); then resume with the time left.
-            remaining = -1 if deadline is None else max(0, deadline - time.monotonic_ns())
-            ref = lib.ss_lock(ptr, start, end, kind, remaining)
-        if ref < 0:
-            raise_status(ref, self.path)
-        return self._make_lock(ref, start, end, "exclusive" if kind == _EXCLUSIVE else "shared")
+        ref = self._open_handle().lock(start_i, end_i, kind, timeout_ns)
+        return self._make_lock(ref, start_i, end_i, "exclusive" if kind == EXCLUSIVE else "shared")
 
-    def _raise_status(self, status: int) -> None:
-        raise_status(status, self.path)
+    def _raise_status(self, status: int) -> NoReturn:
+        _binding.raise_status(status, self.path)
 
-    def _mode_error(self, mode: object) -> int:
+    def _mode_error(self, mode: object) -> NoReturn:
         if mode == "exclusive":
             raise PermissionError(
                 f"{self.path} was opened read-only: exclusive locks would block its writers, "
@@ -354,23 +226,16 @@ class LockManager(ManagerBase):
         Pins conflict with no lock; they stop the file from being shrunk below ``end``.
         """
         start, end = check_region(start, end)
-        ref = lib.ss_pin(self._ptr(), start, end)
-        if ref < 0:
-            raise_status(ref, self.path)
-        return int(ref)
+        return self._open_handle().pin(start, end)
 
     def unpin(self, ref: int) -> None:
         """Drop one pin taken by :meth:`pin` (raises ``ValueError`` if not held)."""
         if type(ref) is not int:
             raise TypeError(f"ref must be an int from pin(), not {type(ref).__name__}")
+        handle = self._open_handle()
         if not 0 <= ref <= _MAX_OFFSET:   # not a reference (and would overflow int64_t)
-            self._ptr()
             raise ValueError(f"pin {ref} is not held by this process: not a reference from pin()")
-        rc = lib.ss_unpin(self._ptr(), ref)
-        if rc == _ENOTOWNER:
-            raise ValueError(f"pin {ref} is not held by this process: {_binding.detail()}")
-        if rc < 0:
-            raise_status(rc, self.path)
+        handle.unpin(ref)
 
     def reaching_beyond(self, offset: int) -> LockInfo | None:
         """A live pin or lock that reaches past ``offset`` (any process), or None."""
@@ -378,14 +243,7 @@ class LockManager(ManagerBase):
             raise TypeError(f"offset must be an int, not {type(offset).__name__}")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
-        who = ffi.new("ss_entry_info *")
-        rc = lib.ss_reach_beyond(self._ptr(), min(offset, _MAX_OFFSET), who)
-        if rc < 0:
-            raise_status(rc, self.path)
-        if rc == 0:
-            return None
-        return LockInfo(who.start, who.end, KIND_NAMES.get(who.kind, "?"), who.pid, who.count,
-                        who.state == lib.SS_WAITING, True, who.tid, who.since_ns / 1e9)
+        return self._open_handle().reach_beyond(min(offset, _MAX_OFFSET))
 
     def resize_file(self, new_size: int) -> None:
         """Set the data file's size, atomically with respect to the lock table.
@@ -398,23 +256,17 @@ class LockManager(ManagerBase):
             raise TypeError(f"new_size must be an int, not {type(new_size).__name__}")
         if not 0 <= new_size <= _MAX_OFFSET:
             raise ValueError(f"new_size must be >= 0 and at most 2**63-1, got {new_size}")
-        if not self._h.writable:
+        if not self._handle.writable:
             raise PermissionError(f"{self.path} was opened read-only; resizing needs write permission")
-        who = ffi.new("ss_entry_info *")
-        rc = lib.ss_resize(self._ptr(), self._h.data_fd, new_size, who)
-        if rc == lib.SS_EBUSY:
-            raise BufferError(f"{self.path}: {_binding.detail()}; release it first "
-                              "(see mgr.locks() or 'shmslice locks')")
-        if rc < 0:
-            raise_status(rc, self.path)
+        self._open_handle().resize(new_size)
 
     def recorded_size(self) -> int:
         """The data file size as last set through shmslice (by any process)."""
-        return int(lib.ss_file_size(self._ptr()))
+        return self._open_handle().file_size()
 
     def size_epoch(self) -> int:
         """A counter bumped by every :meth:`resize_file`, in any process."""
-        return int(lib.ss_size_epoch(self._ptr()))
+        return self._open_handle().size_epoch()
 
     # -- inspection ---------------------------------------------------------------
     def locks(self, *, waiting: bool = False) -> list[LockInfo]:
@@ -423,22 +275,20 @@ class LockManager(ManagerBase):
         Entries of dead processes not yet reaped are included with ``alive=False``;
         requests still waiting are included only with ``waiting=True``.
         """
-        return entries_from(self._ptr(), waiting)
+        return _listing(self._open_handle().snapshot(), waiting)
 
     def stat(self) -> TableStat:
         """Table-wide figures: capacity, entries in use, waiters, attached processes."""
-        return stat_from(self._ptr())
+        return self._open_handle().stat()
 
     def reap(self) -> int:
         """Remove every entry of a dead process; returns how many were removed."""
-        return reap_handle(self._ptr())
+        return self._open_handle().reap()
 
     # -- lifetime -----------------------------------------------------------------
     def close(self) -> None:
         """Release every lock and pin this manager holds and detach from the table."""
-        with self._lock:
-            self._detach_handle()
-            self._h.close()
+        self._handle.close()
 
     def __enter__(self) -> LockManager:
         return self
@@ -447,8 +297,10 @@ class LockManager(ManagerBase):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._h.closed else "open"
+        state = "closed" if self._handle.closed else "open"
         return f"<shmslice.LockManager {self.path!r} {state}>"
 
-    def __reduce__(self):  # type: ignore[override]
-        return (type(self), (self.path,))
+    def __reduce__(self) -> tuple[type[LockManager], tuple[str, str]]:
+        # The lock directory travels too: a copy attached to the table of
+        # another directory would grant locks that conflict with ours.
+        return (type(self), (self.path, os.path.dirname(self._handle.table_path)))

@@ -28,22 +28,35 @@ the old one stays mapped until the last slice or view made from it dies.
 
 from __future__ import annotations
 
+import builtins
 import mmap
+import operator
 import os
 import stat
 import weakref
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn, SupportsIndex, overload
 
-from shmslice._binding import fast_pin, fast_unpin, lib, raise_status
+from shmslice._binding import fast_pin, fast_unpin, raise_status
 from shmslice.errors import StaleDescriptor
-from shmslice.locks import LockInfo, LockManager, RegionLock
-from shmslice.slices import _EMPTY, _FORK, ByteBufferSlice, _new_slice, _PinnedSlice, exported_views
+from shmslice.locks import LockInfo, LockManager, Mode, RegionLock
+from shmslice.slices import (
+    _EMPTY,
+    _FORK,
+    ByteBufferSlice,
+    Descriptor,
+    _new_slice,
+    _PinnedSlice,
+    exported_views,
+    mmap_of,
+)
 
-__all__ = ["open", "MappedFile"]
+if TYPE_CHECKING:  # pragma: no cover
+    from shmslice._binding import FileTableHandle
+
+__all__ = ["MappedFile", "open"]
 
 _ss_pin = fast_pin        # (manager, start, end): the C fast path, see slices.py
 _ss_unpin = fast_unpin
-_ss_size_epoch = lib.ss_size_epoch
 
 OpenMode = Literal["r", "r+", "w+"]
 _MODES = ("r", "r+", "w+")
@@ -115,11 +128,23 @@ class MappedFile:
     while views exported from its slices are alive, as ``mmap`` does.
     """
 
-    __slots__ = ("_path", "_abspath", "_mode", "_readonly", "_mgr", "_h", "_dev", "_ino",
-                 "_lock_dir", "_size", "_epoch", "_mv", "_maps", "_closed",
-                 "__weakref__")
+    __slots__ = ("__weakref__", "_abspath", "_closed", "_dev", "_epoch", "_handle", "_ino",
+                 "_lock_dir", "_maps", "_mgr", "_mode", "_mv", "_path", "_readonly", "_size")
 
-    _mv: memoryview | None
+    _path: str                  # as the user gave it
+    _abspath: str               # what descriptors carry to other processes
+    _mode: str                  # "r", "r+" or "w+"
+    _readonly: bool
+    _mgr: LockManager           # every pin and lock of this file goes through it
+    _handle: FileTableHandle    # _mgr's table handle: its `closed` is this file's too
+    _dev: int                   # identity of the file mapped
+    _ino: int
+    _lock_dir: str
+    _size: int                  # the file's size as of _epoch, and the size of _mv
+    _epoch: int                 # the table's resize counter when _size was read (-1: never)
+    _mv: memoryview | None      # the current mapping (None while the file is empty)
+    _maps: list[weakref.ref[memoryview]]   # every mapping made, while slices use it
+    _closed: bool               # close() has begun
 
     def __init__(self) -> None:
         raise TypeError("use shmslice.open(path, mode) to map a file")
@@ -133,7 +158,7 @@ class MappedFile:
             try:
                 # LockManager opened the path again: make sure it is the same file
                 # (the path could have been replaced in between).
-                mst = os.fstat(mgr._h.data_fd)
+                mst = os.fstat(mgr._handle.data_fd)
                 if (mst.st_dev, mst.st_ino) != (st.st_dev, st.st_ino):
                     raise OSError(f"{path} was replaced while it was being opened; try again")
                 if mode != "r" and not mgr.writable:
@@ -149,19 +174,20 @@ class MappedFile:
         self._mode = mode
         self._readonly = mode == "r"
         self._mgr = mgr
-        self._h = mgr._h
+        self._handle = mgr._handle
         self._dev, self._ino = st.st_dev, st.st_ino
         self._lock_dir = os.path.dirname(mgr.table_path)
         self._size = 0
         self._epoch = -1
         self._mv = None
-        self._maps: list[weakref.ref[memoryview]] = []
+        self._maps = []
         self._closed = False
         try:
             if mode == "w+":
-                if os.fstat(self._h.data_fd).st_size > 0:
+                assert size is not None   # open() requires it for "w+"
+                if os.fstat(self._handle.data_fd).st_size > 0:
                     mgr.resize_file(0)   # truncate: BufferError if anyone still uses it
-                mgr.resize_file(size)    # type: ignore[arg-type]  # grow (pre-allocated)
+                mgr.resize_file(size)    # grow (pre-allocated)
             self._refresh()
             if self._size == 0:
                 raise ValueError(f"cannot map {path}: the file is empty; create it with "
@@ -176,21 +202,21 @@ class MappedFile:
     # -- size and mapping -----------------------------------------------------------
     def _refresh(self) -> None:
         """Bring the mapping up to date with the file size if anyone resized it since."""
-        h = self._h
+        h = self._handle
         if h.closed:
             raise ValueError(f"I/O operation on closed MappedFile {self._path}")
-        epoch = _ss_size_epoch(h.ptr)
+        epoch = h.size_epoch()
         if epoch == self._epoch:
             return
         while True:
             # The epoch is bumped after the truncate, under the table mutex: a size
             # read between two equal epochs is the size of that epoch.
             size = os.fstat(h.data_fd).st_size
-            again = _ss_size_epoch(h.ptr)
+            again = h.size_epoch()
             if again == epoch:
                 break
             epoch = again
-        if size != self._size or self._mv is None and size > 0:
+        if size != self._size or (self._mv is None and size > 0):
             self._remap(size)
         self._epoch = epoch
 
@@ -199,7 +225,7 @@ class MappedFile:
             self._mv = None
         else:
             access = mmap.ACCESS_READ if self._readonly else mmap.ACCESS_WRITE
-            mv = memoryview(mmap.mmap(self._h.data_fd, size, access=access))
+            mv = memoryview(mmap.mmap(self._handle.data_fd, size, access=access))
             # Earlier mappings stay mapped while slices made from them live.
             self._maps = [r for r in self._maps if r() is not None]
             self._maps.append(weakref.ref(mv))
@@ -207,7 +233,7 @@ class MappedFile:
         self._size = size
 
     def _check_open(self) -> None:
-        if self._h.closed:
+        if self._handle.closed:
             raise ValueError(f"I/O operation on closed MappedFile {self._path}")
 
     @property
@@ -227,7 +253,7 @@ class MappedFile:
 
     @property
     def closed(self) -> bool:
-        return self._h.closed
+        return self._handle.closed
 
     @property
     def size(self) -> int:
@@ -240,7 +266,12 @@ class MappedFile:
         return self._size
 
     # -- slicing ----------------------------------------------------------------------
-    def __getitem__(self, key: int | slice) -> int | ByteBufferSlice:
+    @overload
+    def __getitem__(self, key: SupportsIndex) -> int: ...
+    @overload
+    def __getitem__(self, key: builtins.slice) -> ByteBufferSlice: ...
+
+    def __getitem__(self, key: SupportsIndex | builtins.slice) -> int | ByteBufferSlice:
         if type(key) is slice:
             a = key.start
             b = key.stop
@@ -267,9 +298,9 @@ class MappedFile:
 
     def slice(self, start: int | None = None, end: int | None = None) -> ByteBufferSlice:
         """Same as ``mf[start:end]``."""
-        return self[start:end]  # type: ignore[return-value]
+        return self[start:end]
 
-    def _slice_slow(self, start: Any, stop: Any, step: Any) -> ByteBufferSlice:
+    def _slice_slow(self, start: object, stop: object, step: object) -> ByteBufferSlice:
         key = slice(start, stop, step)
         while True:
             self._refresh()
@@ -278,8 +309,7 @@ class MappedFile:
                 raise ValueError(
                     f"MappedFile slices must be contiguous (step 1), got step {k}; "
                     f"for a strided view use mf[a:b].view()[::{k}]")
-            if b < a:
-                b = a
+            b = max(b, a)
             s = self._try_slice(a, b)
             if s is not None:
                 return s
@@ -291,7 +321,7 @@ class MappedFile:
         ref = _ss_pin(self._mgr, a, b)
         if ref < 0:
             raise_status(ref, self._path)
-        if _ss_size_epoch(self._h.ptr) != self._epoch:
+        if self._handle.size_epoch() != self._epoch:
             rc = _ss_unpin(self._mgr, ref)
             if rc < 0:
                 raise_status(rc, self._path)
@@ -331,12 +361,11 @@ class MappedFile:
             raise_status(ref, self._path)
         return self._new(_PinnedSlice, parent._mv, a, b, ref)
 
-    def _index(self, key: Any) -> int:
-        try:
-            i = key.__index__()
-        except AttributeError:
+    def _index(self, key: object) -> int:
+        if not isinstance(key, SupportsIndex):
             raise TypeError(f"MappedFile indices must be integers or slices, "
-                            f"not {type(key).__name__}") from None
+                            f"not {type(key).__name__}")
+        i = operator.index(key)
         n = self.size
         if i < 0:
             i += n
@@ -344,27 +373,29 @@ class MappedFile:
             raise IndexError(f"index {key} out of range for {self._path} ({n} bytes)")
         return i
 
-    def _byte_at(self, key: Any) -> int:
+    def _byte_at(self, key: object) -> int:
         while True:
             i = self._index(key)
             s = self._try_slice(i, i + 1)   # pinned while we read it
             if s is not None:
+                mv = s._mv
+                assert mv is not None   # set for every slice of a non-empty file
                 try:
-                    return s._mv[i]  # type: ignore[index]
+                    return mv[i]
                 finally:
                     s.release()
 
-    def __setitem__(self, key: int | slice, value: Any) -> None:
+    def __setitem__(self, key: SupportsIndex | builtins.slice, value: object) -> None:
         if self._readonly:
             self._check_open()
             raise TypeError(f"cannot write to {self._path}: it was mapped read-only (mode 'r'); "
                             "open it with mode='r+' to write")
         if isinstance(key, slice):
-            s = self._slice_slow(key.start, key.stop, key.step)
+            whole = self._slice_slow(key.start, key.stop, key.step)
             try:
-                s[:] = value
+                whole[:] = value
             finally:
-                s.release()
+                whole.release()
             return
         while True:
             i = self._index(key)
@@ -403,7 +434,7 @@ class MappedFile:
             raise
 
     # -- locks --------------------------------------------------------------------
-    def lock(self, start: int, end: int, mode: Literal["shared", "exclusive"] = "exclusive",
+    def lock(self, start: int, end: int, mode: Mode = "exclusive",
              timeout: float | None = None) -> RegionLock:
         """Lock bytes [start, end) in ``mode``; see :meth:`LockManager.lock`."""
         self._check_open()
@@ -427,8 +458,10 @@ class MappedFile:
             return
         for r in self._maps:
             mv = r()
-            if mv is not None and not mv.obj.closed:  # type: ignore[union-attr]
-                mv.obj.flush()  # type: ignore[union-attr]
+            if mv is not None:
+                mm = mmap_of(mv)
+                if not mm.closed:
+                    mm.flush()
 
     def resize(self, new_size: int) -> None:
         """Grow or shrink the file (and this mapping) to ``new_size`` bytes.
@@ -472,10 +505,10 @@ class MappedFile:
         for r in maps:
             mv = r()
             if mv is not None:
-                mm = mv.obj
+                mm = mmap_of(mv)
                 mv.release()
                 try:
-                    mm.close()  # type: ignore[union-attr]
+                    mm.close()
                 except BufferError:
                     still_exported += 1
         if still_exported:
@@ -499,17 +532,17 @@ class MappedFile:
     def _key(self) -> tuple[int, int, bool, str]:
         return (self._dev, self._ino, not self._readonly, self._lock_dir)
 
-    def _descriptor(self, start: int, end: int) -> tuple[Any, ...]:
+    def _descriptor(self, start: int, end: int) -> Descriptor:
         self._refresh()
         return (self._abspath, self._dev, self._ino, start, end, not self._readonly,
                 self._size, self._lock_dir)
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a MappedFile cannot be pickled; pickle slices of it (mf[:] or "
                         "mf[a:b]) instead: they travel as small descriptors")
 
     def __repr__(self) -> str:
-        state = "closed" if self._h.closed else f"{self._size} bytes"
+        state = "closed" if self._handle.closed else f"{self._size} bytes"
         return f"<shmslice.MappedFile {self._path!r} mode={self._mode!r} {state}>"
 
 

@@ -48,14 +48,16 @@ region), and the child's own slices pin under the child's pid.
 
 from __future__ import annotations
 
+import mmap
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
-from shmslice._binding import fast_pin, fast_unpin, lib, pinned_view, raise_status
+from shmslice._binding import ECLOSED, fast_pin, fast_unpin, pinned_view, raise_status
 from shmslice.errors import StaleDescriptor
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shmslice.locks import RegionLock
+    from shmslice.locks import LockManager, Mode, RegionLock
     from shmslice.mapping import MappedFile
 
 __all__ = ["ByteBufferSlice"]
@@ -71,7 +73,7 @@ _FORK = [0]
 _ss_pin = fast_pin
 _ss_unpin = fast_unpin
 _pinned_view = pinned_view
-_ECLOSED = lib.SS_ECLOSED
+_ECLOSED = ECLOSED
 _new_slice = object.__new__
 
 # Slice state kept in ByteBufferSlice._ref: a pin reference (>= 0), or one of:
@@ -99,10 +101,10 @@ class ByteBufferSlice:
     of a private subclass that carries the finalizer; test with ``isinstance``.)
     """
 
-    __slots__ = ("_mf", "_m", "_mv", "_start", "_end", "_ref", "_gen")
+    __slots__ = ("_end", "_gen", "_m", "_mf", "_mv", "_ref", "_start")
 
     _mf: MappedFile
-    _m: Any          # the file's LockManager (what the C fast path takes)
+    _m: LockManager  # the file's LockManager (what the C fast path takes)
     _mv: memoryview | None   # the whole mapping current when the slice was made
     _start: int
     _end: int
@@ -117,7 +119,7 @@ class ByteBufferSlice:
     def _live(self) -> memoryview | None:
         """The base mapping, after checking that the slice may still be used."""
         ref = self._ref
-        if ref == _RELEASED or self._mf._h.closed:
+        if ref == _RELEASED or self._mf._handle.closed:
             raise ValueError(self._dead_message())
         if self._gen != _FORK[0]:
             self._adopt()
@@ -144,7 +146,7 @@ class ByteBufferSlice:
 
     def _dead_message(self) -> str:
         what = f"ByteBufferSlice [{self._start}, {self._end}) of {self._mf.path}"
-        if self._mf._h.closed:
+        if self._mf._handle.closed:
             return f"{what} is unusable: its MappedFile was closed"
         return f"{what} was released; slice the MappedFile again"
 
@@ -195,7 +197,7 @@ class ByteBufferSlice:
     @property
     def released(self) -> bool:
         """True once released (or once its MappedFile was closed)."""
-        return self._ref == _RELEASED or self._mf._h.closed
+        return self._ref == _RELEASED or self._mf._handle.closed
 
     def __len__(self) -> int:
         self._live()
@@ -274,7 +276,7 @@ class ByteBufferSlice:
         if mv is None or self._ref == _EMPTY:
             return needle == b""
         # mmap.find searches the mapping in place, without copying the region.
-        return mv.obj.find(needle, self._start, self._end) != -1  # type: ignore[union-attr]
+        return mmap_of(mv).find(needle, self._start, self._end) != -1
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ByteBufferSlice):
@@ -319,7 +321,7 @@ class ByteBufferSlice:
         if mv is None or self._ref == _EMPTY or self._mf._readonly:
             return
         first = self._start - self._start % _PAGE   # msync needs a page-aligned start
-        mv.obj.flush(first, self._end - first)  # type: ignore[union-attr]
+        mmap_of(mv).flush(first, self._end - first)
 
     # -- views --------------------------------------------------------------------
     def _empty_view(self) -> memoryview:
@@ -402,16 +404,16 @@ class ByteBufferSlice:
         return arr
 
     # -- locks --------------------------------------------------------------------
-    def lock(self, mode: str = "exclusive", timeout: float | None = None) -> RegionLock:
+    def lock(self, mode: Mode = "exclusive", timeout: float | None = None) -> RegionLock:
         """Lock exactly ``[start, end)`` of the file; see :meth:`LockManager.lock`."""
         self._live()
         if self._end == self._start:
             raise ValueError(f"cannot lock an empty slice ([{self._start}, {self._end}) "
                              f"of {self._mf.path}): a lock needs at least one byte")
-        return self._mf._mgr.lock(self._start, self._end, mode, timeout)  # type: ignore[arg-type]
+        return self._mf._mgr.lock(self._start, self._end, mode, timeout)
 
     # -- pickling -----------------------------------------------------------------
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+    def __reduce__(self) -> tuple[Callable[..., ByteBufferSlice], Descriptor]:
         """Pickle as a descriptor (path, identity, region, writability, size): never the bytes."""
         self._live()
         return (_rebuild, self._mf._descriptor(self._start, self._end))
@@ -489,7 +491,7 @@ def _position(key: Any, n: int) -> int:
 # live.  Emptied in a forked child: views inherited from the parent hold the
 # parent's pins, which the child must never drop.  (On 3.11 the C exporters
 # count themselves per manager: LockManager._live_buffers.)
-_pep688_exports: dict[int, tuple[int, Any]] = {}
+_pep688_exports: dict[int, tuple[int, MappedFile]] = {}
 
 
 def exported_views(mf: MappedFile) -> int:
@@ -499,6 +501,16 @@ def exported_views(mf: MappedFile) -> int:
 
 
 # -- unpickling --------------------------------------------------------------------
+#: What a pickled slice carries: (absolute path, st_dev, st_ino, start, end,
+#: writable, file size when pickled, lock directory); see :func:`_rebuild`.
+Descriptor = tuple[str, int, int, int, int, bool, int, str]
+
+
+def mmap_of(mv: memoryview) -> mmap.mmap:
+    """The ``mmap`` that ``mv``, a view of a whole mapping made by MappedFile, exports."""
+    return cast(mmap.mmap, mv.obj)
+
+
 def _rebuild(path: str, dev: int, ino: int, start: int, end: int, writable: bool,
              size: int, lock_dir: str) -> ByteBufferSlice:
     """Unpickle a slice: find or map its file in this process, check it, pin the region."""

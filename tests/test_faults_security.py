@@ -227,7 +227,7 @@ def _as_nobody(data: str, lock_dir: str, write_fd: int) -> None:
     attempt("shared", lambda: mgr.lock(0, 100, "shared", timeout=5).release())
     attempt("pin", lambda: mgr.unpin(mgr.pin(0, 100)))
     attempt("exclusive", lambda: mgr.lock(0, 100, "exclusive", timeout=5).release())
-    rc = lib.ss_lock(mgr._h.ptr, 0, 100, lib.SS_EXCLUSIVE, 0)   # bypassing the Python check
+    rc = lib.ss_lock(mgr._handle._cdata, 0, 100, lib.SS_EXCLUSIVE, 0)   # bypassing the Python check
     results.append(f"c_exclusive={ffi.string(lib.ss_status_name(rc)).decode() if rc < 0 else rc}"
                    f"/{lib.ss_last_errno() if rc < 0 else 0}")
     attempt("resize", lambda: mgr.resize_file(10))

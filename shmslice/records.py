@@ -1,0 +1,53 @@
+"""What a lock table reports: :class:`LockInfo` (one entry) and :class:`TableStat` (the table).
+
+Both are frozen snapshots, made by the binding from what the C core copied out
+of the shared table; nothing in them changes when the table does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["LockInfo", "Mode", "TableStat"]
+
+#: The two lock modes :meth:`LockManager.lock` takes.
+Mode = Literal["shared", "exclusive"]
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """One entry of a lock table, as seen at the moment it was read."""
+
+    start: int
+    end: int
+    kind: str          #: "shared", "exclusive" or "pin"
+    pid: int           #: owning process (as recorded when it attached)
+    count: int         #: pins: references held; locks: 1
+    waiting: bool      #: True for a request still waiting to be granted
+    alive: bool        #: False if the owner died and the entry awaits reaping
+    tid: int           #: owning thread id (locks only, else 0)
+    since: float       #: time.time() when granted (or queued)
+
+    @property
+    def length(self) -> int:
+        """``end - start``."""
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class TableStat:
+    """Table-wide figures (see :meth:`LockManager.stat`)."""
+
+    table_path: str
+    data_path: str
+    format: int
+    table_bytes: int
+    capacity: int
+    used: int
+    waiting: int
+    proc_capacity: int
+    procs: int
+    repairs: int
+    file_size: int
+    created: float
