@@ -578,6 +578,19 @@ static PyObject *manager_live_buffers(ManagerBase *self, void *closure)
     return PyLong_FromSsize_t(self->live_buffers);
 }
 
+/* --- for slice.c ------------------------------------------------------------------ */
+
+/* The manager's core handle, NULL once it is closed (slice.c keeps no copy:
+ * the manager stays the one owner of its handle). */
+ss_handle *ss_fp_manager_handle(PyObject *manager)
+{
+    return ((ManagerBase *)manager)->handle;
+}
+
+PyTypeObject *ss_fp_manager_type(void) { return &ManagerBaseType; }
+
+int ss_fp_slice_init(PyObject *module);   /* slice.c */
+
 /* --- module --------------------------------------------------------------------- */
 
 /* bind(lock, release, pin, unpin): the core's entry points, as addresses from cffi. */
@@ -680,7 +693,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     PyObject *m = PyModule_Create(&fastpath_module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "RegionLock", (PyObject *)&RegionLockType) < 0 ||
-        PyModule_AddObjectRef(m, "ManagerBase", (PyObject *)&ManagerBaseType) < 0) {
+        PyModule_AddObjectRef(m, "ManagerBase", (PyObject *)&ManagerBaseType) < 0 ||
+        ss_fp_slice_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -26,7 +26,8 @@ from shmslice.errors import (
 )
 
 __all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES",
-           "ManagerBase", "RegionLock", "fast_pin", "fast_unpin", "pinned_view"]
+           "ManagerBase", "RegionLock", "fast_pin", "fast_unpin", "ByteBufferSlice",
+           "FileBase", "manager_pin", "manager_unpin", "bind_slice_helpers"]
 
 
 def _address(name: str) -> int:
@@ -36,9 +37,21 @@ def _address(name: str) -> int:
 _fastpath.bind(_address("ss_lock"), _address("ss_release"), _address("ss_pin"), _address("ss_unpin"))
 fast_pin = _fastpath.pin
 fast_unpin = _fastpath.unpin
-pinned_view = _fastpath.pinned_view
+ByteBufferSlice = _fastpath.ByteBufferSlice
+FileBase = _fastpath.FileBase
+manager_pin = _fastpath.manager_pin        # LockManager.pin / unpin (method descriptors)
+manager_unpin = _fastpath.manager_unpin
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
+
+
+
+def bind_slice_helpers(asarray: object, rebuild: object) -> None:
+    """Hand the slice type its core entry points and its Python helpers
+    (``asarray`` for typed views, ``rebuild`` for unpickling)."""
+    _fastpath.bind_slices(_address("ss_pin"), _address("ss_unpin"), _address("ss_size_epoch"),
+                          asarray, rebuild)
+
 
 KIND_NAMES = {lib.SS_SHARED: "shared", lib.SS_EXCLUSIVE: "exclusive", lib.SS_PIN: "pin"}
 

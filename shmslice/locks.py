@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from shmslice import _binding
-from shmslice._binding import KIND_NAMES, ManagerBase, RegionLock, ffi, lib, raise_status
+from shmslice._binding import (
+    KIND_NAMES,
+    ManagerBase,
+    RegionLock,
+    ffi,
+    lib,
+    manager_pin,
+    manager_unpin,
+    raise_status,
+)
 from shmslice._paths import resolve_lock_dir
 
 __all__ = ["LockManager", "RegionLock", "LockInfo", "TableStat", "TableView", "table_path_for"]
@@ -348,19 +357,21 @@ class LockManager(ManagerBase):
         raise TypeError(f"mode must be a str ('shared' or 'exclusive'), not {type(mode).__name__}")
 
     # -- pins (used by slices; public for code that manages regions itself) -----
-    def pin(self, start: int, end: int) -> int:
-        """Add one pin on [start, end) for this process; returns a reference for :meth:`unpin`.
+    # pin(start, end) -> ref and unpin(ref) are C methods (csrc/slice.c) for
+    # plain arguments; every other case comes to _pin_slow / _unpin_slow.
+    pin = manager_pin
+    unpin = manager_unpin
 
-        Pins conflict with no lock; they stop the file from being shrunk below ``end``.
-        """
+    def _pin_slow(self, start: int, end: int) -> int:
+        """pin() for arguments that need converting or rejecting, and for errors."""
         start, end = check_region(start, end)
         ref = lib.ss_pin(self._ptr(), start, end)
         if ref < 0:
             raise_status(ref, self.path)
         return int(ref)
 
-    def unpin(self, ref: int) -> None:
-        """Drop one pin taken by :meth:`pin` (raises ``ValueError`` if not held)."""
+    def _unpin_slow(self, ref: int) -> None:
+        """unpin() for bad references and errors (raises ``ValueError`` if not held)."""
         if type(ref) is not int:
             raise TypeError(f"ref must be an int from pin(), not {type(ref).__name__}")
         if not 0 <= ref <= _MAX_OFFSET:   # not a reference (and would overflow int64_t)

@@ -23,7 +23,16 @@ Truncating the file *without* shmslice (``truncate -s``, ``open(path, 'w')``)
 bypasses the table and cannot be guarded against.
 
 Remapping never moves memory that slices still use: a new ``mmap`` is made and
-the old one stays mapped until the last slice or view made from it dies.
+the old one stays mapped until the last slice or buffer made from it dies.
+
+Closing
+-------
+``close()`` with buffers still exported (a numpy array made from a slice, a
+memoryview) does not raise: the file stops handing out slices and releases
+its slices' pins at once, while the mapping and the buffers' own pins live on
+until the last buffer dies; then it unmaps and detaches (``_finish_close``,
+called from the C type).  ``close(strict=True)`` keeps ``mmap``'s rule and
+raises ``BufferError`` instead.
 """
 
 from __future__ import annotations
@@ -34,15 +43,13 @@ import stat
 import weakref
 from typing import Any, Literal
 
-from shmslice._binding import fast_pin, fast_unpin, lib, raise_status
+from shmslice._binding import FileBase, lib
 from shmslice.errors import StaleDescriptor
 from shmslice.locks import LockInfo, LockManager, RegionLock
-from shmslice.slices import _EMPTY, _FORK, ByteBufferSlice, _new_slice, _PinnedSlice, exported_views
+from shmslice.slices import ByteBufferSlice
 
 __all__ = ["open", "MappedFile"]
 
-_ss_pin = fast_pin        # (manager, start, end): the C fast path, see slices.py
-_ss_unpin = fast_unpin
 _ss_size_epoch = lib.ss_size_epoch
 
 OpenMode = Literal["r", "r+", "w+"]
@@ -105,21 +112,20 @@ def _open_checked(path: str, mode: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-class MappedFile:
+class MappedFile(FileBase):
     """One data file mapped into this process, with its shared lock table.
 
     Made by :func:`shmslice.open`.  ``mf[i]`` reads a byte, ``mf[a:b]`` (or
     ``mf.slice(a, b)``) makes a zero-copy :class:`~shmslice.ByteBufferSlice`,
-    ``mf[a:b] = data`` writes.  ``close()`` (or the end of a ``with`` block)
-    releases every pin its slices hold and unmaps; it raises ``BufferError``
-    while views exported from its slices are alive, as ``mmap`` does.
+    ``mf[a:b] = data`` writes, ``mf.ndarray(dtype, shape)`` is a typed numpy
+    view.  ``close()`` (or the end of a ``with`` block) releases every pin its
+    slices hold; if buffers exported from them (memoryviews, numpy arrays) are
+    still alive, the mapping and their pins stay until the last one dies.
     """
 
-    __slots__ = ("_path", "_abspath", "_mode", "_readonly", "_mgr", "_h", "_dev", "_ino",
-                 "_lock_dir", "_size", "_epoch", "_mv", "_maps", "_closed",
-                 "__weakref__")
-
-    _mv: memoryview | None
+    # _path, _size, _epoch, _readonly, _closed, _mgr and the slicing itself
+    # live in the C base (csrc/slice.c).
+    __slots__ = ("_abspath", "_mode", "_h", "_dev", "_ino", "_lock_dir", "_maps")
 
     def __init__(self) -> None:
         raise TypeError("use shmslice.open(path, mode) to map a file")
@@ -143,7 +149,7 @@ class MappedFile:
                 raise
         finally:
             os.close(fd)   # the LockManager's descriptor serves from here on
-        self = object.__new__(cls)
+        self = FileBase.__new__(cls)
         self._path = path
         self._abspath = os.path.abspath(path)
         self._mode = mode
@@ -152,11 +158,10 @@ class MappedFile:
         self._h = mgr._h
         self._dev, self._ino = st.st_dev, st.st_ino
         self._lock_dir = os.path.dirname(mgr.table_path)
+        self._desc = (self._abspath, self._dev, self._ino, not self._readonly, self._lock_dir)
         self._size = 0
         self._epoch = -1
-        self._mv = None
-        self._maps: list[weakref.ref[memoryview]] = []
-        self._closed = False
+        self._maps: list[weakref.ref[mmap.mmap]] = []
         try:
             if mode == "w+":
                 if os.fstat(self._h.data_fd).st_size > 0:
@@ -168,6 +173,7 @@ class MappedFile:
                                  "shmslice.open(path, 'w+', size=n) or grow it first")
         except BaseException:
             self._closed = True
+            self._set_mapping(None)
             mgr.close()
             raise
         _user_files[self._key()] = self
@@ -177,7 +183,7 @@ class MappedFile:
     def _refresh(self) -> None:
         """Bring the mapping up to date with the file size if anyone resized it since."""
         h = self._h
-        if h.closed:
+        if self._closed or h.closed:
             raise ValueError(f"I/O operation on closed MappedFile {self._path}")
         epoch = _ss_size_epoch(h.ptr)
         if epoch == self._epoch:
@@ -190,30 +196,31 @@ class MappedFile:
             if again == epoch:
                 break
             epoch = again
-        if size != self._size or self._mv is None and size > 0:
+        if size != self._size or self._mmap is None and size > 0:
             self._remap(size)
         self._epoch = epoch
 
     def _remap(self, size: int) -> None:
         if size == 0:
-            self._mv = None
+            self._set_mapping(None)
         else:
             access = mmap.ACCESS_READ if self._readonly else mmap.ACCESS_WRITE
-            mv = memoryview(mmap.mmap(self._h.data_fd, size, access=access))
-            # Earlier mappings stay mapped while slices made from them live.
+            mm = mmap.mmap(self._h.data_fd, size, access=access)
+            # Earlier mappings stay mapped while slices made from them live
+            # (each holds the mapping's export).
             self._maps = [r for r in self._maps if r() is not None]
-            self._maps.append(weakref.ref(mv))
-            self._mv = mv
+            self._maps.append(weakref.ref(mm))
+            self._set_mapping(mm)
         self._size = size
 
     def _check_open(self) -> None:
-        if self._h.closed:
+        if self._closed:
             raise ValueError(f"I/O operation on closed MappedFile {self._path}")
 
     @property
     def path(self) -> str:
         """The path the file was opened by."""
-        return self._path
+        return self._path  # type: ignore[no-any-return]
 
     @property
     def mode(self) -> str:
@@ -223,47 +230,26 @@ class MappedFile:
     @property
     def readonly(self) -> bool:
         """True for mode ``"r"``."""
-        return self._readonly
+        return bool(self._readonly)
 
     @property
     def closed(self) -> bool:
-        return self._h.closed
+        """True once :meth:`close` ran (buffers exported before may still be alive)."""
+        return bool(self._closed)
 
     @property
     def size(self) -> int:
         """Current size of the file in bytes (refreshed if another process resized it)."""
         self._refresh()
-        return self._size
+        return int(self._size)
 
     def __len__(self) -> int:
         self._refresh()
-        return self._size
+        return int(self._size)
 
     # -- slicing ----------------------------------------------------------------------
-    def __getitem__(self, key: int | slice) -> int | ByteBufferSlice:
-        if type(key) is slice:
-            a = key.start
-            b = key.stop
-            # Hot path: explicit bounds inside the size we know.  Only pin here
-            # (one C call); the slice checks the region against the file's
-            # current size the first time it touches memory (ByteBufferSlice._verify),
-            # which is when a concurrent shrink by another process would matter.
-            if (type(a) is int and type(b) is int and key.step is None
-                    and 0 <= a < b <= self._size):
-                mgr = self._mgr
-                ref = _ss_pin(mgr, a, b)   # SS_ECLOSED once closed: the slow path says so
-                if ref >= 0:
-                    s = _new_slice(_PinnedSlice)
-                    s._mf = self
-                    s._m = mgr
-                    s._mv = None   # not yet verified
-                    s._start = a
-                    s._end = b
-                    s._ref = ref
-                    s._gen = _FORK[0]
-                    return s
-            return self._slice_slow(a, b, key.step)
-        return self._byte_at(key)   # (slice cannot be subclassed: the type test is exact)
+    # mf[a:b] and mf[i] are FileBase's (C); they come here for everything but
+    # plain in-range cases.
 
     def slice(self, start: int | None = None, end: int | None = None) -> ByteBufferSlice:
         """Same as ``mf[start:end]``."""
@@ -284,32 +270,6 @@ class MappedFile:
             if s is not None:
                 return s
 
-    def _try_slice(self, a: int, b: int) -> ByteBufferSlice | None:
-        """Pin [a, b) and make the slice; None if the file was resized meanwhile."""
-        if a == b:
-            return self._new(ByteBufferSlice, self._mv, a, b, _EMPTY)
-        ref = _ss_pin(self._mgr, a, b)
-        if ref < 0:
-            raise_status(ref, self._path)
-        if _ss_size_epoch(self._h.ptr) != self._epoch:
-            rc = _ss_unpin(self._mgr, ref)
-            if rc < 0:
-                raise_status(rc, self._path)
-            return None
-        return self._new(_PinnedSlice, self._mv, a, b, ref)
-
-    def _new(self, cls: type[ByteBufferSlice], mv: memoryview | None, a: int, b: int,
-             ref: int) -> ByteBufferSlice:
-        s = _new_slice(cls)
-        s._mf = self
-        s._m = self._mgr
-        s._mv = mv
-        s._start = a
-        s._end = b
-        s._ref = ref
-        s._gen = _FORK[0]
-        return s
-
     def _slice_exact(self, a: int, b: int) -> ByteBufferSlice:
         """A slice of exactly [a, b), which must lie inside the file (unpickling)."""
         while True:
@@ -320,16 +280,6 @@ class MappedFile:
             s = self._try_slice(a, b)
             if s is not None:
                 return s
-
-    def _sub_slice(self, parent: ByteBufferSlice, a: int, b: int) -> ByteBufferSlice:
-        # Inside a live, pinned parent: the region exists and the parent's mapping
-        # covers it, so the resize counter need not be checked.
-        if a == b:
-            return self._new(ByteBufferSlice, parent._mv, a, b, _EMPTY)
-        ref = _ss_pin(self._mgr, a, b)
-        if ref < 0:
-            raise_status(ref, self._path)
-        return self._new(_PinnedSlice, parent._mv, a, b, ref)
 
     def _index(self, key: Any) -> int:
         try:
@@ -342,7 +292,7 @@ class MappedFile:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"index {key} out of range for {self._path} ({n} bytes)")
-        return i
+        return int(i)
 
     def _byte_at(self, key: Any) -> int:
         while True:
@@ -350,7 +300,7 @@ class MappedFile:
             s = self._try_slice(i, i + 1)   # pinned while we read it
             if s is not None:
                 try:
-                    return s._mv[i]  # type: ignore[index]
+                    return s[0]  # type: ignore[return-value]
                 finally:
                     s.release()
 
@@ -402,22 +352,34 @@ class MappedFile:
                 s.release()
             raise
 
+    def ndarray(self, dtype: Any, shape: Any, offset: int = 0, order: str = "C") -> Any:
+        """A numpy array of ``dtype`` and ``shape`` over the file's bytes from ``offset``, no copy.
+
+        Like ``numpy.memmap(path, dtype, mode, offset, shape, order)``: the array
+        reads and writes the shared mapping, holds a pin on its bytes while it
+        lives, is read-only for mode ``"r"``, and pickles as a small descriptor
+        that a worker maps again.  ``ValueError`` if the bytes do not fit in the
+        file or ``offset`` is not aligned for ``dtype``.
+        """
+        from shmslice.arrays import file_ndarray
+        return file_ndarray(self, dtype, shape, offset, order)
+
     # -- locks --------------------------------------------------------------------
     def lock(self, start: int, end: int, mode: Literal["shared", "exclusive"] = "exclusive",
              timeout: float | None = None) -> RegionLock:
         """Lock bytes [start, end) in ``mode``; see :meth:`LockManager.lock`."""
         self._check_open()
-        return self._mgr.lock(start, end, mode, timeout)
+        return self._mgr.lock(start, end, mode, timeout)  # type: ignore[no-any-return]
 
     def locks(self) -> list[LockInfo]:
         """Every pin and lock on this file, from all processes (see :meth:`LockManager.locks`)."""
         self._check_open()
-        return self._mgr.locks()
+        return self._mgr.locks()  # type: ignore[no-any-return]
 
     @property
     def lock_manager(self) -> LockManager:
         """The :class:`~shmslice.LockManager` this file's pins and locks go through."""
-        return self._mgr
+        return self._mgr  # type: ignore[no-any-return]
 
     # -- flush, resize, close -------------------------------------------------------------
     def flush(self) -> None:
@@ -426,15 +388,15 @@ class MappedFile:
         if self._readonly:
             return
         for r in self._maps:
-            mv = r()
-            if mv is not None and not mv.obj.closed:  # type: ignore[union-attr]
-                mv.obj.flush()  # type: ignore[union-attr]
+            mm = r()
+            if mm is not None and not mm.closed:
+                mm.flush()
 
     def resize(self, new_size: int) -> None:
         """Grow or shrink the file (and this mapping) to ``new_size`` bytes.
 
         Growing is always allowed.  Shrinking raises ``BufferError``, naming the
-        holder, while any process -- this one included -- holds a slice, view or
+        holder, while any process -- this one included -- holds a slice, buffer or
         lock that reaches past ``new_size``.  Other processes remap when they
         next use the file.
         """
@@ -449,40 +411,57 @@ class MappedFile:
         self._mgr.resize_file(new_size)
         self._refresh()
 
-    def close(self) -> None:
-        """Release every pin this file's slices hold and unmap.  Closing twice is harmless.
+    def close(self, strict: bool = False) -> None:
+        """Stop handing out slices, release every slice's pin, and unmap.
 
-        Raises ``BufferError`` while views exported from its slices are alive.
-        Slices still referenced become unusable (``ValueError``).
+        Buffers exported from the slices (memoryviews, numpy arrays, ...) stay
+        valid: the mapping, and the pins they hold, live until the last of them
+        dies, and only then is the file unmapped and its lock table detached
+        (as pyarrow's memory map does).  ``strict=True`` raises ``BufferError``
+        instead, saying how many exports are alive and of what kind, and leaves
+        the file open.  Slices still referenced become unusable (``ValueError``).
+        Closing twice is harmless.
         """
         if self._closed:
             return
-        exported = exported_views(self)
-        if exported:
-            raise BufferError(
-                f"cannot close {self._path}: {exported} exported view(s) of its slices "
-                "are still alive; release them (view.release(), or drop every reference "
-                "to them and to arrays made from them) first")
+        if strict:
+            buffers, views, arrays = self._exports()
+            if buffers + views + arrays:
+                kinds = [f"{n} {what}" for n, what in (
+                    (arrays, "numpy array(s) from asarray()/ndarray()"),
+                    (views, "memoryview(s) from view()"),
+                    (buffers, "other buffer export(s), such as memoryview(s) or "
+                              "numpy.frombuffer(s)")) if n]
+                raise BufferError(
+                    f"cannot close {self._path}: {buffers + views + arrays} buffer export(s) of "
+                    f"its slices are alive ({', '.join(kinds)}); release them (view.release(), or "
+                    "drop every reference to them and to arrays made from them), or call "
+                    "close() without strict=True to unmap when the last one dies")
         self._closed = True
-        maps, self._maps = self._maps, []
-        self._mv = None
         if _user_files.get(self._key()) is self:
             del _user_files[self._key()]
+        try:
+            self._release_slices()   # every slice's pin; their exports keep theirs
+        finally:
+            self._set_mapping(None)
+            if not self._defer_close():   # exports alive: _finish_close runs at the last
+                self._finish_close()
+
+    def _finish_close(self) -> None:
+        """Unmap and detach from the lock table, once nothing exported is alive."""
+        maps, self._maps = self._maps, []
         still_exported = 0
         for r in maps:
-            mv = r()
-            if mv is not None:
-                mm = mv.obj
-                mv.release()
+            mm = r()
+            if mm is not None:
                 try:
-                    mm.close()  # type: ignore[union-attr]
+                    mm.close()
                 except BufferError:
                     still_exported += 1
         if still_exported:
-            # Someone holds an export we did not hand out (our count says none):
-            # the mmap refused to unmap, so memory stays valid -- and so must the
-            # pins that keep other processes from truncating under it.  They go
-            # when this object is garbage collected.
+            # Someone holds an export of the mmap we did not hand out: it stays
+            # mapped -- and so must the pins that keep other processes from
+            # truncating under it.  They go when this object is collected.
             raise BufferError(f"{self._path}: {still_exported} mapping(s) are still exported "
                               "by buffers shmslice did not count; they stay mapped (and "
                               "pinned) until those buffers die")
@@ -509,8 +488,9 @@ class MappedFile:
                         "mf[a:b]) instead: they travel as small descriptors")
 
     def __repr__(self) -> str:
-        state = "closed" if self._h.closed else f"{self._size} bytes"
-        return f"<shmslice.MappedFile {self._path!r} mode={self._mode!r} {state}>"
+        state = "closed" if self._closed else f"{self._size} bytes"
+        mode = getattr(self, "_mode", "?")   # (unset while _open runs)
+        return f"<shmslice.MappedFile {self._path!r} mode={mode!r} {state}>"
 
 
 # -- process-level registry (for unpickling) ---------------------------------------------
