@@ -990,9 +990,10 @@ static int slice_ass_subscript(SliceObject *s, PyObject *key, PyObject *value)
                      Py_TYPE(value)->tp_name);
         return -1;
     }
-    long v = PyLong_AsLong(value);
+    int overflow;
+    long v = PyLong_AsLongAndOverflow(value, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
-    if (v < 0 || v > 255) {
+    if (overflow || v < 0 || v > 255) {
         PyErr_Format(PyExc_ValueError, "byte must be in range(0, 256), got %R", value);
         return -1;
     }

@@ -58,12 +58,21 @@ class MappedArray(np.ndarray):
         return (_rebuild_array, (descriptor, self.dtype, self.shape, self.strides, offset))
 
 
+def _export(s: ByteBufferSlice) -> np.ndarray:
+    """The slice's bytes as a flat uint8 array that holds one export of it.
+
+    (``ndarray(buffer=memoryview)`` would keep only ``memoryview.obj`` and drop
+    the export at once; ``frombuffer`` keeps the memoryview, and an array made
+    with ``buffer=`` that array keeps it in turn.)"""
+    return np.frombuffer(s._array_buffer(), dtype=np.uint8)
+
+
 def _rebuild_array(descriptor: tuple[Any, ...], dtype: np.dtype, shape: tuple[int, ...],
                    strides: tuple[int, ...], offset: int) -> MappedArray:
     """Unpickle an array: map the file here, export the region, view it as before."""
     s = _rebuild(*descriptor)
     try:
-        return np.ndarray.__new__(MappedArray, shape, dtype, buffer=s._array_buffer(),
+        return np.ndarray.__new__(MappedArray, shape, dtype, buffer=_export(s),
                                   offset=offset, strides=strides)
     finally:
         s.release()   # the array's export keeps its own pin
@@ -111,7 +120,7 @@ def slice_asarray(s: ByteBufferSlice, dtype: Any = "u1", shape: Any = None,
         raise ValueError(f"{where} starts at offset {s.start}, which is not a multiple of "
                          f"{dt.alignment}, the alignment of {dt}; start the slice at an aligned "
                          "offset")
-    return np.ndarray.__new__(MappedArray, dims, dt, buffer=s._array_buffer(), order=order)
+    return np.ndarray.__new__(MappedArray, dims, dt, buffer=_export(s), order=order)
 
 
 def file_ndarray(mf: Any, dtype: Any, shape: Any, offset: int = 0,

@@ -479,7 +479,8 @@ class MappedFile(FileBase):
         return (self._dev, self._ino, not self._readonly, self._lock_dir)
 
     def _descriptor(self, start: int, end: int) -> tuple[Any, ...]:
-        self._refresh()
+        if not self._closed:   # (closed with arrays alive: they can still be pickled)
+            self._refresh()
         return (self._abspath, self._dev, self._ino, start, end, not self._readonly,
                 self._size, self._lock_dir)
 
