@@ -492,16 +492,128 @@ static PyObject *slice_release(SliceObject *s, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *slice_enter(SliceObject *s, PyObject *unused)
+/* --- Slice: the with statement --------------------------------------------
+ *
+ * `with mf[a:b]:` looks __enter__ and __exit__ up on the type and binds both
+ * before calling them.  Bound builtin methods are garbage-collected objects
+ * made and freed per statement; here the two descriptors hand out small
+ * bound objects from a free list instead, which is most of the difference
+ * between a with block and an explicit release(). */
+
+typedef struct {
+    PyObject_HEAD
+    int is_exit;
+} WithDescr;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    SliceObject *slice;    /* strong */
+    int is_exit;
+} BoundWith;
+
+static PyTypeObject WithDescrType, BoundWithType;
+
+#define BOUND_WITH_FREE_MAX 16
+static BoundWith *bound_with_free[BOUND_WITH_FREE_MAX];
+static int bound_with_nfree;
+
+static PyObject *bound_with_call(BoundWith *b, PyObject *const *args, size_t nargsf,
+                                 PyObject *kwnames)
 {
+    SliceObject *s = b->slice;
+    if (b->is_exit) {
+        if (s->ref == REF_RELEASED) Py_RETURN_NONE;
+        if (slice_release_impl(s) < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    if (PyVectorcall_NARGS(nargsf) || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "ByteBufferSlice.__enter__() takes no arguments");
+        return NULL;
+    }
     if (slice_usable(s) < 0) return NULL;
     Py_INCREF(s);
     return (PyObject *)s;
 }
 
-static PyObject *slice_exit(SliceObject *s, PyObject *const *args, Py_ssize_t nargs)
+static void bound_with_dealloc(BoundWith *b)
 {
-    return slice_release(s, NULL);
+    Py_CLEAR(b->slice);
+    if (bound_with_nfree < BOUND_WITH_FREE_MAX) bound_with_free[bound_with_nfree++] = b;
+    else PyObject_Free(b);
+}
+
+static PyObject *with_descr_get(WithDescr *d, PyObject *obj, PyObject *type)
+{
+    if (!obj) {
+        Py_INCREF(d);
+        return (PyObject *)d;
+    }
+    if (!PyObject_TypeCheck(obj, &SliceType)) {
+        PyErr_Format(PyExc_TypeError, "%s of ByteBufferSlice objects cannot bind a '%.200s'",
+                     d->is_exit ? "__exit__" : "__enter__", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    BoundWith *b;
+    if (bound_with_nfree) {
+        b = bound_with_free[--bound_with_nfree];
+        (void)PyObject_Init((PyObject *)b, &BoundWithType);
+    } else {
+        b = PyObject_New(BoundWith, &BoundWithType);
+        if (!b) return NULL;
+    }
+    b->vectorcall = (vectorcallfunc)bound_with_call;
+    Py_INCREF(obj);
+    b->slice = (SliceObject *)obj;
+    b->is_exit = d->is_exit;
+    return (PyObject *)b;
+}
+
+static PyObject *with_descr_repr(WithDescr *d)
+{
+    return PyUnicode_FromFormat("<method '%s' of 'shmslice.ByteBufferSlice' objects>",
+                                d->is_exit ? "__exit__" : "__enter__");
+}
+
+static PyObject *bound_with_repr(BoundWith *b)
+{
+    return PyUnicode_FromFormat("<bound method ByteBufferSlice.%s of %R>",
+                                b->is_exit ? "__exit__" : "__enter__", (PyObject *)b->slice);
+}
+
+static PyTypeObject WithDescrType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmslice.ByteBufferSlice.method",
+    .tp_basicsize = sizeof(WithDescr),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_descr_get = (descrgetfunc)with_descr_get,
+    .tp_repr = (reprfunc)with_descr_repr,
+};
+
+static PyTypeObject BoundWithType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmslice.ByteBufferSlice.bound_method",
+    .tp_basicsize = sizeof(BoundWith),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(BoundWith, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_dealloc = (destructor)bound_with_dealloc,
+    .tp_repr = (reprfunc)bound_with_repr,
+};
+
+static int add_with_methods(void)
+{
+    for (int is_exit = 0; is_exit < 2; is_exit++) {
+        WithDescr *d = PyObject_New(WithDescr, &WithDescrType);
+        if (!d) return -1;
+        d->is_exit = is_exit;
+        int rc = PyDict_SetItemString(SliceType.tp_dict, is_exit ? "__exit__" : "__enter__",
+                                      (PyObject *)d);
+        Py_DECREF(d);
+        if (rc < 0) return -1;
+    }
+    PyType_Modified(&SliceType);
+    return 0;
 }
 
 static PyObject *slice_view(SliceObject *s, PyObject *unused)
@@ -1104,8 +1216,6 @@ static PyMethodDef slice_methods[] = {
      "Buffers exported from the slice (memoryviews, arrays) keep their own pins\n"
      "and stay valid.  Releasing twice is harmless.  In a forked child,\n"
      "releasing a slice inherited from the parent leaves the parent's pin alone."},
-    {"__enter__", (PyCFunction)slice_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))slice_exit, METH_FASTCALL, NULL},
     {"view", (PyCFunction)slice_view, METH_NOARGS,
      "view()\n--\n\nA zero-copy memoryview of the region (the same as memoryview(s)).\n\n"
      "It holds its own pin, and keeps the mapping, until it and every view or\n"
@@ -1526,6 +1636,153 @@ static PyMethodDef manager_unpin_def = {
     "unpin", (PyCFunction)manager_unpin, METH_O,
     "unpin(ref)\n--\n\nDrop one pin taken by pin() (ValueError if not held)."};
 
+/* --- LockManager.locks ------------------------------------------------------------ */
+
+typedef int (*snapshot_fn)(ss_handle *, ss_entry_info *, uint32_t, uint32_t *);
+static snapshot_fn core_snapshot;
+static PyTypeObject *lock_info_type;   /* shmslice.locks.LockInfo (a slots dataclass) */
+enum { LI_START, LI_END, LI_KIND, LI_PID, LI_COUNT, LI_WAITING, LI_ALIVE, LI_TID, LI_SINCE,
+       LI_FIELDS };
+static const char *const lock_info_fields[LI_FIELDS] = {
+    "start", "end", "kind", "pid", "count", "waiting", "alive", "tid", "since"};
+static Py_ssize_t lock_info_offset[LI_FIELDS];
+static PyObject *kind_name[4];          /* "?", "shared", "exclusive", "pin" */
+static const int kind_rank[4] = {0, 3, 1, 2};   /* sorting by name: ? < exclusive < pin < shared */
+
+static int entry_order(const void *pa, const void *pb)
+{
+    const ss_entry_info *a = pa, *b = pb;
+    if (a->start != b->start) return a->start < b->start ? -1 : 1;
+    if (a->end != b->end) return a->end < b->end ? -1 : 1;
+    int ka = kind_rank[a->kind < 4 ? a->kind : 0], kb = kind_rank[b->kind < 4 ? b->kind : 0];
+    if (ka != kb) return ka < kb ? -1 : 1;
+    return (a->pid > b->pid) - (a->pid < b->pid);
+}
+
+/* A LockInfo made without running its (frozen dataclass) __init__: the
+ * slots are written directly, at the offsets bind_lock_info read from the
+ * class's member descriptors. */
+static PyObject *lock_info_new(const ss_entry_info *e)
+{
+    PyObject *info = lock_info_type->tp_alloc(lock_info_type, 0);
+    if (!info) return NULL;
+    PyObject *v[LI_FIELDS];
+    v[LI_START] = PyLong_FromUnsignedLongLong(e->start);
+    v[LI_END] = PyLong_FromUnsignedLongLong(e->end);
+    v[LI_KIND] = kind_name[e->kind < 4 ? e->kind : 0];
+    Py_INCREF(v[LI_KIND]);
+    v[LI_PID] = PyLong_FromLong(e->pid);
+    v[LI_COUNT] = PyLong_FromUnsignedLong(e->count);
+    v[LI_WAITING] = PyBool_FromLong(e->state == SS_WAITING);
+    v[LI_ALIVE] = PyBool_FromLong(e->alive != 0);
+    v[LI_TID] = PyLong_FromLong(e->tid);
+    v[LI_SINCE] = PyFloat_FromDouble((double)e->since_ns / 1e9);
+    int failed = 0;
+    for (int k = 0; k < LI_FIELDS; k++) {
+        if (!v[k]) failed = 1;
+        *(PyObject **)((char *)info + lock_info_offset[k]) = v[k];   /* steals */
+    }
+    if (failed) {
+        Py_DECREF(info);
+        return NULL;
+    }
+    return info;
+}
+
+/* locks(*, waiting=False): the table's entries as LockInfo, sorted by region. */
+static PyObject *manager_locks(PyObject *mgr, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    static PyObject *slow;
+    if (!slow && !(slow = PyUnicode_InternFromString("_locks_slow"))) return NULL;
+    int waiting = 0;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs) {
+        PyErr_Format(PyExc_TypeError, "locks() takes no positional arguments (%zd given); "
+                     "use locks(waiting=True)", nargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "waiting") != 0) {
+            PyErr_Format(PyExc_TypeError, "locks() got an unexpected keyword argument '%U'",
+                         PyTuple_GET_ITEM(kwnames, i));
+            return NULL;
+        }
+        if ((waiting = PyObject_IsTrue(args[i])) < 0) return NULL;
+    }
+    ss_handle *h = ss_fp_manager_handle(mgr);
+    if (!h || !core_snapshot || !lock_info_type) {   /* closed: the slow path says so */
+        PyObject *call[2] = {mgr, waiting ? Py_True : Py_False};
+        return PyObject_VectorcallMethod(slow, call, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    ss_entry_info local[64], *buf = local;
+    uint32_t cap = 64, count = 0;
+    for (;;) {
+        int rc = core_snapshot(h, buf, cap, &count);
+        if (rc < 0) {
+            if (buf != local) PyMem_Free(buf);
+            PyObject *call[2] = {mgr, waiting ? Py_True : Py_False};
+            return PyObject_VectorcallMethod(slow, call, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        }
+        if (count <= cap) break;
+        if (buf != local) PyMem_Free(buf);
+        cap = count + 64;
+        buf = PyMem_Malloc(sizeof *buf * cap);
+        if (!buf) return PyErr_NoMemory();
+    }
+    qsort(buf, count, sizeof *buf, entry_order);
+    PyObject *out = PyList_New(0);
+    for (uint32_t i = 0; out && i < count; i++) {
+        if (buf[i].state == SS_WAITING && !waiting) continue;
+        PyObject *info = lock_info_new(&buf[i]);
+        if (!info || PyList_Append(out, info) < 0) Py_CLEAR(out);
+        Py_XDECREF(info);
+    }
+    if (buf != local) PyMem_Free(buf);
+    return out;
+}
+
+static PyMethodDef manager_locks_def = {
+    "locks", (PyCFunction)(void (*)(void))manager_locks, METH_FASTCALL | METH_KEYWORDS,
+    "locks(*, waiting=False)\n--\n\nEvery pin and lock in the table, from all processes, "
+    "sorted by region.\n\nEntries of dead processes not yet reaped are included with "
+    "alive=False;\nrequests still waiting are included only with waiting=True."};
+
+/* bind_lock_info(LockInfo, snapshot address): how manager_locks builds its
+ * results.  LockInfo must keep its fields in slots. */
+static PyObject *fastpath_bind_lock_info(PyObject *module, PyObject *const *args,
+                                         Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "bind_lock_info(LockInfo, snapshot_address)");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)args[0];
+    Py_ssize_t offset[LI_FIELDS];
+    for (int k = 0; k < LI_FIELDS; k++) {
+        PyObject *d = PyObject_GetAttrString(args[0], lock_info_fields[k]);
+        if (!d) return NULL;
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok) offset[k] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "LockInfo.%s is not a slot", lock_info_fields[k]);
+            return NULL;
+        }
+    }
+    void *address = PyLong_AsVoidPtr(args[1]);
+    if (!address) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function address");
+        return NULL;
+    }
+    memcpy(lock_info_offset, offset, sizeof offset);
+    core_snapshot = (snapshot_fn)address;
+    Py_INCREF(type);
+    Py_XSETREF(lock_info_type, type);
+    Py_RETURN_NONE;
+}
+
 /* --- module part ----------------------------------------------------------------- */
 
 /* bind_slices(pin, unpin, size_epoch, asarray, rebuild): core entry points
@@ -1558,6 +1815,8 @@ static PyObject *fastpath_bind_slices(PyObject *module, PyObject *const *args, P
 static PyMethodDef slice_module_functions[] = {
     {"bind_slices", (PyCFunction)(void (*)(void))fastpath_bind_slices, METH_FASTCALL,
      "bind_slices(pin, unpin, size_epoch, asarray, rebuild)"},
+    {"bind_lock_info", (PyCFunction)(void (*)(void))fastpath_bind_lock_info, METH_FASTCALL,
+     "bind_lock_info(LockInfo, snapshot_address)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1573,7 +1832,8 @@ int ss_fp_slice_init(PyObject *module)
     INTERN(str_hex, "hex");
 #undef INTERN
     if (PyType_Ready(&MapHoldType) < 0 || PyType_Ready(&SliceType) < 0 ||
-        PyType_Ready(&FileBaseType) < 0)
+        PyType_Ready(&FileBaseType) < 0 || PyType_Ready(&WithDescrType) < 0 ||
+        PyType_Ready(&BoundWithType) < 0 || add_with_methods() < 0)
         return -1;
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
@@ -1592,5 +1852,13 @@ int ss_fp_slice_init(PyObject *module)
         Py_XDECREF(unpin);
         return -1;
     }
+    PyObject *locks = PyDescr_NewMethod(ss_fp_manager_type(), &manager_locks_def);
+    if (!locks || PyModule_AddObject(module, "manager_locks", locks) < 0) {
+        Py_XDECREF(locks);
+        return -1;
+    }
+    const char *names[4] = {"?", "shared", "exclusive", "pin"};
+    for (int k = 0; k < 4; k++)
+        if (!(kind_name[k] = PyUnicode_InternFromString(names[k]))) return -1;
     return PyModule_AddFunctions(module, slice_module_functions);
 }

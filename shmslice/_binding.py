@@ -27,7 +27,8 @@ from shmslice.errors import (
 
 __all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES",
            "ManagerBase", "RegionLock", "fast_pin", "fast_unpin", "ByteBufferSlice",
-           "FileBase", "manager_pin", "manager_unpin", "bind_slice_helpers"]
+           "FileBase", "manager_pin", "manager_unpin", "manager_locks", "bind_slice_helpers",
+           "bind_lock_info"]
 
 
 def _address(name: str) -> int:
@@ -41,6 +42,7 @@ ByteBufferSlice = _fastpath.ByteBufferSlice
 FileBase = _fastpath.FileBase
 manager_pin = _fastpath.manager_pin        # LockManager.pin / unpin (method descriptors)
 manager_unpin = _fastpath.manager_unpin
+manager_locks = _fastpath.manager_locks      # LockManager.locks (method descriptor)
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
 
@@ -51,6 +53,11 @@ def bind_slice_helpers(asarray: object, rebuild: object) -> None:
     (``asarray`` for typed views, ``rebuild`` for unpickling)."""
     _fastpath.bind_slices(_address("ss_pin"), _address("ss_unpin"), _address("ss_size_epoch"),
                           asarray, rebuild)
+
+
+def bind_lock_info(lock_info: type) -> None:
+    """Let ``LockManager.locks`` (C) build ``lock_info`` objects straight from the snapshot."""
+    _fastpath.bind_lock_info(lock_info, _address("ss_snapshot"))
 
 
 KIND_NAMES = {lib.SS_SHARED: "shared", lib.SS_EXCLUSIVE: "exclusive", lib.SS_PIN: "pin"}

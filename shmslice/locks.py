@@ -21,8 +21,10 @@ from shmslice._binding import (
     KIND_NAMES,
     ManagerBase,
     RegionLock,
+    bind_lock_info,
     ffi,
     lib,
+    manager_locks,
     manager_pin,
     manager_unpin,
     raise_status,
@@ -88,6 +90,9 @@ class LockInfo:
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+bind_lock_info(LockInfo)   # LockManager.locks builds these in C
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,12 +433,12 @@ class LockManager(ManagerBase):
         return int(lib.ss_size_epoch(self._ptr()))
 
     # -- inspection ---------------------------------------------------------------
-    def locks(self, *, waiting: bool = False) -> list[LockInfo]:
-        """Every pin and lock in the table, from all processes, sorted by region.
+    # locks(*, waiting=False) is a C method (csrc/slice.c): one snapshot, the
+    # LockInfo objects built in C, sorted as entries_from sorts them; a closed
+    # manager or a failed snapshot comes to _locks_slow for the exception.
+    locks = manager_locks
 
-        Entries of dead processes not yet reaped are included with ``alive=False``;
-        requests still waiting are included only with ``waiting=True``.
-        """
+    def _locks_slow(self, waiting: bool) -> list[LockInfo]:
         return entries_from(self._ptr(), waiting)
 
     def stat(self) -> TableStat:

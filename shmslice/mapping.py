@@ -449,7 +449,10 @@ class MappedFile(FileBase):
 
     def _finish_close(self) -> None:
         """Unmap and detach from the lock table, once nothing exported is alive."""
-        maps, self._maps = self._maps, []
+        # (getattr: when the last export dies in a garbage cycle, the collector
+        # may have cleared this object's slots already; then it is going anyway.)
+        maps = getattr(self, "_maps", [])
+        self._maps = []
         still_exported = 0
         for r in maps:
             mm = r()
@@ -465,7 +468,9 @@ class MappedFile(FileBase):
             raise BufferError(f"{self._path}: {still_exported} mapping(s) are still exported "
                               "by buffers shmslice did not count; they stay mapped (and "
                               "pinned) until those buffers die")
-        self._mgr.close()   # drops every pin and lock taken through it
+        mgr = self._mgr
+        if mgr is not None:
+            mgr.close()   # drops every pin and lock taken through it
 
     def __enter__(self) -> MappedFile:
         self._check_open()
