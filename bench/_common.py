@@ -30,28 +30,33 @@ import statistics
 import sys
 import time
 import timeit
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
 
 __all__ = [
-    "Stats",
     "Settings",
-    "add_common_args",
-    "settings_from_args",
+    "Spread",
+    "Stats",
     "Timing",
+    "add_common_args",
     "both_clocks",
-    "make_timer",
     "calibrate",
-    "measure_interleaved",
-    "time_once",
-    "paired_ratio",
-    "fmt_us",
+    "ctx_switches",
+    "current_cpu",
     "fmt_ratio",
-    "verdict",
-    "machine_info",
-    "print_section",
-    "markdown_table",
+    "fmt_us",
     "gc_paused",
+    "log",
+    "machine_info",
+    "make_timer",
+    "markdown_table",
+    "measure_interleaved",
+    "paired_ratio",
+    "percentile",
+    "print_section",
+    "settings_from_args",
+    "time_once",
+    "verdict",
 ]
 
 
@@ -118,11 +123,51 @@ class Stats:
         return f"{fmt_us(self.median, unit)} (min {fmt_us(self.min, unit, bare=True)})"
 
 
+@dataclass
+class Spread:
+    """Values of any unit (throughputs, counts, ratios), one per repeat: median and range."""
+
+    samples: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.samples.append(value)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples)
+
+    def __bool__(self) -> bool:
+        return bool(self.samples)
+
+    def fmt(self, show: Callable[[float], str]) -> str:
+        """'median [min–max]' with each value formatted by `show`."""
+        if len(self.samples) == 1:
+            return show(self.median)
+        return f"{show(self.median)} [{show(self.min)}–{show(self.max)}]"
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) of already sorted values, nearest-rank method
+    (a value that was really observed; for p99 of n values, the ceil(0.99 n)-th)."""
+    if len(sorted_values) == 0:
+        raise ValueError("percentile of no values")
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[min(len(sorted_values), int(rank)) - 1]
+
+
 def paired_ratio(a: Stats, b: Stats) -> float:
     """Median over repeats of a[i] / b[i]: for cases measured interleaved, each
     pair ran close together in time, so this ratio shrugs off load that came and
     went during the run better than a ratio of medians does."""
-    return statistics.median(x / y for x, y in zip(a.samples, b.samples))
+    return statistics.median(x / y for x, y in zip(a.samples, b.samples, strict=True))
 
 
 def fmt_us(seconds: float, unit: str = "us", bare: bool = False) -> str:
@@ -155,13 +200,13 @@ def verdict(ok: bool) -> str:
 class _Stamp:
     """Wall-clock and this thread's CPU time, taken together; subtracting gives both spans."""
 
-    __slots__ = ("wall", "cpu")
+    __slots__ = ("cpu", "wall")
 
     def __init__(self, wall: float, cpu: float) -> None:
         self.wall = wall
         self.cpu = cpu
 
-    def __sub__(self, other: "_Stamp") -> "_Stamp":
+    def __sub__(self, other: _Stamp) -> _Stamp:
         return _Stamp(self.wall - other.wall, self.cpu - other.cpu)
 
 
@@ -285,7 +330,40 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     return "\n".join(out)
 
 
-def gc_paused() -> "_GcPause":
+def log(message: str) -> None:
+    """Progress line on stderr (stdout carries the report)."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def ctx_switches() -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of the calling thread so far.
+
+    Read from /proc/thread-self/status (Linux): per thread, so it is right for
+    the threads of one process as well as for single-threaded workers.
+    """
+    voluntary = involuntary = -1
+    with open("/proc/thread-self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"voluntary_ctxt_switches:"):
+                voluntary = int(line.split()[1])
+            elif line.startswith(b"nonvoluntary_ctxt_switches:"):
+                involuntary = int(line.split()[1])
+    if voluntary < 0 or involuntary < 0:
+        raise RuntimeError("/proc/thread-self/status has no context-switch counts")
+    return voluntary, involuntary
+
+
+def current_cpu() -> int:
+    """CPU this process last ran on (field 39 of /proc/self/stat), or -1."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[36])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def gc_paused() -> _GcPause:
     """Context manager: garbage collection off inside (for hand-written timing loops)."""
     return _GcPause()
 

@@ -7,11 +7,13 @@ Three measurements, all in one run so that ratios compare like with like:
 
 1. Uncontended ``lk = mgr.lock(0, 4096); lk.release()`` against ``fcntl.lockf``
    and OFD locks on the same range, portalocker and fasteners.
-2. Two processes handing an exclusive lock back and forth (shmslice grants
-   conflicting requests FIFO, so once both are queued they strictly alternate;
-   this is checked) against a ping-pong over two ``multiprocessing.Semaphore``.
-   Measured with the two processes pinned to two CPUs (the figure that counts:
-   a handoff needs both running) and again where the scheduler puts them.
+2. Two processes handing exclusive locks back and forth (three locks in
+   rotation, so that every grant needs the other side's release whatever the
+   lock protocol's order; strict alternation is verified on every run and a
+   run that fails it is retried) against a ping-pong over two
+   ``multiprocessing.Semaphore``.  Measured with the two processes pinned to
+   two CPUs (the figure that counts: a handoff needs both running) and again
+   where the scheduler puts them.
 3. Lock+release in this process while ANOTHER process holds 10, 1,000 and
    50,000 locks on disjoint ranges of the same file.
 
@@ -31,7 +33,6 @@ import argparse
 import fcntl
 import multiprocessing
 import os
-import queue
 import shutil
 import statistics
 import struct
@@ -42,14 +43,15 @@ import timeit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (  # noqa: E402
+from _common import (
     Stats,
     add_common_args,
+    current_cpu,
     fmt_ratio,
     fmt_us,
     machine_info,
-    markdown_table,
     make_timer,
+    markdown_table,
     measure_interleaved,
     paired_ratio,
     print_section,
@@ -178,7 +180,7 @@ def bench_uncontended(tmp: str, settings) -> dict:
         for close in reversed(closers):
             try:
                 close()
-            except Exception:   # noqa: BLE001 - best effort cleanup
+            except Exception:
                 pass
 
     res = {key: t.cpu for key, t in timing.items()}      # figures and verdicts: CPU time
@@ -187,8 +189,8 @@ def bench_uncontended(tmp: str, settings) -> dict:
     print(f"  median (min) of {settings.repeats} repeats per lock+release pair; CPU = this thread's "
           "user+system time, wall = elapsed")
     print(f"  {'':<{width}}  {'CPU time':<22}  wall-clock")
-    for key in res:
-        print(f"  {labels[key]:<{width}}  {res[key].fmt():<22}  {wall[key].fmt()}")
+    for key, cpu in res.items():
+        print(f"  {labels[key]:<{width}}  {cpu.fmt():<22}  {wall[key].fmt()}")
     ours = res["shmslice"]
     out = {"res": res, "wall": wall, "labels": labels, "checks": [], "ratios": {}}
     ok = ours.median <= TARGET_UNCONTENDED_S
@@ -197,8 +199,9 @@ def bench_uncontended(tmp: str, settings) -> dict:
           f"vs target <= {fmt_us(TARGET_UNCONTENDED_S)}: {verdict(ok)}")
     out["checks"].append(("uncontended", ok))
     if "shmslice_c" in res:
-        print(f"  C core called directly through cffi: {fmt_us(res['shmslice_c'].median)}; the Python "
-              f"wrapper (LockManager.lock, RegionLock) adds {fmt_us(ours.median - res['shmslice_c'].median)} per pair")
+        direct = res["shmslice_c"].median
+        print(f"  C core called directly through cffi: {fmt_us(direct)}; the Python "
+              f"wrapper (LockManager.lock, RegionLock) adds {fmt_us(ours.median - direct)} per pair")
     print("  speed-ups: median over repeats of the ratio within each repeat (the cases run interleaved,")
     print("  so each ratio compares figures taken within a second of each other), CPU time")
     for key, target in (("lockf", TARGET_VS_LOCKF), ("ofd", None), ("portalocker_fn", TARGET_VS_LIBS),
@@ -222,77 +225,130 @@ def bench_uncontended(tmp: str, settings) -> dict:
 # ==========================================================================
 # 2. Exclusive-lock handoff between two processes vs a Semaphore ping-pong
 # ==========================================================================
+#
+# A handoff is timed with three locks that the two sides rotate, so that
+# every grant needs the other side's release, whatever order or barging the
+# lock protocol allows.  The side holding locks {j, j+1} (mod 3) releases j,
+# for which the other side waits, then waits for j+2, which the other side
+# holds; once it has it, it holds {j+1, j+2}.  A plain loop of lock/release
+# on one range alternates only while the lock is granted strictly FIFO and
+# the other side is already queued: on a busy machine, or under a protocol
+# that lets a running requester take a free lock, such a loop mostly times a
+# process re-taking its own lock.  The Semaphore ping-pong has the same shape
+# (post the other side's semaphore, wait on one's own).
+#
+# Each side records the value of a shared counter at every grant and
+# increments it: strict alternation means one side saw 0, 2, 4, ... and the
+# other 1, 3, 5, ...; a run where that fails (or, when pinned, where the
+# sides ran on the same CPU) is retried, up to HANDOFF_ATTEMPTS times per
+# repeat, and reported loudly if it never succeeds.
 
-def _lock_rounds(lock, a, b, counter, append, n):
-    for _ in range(n):
-        lk = lock(a, b)
-        c = counter.value
-        append(c)
-        counter.value = c + 1
-        lk.release()
+HANDOFF_RANGES = ((0, 64), (64, 128), (128, 192))
+HANDOFF_ATTEMPTS = 4
 
 
-def _sem_rounds(acquire, release, counter, append, n):
-    for _ in range(n):
-        acquire()
-        c = counter.value
-        append(c)
-        counter.value = c + 1
-        release()
-
-
-def _current_cpu() -> int:
-    """CPU this process last ran on (field 39 of /proc/self/stat), or -1."""
+def _lock_handoff(role, mgr, counter, barrier, total, warmup):
+    """One side of the three-lock rotation; returns (grants seen, timed span, handoffs in it)."""
+    lock = mgr.lock
+    rng = HANDOFF_RANGES
+    if role == 0:
+        held = {0: lock(*rng[0], timeout=WAIT_S), 1: lock(*rng[1], timeout=WAIT_S)}
+        j = 0
+    else:
+        held = {2: lock(*rng[2], timeout=WAIT_S)}
+        j = 2
+    seen: list[int] = []
+    append = seen.append
+    clock = time.perf_counter
+    t_a = seq_a = None
     try:
-        with open("/proc/self/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2:].split()[36])
-    except (OSError, ValueError, IndexError):
-        return -1
+        barrier.wait(WAIT_S)          # both sides hold their starting locks
+        if role == 1:
+            held[0] = lock(*rng[0], timeout=WAIT_S)
+            c = counter.value
+            append(c)
+            counter.value = c + 1
+            steps = total - 1
+        else:
+            steps = total
+        for _i in range(steps):
+            held.pop(j).release()
+            k = (j + 2) % 3
+            held[k] = lock(*rng[k], timeout=WAIT_S)
+            c = counter.value
+            append(c)
+            counter.value = c + 1
+            j = (j + 1) % 3
+            if len(seen) == warmup + 1:
+                t_a, seq_a = clock(), c
+        t_b = clock()
+    finally:
+        for lk in held.values():
+            lk.release()
+    return seen, t_b - t_a, seen[-1] - seq_a
 
 
-def _handoff_worker(role, path, lock_dir, counter, sem_a, sem_b, barrier, results, plan):
-    """One side of the handoff; runs every (placement, cpus, rep, kind, warmup, rounds, tail) of `plan`."""
+def _semaphore_handoff(role, mine, other, counter, barrier, total, warmup):
+    """One side of a ping-pong over two Semaphores, shaped like :func:`_lock_handoff`."""
+    seen: list[int] = []
+    append = seen.append
+    clock = time.perf_counter
+    acquire, release = mine.acquire, other.release
+    t_a = seq_a = None
+    barrier.wait(WAIT_S)
+    if role == 0:
+        release()
+    for i in range(total):
+        if not acquire(True, WAIT_S):
+            raise TimeoutError(f"no handoff within {WAIT_S:g} s")
+        c = counter.value
+        append(c)
+        counter.value = c + 1
+        if role == 1 or i < total - 1:
+            release()
+        if len(seen) == warmup + 1:
+            t_a, seq_a = clock(), c
+    t_b = clock()
+    return seen, t_b - t_a, seen[-1] - seq_a
+
+
+def _handoff_worker(role, path, lock_dir, counter, sem_a, sem_b, barrier, conn):
+    """One side of the handoff; runs the ("run", kind, cpus, total, warmup) commands sent on `conn`."""
     mgr = None
     try:
         mgr = shmslice.LockManager(path, lock_dir=lock_dir)
         mine, other = (sem_a, sem_b) if role == 0 else (sem_b, sem_a)
         all_cpus = os.sched_getaffinity(0)
-        a, b = REGION
-        for placement, cpus, rep, kind, warmup, rounds, tail in plan:
+        conn.send(("ready", role))
+        while True:
+            cmd = conn.recv()
+            if cmd[0] == "quit":
+                break
+            _, kind, cpus, total, warmup = cmd
             os.sched_setaffinity(0, {cpus[role]} if cpus else all_cpus)
-            seen: list[int] = []
-            append = seen.append
-            barrier.wait(WAIT_S)
             if kind == "shmslice":
-                lock = mgr.lock
-                _lock_rounds(lock, a, b, counter, append, warmup)
-                t0 = time.perf_counter()
-                _lock_rounds(lock, a, b, counter, append, rounds)
-                t1 = time.perf_counter()
-                cpu = _current_cpu()
-                _lock_rounds(lock, a, b, counter, append, tail)
+                seen, span, handoffs = _lock_handoff(role, mgr, counter, barrier, total, warmup)
             else:
-                acq, rel = mine.acquire, other.release
-                _sem_rounds(acq, rel, counter, append, warmup)
-                t0 = time.perf_counter()
-                _sem_rounds(acq, rel, counter, append, rounds)
-                t1 = time.perf_counter()
-                cpu = _current_cpu()
-                _sem_rounds(acq, rel, counter, append, tail)
-            timed = seen[warmup:warmup + rounds]
-            # Strict alternation: between two of my acquisitions the other side had exactly one.
-            breaks = sum(1 for x, y in zip(timed, timed[1:]) if y - x != 2)
-            results.put(("ok", role, (placement, rep, kind), t1 - t0, len(seen), breaks, cpu))
-    except BaseException as err:  # noqa: BLE001 - reported to the parent
+                seen, span, handoffs = _semaphore_handoff(role, mine, other, counter, barrier,
+                                                          total, warmup)
+            # Role 1 takes the first grant (counter value 0), role 0 the second.
+            expected = range(1 - role, 2 * total, 2)
+            bad = [i for i, (x, y) in enumerate(zip(seen, expected, strict=False)) if x != y]
+            if len(seen) != len(expected):
+                bad.append(min(len(seen), len(expected)))
+            conn.send(("ok", role, span, handoffs, len(seen), len(bad), bad[:1], _current_cpu()))
+    except BaseException as err:
         try:
-            results.put(("error", role, f"{type(err).__name__}: {err}"))
-        except Exception:  # noqa: BLE001
+            conn.send(("error", role, f"{type(err).__name__}: {err}"))
+        except Exception:
             pass
         raise
     finally:
         if mgr is not None:
             mgr.close()
+
+
+_current_cpu = current_cpu
 
 
 def _stop_processes(procs) -> None:
@@ -307,157 +363,165 @@ def _stop_processes(procs) -> None:
             p.join(timeout=5)
 
 
-def _handoff_placements() -> list[tuple[str, tuple[int, int] | None]]:
-    """Two processes pinned to two different CPUs (when there are two), then the scheduler's choice."""
+def handoff_placements(*, pinned: bool = True, unpinned: bool = True) -> list[tuple[str, tuple[int, int] | None]]:
+    """Two processes pinned to two different CPUs (when there are two), and/or the scheduler's choice."""
     cpus = sorted(os.sched_getaffinity(0))
     out: list[tuple[str, tuple[int, int] | None]] = []
-    if len(cpus) >= 2:
+    if pinned and len(cpus) >= 2:
         out.append((f"pinned to CPUs {cpus[0]} and {cpus[1]}", (cpus[0], cpus[1])))
-    out.append(("unpinned, scheduler's choice", None))
+    if unpinned:
+        out.append(("unpinned, scheduler's choice", None))
     return out
+
+
+def measure_handoff(tmp: str, placements, *, repeats: int, rounds: int, warmup: int,
+                    attempts: int = HANDOFF_ATTEMPTS, start_method: str = START_METHOD) -> dict:
+    """One-way handoff times of shmslice (three-lock rotation) and a Semaphore ping-pong.
+
+    Runs are interleaved (shmslice then Semaphore, swapped every other repeat);
+    a run whose alternation check fails is retried up to `attempts` times.
+    Returns {"error": str | None, "placements": [per placement: "placement",
+    "cpus", "ours", "sem" (Stats of one-way seconds), "pair_ratios",
+    "failures" (why runs were retried), "lost" (repeats never measured)]}.
+    """
+    ctx = multiprocessing.get_context(start_method)
+    lock_dir = os.path.join(tmp, "locks")
+    path = make_data_file(tmp, "handoff.dat")
+    counter = ctx.RawValue("q", 0)
+    sem_a, sem_b = ctx.Semaphore(0), ctx.Semaphore(0)
+    barrier = ctx.Barrier(2)
+    pipes = [ctx.Pipe() for _ in range(2)]
+    procs = [ctx.Process(target=_handoff_worker, name=f"handoff-{role}", daemon=True,
+                         args=(role, path, lock_dir, counter, sem_a, sem_b, barrier, pipes[role][1]))
+             for role in (0, 1)]
+    total = warmup + rounds
+    # Generous bound on one run: even at 1 ms per handoff it finishes well within it.
+    run_bound = WAIT_S + 0.002 * total
+    out: dict = {"error": None, "placements": [], "repeats": repeats, "rounds": rounds,
+                 "warmup": warmup, "attempts": attempts}
+
+    def receive(conn, bound: float):
+        if not conn.poll(bound):
+            raise RuntimeError(f"no answer from a handoff worker within {bound:g} s "
+                               "(exit codes " + ", ".join(str(p.exitcode) for p in procs) + ")")
+        msg = conn.recv()
+        if msg[0] == "error":
+            raise RuntimeError(f"handoff worker {msg[1]} failed: {msg[2]}")
+        return msg
+
+    try:
+        for p in procs:
+            p.start()
+        for parent, _ in pipes:
+            receive(parent, WAIT_S)
+        log(f"handoff: {repeats} repeats x {rounds} timed handoffs per side ({start_method} workers)")
+        for placement, cpus in placements:
+            row = {"placement": placement, "cpus": cpus, "ours": Stats(), "sem": Stats(),
+                   "pair_ratios": [], "failures": [], "lost": []}
+            for rep in range(repeats):
+                kinds = ("shmslice", "semaphore") if rep % 2 == 0 else ("semaphore", "shmslice")
+                per_kind: dict[str, float] = {}
+                for kind in kinds:
+                    for attempt in range(attempts):
+                        counter.value = 0
+                        for parent, _ in pipes:
+                            parent.send(("run", kind, cpus, total, warmup))
+                        sides = [receive(parent, run_bound) for parent, _ in pipes]
+                        problems = []
+                        for _, role, _span, _handoffs, n_seen, n_bad, first_bad, _cpu in sides:
+                            if n_bad:
+                                problems.append(f"side {role}: {n_bad} of {n_seen} grants out of "
+                                                f"alternation (first at grant {first_bad[0]})")
+                        if cpus and sides[0][7] == sides[1][7]:
+                            problems.append(f"both sides ran on CPU {sides[0][7]} although pinned apart")
+                        if problems:
+                            reason = f"{placement}, repeat {rep}, {kind}, attempt {attempt + 1}: " + \
+                                "; ".join(problems)
+                            row["failures"].append(reason)
+                            log("handoff run not valid, retrying: " + reason)
+                            continue
+                        per_kind[kind] = statistics.mean(s[2] / s[3] for s in sides)
+                        break
+                    else:
+                        row["lost"].append((rep, kind))
+                for kind, stats in (("shmslice", row["ours"]), ("semaphore", row["sem"])):
+                    if kind in per_kind:
+                        stats.add(per_kind[kind])
+                if len(per_kind) == 2:
+                    row["pair_ratios"].append(per_kind["shmslice"] / per_kind["semaphore"])
+            out["placements"].append(row)
+        for parent, _ in pipes:
+            parent.send(("quit",))
+    except (RuntimeError, OSError, EOFError) as err:
+        out["error"] = str(err)
+        barrier.abort()
+    finally:
+        _stop_processes(procs)
+    return out
+
+
+def report_handoff(result: dict, target: float, *, indent: str = "  ") -> list[dict]:
+    """Print `result` of :func:`measure_handoff`; the first placement is judged against `target`.
+
+    Returns one dict per placement: placement, ours, sem, ratio (None when no
+    valid pair was measured), ok, primary, valid.
+    """
+    rows = []
+    if result["error"]:
+        print(f"{indent}ERROR: {result['error']}")
+        print(f"{indent}NO HANDOFF FIGURE: the handoff workers failed; target <= {target:g}x: MISS")
+        return rows
+    print(f"{indent}{result['repeats']} repeats x {result['rounds']} timed handoffs per side "
+          f"(+{result['warmup']} warm-up), shmslice and Semaphore runs interleaved; median (min) of repeats")
+    print(f"{indent}one-way = a side's timed wall time / handoffs in it (each grant needs the other side's")
+    print(f"{indent}release: shmslice rotates three locks, see the source), averaged over the two sides")
+    for index, row in enumerate(result["placements"]):
+        primary = index == 0
+        ours, sem = row["ours"], row["sem"]
+        print(f"{indent}-- {row['placement']}")
+        valid = bool(row["pair_ratios"])
+        if ours:
+            print(f"{indent}   shmslice exclusive handoff, one-way   {ours.fmt()}")
+        if sem:
+            print(f"{indent}   Semaphore ping-pong, one-way          {sem.fmt()}")
+        retried = len(row["failures"])
+        print(f"{indent}   alternation verified in every run used (each side's grants saw the shared counter at "
+              f"0, 2, 4, ... / 1, 3, 5, ...); runs retried: {retried}")
+        for reason in row["failures"][:5]:
+            print(f"{indent}     retried: {reason}")
+        if row["lost"]:
+            print(f"{indent}   WARNING: {len(row['lost'])} run(s) never alternated in {result['attempts']} "
+                  f"attempts and were left out: {row['lost']}")
+        if not valid:
+            print(f"{indent}   COULD NOT MEASURE A VALID HANDOFF here: no repeat gave a verified run of both kinds.")
+            print(f"{indent}   target <= {target:g}x: MISS (no valid figure)" if primary else
+                  f"{indent}   (for information only)")
+            rows.append({"placement": row["placement"], "ours": ours, "sem": sem, "ratio": None, "ok": False,
+                             "primary": primary, "valid": False})
+            continue
+        ratio = statistics.median(row["pair_ratios"])
+        ok = ratio <= target
+        spread = f"{fmt_ratio(min(row['pair_ratios']))}–{fmt_ratio(max(row['pair_ratios']))}"
+        tail = f"target <= {target:g}x: {verdict(ok)}" if primary else "(for information)"
+        print(f"{indent}   ratio shmslice / Semaphore (median of per-repeat ratios): {fmt_ratio(ratio)} "
+              f"[range {spread}; ratio of medians {fmt_ratio(ours.median / sem.median)}]  {tail}")
+        rows.append({"placement": row["placement"], "ours": ours, "sem": sem, "ratio": ratio,
+                         "ok": ok if primary else True, "primary": primary, "valid": True})
+    return rows
 
 
 def bench_handoff(tmp: str, settings) -> dict:
     print_section("2. Exclusive lock handed back and forth between two processes "
                   "vs multiprocessing.Semaphore ping-pong")
-    ctx = multiprocessing.get_context(START_METHOD)
-    lock_dir = os.path.join(tmp, "locks")
-    path = make_data_file(tmp, "handoff.dat")
     rounds = 500 if settings.quick else 3_000
-    warmup = tail = 100 if settings.quick else 300
+    warmup = 100 if settings.quick else 300
     repeats = settings.repeats if settings.quick else min(settings.repeats, 9)
-    placements = _handoff_placements()
-    plan = []
-    for placement, cpus in placements:
-        for rep in range(repeats):
-            kinds = ("shmslice", "semaphore") if rep % 2 == 0 else ("semaphore", "shmslice")
-            plan.extend((placement, cpus, rep, kind, warmup, rounds, tail) for kind in kinds)
-    counter = ctx.RawValue("q", 0)
-    sem_a, sem_b = ctx.Semaphore(1), ctx.Semaphore(0)
-    barrier = ctx.Barrier(2)
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_handoff_worker, name=f"handoff-{role}",
-                         args=(role, path, lock_dir, counter, sem_a, sem_b, barrier, results, plan),
-                         daemon=True)
-             for role in (0, 1)]
-    got: dict[tuple[str, int, str], list] = {}
-    cpus_seen: dict[tuple[str, int, str], dict[int, int]] = {}
-    error = None
-    try:
-        for p in procs:
-            p.start()
-        log(f"handoff: {len(plan)} runs of {rounds} timed rounds per side ({START_METHOD} workers)")
-        # Generous bound: even at 1 ms per handoff every run finishes well within it.
-        deadline = time.monotonic() + WAIT_S + 0.002 * (rounds + warmup + tail) * len(plan)
-        received = 0
-        while received < 2 * len(plan):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                error = "timed out waiting for the handoff workers"
-                break
-            try:
-                msg = results.get(timeout=min(remaining, 5.0))
-            except queue.Empty:
-                if not all(p.is_alive() for p in procs) and results.empty():
-                    error = "a handoff worker exited early: " + ", ".join(
-                        f"{p.name} exitcode={p.exitcode}" for p in procs)
-                    break
-                continue
-            if msg[0] == "error":
-                error = f"handoff worker {msg[1]} failed: {msg[2]}"
-                break
-            _, role, key, elapsed, n_seen, breaks, cpu = msg
-            got.setdefault(key, []).append((role, elapsed, n_seen, breaks))
-            cpus_seen.setdefault(key, {})[role] = cpu
-            received += 1
-    finally:
-        if error:
-            barrier.abort()
-        _stop_processes(procs)
-    out = {"checks": [], "ok": error is None, "rows": []}
-    if error:
-        print(f"  ERROR: {error}")
-        out["checks"].append(("handoff", False))
-        return out
-
-    print(f"  {repeats} repeats x {rounds} timed rounds per side (+{warmup} warm-up, +{tail} tail), "
-          "shmslice and Semaphore runs interleaved; median (min) of repeats")
-    print("  one-way = a side's timed wall time / (2 x real handoffs in it), averaged over the two sides")
-    pairs = (rounds - 1) * 2 * repeats
-    for index, (placement, _) in enumerate(placements):
-        # With strict alternation a side's timed window spans 2 x rounds one-way handoffs.
-        # When the other side has not queued its next request yet (it is still in the
-        # futex wake of its release, waits for the table mutex, lost its CPU, or both
-        # sides share one CPU) this side re-acquires without a handoff: a "break".
-        # Each break removes two handoffs from the window, so one-way =
-        # elapsed / (2 x (rounds - breaks)): conservative for shmslice, whose cheap
-        # re-acquisitions are charged as if they were handoffs.
-        stats = {"shmslice": Stats(), "semaphore": Stats()}
-        naive = Stats()   # shmslice elapsed / (2 x rounds), ignoring breaks
-        breaks_total = {"shmslice": 0, "semaphore": 0}
-        acquisitions = {"shmslice": [0, 0], "semaphore": [0, 0]}
-        pair_ratios = []
-        for rep in range(repeats):
-            per_kind = {}
-            for kind in stats:
-                sides = got[(placement, rep, kind)]
-                per_op = statistics.mean(el / (2 * max(1, rounds - br)) for _, el, _, br in sides)
-                stats[kind].add(per_op)
-                per_kind[kind] = per_op
-                if kind == "shmslice":
-                    naive.add(statistics.mean(el for _, el, _, _ in sides) / (2 * rounds))
-                for role, _, n_seen, br in sides:
-                    breaks_total[kind] += br
-                    acquisitions[kind][role] += n_seen
-            pair_ratios.append(per_kind["shmslice"] / per_kind["semaphore"])
-        ours, sem = stats["shmslice"], stats["semaphore"]
-        print(f"  -- {placement}")
-        print(f"     shmslice exclusive handoff, one-way   {ours.fmt()}")
-        print(f"     Semaphore ping-pong, one-way          {sem.fmt()}")
-        for kind in stats:
-            same = sum(1 for rep in range(repeats)
-                       if len(set(cpus_seen[(placement, rep, kind)].values())) == 1)
-            print(f"     {kind:<9} runs with both sides on the same CPU at the end of the timed loop: "
-                  f"{same} of {repeats}")
-        for kind in stats:
-            n0, n1 = acquisitions[kind]
-            nb = breaks_total[kind]
-            state = "strict" if nb == 0 else \
-                f"{nb} of {pairs} consecutive acquisitions by one side ({100 * nb / pairs:.1f}%) " \
-                "were not separated by exactly one acquisition of the other side"
-            print(f"     alternation ({kind:<9}): acquisitions side0={n0} side1={n1}; {state}")
-        share = breaks_total["shmslice"] / pairs
-        if breaks_total["shmslice"]:
-            print(f"     (elapsed / (2 x rounds) would give shmslice {naive.fmt()})")
-        ratio = statistics.median(pair_ratios)
-        # A few breaks are corrected for above; past a quarter of the rounds the runs are
-        # mostly one process re-acquiring alone and there is no handoff left to time.
-        reliable = share <= 0.25
-        primary = index == 0
-        ok = ratio <= TARGET_HANDOFF_RATIO and reliable
-        if reliable:
-            tail_text = f"target <= {TARGET_HANDOFF_RATIO:g}x: {verdict(ok)}" if primary else "(for information)"
-            print(f"     ratio shmslice / Semaphore (median of per-repeat ratios): {fmt_ratio(ratio)} "
-                  f"(ratio of medians {fmt_ratio(ours.median / sem.median)}, of mins "
-                  f"{fmt_ratio(ours.min / sem.min)})  {tail_text}")
-            if share > 0.01:
-                print(f"     note: {100 * share:.1f}% of shmslice rounds did not alternate: the other process had not")
-                print("     queued its next request yet (still in its release's wake-up system call, waiting for the")
-                print("     table mutex, or descheduled), so the runner re-acquired; the one-way figure above")
-                print("     counts only real handoffs (and charges those re-acquisitions to them)")
-        else:
-            print(f"     NOT A HANDOFF FIGURE: the shmslice runs did not alternate in {100 * share:.0f}% of rounds.")
-            print("     The other process was not running most of the time (on one CPU with the runner, see above,")
-            print("     or descheduled by the hypervisor): the runner never finds it queued, so it keeps")
-            print("     re-acquiring alone for its whole time slice instead of handing the lock over.")
-            print(f"     ratio {fmt_ratio(ratio)} not meaningful" +
-                  (f"; target <= {TARGET_HANDOFF_RATIO:g}x: MISS (no valid figure)" if primary else
-                   " (for information only)"))
-        if primary:
-            out["checks"].append(("handoff", ok))
-        out["rows"].append(dict(placement=placement, ours=ours, sem=sem, ratio=ratio, ok=ok,
-                                primary=primary, reliable=reliable, share=share))
-    return out
+    result = measure_handoff(tmp, handoff_placements(), repeats=repeats, rounds=rounds, warmup=warmup)
+    rows = report_handoff(result, TARGET_HANDOFF_RATIO)
+    primary = [r for r in rows if r["primary"]]
+    ok = bool(primary) and primary[0]["ok"]
+    return {"checks": [("handoff", ok)], "ok": result["error"] is None, "rows": rows,
+            "repeats": repeats}
 
 
 # ==========================================================================
@@ -468,7 +532,7 @@ def _holder(paths, counts, lock_dir, ready, stop, results):
     """Take counts[i] shared locks on disjoint ranges of paths[i]; hold them until `stop`."""
     mgrs, kept = [], []
     try:
-        for path, n in zip(paths, counts):
+        for path, n in zip(paths, counts, strict=True):
             mgr = shmslice.LockManager(path, lock_dir=lock_dir)
             mgrs.append(mgr)
             lock = mgr.lock
@@ -480,7 +544,7 @@ def _holder(paths, counts, lock_dir, ready, stop, results):
         results.put(("ready", os.getpid()))
         ready.set()
         stop.wait(WAIT_S * 5)
-    except BaseException as err:  # noqa: BLE001 - reported to the parent
+    except BaseException as err:
         results.put(("error", f"{type(err).__name__}: {err}"))
         raise
     finally:
@@ -516,7 +580,7 @@ def bench_scaling(tmp: str, settings) -> dict:
         cases = {}
         entries = []
         a, b = REGION
-        for n, path in zip(SCALING_COUNTS, paths):
+        for n, path in zip(SCALING_COUNTS, paths, strict=True):
             mgr = shmslice.LockManager(path, lock_dir=lock_dir)
             mgrs.append(mgr)
             st = mgr.stat()
@@ -546,8 +610,8 @@ def bench_scaling(tmp: str, settings) -> dict:
     print(f"  entries in the three tables before measuring: {'; '.join(entries)}")
     res = {key: t.cpu for key, t in timing.items()}
     wall = {key: t.wall for key, t in timing.items()}
-    print(f"  CPU time per lock+release pair, median (min) of {settings.repeats} repeats interleaved across N; "
-          "wall-clock medians below")
+    print(f"  CPU time per lock+release pair, median (min) of {settings.repeats} repeats "
+          "interleaved across N; wall-clock medians below")
     print(f"  {'N held by the other process':<44}" + "".join(f"{n:>22,}" for n in SCALING_COUNTS)
           + "   ratio N=50,000 / N=10 (median per-repeat)")
     out["res"] = res
@@ -574,7 +638,7 @@ def bench_scaling(tmp: str, settings) -> dict:
 def summary_table(settings, unc, hand, scal) -> str:
     rows = []
     if unc:
-        res, labels = unc["res"], unc["labels"]
+        res = unc["res"]
         ours = res["shmslice"]
         rows.append(["Uncontended `lk = mgr.lock(0, 4096); lk.release()`",
                      f"{fmt_us(ours.median)} (min {fmt_us(ours.min, bare=True)})", "—", "—",
@@ -597,23 +661,25 @@ def summary_table(settings, unc, hand, scal) -> str:
                          "" if target is None else verdict(r >= target)])
     if hand and hand.get("ok"):
         for row in hand["rows"]:
-            if not row["primary"] and not row["reliable"]:
-                continue   # explained in section 2; no handoff figure to show
-            result = verdict(row["ok"]) if row["primary"] else ""
-            if not row["reliable"]:
-                result += f" ({100 * row['share']:.0f}% not alternating)"
+            if not row["valid"]:
+                if row["primary"]:
+                    rows.append([f"Exclusive-lock handoff between 2 processes ({row['placement']})",
+                                 "no valid figure", "—", "—", f"≤ {TARGET_HANDOFF_RATIO:g}x", "MISS"])
+                continue   # explained in section 2
             rows.append([f"Exclusive-lock handoff between 2 processes ({row['placement']}), one-way, "
                          "vs `multiprocessing.Semaphore` ping-pong",
                          fmt_us(row["ours"].median), fmt_us(row["sem"].median),
                          f"{fmt_ratio(row['ratio'])} the time",
-                         f"≤ {TARGET_HANDOFF_RATIO:g}x" if row["primary"] else "info", result])
+                         f"≤ {TARGET_HANDOFF_RATIO:g}x" if row["primary"] else "info",
+                         verdict(row["ok"]) if row["primary"] else ""])
     if scal and "res" in scal:
         res = scal["res"]
         lo, mid, hi = SCALING_COUNTS
         for mode, label in (("exclusive", "exclusive [0, 4096)"), ("shared", "shared [0, 4096)"),
                             ("exclusive-mid", "exclusive, amid the held ranges")):
             r = paired_ratio(res[(mode, hi)], res[(mode, lo)])
-            rows.append([f"Lock+release, {label}, with {lo:,} / {mid:,} / {hi:,} entries held by another process",
+            rows.append([f"Lock+release, {label}, with {lo:,} / {mid:,} / {hi:,} entries held by "
+                         "another process",
                          " / ".join(fmt_us(res[(mode, n)].median) for n in SCALING_COUNTS), "—",
                          f"{fmt_ratio(r)} (50,000 vs 10)", f"≤ {TARGET_SCALING_RATIO:g}x",
                          verdict(r <= TARGET_SCALING_RATIO)])
@@ -641,7 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"shmslice {shmslice.__version__} lock benchmark: {command}")
     for line in machine_info():
         print(f"  {line}")
-    print(f"  portalocker {getattr(portalocker, '__version__', 'not installed') if portalocker else 'not installed'}, "
+    portalocker_version = (getattr(portalocker, "__version__", "not installed") if portalocker
+                           else "not installed")
+    print(f"  portalocker {portalocker_version}, "
           f"fasteners {getattr(fasteners, '__version__', '?') if fasteners else 'not installed'}; "
           f"multiprocessing start method {START_METHOD}; "
           f"{settings.repeats} repeats per figure, ~{settings.seconds_per_repeat:g} s each")

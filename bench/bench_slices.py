@@ -37,7 +37,7 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (  # noqa: E402
+from _common import (
     Stats,
     add_common_args,
     fmt_ratio,
@@ -131,8 +131,8 @@ def micro(tmp: str, settings) -> tuple[dict[str, Stats], dict[str, Stats]]:
     path = os.path.join(tmp, "micro.bin")
     write_file(path, 16 * MiB)
     mf = shmslice.open(path, "r+", lock_dir=os.path.join(tmp, "locks"))
-    f = open(path, "r+b")
-    mm = mmap.mmap(f.fileno(), 0)
+    with open(path, "r+b") as f:
+        mm = mmap.mmap(f.fileno(), 0)   # the mapping keeps a descriptor of its own
     s = mf[4096:8192]
     g = {"mf": mf, "mm": mm, "s": s, "a": 4096, "b": 8192}
     cases = {
@@ -168,7 +168,6 @@ def micro(tmp: str, settings) -> tuple[dict[str, Stats], dict[str, Stats]]:
     s.release()
     mf.close(strict=True)
     mm.close()
-    f.close()
     return ({k: t.cpu for k, t in results.items()}, {k: t.wall for k, t in results.items()})
 
 
@@ -196,14 +195,15 @@ def pool_bench(tmp: str, settings, slices: int = 8, size: int = 64 * MiB) -> dic
         # runs (seconds each, copying 512 MiB through pipes) apart, so they do
         # not disturb the page cache and CPU between the two close contenders.
         schedule = [pair for i in range(repeats)
-                    for pair in ((("slices", "tuples") if i % 2 == 0 else ("tuples", "slices")))]
+                    for pair in (("slices", "tuples") if i % 2 == 0 else ("tuples", "slices"))]
         schedule += ["bytes"] * (1 if settings.quick else 3)
         for name in schedule:
             t0 = time.perf_counter()
             got = runs[name]()
             results[name].add(time.perf_counter() - t0)
             assert got == expected, name
-    del chunks
+    for c in chunks:
+        c.release()
     mf.close()
     os.unlink(path)
     return results
@@ -310,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     print_section("summary (markdown)")
     print(markdown_table(["measurement", "result", "target", ""], rows))
     print(f"\nPython {sys.version.split()[0]}; medians of {settings.repeats} repeats "
-          f"(pool: {1 if settings.quick else 11}, slices/tuples paired per repeat); min in parentheses; per-operation figures "
-          "are CPU time, the pool figures wall-clock.")
+          f"(pool: {1 if settings.quick else 11}, slices/tuples paired per repeat); min in parentheses; "
+          "per-operation figures are CPU time, the pool figures wall-clock.")
     return 0
 
 

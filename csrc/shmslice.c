@@ -1652,6 +1652,25 @@ static int reach_beyond_impl(ss_handle *h, uint64_t offset, ss_entry_info *who)
     return rc;
 }
 
+/* After a failed growth, put the data file back to old_size: a failed
+ * posix_fallocate may keep the blocks it allocated and may have moved the
+ * end of the file (ext4 does both on ENOSPC), which would leave the file
+ * bigger than the table says and the filesystem full.  Truncating to the old
+ * size frees every block past it.  Returns status (the growth's failure),
+ * with the detail extended if the roll-back failed too. */
+static int roll_back_growth(int data_fd, off_t old_size, int status)
+{
+    int saved = tls_errno;
+    if (ftruncate(data_fd, old_size) != 0) {
+        size_t n = strlen(tls_detail);
+        snprintf(tls_detail + n, sizeof tls_detail - n,
+                 "; restoring the old size of %lld bytes failed too (%s): the file may "
+                 "now be larger than shmslice thinks", (long long)old_size, strerror(errno));
+    }
+    tls_errno = saved;
+    return status;
+}
+
 static int resize_impl(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_info *who)
 {
     if (new_size > (uint64_t)INT64_MAX) return fail(SS_EINVAL, "size too large");
@@ -1679,11 +1698,14 @@ static int resize_impl(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_in
                 errno = err;
                 rc = fail_sys("cannot grow the data file to %llu bytes",
                               (unsigned long long)new_size);
+                rc = roll_back_growth(data_fd, st.st_size, rc);
             }
         }
-        if (rc == SS_OK && ftruncate(data_fd, (off_t)new_size) != 0)
+        if (rc == SS_OK && ftruncate(data_fd, (off_t)new_size) != 0) {
             rc = fail_sys("cannot resize the data file to %llu bytes",
                           (unsigned long long)new_size);
+            rc = roll_back_growth(data_fd, st.st_size, rc);
+        }
         if (rc == SS_OK) {
             __atomic_store_n(&hd->file_size, new_size, __ATOMIC_RELEASE);
             __atomic_add_fetch(&hd->size_epoch, 1, __ATOMIC_RELEASE);

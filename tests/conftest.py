@@ -1,5 +1,10 @@
-"""Shared fixtures: every test gets its own data file and lock directory, so no
-test touches the machine-wide /dev/shm/shmslice or another test's tables."""
+"""Shared fixtures and markers.
+
+Every test gets its own data file and lock directory, so no test touches the
+machine-wide /dev/shm/shmslice or another test's tables.  The markers
+registered in pyproject.toml are applied here: ``slow`` tests run only with
+``SHMSLICE_SLOW=1``, ``root`` tests only as root.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,13 @@ import os
 from pathlib import Path
 
 import pytest
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("slow") is not None and not os.environ.get("SHMSLICE_SLOW"):
+        pytest.skip("slow: set SHMSLICE_SLOW=1 to run it")
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        pytest.skip("needs root (chown / setuid)")
 
 
 @pytest.fixture

@@ -18,24 +18,28 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from shmslice import cli
+from shmslice import __version__, cli
+from shmslice.cli import formatting, owners
+from shmslice.cli.commands import ls, reap
 from shmslice.locks import table_path_for
+from tests.support import child_env, end_process, popen_python, run_python, stop_popen, wait_until
 
 HELPER = Path(__file__).with_name("cli_helpers.py")
 TIMEOUT = 60   # seconds for any one command; they take well under a second
+# The helper again, as a multi-line `python -c` program (its command line holds newlines).
+HELPER_AS_PROGRAM = ("-c", "import sys\nfrom tests.cli_helpers import main\nsys.exit(main(sys.argv[1:]))")
 
 
 def shmslice(*args: str | os.PathLike[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run ``python -m shmslice ARGS`` and capture its output."""
-    return subprocess.run([sys.executable, "-m", "shmslice", *map(str, args)],
-                          check=False, capture_output=True, text=True, timeout=timeout)
+    return run_python("-m", "shmslice", *args, timeout=timeout)
 
 
 def ok_json(*args: str | os.PathLike[str]) -> dict:
@@ -55,10 +59,11 @@ def one_line_error(r: subprocess.CompletedProcess[str], code: int, *words: str) 
 
 
 @contextlib.contextmanager
-def holder(data: Path, lock_dir: Path, *specs: str) -> Iterator[subprocess.Popen[str]]:
+def holder(data: Path, lock_dir: Path, *specs: str,
+           program: Sequence[str] = (str(HELPER),)) -> Iterator[subprocess.Popen[str]]:
     """A helper process holding ``specs`` (see cli_helpers.py) until the block ends."""
-    proc = subprocess.Popen([sys.executable, str(HELPER), str(data), str(lock_dir), *specs],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = popen_python(*program, data, lock_dir, *specs,
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 30)
@@ -68,18 +73,7 @@ def holder(data: Path, lock_dir: Path, *specs: str) -> Iterator[subprocess.Popen
         assert int(line.split()[1]) == proc.pid
         yield proc
     finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
-def wait_until(predicate, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        stop_popen(proc)
 
 
 @pytest.fixture
@@ -100,34 +94,34 @@ def data(tmp_path: Path) -> Path:
 # ---------------------------------------------------------------------------
 
 def test_human_size() -> None:
-    assert cli.human_size(0) == "0 B"
-    assert cli.human_size(1023) == "1023 B"
-    assert cli.human_size(4096) == "4.0 KiB"
-    assert cli.human_size(1536) == "1.5 KiB"
-    assert cli.human_size((1 << 20) - 1) == "1.0 MiB"
-    assert cli.human_size(256 << 20) == "256.0 MiB"
-    assert cli.human_size(3 << 40) == "3.0 TiB"
+    assert formatting.human_size(0) == "0 B"
+    assert formatting.human_size(1023) == "1023 B"
+    assert formatting.human_size(4096) == "4.0 KiB"
+    assert formatting.human_size(1536) == "1.5 KiB"
+    assert formatting.human_size((1 << 20) - 1) == "1.0 MiB"
+    assert formatting.human_size(256 << 20) == "256.0 MiB"
+    assert formatting.human_size(3 << 40) == "3.0 TiB"
 
 
 def test_parse_size() -> None:
-    assert cli.parse_size("4096") == 4096
-    assert cli.parse_size("64M") == 64 << 20
-    assert cli.parse_size("64MiB") == 64 << 20
-    assert cli.parse_size("10MB") == 10_000_000
-    assert cli.parse_size("1.5k") == 1536
-    assert cli.parse_size(" 2 GiB ") == 2 << 30
+    assert formatting.parse_size("4096") == 4096
+    assert formatting.parse_size("64M") == 64 << 20
+    assert formatting.parse_size("64MiB") == 64 << 20
+    assert formatting.parse_size("10MB") == 10_000_000
+    assert formatting.parse_size("1.5k") == 1536
+    assert formatting.parse_size(" 2 GiB ") == 2 << 30
     for bad in ("", "M", "12Q", "-1", "0.3"):
-        with pytest.raises(ValueError):
-            cli.parse_size(bad)
+        with pytest.raises(ValueError, match=r"^not a "):
+            formatting.parse_size(bad)
 
 
 def test_human_duration() -> None:
-    assert cli.human_duration(4.24) == "4.2s"
-    assert cli.human_duration(42) == "42s"
-    assert cli.human_duration(184) == "3m04s"
-    assert cli.human_duration(7500) == "2h05m"
-    assert cli.human_duration(3 * 86400 + 4 * 3600) == "3d04h"
-    assert cli.human_duration(-5) == "0.0s"
+    assert formatting.human_duration(4.24) == "4.2s"
+    assert formatting.human_duration(42) == "42s"
+    assert formatting.human_duration(184) == "3m04s"
+    assert formatting.human_duration(7500) == "2h05m"
+    assert formatting.human_duration(3 * 86400 + 4 * 3600) == "3d04h"
+    assert formatting.human_duration(-5) == "0.0s"
 
 
 def test_process_details_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,19 +129,19 @@ def test_process_details_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     # process younger than the entry (another PID namespace) all render.
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait(timeout=30)
-    assert cli.describe_process(gone.pid, time.time()).status == "exited"
-    me = cli.describe_process(os.getpid(), time.time())
+    assert owners.describe_process(gone.pid, time.time()).status == "exited"
+    me = owners.describe_process(os.getpid(), time.time())
     assert me.status == "running" and me.name == psutil.Process().name()
-    assert cli.describe_process(os.getpid(), 1.0).status == "elsewhere"
+    assert owners.describe_process(os.getpid(), 1.0).status == "elsewhere"
 
     class Denied:
         def __init__(self, pid: int) -> None:
             raise psutil.AccessDenied(pid)
 
     monkeypatch.setattr(psutil, "Process", Denied)
-    info = cli.describe_process(os.getpid(), time.time())
+    info = owners.describe_process(os.getpid(), time.time())
     assert info.status == "denied"
-    assert cli._process_cells(info, alive=True)[0] == "?"
+    assert owners.owner_cells(info, alive=True)[0] == "?"
 
 
 def _report_pid_and_wait(queue: multiprocessing.Queue[int], done: Any) -> None:
@@ -165,23 +159,33 @@ def test_multiprocessing_workers_are_named_by_their_parent() -> None:
     worker.start()
     try:
         pid = queue.get(timeout=30)
-        info = cli.describe_process(pid, time.time())
-        assert cli.is_multiprocessing_worker(info.cmdline)
+        info = owners.describe_process(pid, time.time())
+        assert owners.is_multiprocessing_worker(info.cmdline)
         assert info.ppid == os.getpid() and info.parent_cmdline == psutil.Process().cmdline()
-        _, command = cli._process_cells(info, alive=True)
+        _, command = owners.owner_cells(info, alive=True)
         assert command.startswith(f"[worker of {os.getpid()}] ")
     finally:
         done.set()
-        worker.join(30)
-        if worker.is_alive():
-            worker.kill()
-            worker.join(30)
+        end_process(worker)
 
 
 def test_command_column_shortens_paths() -> None:
-    assert cli._command(["/usr/bin/python3", "/venv/bin/shmslice", "demo", "a b"]) == \
+    assert owners.command_text(["/usr/bin/python3", "/venv/bin/shmslice", "demo", "a b"]) == \
         "python3 shmslice demo 'a b'"
-    assert cli._command(["/bin/sleep", "/tmp/x"]) == "sleep /tmp/x"
+    assert owners.command_text(["/bin/sleep", "/tmp/x"]) == "sleep /tmp/x"
+
+
+def test_control_characters_are_escaped() -> None:
+    # A multi-line `python -c` program, a tab, a terminal escape, a line separator and a
+    # bidirectional override: each would break or disguise a table line if printed raw.
+    assert formatting.printable("a\nb\tc\x1b[2J\x7f\u2028\u202e\U000e0001 é") == \
+        "a\\nb\\tc\\x1b[2J\\x7f\\u2028\\u202e\\U000e0001 é"
+    assert formatting.printable("plain text") == "plain text"
+    # The COMMAND column stays shell syntax: $'...' with the escapes, pasteable into bash.
+    assert owners.command_text(["/usr/bin/python3", "-c", "import os\nprint('it\\'s')", "x y"]) == \
+        "python3 -c $'import os\\nprint(\\'it\\\\\\'s\\')' 'x y'"
+    lines = formatting.render_table(("A", "B"), [["1\n2", "x\ry"], ["3", "z"]])
+    assert lines == ["A     B", "1\\n2  x\\ry", "3     z"]
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +194,7 @@ def test_command_column_shortens_paths() -> None:
 
 def test_version_and_help() -> None:
     r = shmslice("-V")
-    assert r.returncode == 0 and r.stdout.strip() == f"shmslice {cli.__version__}"
+    assert r.returncode == 0 and r.stdout.strip() == f"shmslice {__version__}"
     for command in ("locks", "ls", "reap", "info", "demo"):
         r = shmslice(command, "-h")
         assert r.returncode == 0 and "usage: shmslice " + command in r.stdout, command
@@ -198,7 +202,7 @@ def test_version_and_help() -> None:
     assert r.returncode == 0 and "locks" in r.stdout and "demo" in r.stdout
 
 
-@pytest.mark.parametrize("args, words", [
+@pytest.mark.parametrize(("args", "words"), [
     ((), ["COMMAND"]),
     (("frobnicate",), ["invalid choice"]),
     (("locks",), ["PATH"]),
@@ -304,6 +308,20 @@ def test_locks_shows_entries_of_live_processes(data: Path, locks: Path) -> None:
         assert len(r.stdout.splitlines()) == 3 and "4 (3 held, 1 waiting), 1 shown" in r.stdout
 
 
+def test_multi_line_command_stays_on_its_table_line(data: Path, locks: Path) -> None:
+    with holder(data, locks, "shared:0:100", program=HELPER_AS_PROGRAM) as proc:
+        r = shmslice("locks", data, "--lock-dir", locks, "--wide")
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert len(lines) == 3, r.stdout   # header, the one entry, summary
+        assert lines[1].split()[:8] == ["0", "100", "100", "B", "shared", "1", "held", str(proc.pid)]
+        assert " -c $'import sys\\nfrom tests.cli_helpers import main\\nsys.exit(" in lines[1]
+        assert lines[2].startswith("entries: 1 ")
+        # JSON is for programs: the command line as the process has it.
+        [entry] = ok_json("locks", data, "--lock-dir", locks)["entries"]
+        assert entry["cmdline"][1:3] == list(HELPER_AS_PROGRAM)
+
+
 def test_sigkilled_owner_shows_dead_then_reap_removes_it(data: Path, locks: Path) -> None:
     with holder(data, locks, "shared:0:100") as live, \
             holder(data, locks, "exclusive:1000:2000", "pin:5000:6000:2") as victim:
@@ -336,9 +354,8 @@ def test_sigkilled_owner_shows_dead_then_reap_removes_it(data: Path, locks: Path
 
 def test_watch_redraws_until_interrupted(data: Path, locks: Path) -> None:
     with holder(data, locks, "shared:0:10"):
-        proc = subprocess.Popen([sys.executable, "-m", "shmslice", "locks", str(data),
-                                 "--lock-dir", str(locks), "--watch", "0.1", "--json"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = popen_python("-m", "shmslice", "locks", data, "--lock-dir", locks,
+                            "--watch", "0.1", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert proc.stdout is not None
             frames = []
@@ -352,11 +369,7 @@ def test_watch_redraws_until_interrupted(data: Path, locks: Path) -> None:
             assert proc.wait(timeout=20) == 0
             assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
         finally:
-            proc.kill()
-            proc.wait(timeout=20)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            stop_popen(proc)
 
 
 # ---------------------------------------------------------------------------
@@ -515,10 +528,10 @@ def test_demo_fails_when_verification_fails(locks: Path) -> None:
 @pytest.mark.parametrize("when", [r"^shmslice demo: ", r"^\s+\d+/\d+ slices"],
                          ids=["while-creating", "while-working"])
 def test_demo_interrupted_exits_130_and_cleans_up(tmp_path: Path, locks: Path, when: str) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path)}   # to see that the demo's directory goes away
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmslice", "demo", "--size", "1G", "--lock-dir", str(locks)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    env = child_env(TMPDIR=str(tmp_path))   # to see that the demo's directory goes away
+    proc = popen_python(
+        "-m", "shmslice", "demo", "--size", "1G", "--lock-dir", locks,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         # A shell may start us with SIGINT ignored; the demo must see Ctrl-C.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -535,11 +548,7 @@ def test_demo_interrupted_exits_130_and_cleans_up(tmp_path: Path, locks: Path, w
         assert proc.wait(timeout=30) == 130
         assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
     finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        stop_popen(proc)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("shmslice-demo-")] == []
     assert list(locks.iterdir()) == []
 
@@ -567,7 +576,8 @@ def test_other_users_tables_are_listed_as_unreadable(
                                       table_path)
             super().__init__(table_path)
 
-    monkeypatch.setattr(cli, "TableView", View)
+    for command in (ls, reap):
+        monkeypatch.setattr(command, "TableView", View)
     assert cli.main(["ls", "--lock-dir", str(locks)]) == 0
     out = capsys.readouterr()
     assert out.err == ""

@@ -1,6 +1,6 @@
 """Kill chaos (issue 5): workers lock, pin and check each other while a
 controller SIGKILLs them every few milliseconds and some kill themselves
-inside the C core's critical sections.  The engine is bench/chaos.py; see its
+inside the C core's critical sections.  The engine is tools/chaos.py; see its
 docstring for what is checked.  The seed is printed; replay with
 ``SHMSLICE_CHAOS_SEED=<seed>``.  ``SHMSLICE_SLOW=1`` adds the 2,000-death run.
 """
@@ -10,30 +10,29 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CHAOS = ROOT / "bench" / "chaos.py"
+from tests.support import TOOLS, run_python, wait_pid, wait_until
+
+CHAOS = TOOLS / "chaos.py"
 
 
-def _run(tmp_path: Path, *extra: str, timeout: float) -> tuple[dict, str]:
+def _run(tmp_path: Path, *extra: str, timeout: float) -> tuple[dict[str, Any], str]:
     env_seed = os.environ.get("SHMSLICE_CHAOS_SEED")
     seed = int(env_seed) if env_seed else random.SystemRandom().randrange(1, 2**31)
     print(f"chaos seed {seed} (replay: SHMSLICE_CHAOS_SEED={seed})")
-    r = subprocess.run([sys.executable, str(CHAOS), "--seed", str(seed), "--json",
-                        "--dir", str(tmp_path / "chaos"), *extra],
-                       capture_output=True, text=True, timeout=timeout)
+    r = run_python(CHAOS, "--seed", str(seed), "--json", "--dir", tmp_path / "chaos", *extra,
+                   timeout=timeout)
     assert r.stdout.strip(), f"chaos printed nothing (exit {r.returncode}):\n{r.stderr[-3000:]}"
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     print({k: v for k, v in summary.items() if k != "work_dir"})
     return summary, r.stderr
 
 
-def _check(summary: dict, stderr: str, deaths: int) -> None:
+def _check(summary: dict[str, Any], stderr: str, deaths: int) -> None:
     assert summary["failures"] == [], f"{summary['failures']}\nworker stderr:\n{stderr[-4000:]}"
     assert summary["deaths_survived"] >= deaths
     assert summary["crash_point_deaths"] > 0, "no worker died inside the C core"
@@ -62,7 +61,7 @@ def test_chaos_checker_catches_a_broken_lock(tmp_path: Path) -> None:
     assert "VIOLATION" in stderr
 
 
-@pytest.mark.skipif(not os.environ.get("SHMSLICE_SLOW"), reason="slow: set SHMSLICE_SLOW=1")
+@pytest.mark.slow
 def test_chaos_2000_deaths(tmp_path: Path) -> None:
     summary, stderr = _run(tmp_path, "--kills", "2000", "--workers", "6", timeout=900)
     _check(summary, stderr, 2000)
@@ -72,9 +71,7 @@ def test_fork_while_a_thread_waits_then_close_in_child(tmp_path: Path) -> None:
     """A forked child inherited the parent's count of calls in flight (a thread
     asleep in lock()), so its close() -- or its exit, through the finalizer --
     waited forever for a thread that does not exist in the child."""
-    import signal
     import threading
-    import time
 
     import shmslice
 
@@ -94,10 +91,8 @@ def test_fork_while_a_thread_waits_then_close_in_child(tmp_path: Path) -> None:
 
         t = threading.Thread(target=waiter)
         t.start()
-        deadline = time.monotonic() + 10
-        while not any(e.waiting for e in mgr.locks(waiting=True)):
-            assert time.monotonic() < deadline, "the waiter never queued"
-            time.sleep(0.005)
+        wait_until(lambda: any(e.waiting for e in mgr.locks(waiting=True)), "the waiter to queue",
+                   timeout=10)
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -106,16 +101,7 @@ def test_fork_while_a_thread_waits_then_close_in_child(tmp_path: Path) -> None:
             except BaseException:
                 code = 1
             os._exit(code)
-        deadline = time.monotonic() + 10
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail("the forked child hung in close()")
-            time.sleep(0.01)
+        status = wait_pid(pid, 10, what="the forked child closing its manager")
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
         held.release()
         t.join(15)

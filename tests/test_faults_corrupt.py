@@ -1,7 +1,7 @@
 """Corrupt and hostile lock tables (issue 5): every attach of a damaged table
 either works on a consistent table or raises CorruptLockTable; nothing crashes.
 
-The engine is bench/fuzz_table.py (one implementation for the short run here
+The engine is tools/fuzz_table.py (one implementation for the short run here
 and the long run there); it attaches every mutated copy in child processes
 and counts their exit signals.  The seed is printed; replay with
 ``SHMSLICE_FUZZ_SEED=<seed>``.  ``SHMSLICE_SLOW=1`` adds a run that also
@@ -17,16 +17,15 @@ import os
 import random
 import signal
 import struct
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import shmslice
+from tests.support import TOOLS, run_python, wait_pid
 
-ROOT = Path(__file__).resolve().parents[1]
-FUZZ = ROOT / "bench" / "fuzz_table.py"
+FUZZ = TOOLS / "fuzz_table.py"
 MUTATIONS = int(os.environ.get("SHMSLICE_FUZZ_MUTATIONS", "4000"))
 
 
@@ -35,12 +34,11 @@ def _seed() -> int:
     return int(env) if env else random.SystemRandom().randrange(1, 2**31)
 
 
-def _run_fuzz(tmp_path: Path, *extra: str, timeout: float) -> dict:
+def _run_fuzz(tmp_path: Path, *extra: str, timeout: float) -> dict[str, Any]:
     seed = _seed()
     print(f"fuzz_table seed {seed} (replay: SHMSLICE_FUZZ_SEED={seed})")
-    r = subprocess.run([sys.executable, str(FUZZ), "--seed", str(seed), "--json",
-                        "--dir", str(tmp_path / "fuzz"), *extra],
-                       capture_output=True, text=True, timeout=timeout)
+    r = run_python(FUZZ, "--seed", str(seed), "--json", "--dir", tmp_path / "fuzz", *extra,
+                   timeout=timeout)
     assert r.stdout.strip(), f"fuzzer printed nothing; stderr:\n{r.stderr[-3000:]}"
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"mutations {summary['mutations']}, outcomes {summary['outcomes']}, "
@@ -49,7 +47,7 @@ def _run_fuzz(tmp_path: Path, *extra: str, timeout: float) -> dict:
     return summary
 
 
-def _check(summary: dict, expected: int) -> None:
+def _check(summary: dict[str, Any], expected: int) -> None:
     findings = "\n".join(json.dumps(f)[:1500] for f in summary["findings"])
     assert summary["crashes"] == 0, f"children crashed:\n{findings}"
     assert summary["hangs"] == 0, f"children hung:\n{findings}"
@@ -65,7 +63,7 @@ def test_thousands_of_mutated_tables_attach_or_raise_corrupt(tmp_path: Path) -> 
     _check(summary, MUTATIONS)
 
 
-@pytest.mark.skipif(not os.environ.get("SHMSLICE_SLOW"), reason="slow: set SHMSLICE_SLOW=1")
+@pytest.mark.slow
 def test_mutated_tables_with_mutex_garbage(tmp_path: Path) -> None:
     summary = _run_fuzz(tmp_path, "--mutations", "400", "--workers", "4", "--mutex", timeout=1200)
     assert summary["crashes"] == 0 and summary["hangs"] == 0, summary["findings"]
@@ -85,8 +83,7 @@ def _attach_in_child(data: Path, lock_dir: Path) -> tuple[int, str]:
             "    m.lock(0, 10, 'exclusive', timeout=0).release(); m.close(); print('attached')\n"
             "except shmslice.CorruptLockTable as e:\n"
             "    print('corrupt', e)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(data), str(lock_dir)],
-                       capture_output=True, text=True, timeout=60)
+    r = run_python("-c", code, data, lock_dir, timeout=60)
     return r.returncode, r.stdout.strip() + r.stderr[-2000:]
 
 
@@ -126,7 +123,7 @@ def test_killed_while_dropping_last_pin_leaves_repairable_table(point: int, data
             _die_unpinning(str(data_file), str(lock_dir), point)
         finally:
             os._exit(5)
-    _, status = os.waitpid(pid, 0)
+    status = wait_pid(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
     rc, out = _attach_in_child(data_file, lock_dir)
     assert rc == 0 and out == "attached", out

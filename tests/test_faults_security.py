@@ -6,7 +6,7 @@ The rule for exclusive locks (documented on LockManager): a process that can
 read but not write the data file may take shared locks and pins but not
 exclusive locks (they would block the file's writers) and may not resize it.
 
-Tests that change owners or user ids need root and skip otherwise.
+Tests that change owners or user ids are marked ``root`` and skip without it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import shmslice
 from shmslice import UnsafeLockTable
 from shmslice._binding import ffi, lib
 from shmslice.locks import table_path_for
+from tests.support import wait_pid
 
 NOBODY = 65534
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown / setuid)")
 
 
 # -- things planted at the table's path ---------------------------------------
@@ -65,7 +65,7 @@ def test_directory_at_table_path_is_an_error_not_a_table(data_file: Path, lock_d
         shmslice.LockManager(data_file, lock_dir=lock_dir)
 
 
-@needs_root
+@pytest.mark.root
 def test_table_owned_by_another_user_is_refused(data_file: Path, lock_dir: Path) -> None:
     with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
         table = mgr.table_path
@@ -75,7 +75,7 @@ def test_table_owned_by_another_user_is_refused(data_file: Path, lock_dir: Path)
     assert str(NOBODY) in str(err.value)
 
 
-@needs_root
+@pytest.mark.root
 def test_planted_file_of_another_user_is_refused(data_file: Path, lock_dir: Path) -> None:
     """A well-formed table planted in advance by another user (it could hold
     forged entries): refused, not used."""
@@ -93,7 +93,7 @@ def test_planted_file_of_another_user_is_refused(data_file: Path, lock_dir: Path
         shmslice.LockManager(data_file, lock_dir=lock_dir)
 
 
-@needs_root
+@pytest.mark.root
 def test_table_owned_by_the_data_files_owner_is_accepted(data_file: Path, lock_dir: Path) -> None:
     with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
         table = mgr.table_path
@@ -148,7 +148,7 @@ def test_writable_lock_dir_without_sticky_bit_is_refused(mode: int, data_file: P
         mgr.lock(0, 1).release()
 
 
-@needs_root
+@pytest.mark.root
 def test_lock_dir_owned_by_another_user_is_refused(data_file: Path, tmp_path: Path) -> None:
     d = tmp_path / "their-dir"
     d.mkdir(mode=0o700)
@@ -236,7 +236,7 @@ def _as_nobody(data: str, lock_dir: str, write_fd: int) -> None:
     os.write(write_fd, " ".join(results).encode())
 
 
-@needs_root
+@pytest.mark.root
 def test_reader_without_write_permission_cannot_take_exclusive_locks() -> None:
     # tmp_path lives under a 0700 directory; the unprivileged child needs a path it can walk.
     base = Path(tempfile.mkdtemp(prefix="shmslice-sec-", dir="/tmp"))
@@ -269,7 +269,7 @@ def test_reader_without_write_permission_cannot_take_exclusive_locks() -> None:
                     break
                 chunks.append(chunk)
             os.close(r)
-            _, status = os.waitpid(pid, 0)
+            status = wait_pid(pid, what="the unprivileged child")
             report = b"".join(chunks).decode()
             assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
             assert report.split() == ["writable=False", "shared=ok", "pin=ok",

@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 import shmslice
+from tests.support import end_process
 
 SPAN = 1 << 16
 EVENT = struct.Struct("<QQQQB")       # t_acquired, t_released, start, end, exclusive
@@ -91,14 +92,15 @@ def stress_process(idx: int, data: str, lock_dir: str, out_dir: str, seed: int, 
         logs: list[list] = [[] for _ in range(THREADS)]
         errors: list[BaseException] = []
 
-        def body(t: int) -> None:
+        def body(t: int, rnd: int, log: list, errors: list[BaseException]) -> None:
             try:
-                _thread_ops(mgr, random.Random(f"{seed}:{idx}:{rnd}:{t}"), ops, logs[t], pins,
+                _thread_ops(mgr, random.Random(f"{seed}:{idx}:{rnd}:{t}"), ops, log, pins,
                             pins_lock)
             except BaseException as exc:   # reported through the round's result file
                 errors.append(exc)
 
-        threads = [threading.Thread(target=body, args=(t,)) for t in range(THREADS)]
+        threads = [threading.Thread(target=body, args=(t, rnd, logs[t], errors))
+                   for t in range(THREADS)]
         for th in threads:
             th.start()
         for th in threads:
@@ -191,9 +193,7 @@ def run_stress(work: Path, seed: int, procs: int, rounds: int, ops: int) -> dict
     finally:
         barrier.abort()
         for c in children:
-            if c.is_alive():
-                c.kill()
-                c.join(10)
+            end_process(c, 0)
     return {"seed": seed, "grants_checked": grants, "pin_regions_checked": pin_checks}
 
 
@@ -216,7 +216,7 @@ def test_history_checker_flags_overlap() -> None:
     ok = [(0, 10, 0, 100, 1, "a"), (11, 20, 50, 60, 1, "b"), (12, 30, 0, 10, 0, "c"),
           (13, 14, 5, 8, 0, "d")]
     assert check_history(ok) == []
-    assert check_history(ok + [(5, 6, 99, 200, 0, "e")])          # shared inside exclusive
+    assert check_history([*ok, (5, 6, 99, 200, 0, "e")])          # shared inside exclusive
     assert check_history([(0, 10, 0, 5, 1, "a"), (9, 12, 4, 6, 1, "b")])
 
 
@@ -253,7 +253,10 @@ def test_close_with_calls_in_flight_in_other_threads(tmp_path: Path) -> None:
             errors: list[str] = []
             stop = threading.Event()
 
-            def hammer(t: int) -> None:
+            # The round's objects are arguments: a thread still running after its round
+            # must not pick up the next round's manager.
+            def hammer(t: int, rnd: int, mgr: shmslice.LockManager, stop: threading.Event,
+                       errors: list[str]) -> None:
                 r = random.Random(f"{seed}:{rnd}:{t}")
                 refs: list[int] = []
                 try:
@@ -280,7 +283,8 @@ def test_close_with_calls_in_flight_in_other_threads(tmp_path: Path) -> None:
                 except BaseException as exc:
                     errors.append(f"thread {t}: {exc!r}")
 
-            threads = [threading.Thread(target=hammer, args=(t,)) for t in range(6)]
+            threads = [threading.Thread(target=hammer, args=(t, rnd, mgr, stop, errors))
+                       for t in range(6)]
             for th in threads:
                 th.start()
             time.sleep(rng.uniform(0.0, 0.05))
@@ -298,10 +302,7 @@ def test_close_with_calls_in_flight_in_other_threads(tmp_path: Path) -> None:
             assert mine == [], f"seed {seed} round {rnd}: left behind {mine}"
     finally:
         done.set()
-        holder.join(30)
-        if holder.is_alive():
-            holder.kill()
-            holder.join(10)
+        end_process(holder)
 
 
 if __name__ == "__main__":

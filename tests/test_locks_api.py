@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import shmslice
-from shmslice._binding import ffi, lib
 from shmslice.locks import table_path_for
 
 
@@ -23,17 +22,9 @@ def mgr(data_file: Path, lock_dir: Path):
     m.close()
 
 
-# -- the compiled core -----------------------------------------------------------
-
-def test_core_loads_and_status_table_is_complete():
-    names = {ffi.string(lib.ss_status_name(code)).decode() for code in range(0, -13, -1)}
-    assert "SS_ETIMEDOUT" in names and "SS_UNKNOWN" not in names
-    assert ffi.string(lib.ss_status_name(-99)) == b"SS_UNKNOWN"
-
-
 # -- argument validation ---------------------------------------------------------
 
-@pytest.mark.parametrize("args, exc, word", [
+@pytest.mark.parametrize(("args", "exc", "word"), [
     (("0", 10), TypeError, "start"),
     ((0, 10.0), TypeError, "end"),
     ((True, 10), TypeError, "start"),
@@ -49,7 +40,7 @@ def test_bad_regions(mgr, args, exc, word):
         mgr.pin(*args)
 
 
-@pytest.mark.parametrize("kwargs, exc, word", [
+@pytest.mark.parametrize(("kwargs", "exc", "word"), [
     ({"mode": "write"}, ValueError, "mode"),
     ({"mode": 2}, TypeError, "mode"),
     ({"timeout": -1}, ValueError, "timeout"),

@@ -15,6 +15,7 @@ import pytest
 
 import shmslice
 from tests import _lockhelpers as helpers
+from tests.support import end_process, wait_pid, wait_until
 
 START_METHODS = ["fork", "spawn"]
 
@@ -30,11 +31,7 @@ def start(c, target, *args):
 
 
 def stop(p, timeout: float = 10.0) -> None:
-    p.join(timeout)
-    if p.is_alive():
-        p.kill()
-        p.join(5)
-        raise AssertionError(f"{p} did not finish within {timeout} s")
+    assert end_process(p, timeout), f"{p} did not finish within {timeout} s"
 
 
 def wait_set(event, what: str, timeout: float = 20.0) -> None:
@@ -67,10 +64,8 @@ def test_waiter_in_other_process_gets_lock_on_release(method, data_file, lock_di
         waiter = start(c, helpers.wait_for_lock, str(data_file), str(lock_dir), 5, 6, "exclusive",
                        started, result)
         wait_set(started, "the waiter")
-        deadline = time.monotonic() + 10
-        while not mgr.locks(waiting=True)[-1:] or not mgr.locks(waiting=True)[-1].waiting:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: any(e.waiting for e in mgr.locks(waiting=True)), "the waiter to queue",
+                   timeout=10)
         released_at = time.time()
         held.release()
         status, granted_at = result.get(timeout=10)
@@ -116,10 +111,8 @@ def test_sigkilled_holder_is_replaced_within_bound(method, reap_child, data_file
         holder.join(5)
     else:
         # Leave the holder a zombie (not waited for): it must still count as dead.
-        deadline = time.monotonic() + 5
-        while psutil.Process(holder.pid).status() != psutil.STATUS_ZOMBIE:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_until(lambda: psutil.Process(holder.pid).status() == psutil.STATUS_ZOMBIE,
+                   "the killed holder to become a zombie", timeout=5, interval=0.005)
     status, granted_at = result.get(timeout=10)
     stop(waiter)
     holder.join(5)
@@ -188,10 +181,8 @@ def test_waiting_writer_is_not_starved_by_readers(method, data_file, lock_dir):
     with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
         readers = [start(c, helpers.stream_shared, str(data_file), str(lock_dir), 0, 4096,
                          stop_evt, count) for _ in range(3)]
-        deadline = time.monotonic() + 20
-        while count.value < 30:   # readers overlap continuously by now
-            assert time.monotonic() < deadline, "readers never got going"
-            time.sleep(0.01)
+        # Readers overlap continuously once they have taken 30 locks between them.
+        wait_until(lambda: count.value >= 30, "the readers to get going")
         t0 = time.monotonic()
         try:
             lk = mgr.lock(1000, 2000, timeout=5)
@@ -219,10 +210,8 @@ def test_shared_request_queues_behind_earlier_waiting_writer(data_file, lock_dir
                    started, result)
     wait_set(started, "the writer")
     with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
-        deadline = time.monotonic() + 10
-        while not any(e.waiting for e in mgr.locks(waiting=True)):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: any(e.waiting for e in mgr.locks(waiting=True)), "the writer to queue",
+                   timeout=10)
         # Compatible with the granted reader, but the writer came first.
         with pytest.raises(shmslice.LockTimeout):
             mgr.lock(10, 20, mode="shared", timeout=0.2)
@@ -264,7 +253,7 @@ def test_forked_child_does_not_release_or_own_parents_locks(data_file, lock_dir)
             code = 13
         os.write(w, bytes([code]))
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    status = wait_pid(pid)
     assert os.read(r, 1) == b"\x00" and os.waitstatus_to_exitcode(status) == 0
     entries = mgr.locks()
     assert [(e.kind, e.pid) for e in entries] == [("exclusive", os.getpid()), ("pin", os.getpid())]
@@ -288,7 +277,7 @@ def test_parent_death_is_seen_even_while_forked_child_lives(data_file, lock_dir)
         os.write(w, grandchild.to_bytes(4, "little"))
         os.kill(os.getpid(), signal.SIGKILL)
     grandchild = int.from_bytes(os.read(r, 4), "little")
-    os.waitpid(pid, 0)
+    wait_pid(pid)
     try:
         assert psutil.pid_exists(grandchild)
         with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:

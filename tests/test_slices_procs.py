@@ -19,6 +19,7 @@ import pytest
 import shmslice
 from shmslice import MappedFile
 from tests import _slicehelpers as helpers
+from tests.support import end_process, wait_pid, wait_until
 
 WAIT = 60.0          # upper bound for any single wait on another process
 METHODS = ["fork", "spawn", "forkserver"]
@@ -31,14 +32,6 @@ def pin_owners(m: MappedFile) -> dict[tuple[int, int], dict[int, int]]:
         if i.kind == "pin" and i.alive:
             out.setdefault((i.start, i.end), {})[i.pid] = i.count
     return out
-
-
-def wait_until(pred, timeout: float = WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -70,9 +63,7 @@ def test_pins_visible_across_processes_and_block_shrink(datafile: Path, lock_dir
             assert len(m) == 8192 and datafile.stat().st_size == 8192
     finally:
         done.set()
-        child.join(WAIT)
-        if child.is_alive():
-            child.kill()
+        end_process(child, WAIT)
 
 
 def test_other_process_resize_is_noticed_and_refused(datafile: Path, lock_dir: Path) -> None:
@@ -110,7 +101,7 @@ def test_descriptor_round_trips(datafile: Path, lock_dir: Path, method: str, exe
                 sums = list(ex.map(helpers.checksum, chunks, timeout=WAIT))
                 halves = list(ex.map(helpers.half, chunks, timeout=WAIT))
         me = os.getpid()
-        for (pid, start, end, crc, seen), c in zip(sums, chunks):
+        for (pid, start, end, crc, seen), c in zip(sums, chunks, strict=True):
             assert pid != me and (start, end) == (c.start, c.end)
             assert crc == zlib.crc32(content[start:end])
             # The worker saw its own pin (slice + view) next to the parent's.
@@ -119,7 +110,7 @@ def test_descriptor_round_trips(datafile: Path, lock_dir: Path, method: str, exe
                 if (s_, e_, kind) == (start, end, "pin"):
                     owners[p] = owners.get(p, 0) + 1
             assert me in owners and pid in owners
-        for h, c in zip(halves, chunks):
+        for h, c in zip(halves, chunks, strict=True):
             assert h.base is m              # results join the file this process has open
             assert (h.start, h.end) == (c.start, c.start + len(c) // 2)
             assert h == content[h.start:h.end]
@@ -143,11 +134,10 @@ def test_slice_as_process_argument_pins_under_the_child(datafile: Path, lock_dir
             assert pin_owners(m) == {(100, 200): {os.getpid(): 1, child.pid: 2}}
         finally:
             done.set()
-            child.join(WAIT)
-            if child.is_alive():
-                child.kill()
+            end_process(child, WAIT)
         assert child.exitcode == 0
-        wait_until(lambda: pin_owners(m) == {(100, 200): {os.getpid(): 1}}, what="child pins gone")
+        wait_until(lambda: pin_owners(m) == {(100, 200): {os.getpid(): 1}}, "child pins gone",
+                   timeout=WAIT)
 
 
 # -- fork -------------------------------------------------------------------------------
@@ -166,16 +156,7 @@ def _read_line(fd: int, timeout: float = WAIT) -> str:
 
 
 def _wait_child(pid: int, timeout: float = WAIT) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            raise AssertionError("forked child did not exit")
-        time.sleep(0.01)
+    return os.waitstatus_to_exitcode(wait_pid(pid, timeout))
 
 
 def test_fork_child_never_drops_parent_pins(datafile: Path, lock_dir: Path) -> None:
@@ -314,9 +295,7 @@ def _uss_growth(m: MappedFile, mode: str, workers: int = 2) -> tuple[list[int], 
         results = [out.get(timeout=WAIT) for _ in procs]
     finally:
         for pr in procs:
-            pr.join(WAIT)
-            if pr.is_alive():
-                pr.kill()
+            end_process(pr, WAIT)
     assert [pr.exitcode for pr in procs] == [0] * workers
     return [r[0] for r in results], [r[1] for r in results]
 

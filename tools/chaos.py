@@ -30,9 +30,9 @@ What is checked, and by whom:
 
 Usage::
 
-    python bench/chaos.py --kills 2000           # the long run
-    python bench/chaos.py --kills 200 --json     # what the pytest run does
-    SHMSLICE_CHAOS_SEED=42 python bench/chaos.py --kills 2000   # replay a seed
+    python tools/chaos.py --kills 2000           # the long run
+    python tools/chaos.py --kills 200 --json     # what the pytest run does
+    SHMSLICE_CHAOS_SEED=42 python tools/chaos.py --kills 2000   # replay a seed
 
 Exit status 0 if clean, 1 on any violation, stall, crash or leftover.
 """
@@ -52,6 +52,8 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+
+from _children import wait_pid
 
 UNIT = 4096
 GLOBAL_BYTES = 4096
@@ -276,16 +278,10 @@ def forked_child(mgr, rng: random.Random, pins: list, fail) -> None:
             traceback.print_exc()
             code = 2
         os._exit(code)
-    deadline = time.monotonic() + 10
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            fail("forked child did not finish in 10 s")
-        time.sleep(0.001)
+    status = wait_pid(pid, 10, interval=0.001)
+    if status is None:
+        fail("forked child did not finish in 10 s")
+        return   # not reached: fail() ends the process
     # SIGKILL in any mode: the child inherits an armed crash point, if any.
     ok = (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL) \
         or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and mode != "killed")
@@ -455,9 +451,9 @@ def run(args: argparse.Namespace) -> dict:
                 failures.append(f"after reap, entry not owned by a live worker's pin: {e}")
                 continue
             got[e.pid][(e.start, e.end)] = e.count
-        for pid in expect:
-            if got[pid] != expect[pid]:
-                failures.append(f"pid {pid}: table pins {got[pid]} != held {expect[pid]}")
+        for pid, held in expect.items():
+            if got[pid] != held:
+                failures.append(f"pid {pid}: table pins {got[pid]} != held {held}")
         leftover_report = {"reaped_at_end": reaped, "entries_after_reap": len(entries),
                            "live_workers_at_end": len(live)}
         rec.put(G_EXIT, 1, "<I")

@@ -14,10 +14,10 @@ that does not answer in time is a hang.  Both fail the run.
 
 Usage::
 
-    python bench/fuzz_table.py --mutations 20000            # long run
-    python bench/fuzz_table.py --mutations 20000 --mutex     # also garble the mutex (slow)
-    SHMSLICE_FUZZ_SEED=1234 python bench/fuzz_table.py ...   # replay a seed
-    python bench/fuzz_table.py --seed 1234 --replay 517 --out /tmp/case517.shmslice
+    python tools/fuzz_table.py --mutations 20000            # long run
+    python tools/fuzz_table.py --mutations 20000 --mutex     # also garble the mutex (slow)
+    SHMSLICE_FUZZ_SEED=1234 python tools/fuzz_table.py ...   # replay a seed
+    python tools/fuzz_table.py --seed 1234 --replay 517 --out /tmp/case517.shmslice
 
 The table mutex lives in the header.  Garbage in its bytes can make
 ``pthread_mutex_clocklock`` wait the full SS_MUTEX_PATIENCE_S (10 s) before
@@ -46,6 +46,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+
+from _children import wait_pid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -86,6 +88,11 @@ CAPACITY = 48                 # small tables: cheap to copy thousands of times
 
 def table_bytes_for(capacity: int, proc_capacity: int) -> int:
     return HEADER_BYTES + proc_capacity * PROC_BYTES + capacity * ENTRY_BYTES
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def get(buf: bytes, off: int, fmt: str) -> int:
@@ -167,7 +174,7 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
             else:
                 continue
             out.append(("flip", off, rng.randrange(8)))
-        return [("op", "flip")] + out
+        return [("op", "flip"), *out]
     if kind == "hdr_garbage":
         n = rng.choice([1, 2, 4, 8, 16, 64, 256])
         for _try in range(50):
@@ -212,10 +219,9 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
     if kind == "entry_link":
         i = pick_entry(rng, b)
         field = rng.choice(["left", "right", "next_free", "owner_slot", "owner_gen"])
-        if rng.random() < 0.4 and b.used:
-            val = rng.choice(b.used + b.free + [i])   # in range: cycles, cross links
-        else:
-            val = interesting_u32(rng, b)
+        # In range (cycles, cross links) or not.
+        val = (rng.choice([*b.used, *b.free, i]) if rng.random() < 0.4 and b.used
+               else interesting_u32(rng, b))
         return [("op", f"entry{i}.{field}={val}"), ("set", b.entry_off(i, field), "<I", val)]
     if kind == "entry_value":
         i = pick_entry(rng, b)
@@ -235,7 +241,7 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
         # Point a child link at an ancestor-ish node (the tree's root) or at itself.
         i = pick_entry(rng, b)
         roots = [b.h[f"root{t}"] for t in range(3) if b.h[f"root{t}"] != NIL]
-        target = rng.choice(roots + [i]) if roots else i
+        target = rng.choice([*roots, i]) if roots else i
         field = rng.choice(["left", "right"])
         return [("op", f"cycle:entry{i}.{field}->{target}"),
                 ("set", b.entry_off(i, field), "<I", target)]
@@ -245,7 +251,7 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
             if rng.random() < 0.5:
                 target = interesting_u32(rng, b)   # out of range, or a used entry
             else:
-                target = rng.choice([b.h["free_head"], f] + b.free)   # a loop
+                target = rng.choice([b.h["free_head"], f, *b.free])   # a loop
             return [("op", f"free_loop:entry{f}.next_free->{target}"),
                     ("set", b.entry_off(f, "next_free"), "<I", target & NIL)]
         # No free entry: make one by hand, looping on itself.
@@ -359,10 +365,10 @@ def describe(plan: dict) -> str:
 
 def worker_main(args: argparse.Namespace) -> int:
     import shmslice
-    from shmslice import CorruptLockTable, LockTableFull, LockTimeout, DeadlockError
+    from shmslice import CorruptLockTable, DeadlockError, LockTableFull, LockTimeout
 
-    bases_raw = [open(p, "rb").read() for p in args.bases]
-    bases = [BaseInfo(os.path.basename(p), raw) for p, raw in zip(args.bases, bases_raw)]
+    bases_raw = [_read(p) for p in args.bases]
+    bases = [BaseInfo(os.path.basename(p), raw) for p, raw in zip(args.bases, bases_raw, strict=True)]
     data = args.data
     st = os.stat(data)
     lock_dir = args.lock_dir
@@ -383,10 +389,8 @@ def worker_main(args: argparse.Namespace) -> int:
         result = {"case": req["case"], "outcome": None, "detail": ""}
         rng = random.Random(plan["ops_seed"])
         try:
-            if plan["view"]:
-                obj = shmslice.TableView(table)
-            else:
-                obj = shmslice.LockManager(data, lock_dir=lock_dir)
+            obj = (shmslice.TableView(table) if plan["view"]
+                   else shmslice.LockManager(data, lock_dir=lock_dir))
         except CorruptLockTable as exc:
             result["outcome"] = "corrupt"
             result["detail"] = str(exc)[:200]
@@ -468,16 +472,10 @@ def _wait_file(path: str, timeout: float = 20.0) -> None:
 
 
 def _reap(pid: int, timeout: float = 20.0) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise TimeoutError(f"base-table child {pid} did not finish")
-        time.sleep(0.005)
+    status = wait_pid(pid, timeout)
+    if status is None:
+        raise TimeoutError(f"base-table child {pid} did not finish")
+    return status
 
 
 def build_bases(work: str) -> list[str]:
@@ -612,7 +610,7 @@ def verify_layout(work: str) -> None:
         lk = mgr.lock(4096, 8192, "exclusive")
         ref = mgr.pin(100, 200)
         mgr.pin(100, 200)
-        buf = open(mgr.table_path, "rb").read()
+        buf = _read(mgr.table_path)
         b = BaseInfo("layout", buf)
         problems = []
         want = {"magic": 0x5348534C49434531, "capacity": CAPACITY, "data_dev": st.st_dev,
@@ -632,7 +630,7 @@ def verify_layout(work: str) -> None:
         if get(buf, b.proc_off(0, "pid"), "<i") != os.getpid():
             problems.append("proc slot pid")
         if problems:
-            raise SystemExit("table layout does not match bench/fuzz_table.py: " + "; ".join(problems))
+            raise SystemExit("table layout does not match tools/fuzz_table.py: " + "; ".join(problems))
         lk.release()
         mgr.unpin(ref)
 
@@ -656,7 +654,8 @@ class Worker:
         if args.mutex:
             cmd.append("--mutex")
         cmd += ["--bases", *bases]
-        self.err = open(self.stderr_path, "ab")
+        # Lives as long as the worker: closed in stop(), not at the end of a block.
+        self.err = open(self.stderr_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, bufsize=0)
         self.buf = b""
@@ -692,8 +691,8 @@ def run(args: argparse.Namespace) -> dict:
     os.makedirs(work, exist_ok=True)
     verify_layout(work)
     base_paths = build_bases(work)
-    bases_raw = [open(p, "rb").read() for p in base_paths]
-    bases = [BaseInfo(os.path.basename(p), raw) for p, raw in zip(base_paths, bases_raw)]
+    bases_raw = [_read(p) for p in base_paths]
+    bases = [BaseInfo(os.path.basename(p), raw) for p, raw in zip(base_paths, bases_raw, strict=True)]
     patience = 10.0
     normal_deadline = args.case_timeout
     mutex_deadline = patience + 10.0
@@ -710,7 +709,7 @@ def run(args: argparse.Namespace) -> dict:
         r = subprocess.run([sys.executable, "-c",
                             "import sys, shmslice; v = shmslice.TableView(sys.argv[1]); "
                             "v.reap(); v.locks(); v.close(); shmslice.TableView(sys.argv[1]).close()",
-                            copy], capture_output=True, text=True, timeout=30)
+                            copy], check=False, capture_output=True, text=True, timeout=30)
         if r.returncode != 0:
             findings.append({"case": f"base:{os.path.basename(p)}", "kind": "base_unusable",
                              "detail": (r.stderr.strip().splitlines() or ["?"])[-1][:300]})

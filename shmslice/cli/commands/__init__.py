@@ -1,0 +1,10 @@
+"""The subcommands of ``shmslice``, a module each: ``run(args)`` beside the ``register`` that parses it."""
+
+from __future__ import annotations
+
+from shmslice.cli.commands import demo, info, locks, ls, reap
+
+#: In the order ``shmslice -h`` lists them.
+COMMANDS = (locks, ls, reap, info, demo)
+
+__all__ = ["COMMANDS"]
