@@ -100,7 +100,7 @@ def crc_tuple(desc: tuple[str, int, int]) -> int:
 
 def ratio_spread(a: Stats, b: Stats) -> str:
     """The per-repeat ratios a/b of two interleaved cases: their range, for the report."""
-    ratios = sorted(x / y for x, y in zip(a.samples, b.samples))
+    ratios = sorted(x / y for x, y in zip(a.samples, b.samples, strict=True))
     return f"repeats {ratios[0]:.2f}-{ratios[-1]:.2f}x"
 
 

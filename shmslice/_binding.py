@@ -25,10 +25,24 @@ from shmslice.errors import (
     UnsafeLockTable,
 )
 
-__all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES",
-           "ManagerBase", "RegionLock", "fast_pin", "fast_unpin", "ByteBufferSlice",
-           "FileBase", "manager_pin", "manager_unpin", "manager_locks", "bind_slice_helpers",
-           "bind_lock_info"]
+__all__ = [
+    "KIND_NAMES",
+    "ByteBufferSlice",
+    "FileBase",
+    "ManagerBase",
+    "RegionLock",
+    "bind_lock_info",
+    "bind_slice_helpers",
+    "fast_pin",
+    "fast_unpin",
+    "ffi",
+    "lib",
+    "manager_locks",
+    "manager_pin",
+    "manager_unpin",
+    "raise_status",
+    "table_name",
+]
 
 
 def _address(name: str) -> int:

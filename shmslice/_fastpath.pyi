@@ -1,7 +1,8 @@
 """Type stubs for the C extension shmslice._fastpath (csrc/fastpath.c)."""
 
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Iterator, SupportsIndex, overload
+from typing import Any, SupportsIndex, overload
 
 class RegionLock:
     """A granted lock on bytes [start, end) of a file; made by LockManager.lock()."""
@@ -99,8 +100,8 @@ class ByteBufferSlice:
 class FileBase:
     """C base of MappedFile (csrc/slice.c)."""
 
-    _path: Any
-    _desc: Any
+    _path: str
+    _desc: tuple[str, int, int, bool, str]
     _size: int
     _epoch: int
     _readonly: bool
@@ -112,7 +113,10 @@ class FileBase:
     def _mmap(self) -> Any: ...
     @property
     def _live_slices(self) -> int: ...
-    def __getitem__(self, key: Any) -> Any: ...
+    @overload
+    def __getitem__(self, key: SupportsIndex) -> int: ...
+    @overload
+    def __getitem__(self, key: slice) -> ByteBufferSlice: ...
     def _try_slice(self, start: int, end: int) -> ByteBufferSlice | None: ...
     def _set_mapping(self, mm: Any) -> None: ...
     def _release_slices(self) -> int: ...

@@ -18,13 +18,13 @@ arithmetic) are plain ``ndarray`` objects.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
 from shmslice.slices import ByteBufferSlice, _rebuild
 
-__all__ = ["MappedArray", "slice_asarray", "file_ndarray"]
+__all__ = ["MappedArray", "file_ndarray", "slice_asarray"]
 
 
 def _origin(a: np.ndarray) -> tuple[memoryview, ByteBufferSlice] | None:
@@ -52,7 +52,7 @@ class MappedArray(np.ndarray):
         origin = _origin(self)
         if origin is None:
             return np.ndarray.__reduce__(self.view(np.ndarray))   # not file memory: the bytes
-        mv, s = origin
+        s = origin[1]
         offset = self.__array_interface__["data"][0] - s._address
         descriptor = s.base._descriptor(s.start, s.end)
         return (_rebuild_array, (descriptor, self.dtype, self.shape, self.strides, offset))
@@ -90,17 +90,17 @@ def _shape_tuple(shape: Any) -> tuple[int, ...]:
     return dims
 
 
-def _check_order(order: Any) -> str:
+def _check_order(order: Any) -> Literal["C", "F"]:
     if order not in ("C", "F"):
         raise ValueError(f"order must be 'C' or 'F', got {order!r}")
-    return str(order)
+    return cast(Literal["C", "F"], order)
 
 
 def slice_asarray(s: ByteBufferSlice, dtype: Any = "u1", shape: Any = None,
                   order: str = "C") -> MappedArray:
     """``s.asarray(dtype, shape, order)``: the slice's bytes as a typed array, no copy."""
     dt = np.dtype(dtype)
-    order = _check_order(order)
+    layout = _check_order(order)
     n = len(s)
     where = f"ByteBufferSlice [{s.start}, {s.end}) of {s.base.path}"
     if dt.itemsize == 0:
@@ -120,14 +120,14 @@ def slice_asarray(s: ByteBufferSlice, dtype: Any = "u1", shape: Any = None,
         raise ValueError(f"{where} starts at offset {s.start}, which is not a multiple of "
                          f"{dt.alignment}, the alignment of {dt}; start the slice at an aligned "
                          "offset")
-    return np.ndarray.__new__(MappedArray, dims, dt, buffer=_export(s), order=order)
+    return np.ndarray.__new__(MappedArray, dims, dt, buffer=_export(s), order=layout)
 
 
 def file_ndarray(mf: Any, dtype: Any, shape: Any, offset: int = 0,
                  order: str = "C") -> MappedArray:
     """``mf.ndarray(dtype, shape, offset, order)``: like ``numpy.memmap``, without a copy."""
     dt = np.dtype(dtype)
-    order = _check_order(order)
+    layout = _check_order(order)
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
         raise TypeError(f"offset must be an int, not {type(offset).__name__}")
     offset = int(offset)
@@ -145,7 +145,7 @@ def file_ndarray(mf: Any, dtype: Any, shape: Any, offset: int = 0,
     s = mf[offset:offset + need]
     try:
         if need == 0:
-            return np.ndarray.__new__(MappedArray, dims, dt, order=order)
-        return slice_asarray(s, dt, dims, order)
+            return np.ndarray.__new__(MappedArray, dims, dt, order=layout)
+        return slice_asarray(s, dt, dims, layout)
     finally:
         s.release()   # the array's export keeps its own pin

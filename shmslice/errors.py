@@ -10,13 +10,13 @@ catch either.  All of them pickle, so they cross process boundaries intact
 from __future__ import annotations
 
 __all__ = [
-    "ShmSliceError",
-    "LockTimeout",
-    "LockTableFull",
     "CorruptLockTable",
     "DeadlockError",
-    "UnsafeLockTable",
+    "LockTableFull",
+    "LockTimeout",
+    "ShmSliceError",
     "StaleDescriptor",
+    "UnsafeLockTable",
 ]
 
 

@@ -31,7 +31,7 @@ from shmslice._binding import (
 )
 from shmslice._paths import resolve_lock_dir
 
-__all__ = ["LockManager", "RegionLock", "LockInfo", "TableStat", "TableView", "table_path_for"]
+__all__ = ["LockInfo", "LockManager", "RegionLock", "TableStat", "TableView", "table_path_for"]
 
 _SHARED = lib.SS_SHARED
 _EXCLUSIVE = lib.SS_EXCLUSIVE
@@ -169,7 +169,7 @@ class _Handle:
     detaches it (the C core then answers every call with SS_ECLOSED).
     """
 
-    __slots__ = ("ptr", "data_fd", "table_path", "writable", "closed", "__weakref__")
+    __slots__ = ("__weakref__", "closed", "data_fd", "ptr", "table_path", "writable")
 
     def __init__(self, ptr: object, data_fd: int, table_path: str, writable: bool) -> None:
         self.ptr = ptr

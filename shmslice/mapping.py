@@ -37,6 +37,7 @@ raises ``BufferError`` instead.
 
 from __future__ import annotations
 
+import builtins
 import mmap
 import os
 import stat
@@ -48,7 +49,7 @@ from shmslice.errors import StaleDescriptor
 from shmslice.locks import LockInfo, LockManager, RegionLock
 from shmslice.slices import ByteBufferSlice
 
-__all__ = ["open", "MappedFile"]
+__all__ = ["MappedFile", "open"]
 
 _ss_size_epoch = lib.ss_size_epoch
 
@@ -125,7 +126,15 @@ class MappedFile(FileBase):
 
     # _path, _size, _epoch, _readonly, _closed, _mgr and the slicing itself
     # live in the C base (csrc/slice.c).
-    __slots__ = ("_abspath", "_mode", "_h", "_dev", "_ino", "_lock_dir", "_maps")
+    __slots__ = ("_abspath", "_dev", "_h", "_ino", "_lock_dir", "_maps", "_mode")
+
+    _abspath: str
+    _mode: str
+    _h: Any           # the LockManager's handle owner (locks._Handle)
+    _dev: int
+    _ino: int
+    _lock_dir: str
+    _maps: list[weakref.ref[mmap.mmap]]
 
     def __init__(self) -> None:
         raise TypeError("use shmslice.open(path, mode) to map a file")
@@ -161,7 +170,7 @@ class MappedFile(FileBase):
         self._desc = (self._abspath, self._dev, self._ino, not self._readonly, self._lock_dir)
         self._size = 0
         self._epoch = -1
-        self._maps: list[weakref.ref[mmap.mmap]] = []
+        self._maps = []
         try:
             if mode == "w+":
                 if os.fstat(self._h.data_fd).st_size > 0:
@@ -196,7 +205,7 @@ class MappedFile(FileBase):
             if again == epoch:
                 break
             epoch = again
-        if size != self._size or self._mmap is None and size > 0:
+        if size != self._size or (self._mmap is None and size > 0):
             self._remap(size)
         self._epoch = epoch
 
@@ -220,7 +229,7 @@ class MappedFile(FileBase):
     @property
     def path(self) -> str:
         """The path the file was opened by."""
-        return self._path  # type: ignore[no-any-return]
+        return self._path
 
     @property
     def mode(self) -> str:
@@ -253,10 +262,10 @@ class MappedFile(FileBase):
 
     def slice(self, start: int | None = None, end: int | None = None) -> ByteBufferSlice:
         """Same as ``mf[start:end]``."""
-        return self[start:end]  # type: ignore[return-value]
+        return self[start:end]
 
     def _slice_slow(self, start: Any, stop: Any, step: Any) -> ByteBufferSlice:
-        key = slice(start, stop, step)
+        key = builtins.slice(start, stop, step)
         while True:
             self._refresh()
             a, b, k = key.indices(self._size)
@@ -264,8 +273,7 @@ class MappedFile(FileBase):
                 raise ValueError(
                     f"MappedFile slices must be contiguous (step 1), got step {k}; "
                     f"for a strided view use mf[a:b].view()[::{k}]")
-            if b < a:
-                b = a
+            b = max(b, a)
             s = self._try_slice(a, b)
             if s is not None:
                 return s
@@ -300,16 +308,16 @@ class MappedFile(FileBase):
             s = self._try_slice(i, i + 1)   # pinned while we read it
             if s is not None:
                 try:
-                    return s[0]  # type: ignore[return-value]
+                    return s[0]
                 finally:
                     s.release()
 
-    def __setitem__(self, key: int | slice, value: Any) -> None:
+    def __setitem__(self, key: int | builtins.slice, value: Any) -> None:
         if self._readonly:
             self._check_open()
             raise TypeError(f"cannot write to {self._path}: it was mapped read-only (mode 'r'); "
                             "open it with mode='r+' to write")
-        if isinstance(key, slice):
+        if isinstance(key, builtins.slice):
             s = self._slice_slow(key.start, key.stop, key.step)
             try:
                 s[:] = value
@@ -318,12 +326,12 @@ class MappedFile(FileBase):
             return
         while True:
             i = self._index(key)
-            s = self._try_slice(i, i + 1)
-            if s is not None:
+            one = self._try_slice(i, i + 1)
+            if one is not None:
                 try:
-                    s[0] = value
+                    one[0] = value
                 finally:
-                    s.release()
+                    one.release()
                 return
 
     def split(self, chunk_size: int) -> list[ByteBufferSlice]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import pytest

@@ -129,13 +129,13 @@ def test_arrays_in_workers_are_views_of_the_same_file(mf: MappedFile, method: st
     sums = [float(v.sum()) for v in views]
     if executor == "Pool":
         with ctx.Pool(2) as pool:
-            got = pool.starmap_async(helpers.array_probe, zip(views, stamps)).get(WAIT)
+            got = pool.starmap_async(helpers.array_probe, zip(views, stamps, strict=True)).get(WAIT)
     else:
         with ProcessPoolExecutor(2, mp_context=ctx) as ex:
             got = list(ex.map(helpers.array_probe, views, stamps, timeout=WAIT))
     me = os.getpid()
     for v, stamp, want, (pid, name, shape, strides, total, shared, seen) in zip(
-            views, stamps, sums, got):
+            views, stamps, sums, got, strict=True):
         assert pid != me and name == "MappedArray" and shared
         assert shape == v.shape and strides == v.strides and total == want
         assert v.flat[0] == stamp                       # written in the worker, seen here
@@ -198,5 +198,6 @@ def test_numpy_is_imported_only_when_arrays_are_asked_for(path: Path, lock_dir: 
         "assert 'numpy' in sys.modules and a[1] == 1.0\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=WAIT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=WAIT,
+                         check=False)
     assert out.returncode == 0, out.stderr.decode()
