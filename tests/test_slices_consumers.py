@@ -253,7 +253,7 @@ def test_pickle_descriptor_is_small_and_rebuilds(mf: MappedFile) -> None:
 def test_with_exit_with_a_live_numpy_array(path: Path, lock_dir: Path, content: bytes) -> None:
     np = pytest.importorskip("numpy")
     with shmslice.open(path, "r", lock_dir=lock_dir) as m:
-        a = np.frombuffer(m[:].view(), "f8")          # the everyday pattern
+        a = np.frombuffer(m[:].view(), "f8")          # the everyday numpy pattern
         b = m[0:800].asarray("f8")
     assert m.closed
     assert a.tobytes() == content and b.tobytes() == content[:800]
