@@ -4,9 +4,9 @@ from setuptools import Extension, setup
 
 fastpath = Extension(
     "shmslice._fastpath",
-    sources=["csrc/fastpath.c"],
+    sources=["csrc/fastpath.c", "csrc/slice.c"],
     include_dirs=["csrc"],
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+    extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                         "-Wno-cast-function-type", "-Wno-unused-parameter"],
 )
 

@@ -47,7 +47,6 @@ typedef struct {
     ss_handle *handle;     /* NULL until attached and again once closed */
     PyObject *owner;       /* the cffi cdata that owns (and frees) handle */
     int writable;          /* data file open for writing: exclusive allowed */
-    Py_ssize_t live_buffers; /* PinnedBuffer objects alive over this manager's file */
 } ManagerBase;
 
 /* --- RegionLock ------------------------------------------------------------- */
@@ -215,7 +214,7 @@ static PyTypeObject RegionLockType = {
  * tp_finalize runs ss_free; the collector runs the finalizers of everything
  * in a garbage cycle before it clears anything, so if owner were seen as part
  * of a cycle through this manager, handle would be freed while finalizers
- * (and PinnedBuffer deallocs) in the same cycle can still use it.  Unvisited,
+ * (and ByteBufferSlice deallocs) in the same cycle can still use it.  Unvisited,
  * owner counts as reachable and is freed only by manager_clear/dealloc, after
  * handle is NULL.  owner refers to nothing that could lead back to us. */
 static int manager_traverse(ManagerBase *self, visitproc visit, void *arg)
@@ -435,14 +434,6 @@ static PyMethodDef manager_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyObject *manager_live_buffers(ManagerBase *self, void *closure);
-
-static PyGetSetDef manager_getset[] = {
-    {"_live_buffers", (getter)manager_live_buffers, NULL,
-     "pinned views of this file alive in this process", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
 static PyTypeObject ManagerBaseType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmslice._fastpath.ManagerBase",
@@ -454,129 +445,20 @@ static PyTypeObject ManagerBaseType = {
     .tp_traverse = (traverseproc)manager_traverse,
     .tp_clear = (inquiry)manager_clear,
     .tp_methods = manager_methods,
-    .tp_getset = manager_getset,
 };
 
-/* --- PinnedBuffer: a pinned re-export of a mapped region ------------------------
- *
- * The ByteBufferSlice of the PEP 3118 discussion: an object that re-exports a
- * slice of another object's buffer (here a memoryview of the mmap, whose
- * export keeps mmap.close() from unmapping it) and holds the region's pin in
- * the lock table for exactly as long as any view of it is alive.  memoryview(b)
- * and everything sliced from that view keep b alive; when the last goes, b is
- * freed, and its dealloc drops the pin and the mmap export -- in C, with no
- * Python callback.  Read-only regions refuse writable exports, also through
- * view.obj. */
+/* --- for slice.c ------------------------------------------------------------------ */
 
-typedef struct {
-    PyObject_HEAD
-    ManagerBase *mgr;      /* strong reference; its handle owns the pin */
-    int64_t ref;           /* pin reference, dropped at dealloc (-1: none) */
-    Py_buffer source;      /* export of the mapped region, held while we live */
-    int readonly;
-    PyObject *weakrefs;
-} PinnedBufferObject;
-
-static int pinned_buffer_getbuffer(PinnedBufferObject *self, Py_buffer *view, int flags)
+/* The manager's core handle, NULL once it is closed (slice.c keeps no copy:
+ * the manager stays the one owner of its handle). */
+ss_handle *ss_fp_manager_handle(PyObject *manager)
 {
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->source.buf, self->source.len,
-                             self->readonly, flags);
+    return ((ManagerBase *)manager)->handle;
 }
 
-/* GC support: the buffer holds its manager, so a view reachable from the
- * manager (mgr.x = s.view()) makes a cycle through it; untracked, its edge to
- * the manager would count as an outside reference and the cycle -- manager,
- * table handle and pin -- would never be collected.  No tp_clear: the source
- * export must live as long as we do; clearing the other members of the cycle
- * frees us by reference counting. */
-static int pinned_buffer_traverse(PinnedBufferObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->mgr);   /* not source.obj: the collector must never clear an
-                              exporter we still hold an export of */
-    return 0;
-}
+PyTypeObject *ss_fp_manager_type(void) { return &ManagerBaseType; }
 
-static void pinned_buffer_dealloc(PinnedBufferObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    ManagerBase *mgr = self->mgr;
-    if (self->ref >= 0 && mgr && mgr->handle)
-        (void)core_unpin(mgr->handle, self->ref);   /* ENOTOWNER in a forked child: the
-                                                        parent's pin stays, as it must */
-    if (mgr) mgr->live_buffers--;
-    PyBuffer_Release(&self->source);
-    Py_XDECREF(mgr);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyBufferProcs pinned_buffer_as_buffer = {
-    .bf_getbuffer = (getbufferproc)pinned_buffer_getbuffer,
-};
-
-static PyTypeObject PinnedBufferType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmslice._fastpath.PinnedBuffer",
-    .tp_doc = "A pinned, zero-copy re-export of a mapped region (see fastpath.c).",
-    .tp_basicsize = sizeof(PinnedBufferObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_dealloc = (destructor)pinned_buffer_dealloc,
-    .tp_traverse = (traverseproc)pinned_buffer_traverse,
-    .tp_as_buffer = &pinned_buffer_as_buffer,
-    .tp_weaklistoffset = offsetof(PinnedBufferObject, weakrefs),
-};
-
-/* pinned_view(manager, source, ref, readonly) -> memoryview
- * source: an object exporting the mapped region (e.g. memoryview(mm)[a:b]);
- * ref: a pin on that region already taken through manager, now owned by the
- * returned view (dropped when the view and all views derived from it die). */
-static PyObject *fastpath_pinned_view(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)module;
-    ManagerBase *mgr;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "pinned_view(manager, source, ref, readonly)");
-        return NULL;
-    }
-    if (!PyObject_TypeCheck(args[0], &ManagerBaseType)) {
-        PyErr_SetString(PyExc_TypeError, "expected a LockManager");
-        return NULL;
-    }
-    mgr = (ManagerBase *)args[0];
-    long long ref = PyLong_AsLongLong(args[2]);
-    if (ref == -1 && PyErr_Occurred()) return NULL;
-    int readonly = PyObject_IsTrue(args[3]);
-    if (readonly < 0) return NULL;
-    /* From here on the pin is ours (the caller never drops it): every failure
-     * below drops it, here or in dealloc. */
-    PinnedBufferObject *b = PyObject_GC_New(PinnedBufferObject, &PinnedBufferType);
-    if (!b) {
-        if (mgr->handle) (void)core_unpin(mgr->handle, ref);
-        return NULL;
-    }
-    Py_INCREF(mgr);
-    b->mgr = mgr;
-    b->ref = ref;
-    b->weakrefs = NULL;
-    b->readonly = readonly;
-    b->source.obj = NULL;
-    mgr->live_buffers++;
-    if (PyObject_GetBuffer(args[1], &b->source, readonly ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0) {
-        b->source.obj = NULL;
-        Py_DECREF(b);
-        return NULL;
-    }
-    PyObject_GC_Track(b);
-    PyObject *view = PyMemoryView_FromObject((PyObject *)b);
-    Py_DECREF(b);   /* the view holds it now */
-    return view;
-}
-
-static PyObject *manager_live_buffers(ManagerBase *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSsize_t(self->live_buffers);
-}
+int ss_fp_slice_init(PyObject *module);   /* slice.c */
 
 /* --- module --------------------------------------------------------------------- */
 
@@ -656,8 +538,6 @@ static PyMethodDef fastpath_functions[] = {
      "pin(manager, start, end) -> reference (>= 0) or negative status"},
     {"unpin", (PyCFunction)(void (*)(void))fastpath_unpin, METH_FASTCALL,
      "unpin(manager, ref) -> 0 or negative status"},
-    {"pinned_view", (PyCFunction)(void (*)(void))fastpath_pinned_view, METH_FASTCALL,
-     "pinned_view(manager, source, ref, readonly) -> memoryview owning the pin ref"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -674,13 +554,13 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     str_lock_slow = PyUnicode_InternFromString("_lock_slow");
     str_raise_status = PyUnicode_InternFromString("_raise_status");
     if (!str_exclusive || !str_shared || !str_lock_slow || !str_raise_status) return NULL;
-    if (PyType_Ready(&RegionLockType) < 0 || PyType_Ready(&ManagerBaseType) < 0 ||
-        PyType_Ready(&PinnedBufferType) < 0)
+    if (PyType_Ready(&RegionLockType) < 0 || PyType_Ready(&ManagerBaseType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "RegionLock", (PyObject *)&RegionLockType) < 0 ||
-        PyModule_AddObjectRef(m, "ManagerBase", (PyObject *)&ManagerBaseType) < 0) {
+        PyModule_AddObjectRef(m, "ManagerBase", (PyObject *)&ManagerBaseType) < 0 ||
+        ss_fp_slice_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -62,19 +62,25 @@ __all__ = [
     "ECLOSED",
     "EXCLUSIVE",
     "SHARED",
+    "ByteBufferSlice",
+    "FileBase",
     "FileTableHandle",
     "ManagerBase",
     "RegionLock",
     "TableHandle",
     "attach",
     "attach_table",
+    "bind_lock_info",
+    "bind_slice_helpers",
     "check",
     "detail",
     "fast_pin",
     "fast_unpin",
     "ffi",
     "lib",
-    "pinned_view",
+    "manager_locks",
+    "manager_pin",
+    "manager_unpin",
     "raise_status",
     "set_crash_point",
     "table_name",
@@ -89,9 +95,25 @@ def _address(name: str) -> int:
 _fastpath.bind(_address("ss_lock"), _address("ss_release"), _address("ss_pin"), _address("ss_unpin"))
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
+ByteBufferSlice = _fastpath.ByteBufferSlice
+FileBase = _fastpath.FileBase
 fast_pin = _fastpath.pin              # (manager, start, end) -> reference >= 0, or a status < 0
 fast_unpin = _fastpath.unpin          # (manager, ref) -> 0, or a status < 0
-pinned_view = _fastpath.pinned_view   # (manager, source, ref, readonly) -> memoryview owning ref
+manager_pin = _fastpath.manager_pin        # LockManager.pin / unpin (method descriptors)
+manager_unpin = _fastpath.manager_unpin
+manager_locks = _fastpath.manager_locks    # LockManager.locks (method descriptor)
+
+
+def bind_slice_helpers(asarray: object, rebuild: object) -> None:
+    """Hand the slice type its core entry points and its Python helpers
+    (``asarray`` for typed views, ``rebuild`` for unpickling)."""
+    _fastpath.bind_slices(_address("ss_pin"), _address("ss_unpin"), _address("ss_size_epoch"),
+                          asarray, rebuild)
+
+
+def bind_lock_info(lock_info: type) -> None:
+    """Let ``LockManager.locks`` (C) build ``lock_info`` objects straight from the snapshot."""
+    _fastpath.bind_lock_info(lock_info, _address("ss_snapshot"))
 
 
 # -- constants the Python layer compares with -----------------------------------------

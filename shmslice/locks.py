@@ -16,7 +16,18 @@ import os
 from typing import NoReturn, SupportsIndex
 
 from shmslice import _binding
-from shmslice._binding import EXCLUSIVE, SHARED, FileTableHandle, ManagerBase, RegionLock, TableHandle
+from shmslice._binding import (
+    EXCLUSIVE,
+    SHARED,
+    FileTableHandle,
+    ManagerBase,
+    RegionLock,
+    TableHandle,
+    bind_lock_info,
+    manager_locks,
+    manager_pin,
+    manager_unpin,
+)
 from shmslice._paths import resolve_lock_dir
 from shmslice.records import LockInfo, Mode, TableStat
 
@@ -61,6 +72,9 @@ def _listing(entries: list[LockInfo], waiting: bool) -> list[LockInfo]:
     if not waiting:
         entries = [e for e in entries if not e.waiting]
     return sorted(entries, key=lambda info: (info.start, info.end, info.kind, info.pid))
+
+
+bind_lock_info(LockInfo)   # LockManager.locks builds these in C
 
 
 def table_path_for(path: str | os.PathLike[str], lock_dir: str | os.PathLike[str] | None = None) -> str:
@@ -220,16 +234,18 @@ class LockManager(ManagerBase):
         raise TypeError(f"mode must be a str ('shared' or 'exclusive'), not {type(mode).__name__}")
 
     # -- pins (used by slices; public for code that manages regions itself) -----
-    def pin(self, start: int, end: int) -> int:
-        """Add one pin on [start, end) for this process; returns a reference for :meth:`unpin`.
+    # pin(start, end) -> ref and unpin(ref) are C methods (csrc/slice.c) for
+    # plain arguments; every other case comes to _pin_slow / _unpin_slow.
+    pin = manager_pin
+    unpin = manager_unpin
 
-        Pins conflict with no lock; they stop the file from being shrunk below ``end``.
-        """
+    def _pin_slow(self, start: int, end: int) -> int:
+        """pin() for arguments that need converting or rejecting, and for errors."""
         start, end = check_region(start, end)
         return self._open_handle().pin(start, end)
 
-    def unpin(self, ref: int) -> None:
-        """Drop one pin taken by :meth:`pin` (raises ``ValueError`` if not held)."""
+    def _unpin_slow(self, ref: int) -> None:
+        """unpin() for bad references and errors (raises ``ValueError`` if not held)."""
         if type(ref) is not int:
             raise TypeError(f"ref must be an int from pin(), not {type(ref).__name__}")
         handle = self._open_handle()
@@ -269,12 +285,13 @@ class LockManager(ManagerBase):
         return self._open_handle().size_epoch()
 
     # -- inspection ---------------------------------------------------------------
-    def locks(self, *, waiting: bool = False) -> list[LockInfo]:
-        """Every pin and lock in the table, from all processes, sorted by region.
+    # locks(*, waiting=False) is a C method (csrc/slice.c): one snapshot, the
+    # LockInfo objects built in C, sorted as entries_from sorts them; a closed
+    # manager or a failed snapshot comes to _locks_slow for the exception.
+    locks = manager_locks
 
-        Entries of dead processes not yet reaped are included with ``alive=False``;
-        requests still waiting are included only with ``waiting=True``.
-        """
+    def _locks_slow(self, waiting: bool) -> list[LockInfo]:
+        """locks() when the C method cannot answer (a closed manager, a failed snapshot)."""
         return _listing(self._open_handle().snapshot(), waiting)
 
     def stat(self) -> TableStat:

@@ -23,40 +23,37 @@ Truncating the file *without* shmslice (``truncate -s``, ``open(path, 'w')``)
 bypasses the table and cannot be guarded against.
 
 Remapping never moves memory that slices still use: a new ``mmap`` is made and
-the old one stays mapped until the last slice or view made from it dies.
+the old one stays mapped until the last slice or buffer made from it dies.
+
+Closing
+-------
+``close()`` with buffers still exported (a numpy array made from a slice, a
+memoryview) does not raise: the file stops handing out slices and releases
+its slices' pins at once, while the mapping and the buffers' own pins live on
+until the last buffer dies; then it unmaps and detaches (``_finish_close``,
+called from the C type).  ``close(strict=True)`` keeps ``mmap``'s rule and
+raises ``BufferError`` instead.
 """
 
 from __future__ import annotations
 
 import builtins
 import mmap
-import operator
 import os
 import stat
 import weakref
-from typing import TYPE_CHECKING, Literal, NoReturn, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Literal
 
-from shmslice._binding import fast_pin, fast_unpin, raise_status
+from shmslice._binding import FileBase
 from shmslice.errors import StaleDescriptor
-from shmslice.locks import LockInfo, LockManager, Mode, RegionLock
-from shmslice.slices import (
-    _EMPTY,
-    _FORK,
-    ByteBufferSlice,
-    Descriptor,
-    _new_slice,
-    _PinnedSlice,
-    exported_views,
-    mmap_of,
-)
+from shmslice.locks import LockInfo, LockManager, RegionLock
+from shmslice.slices import ByteBufferSlice
 
 if TYPE_CHECKING:  # pragma: no cover
     from shmslice._binding import FileTableHandle
 
 __all__ = ["MappedFile", "open"]
 
-_ss_pin = fast_pin        # (manager, start, end): the C fast path, see slices.py
-_ss_unpin = fast_unpin
 
 OpenMode = Literal["r", "r+", "w+"]
 _MODES = ("r", "r+", "w+")
@@ -118,33 +115,28 @@ def _open_checked(path: str, mode: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-class MappedFile:
+class MappedFile(FileBase):
     """One data file mapped into this process, with its shared lock table.
 
     Made by :func:`shmslice.open`.  ``mf[i]`` reads a byte, ``mf[a:b]`` (or
     ``mf.slice(a, b)``) makes a zero-copy :class:`~shmslice.ByteBufferSlice`,
-    ``mf[a:b] = data`` writes.  ``close()`` (or the end of a ``with`` block)
-    releases every pin its slices hold and unmaps; it raises ``BufferError``
-    while views exported from its slices are alive, as ``mmap`` does.
+    ``mf[a:b] = data`` writes, ``mf.ndarray(dtype, shape)`` is a typed numpy
+    view.  ``close()`` (or the end of a ``with`` block) releases every pin its
+    slices hold; if buffers exported from them (memoryviews, numpy arrays) are
+    still alive, the mapping and their pins stay until the last one dies.
     """
 
-    __slots__ = ("__weakref__", "_abspath", "_closed", "_dev", "_epoch", "_handle", "_ino",
-                 "_lock_dir", "_maps", "_mgr", "_mode", "_mv", "_path", "_readonly", "_size")
+    # _path, _size, _epoch, _readonly, _closed, _mgr and the slicing itself
+    # live in the C base (csrc/slice.c).
+    __slots__ = ("_abspath", "_dev", "_handle", "_ino", "_lock_dir", "_maps", "_mode")
 
-    _path: str                  # as the user gave it
-    _abspath: str               # what descriptors carry to other processes
-    _mode: str                  # "r", "r+" or "w+"
-    _readonly: bool
-    _mgr: LockManager           # every pin and lock of this file goes through it
-    _handle: FileTableHandle    # _mgr's table handle: its `closed` is this file's too
-    _dev: int                   # identity of the file mapped
+    _abspath: str
+    _mode: str
+    _handle: FileTableHandle   # _mgr's table handle: its `closed` is this file's too
+    _dev: int
     _ino: int
     _lock_dir: str
-    _size: int                  # the file's size as of _epoch, and the size of _mv
-    _epoch: int                 # the table's resize counter when _size was read (-1: never)
-    _mv: memoryview | None      # the current mapping (None while the file is empty)
-    _maps: list[weakref.ref[memoryview]]   # every mapping made, while slices use it
-    _closed: bool               # close() has begun
+    _maps: list[weakref.ref[mmap.mmap]]
 
     def __init__(self) -> None:
         raise TypeError("use shmslice.open(path, mode) to map a file")
@@ -168,7 +160,7 @@ class MappedFile:
                 raise
         finally:
             os.close(fd)   # the LockManager's descriptor serves from here on
-        self = object.__new__(cls)
+        self = FileBase.__new__(cls)
         self._path = path
         self._abspath = os.path.abspath(path)
         self._mode = mode
@@ -177,23 +169,22 @@ class MappedFile:
         self._handle = mgr._handle
         self._dev, self._ino = st.st_dev, st.st_ino
         self._lock_dir = os.path.dirname(mgr.table_path)
+        self._desc = (self._abspath, self._dev, self._ino, not self._readonly, self._lock_dir)
         self._size = 0
         self._epoch = -1
-        self._mv = None
         self._maps = []
-        self._closed = False
         try:
             if mode == "w+":
-                assert size is not None   # open() requires it for "w+"
                 if os.fstat(self._handle.data_fd).st_size > 0:
                     mgr.resize_file(0)   # truncate: BufferError if anyone still uses it
-                mgr.resize_file(size)    # grow (pre-allocated)
+                mgr.resize_file(size)    # type: ignore[arg-type]  # grow (pre-allocated)
             self._refresh()
             if self._size == 0:
                 raise ValueError(f"cannot map {path}: the file is empty; create it with "
                                  "shmslice.open(path, 'w+', size=n) or grow it first")
         except BaseException:
             self._closed = True
+            self._set_mapping(None)
             mgr.close()
             raise
         _user_files[self._key()] = self
@@ -203,7 +194,7 @@ class MappedFile:
     def _refresh(self) -> None:
         """Bring the mapping up to date with the file size if anyone resized it since."""
         h = self._handle
-        if h.closed:
+        if self._closed or h.closed:
             raise ValueError(f"I/O operation on closed MappedFile {self._path}")
         epoch = h.size_epoch()
         if epoch == self._epoch:
@@ -216,24 +207,25 @@ class MappedFile:
             if again == epoch:
                 break
             epoch = again
-        if size != self._size or (self._mv is None and size > 0):
+        if size != self._size or (self._mmap is None and size > 0):
             self._remap(size)
         self._epoch = epoch
 
     def _remap(self, size: int) -> None:
         if size == 0:
-            self._mv = None
+            self._set_mapping(None)
         else:
             access = mmap.ACCESS_READ if self._readonly else mmap.ACCESS_WRITE
-            mv = memoryview(mmap.mmap(self._handle.data_fd, size, access=access))
-            # Earlier mappings stay mapped while slices made from them live.
+            mm = mmap.mmap(self._handle.data_fd, size, access=access)
+            # Earlier mappings stay mapped while slices made from them live
+            # (each holds the mapping's export).
             self._maps = [r for r in self._maps if r() is not None]
-            self._maps.append(weakref.ref(mv))
-            self._mv = mv
+            self._maps.append(weakref.ref(mm))
+            self._set_mapping(mm)
         self._size = size
 
     def _check_open(self) -> None:
-        if self._handle.closed:
+        if self._closed:
             raise ValueError(f"I/O operation on closed MappedFile {self._path}")
 
     @property
@@ -249,59 +241,33 @@ class MappedFile:
     @property
     def readonly(self) -> bool:
         """True for mode ``"r"``."""
-        return self._readonly
+        return bool(self._readonly)
 
     @property
     def closed(self) -> bool:
-        return self._handle.closed
+        """True once :meth:`close` ran (buffers exported before may still be alive)."""
+        return bool(self._closed) or self._handle.closed
 
     @property
     def size(self) -> int:
         """Current size of the file in bytes (refreshed if another process resized it)."""
         self._refresh()
-        return self._size
+        return int(self._size)
 
     def __len__(self) -> int:
         self._refresh()
-        return self._size
+        return int(self._size)
 
     # -- slicing ----------------------------------------------------------------------
-    @overload
-    def __getitem__(self, key: SupportsIndex) -> int: ...
-    @overload
-    def __getitem__(self, key: builtins.slice) -> ByteBufferSlice: ...
-
-    def __getitem__(self, key: SupportsIndex | builtins.slice) -> int | ByteBufferSlice:
-        if type(key) is slice:
-            a = key.start
-            b = key.stop
-            # Hot path: explicit bounds inside the size we know.  Only pin here
-            # (one C call); the slice checks the region against the file's
-            # current size the first time it touches memory (ByteBufferSlice._verify),
-            # which is when a concurrent shrink by another process would matter.
-            if (type(a) is int and type(b) is int and key.step is None
-                    and 0 <= a < b <= self._size):
-                mgr = self._mgr
-                ref = _ss_pin(mgr, a, b)   # SS_ECLOSED once closed: the slow path says so
-                if ref >= 0:
-                    s = _new_slice(_PinnedSlice)
-                    s._mf = self
-                    s._m = mgr
-                    s._mv = None   # not yet verified
-                    s._start = a
-                    s._end = b
-                    s._ref = ref
-                    s._gen = _FORK[0]
-                    return s
-            return self._slice_slow(a, b, key.step)
-        return self._byte_at(key)   # (slice cannot be subclassed: the type test is exact)
+    # mf[a:b] and mf[i] are FileBase's (C); they come here for everything but
+    # plain in-range cases.
 
     def slice(self, start: int | None = None, end: int | None = None) -> ByteBufferSlice:
         """Same as ``mf[start:end]``."""
         return self[start:end]
 
-    def _slice_slow(self, start: object, stop: object, step: object) -> ByteBufferSlice:
-        key = slice(start, stop, step)
+    def _slice_slow(self, start: Any, stop: Any, step: Any) -> ByteBufferSlice:
+        key = builtins.slice(start, stop, step)
         while True:
             self._refresh()
             a, b, k = key.indices(self._size)
@@ -314,32 +280,6 @@ class MappedFile:
             if s is not None:
                 return s
 
-    def _try_slice(self, a: int, b: int) -> ByteBufferSlice | None:
-        """Pin [a, b) and make the slice; None if the file was resized meanwhile."""
-        if a == b:
-            return self._new(ByteBufferSlice, self._mv, a, b, _EMPTY)
-        ref = _ss_pin(self._mgr, a, b)
-        if ref < 0:
-            raise_status(ref, self._path)
-        if self._handle.size_epoch() != self._epoch:
-            rc = _ss_unpin(self._mgr, ref)
-            if rc < 0:
-                raise_status(rc, self._path)
-            return None
-        return self._new(_PinnedSlice, self._mv, a, b, ref)
-
-    def _new(self, cls: type[ByteBufferSlice], mv: memoryview | None, a: int, b: int,
-             ref: int) -> ByteBufferSlice:
-        s = _new_slice(cls)
-        s._mf = self
-        s._m = self._mgr
-        s._mv = mv
-        s._start = a
-        s._end = b
-        s._ref = ref
-        s._gen = _FORK[0]
-        return s
-
     def _slice_exact(self, a: int, b: int) -> ByteBufferSlice:
         """A slice of exactly [a, b), which must lie inside the file (unpickling)."""
         while True:
@@ -351,60 +291,49 @@ class MappedFile:
             if s is not None:
                 return s
 
-    def _sub_slice(self, parent: ByteBufferSlice, a: int, b: int) -> ByteBufferSlice:
-        # Inside a live, pinned parent: the region exists and the parent's mapping
-        # covers it, so the resize counter need not be checked.
-        if a == b:
-            return self._new(ByteBufferSlice, parent._mv, a, b, _EMPTY)
-        ref = _ss_pin(self._mgr, a, b)
-        if ref < 0:
-            raise_status(ref, self._path)
-        return self._new(_PinnedSlice, parent._mv, a, b, ref)
-
-    def _index(self, key: object) -> int:
-        if not isinstance(key, SupportsIndex):
+    def _index(self, key: Any) -> int:
+        try:
+            i = key.__index__()
+        except AttributeError:
             raise TypeError(f"MappedFile indices must be integers or slices, "
-                            f"not {type(key).__name__}")
-        i = operator.index(key)
+                            f"not {type(key).__name__}") from None
         n = self.size
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"index {key} out of range for {self._path} ({n} bytes)")
-        return i
+        return int(i)
 
-    def _byte_at(self, key: object) -> int:
+    def _byte_at(self, key: Any) -> int:
         while True:
             i = self._index(key)
             s = self._try_slice(i, i + 1)   # pinned while we read it
             if s is not None:
-                mv = s._mv
-                assert mv is not None   # set for every slice of a non-empty file
                 try:
-                    return mv[i]
+                    return s[0]
                 finally:
                     s.release()
 
-    def __setitem__(self, key: SupportsIndex | builtins.slice, value: object) -> None:
+    def __setitem__(self, key: int | builtins.slice, value: Any) -> None:
         if self._readonly:
             self._check_open()
             raise TypeError(f"cannot write to {self._path}: it was mapped read-only (mode 'r'); "
                             "open it with mode='r+' to write")
-        if isinstance(key, slice):
-            whole = self._slice_slow(key.start, key.stop, key.step)
+        if isinstance(key, builtins.slice):
+            s = self._slice_slow(key.start, key.stop, key.step)
             try:
-                whole[:] = value
+                s[:] = value
             finally:
-                whole.release()
+                s.release()
             return
         while True:
             i = self._index(key)
-            s = self._try_slice(i, i + 1)
-            if s is not None:
+            one = self._try_slice(i, i + 1)
+            if one is not None:
                 try:
-                    s[0] = value
+                    one[0] = value
                 finally:
-                    s.release()
+                    one.release()
                 return
 
     def split(self, chunk_size: int) -> list[ByteBufferSlice]:
@@ -433,22 +362,34 @@ class MappedFile:
                 s.release()
             raise
 
+    def ndarray(self, dtype: Any, shape: Any, offset: int = 0, order: str = "C") -> Any:
+        """A numpy array of ``dtype`` and ``shape`` over the file's bytes from ``offset``, no copy.
+
+        Like ``numpy.memmap(path, dtype, mode, offset, shape, order)``: the array
+        reads and writes the shared mapping, holds a pin on its bytes while it
+        lives, is read-only for mode ``"r"``, and pickles as a small descriptor
+        that a worker maps again.  ``ValueError`` if the bytes do not fit in the
+        file or ``offset`` is not aligned for ``dtype``.
+        """
+        from shmslice.arrays import file_ndarray
+        return file_ndarray(self, dtype, shape, offset, order)
+
     # -- locks --------------------------------------------------------------------
-    def lock(self, start: int, end: int, mode: Mode = "exclusive",
+    def lock(self, start: int, end: int, mode: Literal["shared", "exclusive"] = "exclusive",
              timeout: float | None = None) -> RegionLock:
         """Lock bytes [start, end) in ``mode``; see :meth:`LockManager.lock`."""
         self._check_open()
-        return self._mgr.lock(start, end, mode, timeout)
+        return self._mgr.lock(start, end, mode, timeout)  # type: ignore[no-any-return]
 
     def locks(self) -> list[LockInfo]:
         """Every pin and lock on this file, from all processes (see :meth:`LockManager.locks`)."""
         self._check_open()
-        return self._mgr.locks()
+        return self._mgr.locks()  # type: ignore[no-any-return]
 
     @property
     def lock_manager(self) -> LockManager:
         """The :class:`~shmslice.LockManager` this file's pins and locks go through."""
-        return self._mgr
+        return self._mgr  # type: ignore[no-any-return]
 
     # -- flush, resize, close -------------------------------------------------------------
     def flush(self) -> None:
@@ -457,17 +398,15 @@ class MappedFile:
         if self._readonly:
             return
         for r in self._maps:
-            mv = r()
-            if mv is not None:
-                mm = mmap_of(mv)
-                if not mm.closed:
-                    mm.flush()
+            mm = r()
+            if mm is not None and not mm.closed:
+                mm.flush()
 
     def resize(self, new_size: int) -> None:
         """Grow or shrink the file (and this mapping) to ``new_size`` bytes.
 
         Growing is always allowed.  Shrinking raises ``BufferError``, naming the
-        holder, while any process -- this one included -- holds a slice, view or
+        holder, while any process -- this one included -- holds a slice, buffer or
         lock that reaches past ``new_size``.  Other processes remap when they
         next use the file.
         """
@@ -482,44 +421,66 @@ class MappedFile:
         self._mgr.resize_file(new_size)
         self._refresh()
 
-    def close(self) -> None:
-        """Release every pin this file's slices hold and unmap.  Closing twice is harmless.
+    def close(self, strict: bool = False) -> None:
+        """Stop handing out slices, release every slice's pin, and unmap.
 
-        Raises ``BufferError`` while views exported from its slices are alive.
-        Slices still referenced become unusable (``ValueError``).
+        Buffers exported from the slices (memoryviews, numpy arrays, ...) stay
+        valid: the mapping, and the pins they hold, live until the last of them
+        dies, and only then is the file unmapped and its lock table detached
+        (as pyarrow's memory map does).  ``strict=True`` raises ``BufferError``
+        instead, saying how many exports are alive and of what kind, and leaves
+        the file open.  Slices still referenced become unusable (``ValueError``).
+        Closing twice is harmless.
         """
         if self._closed:
             return
-        exported = exported_views(self)
-        if exported:
-            raise BufferError(
-                f"cannot close {self._path}: {exported} exported view(s) of its slices "
-                "are still alive; release them (view.release(), or drop every reference "
-                "to them and to arrays made from them) first")
+        if strict:
+            buffers, views, arrays = self._exports()
+            if buffers + views + arrays:
+                kinds = [f"{n} {what}" for n, what in (
+                    (arrays, "numpy array(s) from asarray()/ndarray()"),
+                    (views, "memoryview(s) from view()"),
+                    (buffers, "other buffer export(s), such as memoryview(s) or "
+                              "numpy.frombuffer(s)")) if n]
+                raise BufferError(
+                    f"cannot close {self._path}: {buffers + views + arrays} buffer export(s) of "
+                    f"its slices are alive ({', '.join(kinds)}); release them (view.release(), or "
+                    "drop every reference to them and to arrays made from them), or call "
+                    "close() without strict=True to unmap when the last one dies")
         self._closed = True
-        maps, self._maps = self._maps, []
-        self._mv = None
         if _user_files.get(self._key()) is self:
             del _user_files[self._key()]
+        try:
+            self._release_slices()   # every slice's pin; their exports keep theirs
+        finally:
+            self._set_mapping(None)
+            if not self._defer_close():   # exports alive: _finish_close runs at the last
+                self._finish_close()
+
+    def _finish_close(self) -> None:
+        """Unmap and detach from the lock table, once nothing exported is alive."""
+        # (getattr: when the last export dies in a garbage cycle, the collector
+        # may have cleared this object's slots already; then it is going anyway.)
+        maps = getattr(self, "_maps", [])
+        self._maps = []
         still_exported = 0
         for r in maps:
-            mv = r()
-            if mv is not None:
-                mm = mmap_of(mv)
-                mv.release()
+            mm = r()
+            if mm is not None:
                 try:
                     mm.close()
                 except BufferError:
                     still_exported += 1
         if still_exported:
-            # Someone holds an export we did not hand out (our count says none):
-            # the mmap refused to unmap, so memory stays valid -- and so must the
-            # pins that keep other processes from truncating under it.  They go
-            # when this object is garbage collected.
+            # Someone holds an export of the mmap we did not hand out: it stays
+            # mapped -- and so must the pins that keep other processes from
+            # truncating under it.  They go when this object is collected.
             raise BufferError(f"{self._path}: {still_exported} mapping(s) are still exported "
                               "by buffers shmslice did not count; they stay mapped (and "
                               "pinned) until those buffers die")
-        self._mgr.close()   # drops every pin and lock taken through it
+        mgr = self._mgr
+        if mgr is not None:
+            mgr.close()   # drops every pin and lock taken through it
 
     def __enter__(self) -> MappedFile:
         self._check_open()
@@ -532,18 +493,20 @@ class MappedFile:
     def _key(self) -> tuple[int, int, bool, str]:
         return (self._dev, self._ino, not self._readonly, self._lock_dir)
 
-    def _descriptor(self, start: int, end: int) -> Descriptor:
-        self._refresh()
+    def _descriptor(self, start: int, end: int) -> tuple[Any, ...]:
+        if not self._closed:   # (closed with arrays alive: they can still be pickled)
+            self._refresh()
         return (self._abspath, self._dev, self._ino, start, end, not self._readonly,
                 self._size, self._lock_dir)
 
-    def __reduce__(self) -> NoReturn:
+    def __reduce__(self) -> Any:
         raise TypeError("a MappedFile cannot be pickled; pickle slices of it (mf[:] or "
                         "mf[a:b]) instead: they travel as small descriptors")
 
     def __repr__(self) -> str:
-        state = "closed" if self._handle.closed else f"{self._size} bytes"
-        return f"<shmslice.MappedFile {self._path!r} mode={self._mode!r} {state}>"
+        state = "closed" if self._closed else f"{self._size} bytes"
+        mode = getattr(self, "_mode", "?")   # (unset while _open runs)
+        return f"<shmslice.MappedFile {self._path!r} mode={mode!r} {state}>"
 
 
 # -- process-level registry (for unpickling) ---------------------------------------------

@@ -95,3 +95,17 @@ def shrink_with_lock_manager(path: str, lock_dir: str, size: int) -> str:
         return f"BufferError: {err}"
     finally:
         mgr.close()
+
+
+def array_probe(a, stamp: float) -> tuple[int, str, tuple[int, ...], tuple[int, ...], float, bool,
+                                           list[tuple[int, int, str, int]]]:
+    """In a worker: what arrived, its sum, and a write through it (seen by the parent
+    only if the array is a view of the shared file rather than a copy)."""
+    from shmslice.arrays import MappedArray, _origin
+    origin = _origin(a)
+    total = float(a.sum())
+    shared = isinstance(a, MappedArray) and origin is not None
+    if a.flags.writeable and a.size:
+        a.flat[0] = stamp
+    pins = [(i.start, i.end, i.kind, i.pid) for i in origin[1].base.locks()] if origin else []
+    return os.getpid(), type(a).__name__, a.shape, a.strides, total, shared, pins
