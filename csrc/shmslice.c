@@ -11,6 +11,8 @@
  *   7. Creating, validating and attaching a table
  *   8. Locks, pins, resize
  *   9. Inspection: snapshot, stat, reap
+ *  10. Public entry points (each call bracketed by handle_enter/leave)
+ *  11. Layout served to tools and tests
  *
  * Design in brief.  The table is a file in a tmpfs directory, one per data
  * file identity (st_dev, st_ino), mapped MAP_SHARED by every process that
@@ -51,6 +53,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1862,4 +1865,151 @@ int64_t ss_size_epoch(ss_handle *h)
     int64_t epoch = size_epoch_impl(h);
     handle_leave(h);
     return epoch;
+}
+
+/* ===================================================================
+ * 11. Layout served to tools and tests
+ *
+ * The fuzzer, the fault tests and the command-line tool read and poke the
+ * table file directly.  They learn where everything is from here, so the
+ * layout exists once (the structs above) and a change to it cannot leave
+ * them poking the wrong bytes.  Every figure comes from offsetof/sizeof.
+ * =================================================================== */
+
+struct layout_buf { char *buf; uint32_t len; size_t need; };
+
+__attribute__((format(printf, 2, 3)))
+static void layout_line(struct layout_buf *b, const char *fmt, ...)
+{
+    char line[160];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n <= 0) return;
+    size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    if (b->buf && b->need + len < b->len) memcpy(b->buf + b->need, line, len);
+    b->need += len;
+}
+
+#define LAYOUT_FIELD(b, prefix, type, field) \
+    layout_line(b, "field " prefix "." #field " %zu %zu\n", offsetof(type, field), \
+                sizeof(((type *)0)->field))
+#define LAYOUT_CONST(b, name, value) \
+    layout_line(b, "const " name " %llu\n", (unsigned long long)(value))
+
+/* Write the layout description into buf (NUL-terminated, truncated to
+ * buflen) and return its full length, so a caller with a short buffer can
+ * ask again.  Lines are "field NAME OFFSET SIZE" (offsets relative to the
+ * header, a process slot or an entry, by prefix hdr./proc./entry.) and
+ * "const NAME VALUE". */
+int ss_layout(char *buf, uint32_t buflen)
+{
+    struct layout_buf b = {buf, buflen, 0};
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, magic);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, format);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, capacity);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, proc_capacity);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, table_bytes);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, data_dev);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, data_ino);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, created_ns);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, data_path);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, mutex);
+#ifdef __GLIBC__
+    /* The words of glibc's mutex the fault tools garble on purpose. */
+    layout_line(&b, "field hdr.mutex.__lock %zu %zu\n",
+                offsetof(struct ss_header, mutex) + offsetof(pthread_mutex_t, __data.__lock),
+                sizeof(((pthread_mutex_t *)0)->__data.__lock));
+    layout_line(&b, "field hdr.mutex.__owner %zu %zu\n",
+                offsetof(struct ss_header, mutex) + offsetof(pthread_mutex_t, __data.__owner),
+                sizeof(((pthread_mutex_t *)0)->__data.__owner));
+    layout_line(&b, "field hdr.mutex.__kind %zu %zu\n",
+                offsetof(struct ss_header, mutex) + offsetof(pthread_mutex_t, __data.__kind),
+                sizeof(((pthread_mutex_t *)0)->__data.__kind));
+#endif
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, wake_seq);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, next_ticket);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, root);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, free_head);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, entry_hwm);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, proc_hwm);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, used);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, waiting);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, procs_used);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, repairs);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, file_size);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, size_epoch);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, state);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, attached_ns);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, start);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, end);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, max_end);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, ticket);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, since_ns);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, left);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, right);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, next_free);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, owner_slot);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, owner_gen);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, tid);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, count);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, serial);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, kind);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, state);
+    LAYOUT_CONST(&b, "header_size", sizeof(struct ss_header));
+    LAYOUT_CONST(&b, "header_bytes", SS_HEADER_BYTES);
+    LAYOUT_CONST(&b, "proc_bytes", sizeof(struct ss_proc));
+    LAYOUT_CONST(&b, "entry_bytes", sizeof(struct ss_entry));
+    LAYOUT_CONST(&b, "tree_count", TREE_COUNT);
+    LAYOUT_CONST(&b, "tree_shared", TREE_SHARED);
+    LAYOUT_CONST(&b, "tree_exclusive", TREE_EXCLUSIVE);
+    LAYOUT_CONST(&b, "tree_pin", TREE_PIN);
+    LAYOUT_CONST(&b, "magic", SS_MAGIC);
+    LAYOUT_CONST(&b, "format", ss_format_stamp());
+    LAYOUT_CONST(&b, "default_capacity", SS_DEFAULT_CAPACITY);
+    LAYOUT_CONST(&b, "default_proc_capacity", SS_DEFAULT_PROC_CAPACITY);
+    LAYOUT_CONST(&b, "max_capacity", SS_MAX_CAPACITY);
+    LAYOUT_CONST(&b, "nil", SS_NIL);
+    LAYOUT_CONST(&b, "entry_free", ENTRY_FREE);
+    LAYOUT_CONST(&b, "proc_free", PROC_FREE);
+    LAYOUT_CONST(&b, "proc_used", PROC_USED);
+    LAYOUT_CONST(&b, "slot_lock_base", SS_SLOT_LOCK_BASE);
+    LAYOUT_CONST(&b, "mutex_patience_s", SS_MUTEX_PATIENCE_S);
+    if (buf && buflen) buf[b.need < buflen ? b.need : buflen - 1] = 0;
+    return b.need > INT_MAX ? INT_MAX : (int)b.need;
+}
+
+/* Is name a lock table file name as ss_table_name makes them?  Then store
+ * the data file identity it names and return SS_OK, else SS_EINVAL. */
+int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino)
+{
+    if (!name) return fail(SS_EINVAL, "no name");
+    static const char suffix[] = ".shmslice";
+    uint64_t part[2] = {0, 0};
+    const char *p = name;
+    for (int k = 0; k < 2; k++) {
+        const char *digits = p;
+        uint64_t v = 0;
+        /* Lower-case hex without leading zeros: exactly what %llx prints. */
+        while ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')) {
+            if (v >> 60) return fail(SS_EINVAL, "%s: number too large", name);
+            v = v * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10);
+            p++;
+        }
+        size_t n = (size_t)(p - digits);
+        if (n == 0 || (n > 1 && digits[0] == '0'))
+            return fail(SS_EINVAL, "%s is not a lock table name", name);
+        part[k] = v;
+        if (k == 0) {
+            if (*p != '-') return fail(SS_EINVAL, "%s is not a lock table name", name);
+            p++;
+        }
+    }
+    if (strcmp(p, suffix) != 0) return fail(SS_EINVAL, "%s is not a lock table name", name);
+    if (dev) *dev = part[0];
+    if (ino) *ino = part[1];
+    return SS_OK;
 }

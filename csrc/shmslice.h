@@ -181,4 +181,18 @@ int ss_reap(ss_handle *h, uint32_t *removed);
  */
 void ss_debug_set_crash_point(int point, int countdown);
 
+/*
+ * Describe the table file's layout for tools and tests: writes lines
+ * "field NAME OFFSET SIZE" and "const NAME VALUE" into buf (NUL-terminated,
+ * truncated to buflen) and returns the full length, so a caller whose buffer
+ * was too short can call again with a larger one.
+ */
+int ss_layout(char *buf, uint32_t buflen);
+
+/*
+ * If name is a lock table file name (as ss_table_name makes), store the data
+ * file identity it names in *dev and *ino and return SS_OK; else SS_EINVAL.
+ */
+int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino);
+
 #endif /* SHMSLICE_H */
