@@ -132,7 +132,7 @@ static int fail_sys(const char *fmt, ...)
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 1
+#define SS_FORMAT_VERSION 2       /* 2: index key (start, end, owner_slot, index) */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -445,8 +445,13 @@ static void bump_wake(struct ss_handle *h)
 }
 
 /* ===================================================================
- * 5. Index: treaps keyed by (start, index), augmented with max_end
+ * 5. Index: treaps keyed by (start, end, owner_slot, index), augmented
+ *    with max_end
  *
+ * The key leads with start, which is all the overlap queries need (with
+ * max_end to prune); end and owner_slot follow so that one process's pin on
+ * exactly [start, end) is found by a descent (pin_find_exact), however many
+ * other pins overlap it; the entry index makes keys unique.
  * Priorities are a hash of the entry index, so the shape is a function of
  * the set of entries and a rebuild reproduces it.  Invariants (checked by
  * validate_tree): in-order keys strictly increase; a child's priority never
@@ -474,10 +479,22 @@ static int tree_of_kind(int kind)
     return kind == SS_SHARED ? TREE_SHARED : kind == SS_EXCLUSIVE ? TREE_EXCLUSIVE : TREE_PIN;
 }
 
+/* Order of (start, end, owner_slot) of entry e against the given triple:
+ * < 0, 0 or > 0. */
+static inline int region_cmp(const struct ss_entry *e, uint64_t start, uint64_t end,
+                             uint32_t slot)
+{
+    if (e->start != start) return e->start < start ? -1 : 1;
+    if (e->end != end) return e->end < end ? -1 : 1;
+    if (e->owner_slot != slot) return e->owner_slot < slot ? -1 : 1;
+    return 0;
+}
+
 static inline int key_less(struct ss_handle *h, uint32_t a, uint32_t b)
 {
-    const struct ss_entry *ea = &h->entries[a], *eb = &h->entries[b];
-    return ea->start < eb->start || (ea->start == eb->start && a < b);
+    const struct ss_entry *eb = &h->entries[b];
+    int c = region_cmp(&h->entries[a], eb->start, eb->end, eb->owner_slot);
+    return c < 0 || (c == 0 && a < b);
 }
 
 static inline uint64_t max_end_of(struct ss_handle *h, uint32_t i)
@@ -625,6 +642,28 @@ static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
     if (e->start >= hi) return 0;
     if (e->end > lo && pred(h, n, arg)) { *found = n; return 1; }
     return tree_find(h, e->right, lo, hi, pred, arg, found, depth + 1);
+}
+
+/* Find in subtree n the entry on exactly [start, end) of process slot
+ * (slot, gen).  The key orders by (start, end, owner_slot) first, so this is
+ * a descent; only entries with the same triple but another gen (a dead
+ * earlier owner of the slot, not yet reclaimed) widen it.
+ * Returns 1 with *found set, 0 if none, or a status < 0. */
+static int pin_find_exact(struct ss_handle *h, uint32_t n, uint64_t start, uint64_t end,
+                          uint32_t slot, uint32_t gen, uint32_t *found, int depth)
+{
+    DEPTH_CHECK(h, depth);
+    if (n == SS_NIL) return 0;
+    int rc = check_links(h, n);
+    if (rc) return rc;
+    const struct ss_entry *e = &h->entries[n];
+    int c = region_cmp(e, start, end, slot);
+    if (c < 0) return pin_find_exact(h, e->right, start, end, slot, gen, found, depth + 1);
+    if (c > 0) return pin_find_exact(h, e->left, start, end, slot, gen, found, depth + 1);
+    if (e->owner_gen == gen) { *found = n; return 1; }
+    rc = pin_find_exact(h, e->left, start, end, slot, gen, found, depth + 1);
+    if (rc) return rc;
+    return pin_find_exact(h, e->right, start, end, slot, gen, found, depth + 1);
 }
 
 static int index_insert(struct ss_handle *h, uint32_t x)
@@ -807,9 +846,10 @@ static int64_t own_entry(struct ss_handle *h, int64_t ref, int want_pin)
  * 7. Creating, validating and attaching a table
  * =================================================================== */
 
+/* Check subtree n of tree t; *last is the previous entry in key order
+ * (SS_NIL before the first). */
 static int validate_tree(struct ss_handle *h, int t, uint32_t n, int depth,
-                         uint8_t *seen, uint32_t *count, int64_t *last_start,
-                         int64_t *last_index, uint32_t parent)
+                         uint8_t *seen, uint32_t *count, uint32_t *last, uint32_t parent)
 {
     DEPTH_CHECK(h, depth);
     if (n == SS_NIL) return SS_OK;
@@ -823,17 +863,13 @@ static int validate_tree(struct ss_handle *h, int t, uint32_t n, int depth,
                     h->table_path, n);
     if (parent != SS_NIL && prio_above(n, parent))
         return fail(SS_ECORRUPT, "lock table %s: index heap order broken", h->table_path);
-    int rc = validate_tree(h, t, e->left, depth + 1, seen, count, last_start,
-                           last_index, n);
+    int rc = validate_tree(h, t, e->left, depth + 1, seen, count, last, n);
     if (rc) return rc;
-    if ((int64_t)e->start < *last_start ||
-        ((int64_t)e->start == *last_start && (int64_t)n <= *last_index))
+    if (*last != SS_NIL && !key_less(h, *last, n))
         return fail(SS_ECORRUPT, "lock table %s: index order broken", h->table_path);
-    *last_start = (int64_t)e->start;
-    *last_index = n;
+    *last = n;
     (*count)++;
-    rc = validate_tree(h, t, e->right, depth + 1, seen, count, last_start,
-                       last_index, n);
+    rc = validate_tree(h, t, e->right, depth + 1, seen, count, last, n);
     if (rc) return rc;
     uint64_t want = e->end, l = max_end_of(h, e->left), r = max_end_of(h, e->right);
     if (l > want) want = l;
@@ -886,9 +922,8 @@ static int table_validate(struct ss_handle *h)
     uint32_t indexed = 0;
     int rc = SS_OK;
     for (int t = 0; t < TREE_COUNT && rc == SS_OK; t++) {
-        int64_t last_start = -1, last_index = -1;
-        rc = validate_tree(h, t, hd->root[t], 0, seen, &indexed, &last_start,
-                           &last_index, SS_NIL);
+        uint32_t last = SS_NIL;
+        rc = validate_tree(h, t, hd->root[t], 0, seen, &indexed, &last, SS_NIL);
     }
     if (rc == SS_OK && indexed != used)
         rc = fail(SS_ECORRUPT, "lock table %s: %u entries in use but %u indexed",
@@ -1551,16 +1586,6 @@ static int release_impl(ss_handle *h, int64_t ref)
     return rc;
 }
 
-struct same_pin_arg { uint64_t start, end; uint32_t slot, gen; };
-
-static int is_same_pin(struct ss_handle *h, uint32_t i, void *varg)
-{
-    const struct same_pin_arg *a = varg;
-    const struct ss_entry *e = &h->entries[i];
-    return e->start == a->start && e->end == a->end && e->owner_slot == a->slot &&
-           e->owner_gen == a->gen;
-}
-
 static int64_t pin_impl(ss_handle *h, int64_t start_arg, int64_t end_arg)
 {
     if (start_arg < 0 || start_arg >= end_arg)
@@ -1571,10 +1596,9 @@ static int64_t pin_impl(ss_handle *h, int64_t start_arg, int64_t end_arg)
     if (rc) return rc;
     rc = table_lock(h);
     if (rc) return rc;
-    struct same_pin_arg arg = {start, end, h->slot, h->gen};
     uint32_t i = SS_NIL;
     int64_t result;
-    rc = tree_find(h, h->hdr->root[TREE_PIN], start, start + 1, is_same_pin, &arg, &i, 0);
+    rc = pin_find_exact(h, h->hdr->root[TREE_PIN], start, end, h->slot, h->gen, &i, 0);
     if (rc == 1) {
         struct ss_entry *e = &h->entries[i];
         if (e->count == UINT32_MAX) result = fail(SS_EFULL, "pin count overflow");

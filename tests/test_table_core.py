@@ -49,3 +49,22 @@ def test_table_names_round_trip() -> None:
                 "01-2.shmslice", "1-02.shmslice", "A-2.shmslice", "1_2.shmslice",
                 "1ffffffffffffffff-1.shmslice", ".1-2.shmslice.99.1f.tmp", "1-2.shmslice\udcff"]:
         assert parse_table_name(bad) is None, bad
+
+
+def test_exact_pin_lookup_among_overlapping_pins(data_file: Path, lock_dir: Path) -> None:
+    """A handle's pin on [start, end) is found by its exact key, not confused
+    with pins of the same start, the same region of another handle, or
+    pins covering it."""
+    with shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=256) as a, \
+            shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=256) as b:
+        mine = a.pin(100, 200)
+        others = [a.pin(100, 150), a.pin(100, 250), a.pin(50, 200), b.pin(100, 200)]
+        others += [a.pin(100 - k, 201 + k) for k in range(1, 100)]
+        assert a.pin(100, 200) == mine
+        assert b.pin(100, 200) == others[3] != mine
+        counts = {(e.start, e.end, e.pid, e.count) for e in a.locks() if e.count > 1}
+        assert counts == {(100, 200, os.getpid(), 2)}
+        a.unpin(mine)
+        a.unpin(mine)
+        assert a.pin(100, 200) != mine          # a fresh entry: the old one was removed
+        assert len(a.locks()) == 1 + len(others)
