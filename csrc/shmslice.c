@@ -139,6 +139,7 @@ static int fail_sys(const char *fmt, ...)
 #define SS_SLOT_LOCK_BASE ((off_t)1 << 40)   /* OFD liveness lock byte of slot 0 */
 #define SS_RECHECK_NS 50000000LL   /* sleepers re-check for dead holders this often (half the 100 ms promise) */
 #define SS_ALIVE_CACHE_NS 1000000LL  /* trust a liveness probe this long (1 ms) */
+#define SS_SWEEP_TRUST_NS 1000000LL  /* a sweep of a full table that freed nothing holds this long */
 #define SS_MUTEX_PATIENCE_S 10     /* table mutex held longer than this: report */
 #define SS_DATA_PATH_MAX 1024
 #define SS_MAX_CAPACITY (1u << 24)
@@ -229,6 +230,8 @@ struct ss_handle {
     uint32_t capacity;           /* copied from the validated header */
     uint32_t proc_capacity;
     int table_fd;                /* -1 after fork until re-attached, or inspect-only */
+    int probe_fd;                /* the table file through a description that never holds a
+                                  * lock: liveness probes use it, and a forked child keeps it */
     int inspect_only;            /* opened by ss_attach_table: owns no slot */
     int data_writable;           /* data file descriptor was open for writing at attach */
     uint32_t slot, gen;          /* our process slot (valid if has_slot) */
@@ -239,6 +242,8 @@ struct ss_handle {
     struct ss_handle *next;      /* registry of open handles (for atfork) */
     int closing;                 /* set once by ss_close; calls then fail SS_ECLOSED */
     struct { uint32_t slot, gen; uint64_t until_ns; } alive_cache[16]; /* recent probes that found a slot alive */
+    struct verdicts *scan;       /* liveness verdicts of the scan in progress (table mutex) */
+    uint64_t fruitless_sweep_ns; /* CLOCK_MONOTONIC of the last sweep of a full table that freed nothing */
     int busy;                    /* calls in flight (atomic), awaited by ss_close */
 };
 
@@ -758,7 +763,31 @@ static int entry_remove(struct ss_handle *h, uint32_t i)
     return SS_OK;
 }
 
-/* Is the process slot's owner (at generation gen) alive?  1 yes, 0 no, <0 error. */
+/* Probe process slot `slot`'s liveness lock: 1 held (owner alive), 0 free
+ * (owner gone), < 0 error.  Reads no shared memory, so it may run without
+ * the table mutex. */
+static int probe_slot(struct ss_handle *h, uint32_t slot)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_SLOT_LOCK_BASE + slot, .l_len = 1};
+    if (fcntl(h->probe_fd, F_OFD_GETLK, &fl) != 0)
+        return fail_sys("lock table %s: liveness probe failed", h->table_path);
+    return fl.l_type != F_UNLCK;
+}
+
+/* Under the mutex: the slot's owner is gone, so free the slot; every entry
+ * made under its generation is dead from now on (gen no longer matches). */
+static void free_dead_slot(struct ss_handle *h, uint32_t slot)
+{
+    struct ss_proc *p = &h->procs[slot];
+    p->state = PROC_FREE;
+    p->gen++;
+    if (h->hdr->procs_used) h->hdr->procs_used--;
+}
+
+/* Is the process slot's owner (at generation gen) alive?  1 yes, 0 no, <0
+ * error.  Under the mutex.  For one-off questions (a conflicting holder);
+ * scans over many entries use scan_alive, which probes each slot once. */
 static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
 {
     if (slot >= h->hdr->proc_hwm)
@@ -767,7 +796,7 @@ static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
     struct ss_proc *p = &h->procs[slot];
     if (p->state != PROC_USED || p->gen != gen) return 0;
     if (h->has_slot && slot == h->slot) return 1;
-    if (h->table_fd < 0) return 1;   /* cannot probe: assume alive */
+    if (h->probe_fd < 0) return 1;   /* cannot probe: assume alive */
     /* A slot probed alive within SS_ALIVE_CACHE_NS is taken to be alive still:
      * a holder handing a lock back and forth with us would otherwise cost a
      * system call per acquisition.  At worst a holder's death is noticed that
@@ -777,20 +806,15 @@ static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
     if (h->alive_cache[c].slot == slot && h->alive_cache[c].gen == gen &&
         h->alive_cache[c].until_ns > now)
         return 1;
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
-                       .l_start = SS_SLOT_LOCK_BASE + slot, .l_len = 1};
-    if (fcntl(h->table_fd, F_OFD_GETLK, &fl) != 0)
-        return fail_sys("lock table %s: liveness probe failed", h->table_path);
-    if (fl.l_type != F_UNLCK) {
+    int alive = probe_slot(h, slot);
+    if (alive < 0) return alive;
+    if (alive) {
         h->alive_cache[c].slot = slot;
         h->alive_cache[c].gen = gen;
         h->alive_cache[c].until_ns = now + SS_ALIVE_CACHE_NS;
         return 1;
     }
-    /* Dead: free the slot so every entry made under this gen is dead too. */
-    p->state = PROC_FREE;
-    p->gen++;
-    if (h->hdr->procs_used) h->hdr->procs_used--;
+    free_dead_slot(h, slot);
     return 0;
 }
 
@@ -799,12 +823,86 @@ static int entry_alive(struct ss_handle *h, uint32_t i)
     return slot_alive(h, h->entries[i].owner_slot, h->entries[i].owner_gen);
 }
 
-/* Remove every entry whose owner is dead; *removed counts them.  Under the mutex. */
+/* Liveness verdicts of one scan: bit s of `known` says slot s was probed
+ * during this scan, bit s of `alive` what the probe found.  A scan over
+ * entries of 64 processes thus costs 64 probes (~0.4 us each), not one per
+ * entry.  Sized for the table's slot capacity; one per handle for scans
+ * under the mutex (h->scan), or private to a caller that scans without it. */
+struct verdicts {
+    uint32_t slots;              /* capacity in slots */
+    uint64_t *known, *alive;     /* slots / 64 words each */
+};
+
+static struct verdicts *verdicts_new(uint32_t slots)
+{
+    size_t words = ((size_t)slots + 63) / 64;
+    struct verdicts *v = calloc(1, sizeof *v + 2 * words * sizeof(uint64_t));
+    if (!v) return NULL;
+    v->slots = slots;
+    v->known = (uint64_t *)(v + 1);
+    v->alive = v->known + words;
+    return v;
+}
+
+/* Forget every verdict of slots [0, hwm): a new scan starts. */
+static void verdicts_clear(struct verdicts *v, uint32_t hwm)
+{
+    if (hwm > v->slots) hwm = v->slots;
+    memset(v->known, 0, ((size_t)hwm + 63) / 64 * sizeof(uint64_t));
+}
+
+/* The verdict for slot s, probing it if this scan has not yet: 1 alive,
+ * 0 gone, < 0 error.  Touches no shared memory. */
+static int verdict(struct ss_handle *h, struct verdicts *v, uint32_t s)
+{
+    if (s >= v->slots) return fail(SS_ECORRUPT, "lock table %s: owner slot %u out of range",
+                                   h->table_path, s);
+    uint64_t bit = UINT64_C(1) << (s % 64);
+    if (v->known[s / 64] & bit) return (v->alive[s / 64] & bit) != 0;
+    int alive = probe_slot(h, s);
+    if (alive < 0) return alive;
+    v->known[s / 64] |= bit;
+    if (alive) v->alive[s / 64] |= bit;
+    else v->alive[s / 64] &= ~bit;
+    return alive;
+}
+
+/* Start a scan under the mutex: from here until the mutex is released,
+ * scan_alive decides each slot once. */
+static void scan_begin(struct ss_handle *h)
+{
+    verdicts_clear(h->scan, h->hdr->proc_hwm);
+}
+
+/* slot_alive for a scan begun with scan_begin: 1, 0 (freeing a dead slot),
+ * or < 0. */
+static int scan_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
+{
+    if (slot >= h->hdr->proc_hwm)
+        return fail(SS_ECORRUPT, "lock table %s: owner slot %u out of range",
+                    h->table_path, slot);
+    struct ss_proc *p = &h->procs[slot];
+    if (p->state != PROC_USED || p->gen != gen) return 0;
+    if (h->has_slot && slot == h->slot) return 1;
+    if (h->probe_fd < 0) return 1;   /* cannot probe: assume alive */
+    int alive = verdict(h, h->scan, slot);
+    if (alive == 0) free_dead_slot(h, slot);
+    return alive;
+}
+
+static int scan_entry_alive(struct ss_handle *h, uint32_t i)
+{
+    return scan_alive(h, h->entries[i].owner_slot, h->entries[i].owner_gen);
+}
+
+/* Remove every entry whose owner is dead; *removed counts them.  Under the
+ * mutex; one probe per process slot. */
 static int sweep_dead(struct ss_handle *h, uint32_t *removed)
 {
+    scan_begin(h);
     for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
         if (h->entries[i].state == ENTRY_FREE) continue;
-        int alive = entry_alive(h, i);
+        int alive = scan_entry_alive(h, i);
         if (alive < 0) return alive;
         if (!alive) {
             int rc = entry_remove(h, i);
@@ -815,15 +913,23 @@ static int sweep_dead(struct ss_handle *h, uint32_t *removed)
     return SS_OK;
 }
 
-/* entry_alloc, but when the table is full sweep once for dead owners first. */
+/* entry_alloc, but when the table is full sweep once for dead owners first.
+ * A sweep that freed nothing is trusted for SS_SWEEP_TRUST_NS: a caller that
+ * retries at once (the Python layer's slow path after the fast path's try,
+ * or the waiting entry after a grant attempt) gets SS_EFULL without a second
+ * pass over the whole table. */
 static int entry_alloc_sweeping(struct ss_handle *h, uint32_t *out, int *woke)
 {
     int rc = entry_alloc(h, out);
     if (rc != SS_EFULL) return rc;
+    uint64_t now = now_ns(CLOCK_MONOTONIC);
+    if (h->fruitless_sweep_ns && now - h->fruitless_sweep_ns < (uint64_t)SS_SWEEP_TRUST_NS)
+        return rc;
     uint32_t removed = 0;
     rc = sweep_dead(h, &removed);
     if (rc) return rc;
     if (removed) *woke = 1;
+    h->fruitless_sweep_ns = removed ? 0 : now;
     return entry_alloc(h, out);
 }
 
@@ -984,6 +1090,7 @@ static int table_repair(struct ss_handle *h)
 static int take_slot(struct ss_handle *h)
 {
     struct ss_header *hd = h->hdr;
+    scan_begin(h);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t s = 0; s < h->proc_capacity; s++) {
             if (s >= hd->proc_hwm) {
@@ -994,7 +1101,7 @@ static int take_slot(struct ss_handle *h)
             struct ss_proc *p = &h->procs[s];
             if (p->state == PROC_USED) {
                 if (pass == 0) continue;
-                int alive = slot_alive(h, s, p->gen);   /* frees it if dead */
+                int alive = scan_alive(h, s, p->gen);   /* frees it if dead */
                 if (alive != 0) {
                     if (alive < 0) return alive;
                     continue;
@@ -1043,6 +1150,8 @@ static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct s
         return fail(SS_ECORRUPT, "lock table %s: recorded path not terminated", h->table_path);
     h->capacity = hd->capacity;
     h->proc_capacity = hd->proc_capacity;
+    if (!h->scan && !(h->scan = verdicts_new(hd->proc_capacity)))
+        return fail_sys("out of memory attaching %s", h->table_path);
     h->procs = (struct ss_proc *)((char *)hd + SS_HEADER_BYTES);
     h->entries = (struct ss_entry *)(h->procs + hd->proc_capacity);
     return SS_OK;
@@ -1132,6 +1241,8 @@ static void handle_free(struct ss_handle *h)
 {
     if (h->hdr) munmap(h->hdr, h->map_bytes);
     if (h->table_fd >= 0) close(h->table_fd);
+    if (h->probe_fd >= 0) close(h->probe_fd);
+    free(h->scan);
     free(h);
 }
 
@@ -1177,7 +1288,9 @@ static int open_table(struct ss_handle *h, int dir_fd, const char *name,
     snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", fd);
     int live_fd = open(self_fd, O_RDWR | O_CLOEXEC);
     if (live_fd < 0) return fail_sys("cannot reopen lock table %s", h->table_path);
-    close(fd);
+    /* The mapped description stays open as the probe descriptor: it never
+     * takes a lock, so a child forked later may keep it and still probe. */
+    h->probe_fd = fd;
     h->table_fd = live_fd;
     return check_header(h, (uint64_t)st.st_size, data);
 }
@@ -1207,6 +1320,7 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     struct ss_handle *h = calloc(1, sizeof *h);
     if (!h) return fail_sys("out of memory");
     h->table_fd = -1;
+    h->probe_fd = -1;
     h->data_writable = (data_flags & O_ACCMODE) != O_RDONLY;
     char name[96];
     ss_table_name((uint64_t)data.st_dev, (uint64_t)data.st_ino, name, sizeof name);
@@ -1256,6 +1370,7 @@ int ss_attach_table(const char *table_path, ss_handle **out)
     struct ss_handle *h = calloc(1, sizeof *h);
     if (!h) return fail_sys("out of memory");
     h->table_fd = -1;
+    h->probe_fd = -1;
     h->inspect_only = 1;
     snprintf(h->table_path, sizeof h->table_path, "%s", table_path);
     int rc = open_table(h, AT_FDCWD, table_path, NULL);
@@ -1374,6 +1489,8 @@ int ss_close(ss_handle *h)
     h->hdr = NULL;
     if (h->table_fd >= 0) close(h->table_fd);
     h->table_fd = -1;
+    if (h->probe_fd >= 0) close(h->probe_fd);
+    h->probe_fd = -1;
     h->has_slot = 0;
     return rc;
 }
@@ -1382,6 +1499,7 @@ void ss_free(ss_handle *h)
 {
     if (!h) return;
     ss_close(h);
+    free(h->scan);
     free(h);
 }
 
@@ -1654,13 +1772,14 @@ static void fill_info(struct ss_handle *h, uint32_t i, ss_entry_info *out, int a
 /* Under the mutex: first live entry with end > offset (1), none (0), or < 0. */
 static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
 {
+    scan_begin(h);
     for (int t = 0; t < TREE_COUNT; t++) {
         for (;;) {
             uint32_t found;
             int rc = tree_find(h, h->hdr->root[t], offset, UINT64_MAX, ends_past, &offset,
                                &found, 0);
             if (rc <= 0) { if (rc < 0) return rc; break; }
-            int alive = entry_alive(h, found);
+            int alive = scan_entry_alive(h, found);
             if (alive < 0) return alive;
             if (alive) { if (who) fill_info(h, found, who, 1); return 1; }
             rc = entry_remove(h, found);
@@ -1727,24 +1846,67 @@ static int64_t size_epoch_impl(ss_handle *h) { return (int64_t)__atomic_load_n(&
  * 9. Inspection
  * =================================================================== */
 
+/* Entry slots a snapshot copies per hold of the table mutex: ~4096 entries
+ * copy in ~0.1 ms, so a snapshot of a full table never keeps a locker
+ * waiting longer than that. */
+#define SS_SNAPSHOT_CHUNK 4096u
+
+/* How the copy step leaves an entry's owner for the liveness step. */
+enum { OWNER_GONE = UINT32_MAX, OWNER_SELF = UINT32_MAX - 1 };
+
+/* Copy entries out in chunks of SS_SNAPSHOT_CHUNK entry slots, releasing the
+ * mutex between chunks, then probe each owner's liveness (once per process
+ * slot) without the mutex.  What the caller gets: every entry that stayed in
+ * use from the start of the call to its end is reported once; an entry made
+ * or removed meanwhile may or may not be; each reported entry was as shown
+ * at the moment its chunk was copied; alive = 1 means its owner's slot was
+ * in use (same generation) when copied and still held its liveness lock when
+ * probed.  *count is the number of entries seen (more than max: call again
+ * with a larger buffer). */
 static int snapshot_impl(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
 {
     if (!count || (max && !out)) return fail(SS_EINVAL, "output buffer required");
-    int rc = table_lock(h);
-    if (rc) return rc;
+    uint32_t cap = max < h->capacity ? max : h->capacity;
+    uint32_t *owner = malloc(2 * sizeof(uint32_t) * (cap ? cap : 1));
+    struct verdicts *v = verdicts_new(h->proc_capacity);
+    int rc = owner && v ? SS_OK : fail_sys("out of memory taking a snapshot of %s",
+                                          h->table_path);
     uint32_t n = 0;
-    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
-        if (h->entries[i].state == ENTRY_FREE) continue;
-        rc = validate_entry(h, i);
+    for (uint32_t i = 0; rc == SS_OK;) {
+        rc = table_lock(h);
         if (rc) break;
-        if (n < max) {
-            int alive = entry_alive(h, i);
-            if (alive < 0) { rc = alive; break; }
-            fill_info(h, i, &out[n], alive);
+        uint32_t hwm = h->hdr->entry_hwm;
+        uint32_t stop = hwm - i > SS_SNAPSHOT_CHUNK ? i + SS_SNAPSHOT_CHUNK : hwm;
+        for (; i < stop; i++) {
+            const struct ss_entry *e = &h->entries[i];
+            if (e->state == ENTRY_FREE) continue;
+            rc = validate_entry(h, i);   /* also: owner_slot < proc_hwm */
+            if (rc) break;
+            if (n < cap) {
+                fill_info(h, i, &out[n], 0);
+                const struct ss_proc *p = &h->procs[e->owner_slot];
+                owner[2 * n] = p->state != PROC_USED || p->gen != e->owner_gen ? OWNER_GONE
+                               : h->has_slot && e->owner_slot == h->slot ? OWNER_SELF
+                               : e->owner_slot;
+                owner[2 * n + 1] = e->owner_gen;
+            }
+            n++;
         }
-        n++;
+        table_unlock(h, 0);
+        if (i >= hwm) break;
     }
-    table_unlock(h, 0);
+    for (uint32_t k = 0; rc == SS_OK && k < n && k < cap; k++) {
+        uint32_t slot = owner[2 * k];
+        if (slot == OWNER_GONE) continue;
+        if (slot == OWNER_SELF || h->probe_fd < 0) { out[k].alive = 1; continue; }
+        int alive = verdict(h, v, slot);
+        if (alive < 0) { rc = alive; break; }
+        /* Freed (and perhaps retaken) since the copy: the owner left. */
+        out[k].alive = alive &&
+            __atomic_load_n(&h->procs[slot].gen, __ATOMIC_RELAXED) == owner[2 * k + 1];
+    }
+    free(owner);
+    free(v);
     *count = n;
     return rc;
 }
@@ -1779,10 +1941,11 @@ static int reap_impl(ss_handle *h, uint32_t *removed)
     int rc = table_lock(h);
     if (rc) return rc;
     rc = sweep_dead(h, removed);
-    /* Also free slots of dead processes that hold no entries. */
+    /* Also free slots of dead processes that hold no entries (same scan:
+     * slots probed by the sweep are not probed again). */
     for (uint32_t s = 0; rc == SS_OK && s < h->hdr->proc_hwm; s++)
         if (h->procs[s].state == PROC_USED) {
-            int alive = slot_alive(h, s, h->procs[s].gen);
+            int alive = scan_alive(h, s, h->procs[s].gen);
             if (alive < 0) rc = alive;
         }
     table_unlock(h, 1);
