@@ -46,6 +46,7 @@
 #define _GNU_SOURCE
 #include "shmslice.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -245,6 +246,8 @@ struct ss_handle {
     struct verdicts *scan;       /* liveness verdicts of the scan in progress (table mutex) */
     uint64_t fruitless_sweep_ns; /* CLOCK_MONOTONIC of the last sweep of a full table that freed nothing */
     int busy;                    /* calls in flight (atomic), awaited by ss_close */
+    int32_t mutex_holder;        /* SS_DEBUG builds: tid holding the table mutex through
+                                  * this handle, 0 if none (atomic) */
 };
 
 /* ===================================================================
@@ -266,6 +269,29 @@ static int32_t current_tid(void)
         tls_tid = (int32_t)syscall(SYS_gettid);
     return tls_tid;
 }
+
+/* Debug-build checks (compile with -DSS_DEBUG; the sanitizer build does).
+ * They state what the code itself guarantees -- the mutex rules, the
+ * treap's shape after our own updates -- never what shared memory says:
+ * a corrupt table is an SS_ECORRUPT, not an assertion. */
+#ifdef SS_DEBUG
+__attribute__((noreturn))
+static void ss_assert_fail(const char *what, const char *file, int line)
+{
+    fprintf(stderr, "shmslice: assertion failed: %s (%s:%d)\n", what, file, line);
+    abort();
+}
+#define SS_ASSERT(cond) ((cond) ? (void)0 : ss_assert_fail(#cond, __FILE__, __LINE__))
+#define MUTEX_MARK(h, tid) __atomic_store_n(&(h)->mutex_holder, (tid), __ATOMIC_RELAXED)
+#else
+#define SS_ASSERT(cond) ((void)0)
+#define MUTEX_MARK(h, tid) ((void)0)
+#endif
+/* The calling thread holds the table mutex through h (table_lock). */
+#define SS_ASSERT_MUTEX_HELD(h) \
+    SS_ASSERT(__atomic_load_n(&(h)->mutex_holder, __ATOMIC_RELAXED) == current_tid())
+#define SS_ASSERT_MUTEX_NOT_HELD(h) \
+    SS_ASSERT(__atomic_load_n(&(h)->mutex_holder, __ATOMIC_RELAXED) != current_tid())
 
 /* Sleep until *word != expected, a wake, a signal or timeout_ns.  Returns 0,
  * or EINTR / ETIMEDOUT / EAGAIN as the kernel said. */
@@ -321,12 +347,13 @@ void ss_debug_set_crash_point(int point, int countdown)
     crash_countdown = countdown;
 }
 
-/* Crash points (inside the table mutex):
+/* Crash points (1-5 inside the table mutex):
  *   1 after allocating an entry, before it is visible
  *   2 after an entry became visible, before it is indexed
  *   3 in the middle of unlinking an entry from the index
  *   4 after unindexing, before the entry is marked free
- *   5 during repair, half way through rebuilding */
+ *   5 during repair, half way through rebuilding
+ *   6 creating a table: built, not yet linked into place */
 static inline void maybe_crash(int point)
 {
     if (__builtin_expect(crash_point != 0, 0) && crash_point == point &&
@@ -409,10 +436,12 @@ static int table_lock(struct ss_handle *h)
         deadline.tv_sec += SS_MUTEX_PATIENCE_S;
         rc = pthread_mutex_clocklock(&h->hdr->mutex, CLOCK_MONOTONIC, &deadline);
     }
+    if (rc == 0 || rc == EOWNERDEAD) MUTEX_MARK(h, current_tid());
     if (rc == EOWNERDEAD) {
         int repaired = table_repair(h);
         pthread_mutex_consistent(&h->hdr->mutex);
         if (repaired != SS_OK) {
+            MUTEX_MARK(h, 0);
             pthread_mutex_unlock(&h->hdr->mutex);
             return repaired;
         }
@@ -427,8 +456,10 @@ static int table_lock(struct ss_handle *h)
         return fail(SS_ECORRUPT, "lock table %s: mutex unusable (%s)",
                     h->table_path, strerror(rc));
     rc = header_sane(h);
-    if (rc != SS_OK)
+    if (rc != SS_OK) {
+        MUTEX_MARK(h, 0);
         pthread_mutex_unlock(&h->hdr->mutex);
+    }
     return rc;
 }
 
@@ -438,6 +469,7 @@ static void table_unlock(struct ss_handle *h, int wake)
      * syscall.  (A waiting entry of a dead process only costs spurious wakes
      * until it is reclaimed.) */
     int sleepers = wake && h->hdr->waiting > 0;
+    MUTEX_MARK(h, 0);
     pthread_mutex_unlock(&h->hdr->mutex);
     if (sleepers)
         futex_wake_all(&h->hdr->wake_seq);
@@ -546,6 +578,9 @@ static int tree_split(struct ss_handle *h, uint32_t n, uint32_t pivot,
         *r = n;
     }
     if (rc) return rc;
+    /* The split's two roots fall on their sides of the pivot. */
+    SS_ASSERT(*l == SS_NIL || key_less(h, *l, pivot));
+    SS_ASSERT(*r == SS_NIL || !key_less(h, *r, pivot));
     refresh(h, n);
     return SS_OK;
 }
@@ -665,7 +700,11 @@ static int pin_find_exact(struct ss_handle *h, uint32_t n, uint64_t start, uint6
     int c = region_cmp(e, start, end, slot);
     if (c < 0) return pin_find_exact(h, e->right, start, end, slot, gen, found, depth + 1);
     if (c > 0) return pin_find_exact(h, e->left, start, end, slot, gen, found, depth + 1);
-    if (e->owner_gen == gen) { *found = n; return 1; }
+    if (e->owner_gen == gen) {
+        SS_ASSERT(e->start == start && e->end == end && e->owner_slot == slot);
+        *found = n;
+        return 1;
+    }
     rc = pin_find_exact(h, e->left, start, end, slot, gen, found, depth + 1);
     if (rc) return rc;
     return pin_find_exact(h, e->right, start, end, slot, gen, found, depth + 1);
@@ -673,12 +712,18 @@ static int pin_find_exact(struct ss_handle *h, uint32_t n, uint64_t start, uint6
 
 static int index_insert(struct ss_handle *h, uint32_t x)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     int t = tree_of_kind(h->entries[x].kind);
-    return tree_insert_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
+    int rc = tree_insert_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
+    /* Every node on the way down was refreshed on the way up. */
+    SS_ASSERT(rc != SS_OK || h->hdr->root[t] != SS_NIL);
+    SS_ASSERT(rc != SS_OK || h->entries[h->hdr->root[t]].max_end >= h->entries[x].end);
+    return rc;
 }
 
 static int index_remove(struct ss_handle *h, uint32_t x)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     int t = tree_of_kind(h->entries[x].kind);
     return tree_remove_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
 }
@@ -779,6 +824,7 @@ static int probe_slot(struct ss_handle *h, uint32_t slot)
  * made under its generation is dead from now on (gen no longer matches). */
 static void free_dead_slot(struct ss_handle *h, uint32_t slot)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     struct ss_proc *p = &h->procs[slot];
     p->state = PROC_FREE;
     p->gen++;
@@ -790,6 +836,7 @@ static void free_dead_slot(struct ss_handle *h, uint32_t slot)
  * scans over many entries use scan_alive, which probes each slot once. */
 static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     if (slot >= h->hdr->proc_hwm)
         return fail(SS_ECORRUPT, "lock table %s: owner slot %u out of range",
                     h->table_path, slot);
@@ -871,6 +918,8 @@ static int verdict(struct ss_handle *h, struct verdicts *v, uint32_t s)
  * scan_alive decides each slot once. */
 static void scan_begin(struct ss_handle *h)
 {
+    SS_ASSERT_MUTEX_HELD(h);
+    SS_ASSERT(h->scan != NULL && h->proc_capacity <= h->scan->slots);
     verdicts_clear(h->scan, h->hdr->proc_hwm);
 }
 
@@ -878,6 +927,7 @@ static void scan_begin(struct ss_handle *h)
  * or < 0. */
 static int scan_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     if (slot >= h->hdr->proc_hwm)
         return fail(SS_ECORRUPT, "lock table %s: owner slot %u out of range",
                     h->table_path, slot);
@@ -899,6 +949,7 @@ static int scan_entry_alive(struct ss_handle *h, uint32_t i)
  * mutex; one probe per process slot. */
 static int sweep_dead(struct ss_handle *h, uint32_t *removed)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     scan_begin(h);
     for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
         if (h->entries[i].state == ENTRY_FREE) continue;
@@ -920,6 +971,7 @@ static int sweep_dead(struct ss_handle *h, uint32_t *removed)
  * pass over the whole table. */
 static int entry_alloc_sweeping(struct ss_handle *h, uint32_t *out, int *woke)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     int rc = entry_alloc(h, out);
     if (rc != SS_EFULL) return rc;
     uint64_t now = now_ns(CLOCK_MONOTONIC);
@@ -950,6 +1002,19 @@ static int64_t own_entry(struct ss_handle *h, int64_t ref, int want_pin)
 
 /* ===================================================================
  * 7. Creating, validating and attaching a table
+ *
+ * The path of an attach, top down:
+ *   ss_attach -> open_lock_dir -> open_or_create
+ *                  open_or_create -> open_table   (open_table_file, map_table,
+ *                                                  check_header)
+ *                                 -> create_table (new_table_file,
+ *                                                  init_header, link)
+ *             -> attach_validate  (copy under the mutex, table_validate
+ *                                  on the copy without it)
+ *             -> take_slot        (claim_slot)
+ * ss_attach_table is the same without a data file and a slot; ensure_slot
+ * gives a forked child a slot of its own.  table_repair runs from
+ * table_lock after a holder died inside the mutex.
  * =================================================================== */
 
 /* Check subtree n of tree t; *last is the previous entry in key order
@@ -1001,61 +1066,133 @@ static int validate_entry(struct ss_handle *h, uint32_t i)
     return SS_OK;
 }
 
-/* Full consistency check (under the mutex): every entry, every index, the
- * free list and the counters.  O(capacity); run at attach. */
-static int table_validate(struct ss_handle *h)
+/* Every process slot and entry is well formed and the header's counters
+ * match them; *used receives the number of entries in use. */
+static int validate_entries(struct ss_handle *h, uint32_t *used)
 {
     struct ss_header *hd = h->hdr;
-    uint32_t hwm = hd->entry_hwm, used = 0, waiting = 0, procs = 0;
+    uint32_t waiting = 0, procs = 0;
+    *used = 0;
     for (uint32_t p = 0; p < hd->proc_hwm; p++) {
         if (h->procs[p].state == PROC_USED) procs++;
         else if (h->procs[p].state != PROC_FREE)
             return fail(SS_ECORRUPT, "lock table %s: process slot %u malformed",
                         h->table_path, p);
     }
-    for (uint32_t i = 0; i < hwm; i++) {
+    for (uint32_t i = 0; i < hd->entry_hwm; i++) {
         if (h->entries[i].state == ENTRY_FREE) continue;
         int rc = validate_entry(h, i);
         if (rc) return rc;
-        used++;
+        (*used)++;
         if (h->entries[i].state == SS_WAITING) waiting++;
     }
-    if (used != hd->used || waiting != hd->waiting || procs != hd->procs_used)
+    if (*used != hd->used || waiting != hd->waiting || procs != hd->procs_used)
         return fail(SS_ECORRUPT, "lock table %s: counters disagree with entries",
                     h->table_path);
-    uint8_t *seen = calloc(hwm ? hwm : 1, 1);
-    if (!seen) return fail_sys("out of memory validating %s", h->table_path);
+    return SS_OK;
+}
+
+/* Every tree is a valid treap and together they index exactly the `used`
+ * entries in use; marks each indexed entry in seen[]. */
+static int validate_indexes(struct ss_handle *h, uint8_t *seen, uint32_t used)
+{
     uint32_t indexed = 0;
-    int rc = SS_OK;
-    for (int t = 0; t < TREE_COUNT && rc == SS_OK; t++) {
+    for (int t = 0; t < TREE_COUNT; t++) {
         uint32_t last = SS_NIL;
-        rc = validate_tree(h, t, hd->root[t], 0, seen, &indexed, &last, SS_NIL);
+        int rc = validate_tree(h, t, h->hdr->root[t], 0, seen, &indexed, &last, SS_NIL);
+        if (rc) return rc;
     }
-    if (rc == SS_OK && indexed != used)
-        rc = fail(SS_ECORRUPT, "lock table %s: %u entries in use but %u indexed",
-                  h->table_path, used, indexed);
-    uint32_t free_count = 0;
+    if (indexed != used)
+        return fail(SS_ECORRUPT, "lock table %s: %u entries in use but %u indexed",
+                    h->table_path, used, indexed);
+    return SS_OK;
+}
+
+/* The free list holds exactly the free entries below entry_hwm, once each
+ * (seen[] marks the indexed ones on entry). */
+static int validate_free_list(struct ss_handle *h, uint8_t *seen, uint32_t used)
+{
+    uint32_t hwm = h->hdr->entry_hwm, free_count = 0;
     /* The link is followed only after f was checked: an out-of-range f must
      * not be dereferenced, not even by the loop's step. */
-    for (uint32_t f = hd->free_head; rc == SS_OK && f != SS_NIL;) {
-        if (f >= hwm || seen[f] || h->entries[f].state != ENTRY_FREE) {
-            rc = fail(SS_ECORRUPT, "lock table %s: free list broken", h->table_path);
-        } else {
-            seen[f] = 1;
-            free_count++;
-            f = h->entries[f].next_free;
-        }
+    for (uint32_t f = h->hdr->free_head; f != SS_NIL;) {
+        if (f >= hwm || seen[f] || h->entries[f].state != ENTRY_FREE)
+            return fail(SS_ECORRUPT, "lock table %s: free list broken", h->table_path);
+        seen[f] = 1;
+        free_count++;
+        f = h->entries[f].next_free;
     }
-    if (rc == SS_OK && used + free_count != hwm)
-        rc = fail(SS_ECORRUPT, "lock table %s: %u entries neither used nor free",
-                  h->table_path, hwm - used - free_count);
+    if (used + free_count != hwm)
+        return fail(SS_ECORRUPT, "lock table %s: %u entries neither used nor free",
+                    h->table_path, hwm - used - free_count);
+    return SS_OK;
+}
+
+/* Full consistency check of the table h shows: every entry, every index, the
+ * free list and the counters.  O(entries in use); h may be a private copy
+ * (attach_validate), else the caller holds the mutex. */
+static int table_validate(struct ss_handle *h)
+{
+    uint32_t used;
+    int rc = validate_entries(h, &used);
+    if (rc) return rc;
+    uint8_t *seen = calloc(h->hdr->entry_hwm ? h->hdr->entry_hwm : 1, 1);
+    if (!seen) return fail_sys("out of memory validating %s", h->table_path);
+    rc = validate_indexes(h, seen, used);
+    if (rc == SS_OK) rc = validate_free_list(h, seen, used);
     free(seen);
+    return rc;
+}
+
+/* Tables whose used part is at most this many bytes are validated on a copy
+ * (taken in one mutex hold, ~0.1 ms per MiB), larger ones in place under the
+ * mutex; the default capacity's 5 MiB is well below it. */
+#define SS_VALIDATE_COPY_MAX ((size_t)64 << 20)
+
+/* Validate the table at attach without holding the mutex while doing it:
+ * copy header, used process slots and entries below entry_hwm in one hold,
+ * then check the copy.  The copy is a state the table was in, so it is as
+ * good as checking the table then; later changes are made by the core, which
+ * keeps the invariants.  Takes and releases the mutex itself. */
+static int attach_validate(struct ss_handle *h)
+{
+    int rc = table_lock(h);
+    if (rc) return rc;
+    SS_ASSERT_MUTEX_HELD(h);
+    struct ss_header *hd = h->hdr;
+    uint32_t hwm = hd->entry_hwm, phwm = hd->proc_hwm;   /* checked by header_sane */
+    size_t hdr_bytes = sizeof *hd, proc_bytes = (size_t)phwm * sizeof(struct ss_proc);
+    size_t bytes = hdr_bytes + proc_bytes + (size_t)hwm * sizeof(struct ss_entry);
+    char *copy = bytes <= SS_VALIDATE_COPY_MAX ? malloc(bytes) : NULL;
+    if (!copy) {                       /* huge table (or no memory): check in place */
+        rc = table_validate(h);
+        table_unlock(h, 0);
+        return rc;
+    }
+    memcpy(copy, hd, hdr_bytes);
+    memcpy(copy + hdr_bytes, h->procs, proc_bytes);
+    memcpy(copy + hdr_bytes + proc_bytes, h->entries, bytes - hdr_bytes - proc_bytes);
+    table_unlock(h, 0);
+    struct ss_handle *view = malloc(sizeof *view);
+    if (!view) {
+        free(copy);
+        return fail_sys("out of memory validating %s", h->table_path);
+    }
+    *view = *h;
+    view->hdr = (struct ss_header *)copy;
+    view->procs = (struct ss_proc *)(copy + hdr_bytes);
+    view->entries = (struct ss_entry *)(copy + hdr_bytes + proc_bytes);
+    SS_ASSERT_MUTEX_NOT_HELD(h);
+    rc = table_validate(view);
+    free(view);
+    free(copy);
     return rc;
 }
 
 /* Rebuild indexes, free list and counters from the entries (after EOWNERDEAD). */
 static int table_repair(struct ss_handle *h)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     struct ss_header *hd = h->hdr;
     hd->repairs++;
     if (hd->entry_hwm > h->capacity || hd->proc_hwm > h->proc_capacity)
@@ -1086,15 +1223,41 @@ static int table_repair(struct ss_handle *h)
     return SS_OK;
 }
 
-/* Take a process slot and its liveness lock (under the mutex). */
+/* Claim free process slot s for this handle: take its liveness lock and
+ * fill it in.  1 claimed, 0 its lock is held (a live owner), < 0 error.
+ * Under the mutex. */
+static int claim_slot(struct ss_handle *h, uint32_t s)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    SS_ASSERT(s < h->hdr->proc_hwm && h->procs[s].state != PROC_USED && !h->has_slot);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_SLOT_LOCK_BASE + s, .l_len = 1};
+    if (fcntl(h->table_fd, F_OFD_SETLK, &fl) != 0) {
+        if (errno == EAGAIN || errno == EACCES) return 0;
+        return fail_sys("lock table %s: cannot take liveness lock", h->table_path);
+    }
+    struct ss_proc *p = &h->procs[s];
+    p->gen++;
+    p->pid = (int32_t)getpid();
+    p->attached_ns = now_ns(CLOCK_REALTIME);
+    p->state = PROC_USED;
+    h->hdr->procs_used++;
+    h->slot = s;
+    h->gen = p->gen;
+    h->has_slot = 1;
+    return 1;
+}
+
+/* Take a process slot: a free one if any (pass 0), else one whose owner
+ * is found dead (pass 1).  Under the mutex. */
 static int take_slot(struct ss_handle *h)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     struct ss_header *hd = h->hdr;
     scan_begin(h);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t s = 0; s < h->proc_capacity; s++) {
             if (s >= hd->proc_hwm) {
-                if (s >= h->proc_capacity) break;
                 memset(&h->procs[s], 0, sizeof h->procs[s]);
                 hd->proc_hwm = s + 1;
             }
@@ -1102,33 +1265,20 @@ static int take_slot(struct ss_handle *h)
             if (p->state == PROC_USED) {
                 if (pass == 0) continue;
                 int alive = scan_alive(h, s, p->gen);   /* frees it if dead */
-                if (alive != 0) {
-                    if (alive < 0) return alive;
-                    continue;
-                }
+                if (alive < 0) return alive;
+                if (alive) continue;
             }
-            struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
-                               .l_start = SS_SLOT_LOCK_BASE + s, .l_len = 1};
-            if (fcntl(h->table_fd, F_OFD_SETLK, &fl) != 0) {
-                if (errno == EAGAIN || errno == EACCES) continue;  /* held: a live owner */
-                return fail_sys("lock table %s: cannot take liveness lock", h->table_path);
-            }
-            p->gen++;
-            p->pid = (int32_t)getpid();
-            p->attached_ns = now_ns(CLOCK_REALTIME);
-            p->state = PROC_USED;
-            hd->procs_used++;
-            h->slot = s;
-            h->gen = p->gen;
-            h->has_slot = 1;
-            return SS_OK;
+            int claimed = claim_slot(h, s);
+            if (claimed < 0) return claimed;
+            if (claimed) return SS_OK;
         }
     }
     return fail(SS_EFULL, "lock table %s: all %u process slots are in use",
                 h->table_path, h->proc_capacity);
 }
 
-/* Check the header of a mapped table before anything else is read. */
+/* Check the header of a mapped table before anything else is read, and set
+ * the handle's view (capacities, slot and entry arrays) from it. */
 static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct stat *data)
 {
     struct ss_header *hd = h->hdr;
@@ -1168,36 +1318,103 @@ static mode_t table_mode(mode_t data_mode)
     return m ? m : (S_IRUSR | S_IWUSR);
 }
 
-/* Create and initialise a table under a temporary name, then link it into
- * place; whoever links first wins, so two creators never both initialise
- * the visible table.  Returns SS_OK (created), 1 (someone else won) or < 0. */
-static int create_table(int dir_fd, const char *name, const char *dir,
-                        const struct stat *data, const char *data_path, uint32_t capacity)
+/* Temporary table files.  A table is built in an unnamed file (O_TMPFILE)
+ * and linked into place, so a creator killed half way leaves nothing.  Where
+ * the filesystem has no O_TMPFILE it is built under the name
+ * ".<table name>.<pid>.<ns>.tmp", and the creator holds an OFD lock on byte
+ * SS_TEMP_LOCK_BYTE of it until it is gone; clean_temp_files removes such a
+ * file once nobody holds that lock and it is SS_TEMP_GRACE_S old (the grace
+ * covers the instant between creating the file and locking it; a creator
+ * stopped longer than that finds its file gone and starts again). */
+#define SS_TEMP_LOCK_BYTE (SS_SLOT_LOCK_BASE - 1)
+#define SS_TEMP_GRACE_S 2
+static int force_named_temp;   /* test hook: take the fallback path */
+
+void ss_debug_set_named_temp(int on) { force_named_temp = on; }
+
+/* Is `file` a temporary table file name (see above)? */
+static int is_temp_name(const char *file)
 {
-    char tmp[256];
-    snprintf(tmp, sizeof tmp, ".%s.%d.%llx.tmp", name, (int)getpid(),
+    size_t n = strlen(file);
+    if (n < 6 || file[0] != '.' || strcmp(file + n - 4, ".tmp") != 0) return 0;
+    char name[128];
+    if (n - 5 >= sizeof name) return 0;
+    memcpy(name, file + 1, n - 5);     /* "<table name>.<pid>.<ns>" */
+    name[n - 5] = 0;
+    for (int k = 0; k < 2; k++) {      /* strip ".<ns>" then ".<pid>" */
+        char *dot = strrchr(name, '.');
+        if (!dot || dot[1] == 0 || strspn(dot + 1, k ? "0123456789" : "0123456789abcdef")
+                                   != strlen(dot + 1))
+            return 0;
+        *dot = 0;
+    }
+    return ss_table_name_parse(name, NULL, NULL) == SS_OK;
+}
+
+/* Remove temporary table files in dir_fd whose creator is gone; *removed
+ * (if not NULL) counts them.  Failures to remove one file are skipped: it
+ * is someone else's (another user's, or still being built). */
+static int clean_temp_files(int dir_fd, uint32_t *removed)
+{
+    int fd = dup(dir_fd);
+    if (fd < 0) return fail_sys("cannot read the lock directory");
+    DIR *d = fdopendir(fd);
+    if (!d) { close(fd); return fail_sys("cannot read the lock directory"); }
+    rewinddir(d);   /* the duplicate shares its position with dir_fd */
+    time_t now = time(NULL);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!is_temp_name(de->d_name)) continue;
+        struct stat st;
+        if (fstatat(dir_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !S_ISREG(st.st_mode) || now - st.st_mtime < SS_TEMP_GRACE_S)
+            continue;
+        int tfd = openat(dir_fd, de->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (tfd < 0) continue;
+        struct stat tst;
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                           .l_start = SS_TEMP_LOCK_BYTE, .l_len = 1};
+        int gone = fstat(tfd, &tst) == 0 && tst.st_ino == st.st_ino && tst.st_dev == st.st_dev &&
+                   fcntl(tfd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_UNLCK;
+        close(tfd);
+        if (gone && unlinkat(dir_fd, de->d_name, 0) == 0 && removed) (*removed)++;
+    }
+    closedir(d);
+    return SS_OK;
+}
+
+/* A new, empty table file in dir_fd, open read-write: unnamed if the
+ * filesystem can (*tmp = ""), else under a temporary name in tmp (locked
+ * as described above).  Returns the descriptor or a status < 0. */
+static int new_table_file(int dir_fd, const char *name, const char *dir, char *tmp,
+                          size_t tmp_len)
+{
+    tmp[0] = 0;
+    int fd = force_named_temp ? -1 : openat(dir_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (!force_named_temp && errno != EOPNOTSUPP && errno != EISDIR &&
+                    errno != EINVAL && errno != ENOENT))
+        return fd >= 0 ? fd : fail_sys("cannot create lock table in %s", dir);
+    snprintf(tmp, tmp_len, ".%s.%d.%llx.tmp", name, (int)getpid(),
              (unsigned long long)now_ns(CLOCK_MONOTONIC));
-    int fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) return fail_sys("cannot create lock table in %s", dir);
-    uint64_t bytes = ss_table_bytes(capacity, SS_DEFAULT_PROC_CAPACITY);
-    int rc = SS_OK;
-    void *map = MAP_FAILED;
-    if (fchmod(fd, table_mode(data->st_mode)) != 0) {
-        rc = fail_sys("cannot set mode of lock table in %s", dir);
-        goto out;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_TEMP_LOCK_BYTE, .l_len = 1};
+    if (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+        int rc = fail_sys("cannot lock the new lock table in %s", dir);
+        unlinkat(dir_fd, tmp, 0);
+        close(fd);
+        return rc;
     }
-    int err = posix_fallocate(fd, 0, (off_t)bytes);
-    if (err != 0) {
-        errno = err;
-        rc = fail_sys("cannot allocate %llu bytes for a lock table in %s",
-                      (unsigned long long)bytes, dir);
-        goto out;
-    }
-    map = mmap(NULL, SS_HEADER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED) {
-        rc = fail_sys("cannot map new lock table in %s", dir);
-        goto out;
-    }
+    return fd;
+}
+
+/* Fill in the header of a new table of `bytes` bytes in fd. */
+static int init_header(int fd, const char *dir, const struct stat *data, const char *data_path,
+                       uint32_t capacity, uint64_t bytes)
+{
+    void *map = mmap(NULL, SS_HEADER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) return fail_sys("cannot map new lock table in %s", dir);
     struct ss_header *hd = map;
     hd->magic = SS_MAGIC;
     hd->format = ss_format_stamp();
@@ -1212,11 +1429,48 @@ static int create_table(int dir_fd, const char *name, const char *dir,
     for (int t = 0; t < TREE_COUNT; t++) hd->root[t] = SS_NIL;
     hd->free_head = SS_NIL;
     hd->file_size = (uint64_t)data->st_size;
-    if (linkat(dir_fd, tmp, dir_fd, name, 0) != 0)
-        rc = errno == EEXIST ? 1 : fail_sys("cannot link lock table into %s", dir);
+    munmap(map, SS_HEADER_BYTES);
+    return SS_OK;
+}
+
+/* Create and initialise a table, then link it into place under `name`;
+ * whoever links first wins, so two creators never both initialise the
+ * visible table.  Returns SS_OK (created), 1 (someone else won: open
+ * theirs) or < 0. */
+static int create_table(int dir_fd, const char *name, const char *dir,
+                        const struct stat *data, const char *data_path, uint32_t capacity)
+{
+    char tmp[256];
+    int fd = new_table_file(dir_fd, name, dir, tmp, sizeof tmp);
+    if (fd < 0) return fd;
+    uint64_t bytes = ss_table_bytes(capacity, SS_DEFAULT_PROC_CAPACITY);
+    int rc = SS_OK;
+    if (fchmod(fd, table_mode(data->st_mode)) != 0) {
+        rc = fail_sys("cannot set mode of lock table in %s", dir);
+        goto out;
+    }
+    int err = posix_fallocate(fd, 0, (off_t)bytes);
+    if (err != 0) {
+        errno = err;
+        rc = fail_sys("cannot allocate %llu bytes for a lock table in %s",
+                      (unsigned long long)bytes, dir);
+        goto out;
+    }
+    rc = init_header(fd, dir, data, data_path, capacity, bytes);
+    if (rc) goto out;
+    maybe_crash(6);
+    if (tmp[0]) {
+        rc = linkat(dir_fd, tmp, dir_fd, name, 0);
+    } else {
+        char self_fd[64];
+        snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", fd);
+        rc = linkat(AT_FDCWD, self_fd, dir_fd, name, AT_SYMLINK_FOLLOW);
+    }
+    if (rc != 0)   /* EEXIST: another creator won; ENOENT: our temp name was cleaned */
+        rc = errno == EEXIST || (tmp[0] && errno == ENOENT) ? 1
+             : fail_sys("cannot link lock table into %s", dir);
 out:
-    if (map != MAP_FAILED) munmap(map, SS_HEADER_BYTES);
-    unlinkat(dir_fd, tmp, 0);
+    if (tmp[0]) unlinkat(dir_fd, tmp, 0);
     close(fd);
     return rc;
 }
@@ -1237,6 +1491,16 @@ static void registry_remove(struct ss_handle *h)
     pthread_mutex_unlock(&registry_lock);
 }
 
+/* A new handle with no table yet (every descriptor -1), or NULL. */
+static struct ss_handle *handle_new(void)
+{
+    struct ss_handle *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    h->table_fd = -1;
+    h->probe_fd = -1;
+    return h;
+}
+
 static void handle_free(struct ss_handle *h)
 {
     if (h->hdr) munmap(h->hdr, h->map_bytes);
@@ -1246,10 +1510,11 @@ static void handle_free(struct ss_handle *h)
     free(h);
 }
 
-/* Open an existing table file, refusing symlinks and files planted by
- * other users, map and check it.  data may be NULL (inspection). */
-static int open_table(struct ss_handle *h, int dir_fd, const char *name,
-                      const struct stat *data)
+/* Open the table file `name` in dir_fd, refusing symlinks, non-regular
+ * files and files planted by other users; *st receives its status.
+ * Returns the descriptor or a status < 0. */
+static int open_table_file(struct ss_handle *h, int dir_fd, const char *name,
+                           const struct stat *data, struct stat *st)
 {
     int fd = openat(dir_fd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
@@ -1259,40 +1524,58 @@ static int open_table(struct ss_handle *h, int dir_fd, const char *name,
         if (errno == ENOENT) return fail(SS_ENOENT, "no lock table at %s", h->table_path);
         return fail_sys("cannot open lock table %s", h->table_path);
     }
-    h->table_fd = fd;
-    struct stat st;
-    if (fstat(fd, &st) != 0) return fail_sys("cannot stat %s", h->table_path);
-    if (!S_ISREG(st.st_mode))
-        return fail(SS_EUNSAFE, "%s is not a regular file; refusing it as a lock table",
-                    h->table_path);
+    int rc = SS_OK;
     uid_t me = geteuid();
-    if (st.st_uid != me && st.st_uid != 0 && !(data && st.st_uid == data->st_uid))
-        return fail(SS_EUNSAFE, "lock table %s is owned by uid %d, neither you nor the "
-                    "data file's owner; refusing it (remove it)", h->table_path,
-                    (int)st.st_uid);
-    if ((uint64_t)st.st_size < SS_HEADER_BYTES)
-        return fail(SS_ECORRUPT, "lock table %s is truncated (%lld bytes)",
-                    h->table_path, (long long)st.st_size);
-    h->table_dev = st.st_dev;
-    h->table_ino = st.st_ino;
-    int prot = PROT_READ | PROT_WRITE;
-    void *map = mmap(NULL, (size_t)st.st_size, prot, MAP_SHARED, fd, 0);
+    if (fstat(fd, st) != 0)
+        rc = fail_sys("cannot stat %s", h->table_path);
+    else if (!S_ISREG(st->st_mode))
+        rc = fail(SS_EUNSAFE, "%s is not a regular file; refusing it as a lock table",
+                  h->table_path);
+    else if (st->st_uid != me && st->st_uid != 0 && !(data && st->st_uid == data->st_uid))
+        rc = fail(SS_EUNSAFE, "lock table %s is owned by uid %d, neither you nor the "
+                  "data file's owner; refusing it (remove it)", h->table_path,
+                  (int)st->st_uid);
+    else if ((uint64_t)st->st_size < SS_HEADER_BYTES)
+        rc = fail(SS_ECORRUPT, "lock table %s is truncated (%lld bytes)",
+                  h->table_path, (long long)st->st_size);
+    if (rc) { close(fd); return rc; }
+    return fd;
+}
+
+/* Map the open table file fd (its size in st) and set up the handle's two
+ * descriptors: the liveness lock must sit on an open file description that
+ * no mapping references (a MAP_SHARED mapping pins its description, so a
+ * forked child, which inherits the mapping, would keep a lock taken through
+ * the mapped description alive after we die), so the liveness descriptor
+ * is a fresh open of the same inode; the mapped description never takes a
+ * lock and stays open as the probe descriptor, which a forked child may
+ * keep and still probe others' liveness through.  Takes ownership of fd. */
+static int map_table(struct ss_handle *h, int fd, const struct stat *st)
+{
+    h->probe_fd = fd;
+    h->table_dev = st->st_dev;
+    h->table_ino = st->st_ino;
+    void *map = mmap(NULL, (size_t)st->st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) return fail_sys("cannot map lock table %s", h->table_path);
     h->hdr = map;
-    h->map_bytes = (size_t)st.st_size;
-    /* The liveness lock must sit on an open file description that no mapping
-     * references: a MAP_SHARED mapping pins its file description, so a forked
-     * child (which inherits our mapping) would keep an OFD lock taken through
-     * the mapped description alive after we die.  Reopen the same inode. */
+    h->map_bytes = (size_t)st->st_size;
     char self_fd[64];
     snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", fd);
-    int live_fd = open(self_fd, O_RDWR | O_CLOEXEC);
-    if (live_fd < 0) return fail_sys("cannot reopen lock table %s", h->table_path);
-    /* The mapped description stays open as the probe descriptor: it never
-     * takes a lock, so a child forked later may keep it and still probe. */
-    h->probe_fd = fd;
-    h->table_fd = live_fd;
-    return check_header(h, (uint64_t)st.st_size, data);
+    h->table_fd = open(self_fd, O_RDWR | O_CLOEXEC);
+    if (h->table_fd < 0) return fail_sys("cannot reopen lock table %s", h->table_path);
+    return SS_OK;
+}
+
+/* Open, map and check an existing table file.  data may be NULL
+ * (inspection: any data file identity is accepted). */
+static int open_table(struct ss_handle *h, int dir_fd, const char *name,
+                      const struct stat *data)
+{
+    struct stat st;
+    int fd = open_table_file(h, dir_fd, name, data, &st);
+    if (fd < 0) return fd;
+    int rc = map_table(h, fd, &st);
+    return rc ? rc : check_header(h, (uint64_t)st.st_size, data);
 }
 
 int ss_table_name(uint64_t dev, uint64_t ino, char *buf, uint32_t buflen)
@@ -1301,6 +1584,37 @@ int ss_table_name(uint64_t dev, uint64_t ino, char *buf, uint32_t buflen)
     snprintf(buf, buflen, "%llx-%llx.shmslice", (unsigned long long)dev,
              (unsigned long long)ino);
     return SS_OK;
+}
+
+/* Open the lock directory, refusing a symbolic link.  Returns the
+ * descriptor or a status < 0. */
+static int open_lock_dir(const char *table_dir)
+{
+    int dir_fd = open(table_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dir_fd >= 0) return dir_fd;
+    /* O_DIRECTORY | O_NOFOLLOW on a symbolic link fails with ENOTDIR, not ELOOP. */
+    int err = errno;
+    struct stat lst;
+    if ((err == ELOOP || err == ENOTDIR) && lstat(table_dir, &lst) == 0 && S_ISLNK(lst.st_mode))
+        return fail(SS_EUNSAFE, "lock directory %s is a symbolic link", table_dir);
+    errno = err;
+    return fail_sys("cannot open lock directory %s", table_dir);
+}
+
+/* Open the table `name` in dir_fd, creating it first if it does not exist
+ * (unless SS_ATTACH_NOCREATE); a creator also removes temporary files that
+ * killed creators left. */
+static int open_or_create(struct ss_handle *h, int dir_fd, const char *name, const char *dir,
+                          const struct stat *data, const char *data_path, uint32_t capacity,
+                          uint32_t flags)
+{
+    for (int attempt = 0;; attempt++) {
+        int rc = open_table(h, dir_fd, name, data);
+        if (rc != SS_ENOENT || (flags & SS_ATTACH_NOCREATE) || attempt >= 3) return rc;
+        if (attempt == 0) clean_temp_files(dir_fd, NULL);
+        rc = create_table(dir_fd, name, dir, data, data_path, capacity);
+        if (rc < 0) return rc;
+    }
 }
 
 int ss_attach(const char *table_dir, int data_fd, const char *data_path,
@@ -1317,78 +1631,68 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     int data_flags = fcntl(data_fd, F_GETFL);
     if (data_flags < 0) return fail_sys("cannot read the data file's open flags");
 
-    struct ss_handle *h = calloc(1, sizeof *h);
+    struct ss_handle *h = handle_new();
     if (!h) return fail_sys("out of memory");
-    h->table_fd = -1;
-    h->probe_fd = -1;
     h->data_writable = (data_flags & O_ACCMODE) != O_RDONLY;
     char name[96];
     ss_table_name((uint64_t)data.st_dev, (uint64_t)data.st_ino, name, sizeof name);
     snprintf(h->table_path, sizeof h->table_path, "%s/%s", table_dir, name);
 
-    int rc;
-    int dir_fd = open(table_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (dir_fd < 0) {
-        /* O_DIRECTORY | O_NOFOLLOW on a symbolic link fails with ENOTDIR, not ELOOP. */
-        int err = errno;
-        struct stat lst;
-        if ((err == ELOOP || err == ENOTDIR) && lstat(table_dir, &lst) == 0 && S_ISLNK(lst.st_mode)) {
-            rc = fail(SS_EUNSAFE, "lock directory %s is a symbolic link", table_dir);
-        } else {
-            errno = err;
-            rc = fail_sys("cannot open lock directory %s", table_dir);
-        }
-        goto error;
+    int rc = open_lock_dir(table_dir);
+    if (rc >= 0) {
+        int dir_fd = rc;
+        rc = open_or_create(h, dir_fd, name, table_dir, &data, data_path, capacity, flags);
+        close(dir_fd);
     }
-    for (int attempt = 0;; attempt++) {
-        rc = open_table(h, dir_fd, name, &data);
-        if (rc != SS_ENOENT || (flags & SS_ATTACH_NOCREATE) || attempt >= 3) break;
-        rc = create_table(dir_fd, name, table_dir, &data, data_path, capacity);
-        if (rc < 0) break;
+    if (rc == SS_OK) rc = attach_validate(h);
+    if (rc == SS_OK) rc = table_lock(h);
+    if (rc == SS_OK) {
+        rc = take_slot(h);
+        table_unlock(h, 0);
     }
-    close(dir_fd);
-    if (rc != SS_OK) goto error;
-
-    rc = table_lock(h);
-    if (rc != SS_OK) goto error;
-    rc = table_validate(h);
-    if (rc == SS_OK) rc = take_slot(h);
-    table_unlock(h, 0);
-    if (rc != SS_OK) goto error;
+    if (rc != SS_OK) {
+        handle_free(h);
+        return rc;
+    }
     registry_add(h);
     *out = h;
     return SS_OK;
-error:
-    handle_free(h);
-    return rc;
 }
 
 int ss_attach_table(const char *table_path, ss_handle **out)
 {
     pthread_once(&atfork_once, install_atfork);
     if (!table_path || !out) return fail(SS_EINVAL, "table_path and out are required");
-    struct ss_handle *h = calloc(1, sizeof *h);
+    struct ss_handle *h = handle_new();
     if (!h) return fail_sys("out of memory");
-    h->table_fd = -1;
-    h->probe_fd = -1;
     h->inspect_only = 1;
     snprintf(h->table_path, sizeof h->table_path, "%s", table_path);
     int rc = open_table(h, AT_FDCWD, table_path, NULL);
-    if (rc == SS_OK) {
-        rc = table_lock(h);
-        if (rc == SS_OK) {
-            rc = table_validate(h);
-            table_unlock(h, 0);
-        }
-    }
+    if (rc == SS_OK) rc = attach_validate(h);
     if (rc != SS_OK) { handle_free(h); return rc; }
     registry_add(h);
     *out = h;
     return SS_OK;
 }
 
-/* After fork the child has no slot: reopen the table file (it must be the
- * same file we have mapped) and take a slot of its own. */
+/* Reopen the liveness descriptor after fork: it must be the table file we
+ * have mapped, not one that replaced it since. */
+static int reopen_table_fd(struct ss_handle *h)
+{
+    int fd = open(h->table_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return fail_sys("cannot reopen lock table %s", h->table_path);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_dev != h->table_dev || st.st_ino != h->table_ino) {
+        close(fd);
+        return fail(SS_ECORRUPT, "lock table %s was replaced since it was attached",
+                    h->table_path);
+    }
+    h->table_fd = fd;
+    return SS_OK;
+}
+
+/* Make sure this handle owns a process slot (a forked child has none until
+ * its first lock or pin); inspection handles never do. */
 static int ensure_slot(struct ss_handle *h)
 {
     if (h->inspect_only)
@@ -1398,25 +1702,11 @@ static int ensure_slot(struct ss_handle *h)
     pthread_mutex_lock(&registry_lock);
     int rc = SS_OK;
     if (!h->has_slot) {
-        if (h->table_fd < 0) {
-            int fd = open(h->table_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-            struct stat st;
-            if (fd < 0) rc = fail_sys("cannot reopen lock table %s", h->table_path);
-            else if (fstat(fd, &st) != 0 || st.st_dev != h->table_dev ||
-                     st.st_ino != h->table_ino) {
-                close(fd);
-                rc = fail(SS_ECORRUPT, "lock table %s was replaced since it was attached",
-                          h->table_path);
-            } else {
-                h->table_fd = fd;
-            }
-        }
+        if (h->table_fd < 0) rc = reopen_table_fd(h);
+        if (rc == SS_OK) rc = table_lock(h);
         if (rc == SS_OK) {
-            rc = table_lock(h);
-            if (rc == SS_OK) {
-                rc = take_slot(h);
-                table_unlock(h, 0);
-            }
+            rc = take_slot(h);
+            table_unlock(h, 0);
         }
     }
     pthread_mutex_unlock(&registry_lock);
@@ -1426,6 +1716,7 @@ static int ensure_slot(struct ss_handle *h)
 /* Remove every entry owned by (slot, gen).  Under the mutex. */
 static int remove_owned(struct ss_handle *h, uint32_t slot, uint32_t gen, uint32_t *removed)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
         struct ss_entry *e = &h->entries[i];
         if (e->state != ENTRY_FREE && e->owner_slot == slot && e->owner_gen == gen) {
@@ -1772,6 +2063,7 @@ static void fill_info(struct ss_handle *h, uint32_t i, ss_entry_info *out, int a
 /* Under the mutex: first live entry with end > offset (1), none (0), or < 0. */
 static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     scan_begin(h);
     for (int t = 0; t < TREE_COUNT; t++) {
         for (;;) {
@@ -1895,6 +2187,7 @@ static int snapshot_impl(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_
         table_unlock(h, 0);
         if (i >= hwm) break;
     }
+    SS_ASSERT_MUTEX_NOT_HELD(h);   /* the probes below run without the mutex */
     for (uint32_t k = 0; rc == SS_OK && k < n && k < cap; k++) {
         uint32_t slot = owner[2 * k];
         if (slot == OWNER_GONE) continue;
@@ -1949,6 +2242,30 @@ static int reap_impl(ss_handle *h, uint32_t *removed)
             if (alive < 0) rc = alive;
         }
     table_unlock(h, 1);
+    /* And temporary files killed creators left in the table's directory. */
+    char dir[sizeof h->table_path];
+    snprintf(dir, sizeof dir, "%s", h->table_path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = 0;
+    else if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dir_fd >= 0) {
+        clean_temp_files(dir_fd, NULL);
+        close(dir_fd);
+    }
+    return rc;
+}
+
+/* Public: see shmslice.h. */
+int ss_clean_temp_files(const char *table_dir, uint32_t *removed)
+{
+    if (!table_dir || !removed) return fail(SS_EINVAL, "table_dir and removed are required");
+    *removed = 0;
+    int dir_fd = open_lock_dir(table_dir);
+    if (dir_fd < 0) return dir_fd;
+    int rc = clean_temp_files(dir_fd, removed);
+    close(dir_fd);
     return rc;
 }
 

@@ -170,16 +170,32 @@ int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
 /* Copy the table-wide figures into *out. */
 int ss_stat(ss_handle *h, ss_table_stat *out);
 
-/* Remove every entry of a dead process; *removed receives how many. */
+/*
+ * Remove every entry of a dead process; *removed receives how many.  Also
+ * removes temporary table files that killed creators left in the table's
+ * directory (as ss_clean_temp_files, not counted in *removed).
+ */
 int ss_reap(ss_handle *h, uint32_t *removed);
+
+/*
+ * Remove the temporary files that processes killed while creating a table
+ * left in table_dir (only where the filesystem lacks O_TMPFILE are such
+ * files made; a file is removed once its creator no longer holds its lock
+ * and it is 2 s old).  *removed receives how many.
+ */
+int ss_clean_temp_files(const char *table_dir, uint32_t *removed);
 
 
 /*
  * Test hook, off unless set: the calling process kills itself with SIGKILL
- * the countdown-th time it reaches crash point `point` inside the table
- * mutex (points are listed in shmslice.c).  point 0 disables it.
+ * the countdown-th time it reaches crash point `point` (points are listed in
+ * shmslice.c; most are inside the table mutex).  point 0 disables it.
  */
 void ss_debug_set_crash_point(int point, int countdown);
+
+/* Test hook: on != 0 makes this process build new tables under a temporary
+ * name, as on a filesystem without O_TMPFILE. */
+void ss_debug_set_named_temp(int on);
 
 /*
  * Describe the table file's layout for tools and tests: writes lines

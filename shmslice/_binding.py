@@ -129,3 +129,16 @@ def parse_table_name(name: str) -> tuple[int, int] | None:
     if b"\0" in encoded or lib.ss_table_name_parse(encoded, dev, ino) != lib.SS_OK:
         return None
     return int(dev[0]), int(ino[0])
+
+
+def clean_temp_files(lock_dir: str | os.PathLike[str]) -> int:
+    """Remove the temporary table files that processes killed while creating a
+    table left in ``lock_dir``; returns how many were removed."""
+    path = os.fsencode(lock_dir)
+    if b"\0" in path:
+        raise ValueError("lock_dir contains a NUL byte")
+    removed = ffi.new("uint32_t *")
+    rc = lib.ss_clean_temp_files(path, removed)
+    if rc < 0:
+        raise_status(rc, os.fspath(lock_dir))
+    return int(removed[0])

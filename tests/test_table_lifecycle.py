@@ -80,3 +80,92 @@ def test_forked_child_reap_removes_dead_entries(data_file: Path, lock_dir: Path)
         _killed_holder(data_file, lock_dir)
         assert _in_fork(mgr.reap) == "1"
         assert [e.kind for e in mgr.locks()] == ["pin"]
+
+
+def _temp_files(lock_dir: Path) -> list[str]:
+    return sorted(n for n in os.listdir(lock_dir) if n.endswith(".tmp"))
+
+
+def _die_creating(data: str, lock_dir: str, named: bool) -> None:
+    from shmslice._binding import lib
+
+    if named:
+        lib.ss_debug_set_named_temp(1)
+    lib.ss_debug_set_crash_point(6, 1)
+    shmslice.LockManager(data, lock_dir=lock_dir)
+    os._exit(4)
+
+
+def _kill_during_creation(data_file: Path, lock_dir: Path, named: bool) -> None:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _die_creating(str(data_file), str(lock_dir), named)
+        finally:
+            os._exit(5)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def test_killed_while_creating_a_table_leaves_no_temporary_file(data_file: Path,
+                                                                lock_dir: Path) -> None:
+    _kill_during_creation(data_file, lock_dir, named=False)
+    assert _temp_files(lock_dir) == []
+    assert os.listdir(lock_dir) == []       # and no half-made table either
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        mgr.lock(0, 10).release()
+
+
+def _backdate(path: Path, seconds: float = 60) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def _hold_lockf(path: str, start: int, ready, done) -> None:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, start)
+    ready.set()
+    done.wait(TIMEOUT)
+
+
+def test_stale_named_temporary_files_are_removed(data_file: Path, lock_dir: Path) -> None:
+    """Where tables are built under a temporary name, a killed creator's file
+    is removed by the next creator, reap and clean_temp_files; a live
+    creator's (locked) and a brand new file are left alone."""
+    from shmslice._binding import clean_temp_files, table_constants
+
+    _kill_during_creation(data_file, lock_dir, named=True)
+    [stale] = _temp_files(lock_dir)
+    assert clean_temp_files(lock_dir) == 0    # too young: could be a creator's first instant
+    _backdate(lock_dir / stale)
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:   # creates: cleans
+        assert _temp_files(lock_dir) == []
+        name = os.path.basename(mgr.table_path)
+        live, young, dead = (lock_dir / f".{name}.{pid}.1f.tmp" for pid in (11, 12, 13))
+        for p in (live, young, dead):
+            p.write_bytes(b"\0" * 4096)
+        c = mp.get_context("fork")
+        ready, done = c.Event(), c.Event()
+        holder = c.Process(target=_hold_lockf,
+                           args=(str(live), table_constants()["slot_lock_base"] - 1, ready, done),
+                           daemon=True)
+        holder.start()
+        try:
+            assert ready.wait(TIMEOUT)
+            _backdate(live)
+            _backdate(dead)
+            assert mgr.reap() == 0
+            assert _temp_files(lock_dir) == sorted([live.name, young.name])
+            done.set()
+            holder.join(TIMEOUT)
+            assert clean_temp_files(lock_dir) == 1       # the live creator is gone now
+            assert _temp_files(lock_dir) == [young.name]
+        finally:
+            done.set()
+            holder.join(TIMEOUT)
+    with pytest.raises(ValueError):
+        clean_temp_files(str(lock_dir) + "\0")
+    with pytest.raises(FileNotFoundError):
+        clean_temp_files(lock_dir / "missing")
