@@ -4,14 +4,16 @@
  * Divisions of this file:
  *   1. Status codes and per-thread error detail
  *   2. Layout of the shared table (header, process slots, entries)
- *   3. Small system helpers (clocks, futex, thread ids, fork tracking)
- *   4. The table mutex and repair after a holder died
- *   5. Index: one treap per kind, keyed by start, augmented with max end
- *   6. Owner liveness and reclaiming dead owners' entries
- *   7. Creating, validating and attaching a table
+ *   3. Small system helpers (debug asserts, clocks, futex, thread ids, fork
+ *      tracking, crash points)
+ *   4. The table mutex
+ *   5. Index: one treap per kind, keyed by (start, end, owner_slot, index),
+ *      augmented with max end
+ *   6. Entries, owner liveness (one probe per slot per scan) and reclaiming
+ *   7. Creating, validating and attaching a table; repair after a holder died
  *   8. Locks, pins, resize
  *   9. Inspection: snapshot, stat, reap
- *  10. Public entry points (each call bracketed by handle_enter/leave)
+ *  10. Public entry points: each call is bracketed by handle_enter/leave
  *  11. Layout served to tools and tests
  *
  * Design in brief.  The table is a file in a tmpfs directory, one per data
@@ -32,7 +34,9 @@
  * lock is taken through a descriptor that is never mapped (a mapping would
  * hold a reference too), and after fork the child closes its copy of every
  * such descriptor at once (atfork handler), so a child never keeps its
- * parent's slot alive; it takes a slot of its own on first use.
+ * parent's slot alive; it takes a slot of its own on first use.  Probes go
+ * through a second descriptor that never holds a lock, which the child
+ * keeps, so it judges others' liveness correctly before its first lock.
  *
  * Waiting sleeps on a futex word in the header (wake_seq), bumped on every
  * release; sleepers also wake every SS_RECHECK_NS to look for dead holders.
@@ -362,7 +366,7 @@ static inline void maybe_crash(int point)
 }
 
 /* ===================================================================
- * 4. The table mutex and repair
+ * 4. The table mutex
  * =================================================================== */
 
 static int table_repair(struct ss_handle *h);
@@ -729,7 +733,7 @@ static int index_remove(struct ss_handle *h, uint32_t x)
 }
 
 /* ===================================================================
- * 6. Entries, owner liveness and reclaiming
+ * 6. Entries, owner liveness (one probe per slot per scan) and reclaiming
  * =================================================================== */
 
 static int64_t make_ref(uint32_t index, uint32_t serial)
@@ -1001,7 +1005,7 @@ static int64_t own_entry(struct ss_handle *h, int64_t ref, int want_pin)
 }
 
 /* ===================================================================
- * 7. Creating, validating and attaching a table
+ * 7. Creating, validating and attaching a table; repair after a holder died
  *
  * The path of an attach, top down:
  *   ss_attach -> open_lock_dir -> open_or_create
