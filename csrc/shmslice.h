@@ -162,8 +162,13 @@ int64_t ss_file_size(ss_handle *h);
 int64_t ss_size_epoch(ss_handle *h);
 
 /*
- * Copy up to max entries into out; *count receives the number of entries in
- * use (which may exceed max: call again with a larger buffer).
+ * Copy up to max entries into out; *count receives the number of entries
+ * seen (which may exceed max: call again with a larger buffer).  Entries are
+ * copied in chunks, with the table mutex released between chunks, and
+ * liveness is probed after the copy: an entry in use for the whole call is
+ * reported once; one made or removed during the call may or may not be;
+ * alive = 1 means its owner was attached when the entry was copied and still
+ * alive when probed.
  */
 int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count);
 
