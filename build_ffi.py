@@ -3,7 +3,8 @@
 Out-of-line API mode.  The cdef is csrc/shmslice.h with its preprocessor lines
 dropped, plus the status constants generated from csrc/ss_status.def, so the C
 declarations exist in exactly one place.  Set SHMSLICE_SANITIZE=1 to build the
-core with AddressSanitizer and UndefinedBehaviorSanitizer.
+core with AddressSanitizer and UndefinedBehaviorSanitizer and with the core's
+debug assertions (SS_DEBUG) on.
 """
 
 import os
@@ -31,7 +32,7 @@ def _compile_args() -> tuple[list[str], list[str]]:
     link: list[str] = []
     if os.environ.get("SHMSLICE_SANITIZE"):
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        args = [a for a in args if a != "-O2"] + ["-O1", "-g"] + san
+        args = [a for a in args if a != "-O2"] + ["-O1", "-g", "-DSS_DEBUG"] + san
         link += san
     return args, link
 

@@ -4,13 +4,17 @@
  * Divisions of this file:
  *   1. Status codes and per-thread error detail
  *   2. Layout of the shared table (header, process slots, entries)
- *   3. Small system helpers (clocks, futex, thread ids, fork tracking)
- *   4. The table mutex and repair after a holder died
- *   5. Index: one treap per kind, keyed by start, augmented with max end
- *   6. Owner liveness and reclaiming dead owners' entries
- *   7. Creating, validating and attaching a table
+ *   3. Small system helpers (debug asserts, clocks, futex, thread ids, fork
+ *      tracking, crash points)
+ *   4. The table mutex
+ *   5. Index: one treap per kind, keyed by (start, end, owner_slot, index),
+ *      augmented with max end
+ *   6. Entries, owner liveness (one probe per slot per scan) and reclaiming
+ *   7. Creating, validating and attaching a table; repair after a holder died
  *   8. Locks, pins, resize
  *   9. Inspection: snapshot, stat, reap
+ *  10. Public entry points: each call is bracketed by handle_enter/leave
+ *  11. Layout served to tools and tests
  *
  * Design in brief.  The table is a file in a tmpfs directory, one per data
  * file identity (st_dev, st_ino), mapped MAP_SHARED by every process that
@@ -30,7 +34,9 @@
  * lock is taken through a descriptor that is never mapped (a mapping would
  * hold a reference too), and after fork the child closes its copy of every
  * such descriptor at once (atfork handler), so a child never keeps its
- * parent's slot alive; it takes a slot of its own on first use.
+ * parent's slot alive; it takes a slot of its own on first use.  Probes go
+ * through a second descriptor that never holds a lock, which the child
+ * keeps, so it judges others' liveness correctly before its first lock.
  *
  * Waiting sleeps on a futex word in the header (wake_seq), bumped on every
  * release; sleepers also wake every SS_RECHECK_NS to look for dead holders.
@@ -44,6 +50,7 @@
 #define _GNU_SOURCE
 #include "shmslice.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -51,6 +58,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,13 +137,14 @@ static int fail_sys(const char *fmt, ...)
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 1
+#define SS_FORMAT_VERSION 2       /* 2: index key (start, end, owner_slot, index) */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
 #define SS_SLOT_LOCK_BASE ((off_t)1 << 40)   /* OFD liveness lock byte of slot 0 */
 #define SS_RECHECK_NS 50000000LL   /* sleepers re-check for dead holders this often (half the 100 ms promise) */
 #define SS_ALIVE_CACHE_NS 1000000LL  /* trust a liveness probe this long (1 ms) */
+#define SS_SWEEP_TRUST_NS 1000000LL  /* a sweep of a full table that freed nothing holds this long */
 #define SS_MUTEX_PATIENCE_S 10     /* table mutex held longer than this: report */
 #define SS_DATA_PATH_MAX 1024
 #define SS_MAX_CAPACITY (1u << 24)
@@ -226,6 +235,8 @@ struct ss_handle {
     uint32_t capacity;           /* copied from the validated header */
     uint32_t proc_capacity;
     int table_fd;                /* -1 after fork until re-attached, or inspect-only */
+    int probe_fd;                /* the table file through a description that never holds a
+                                  * lock: liveness probes use it, and a forked child keeps it */
     int inspect_only;            /* opened by ss_attach_table: owns no slot */
     int data_writable;           /* data file descriptor was open for writing at attach */
     uint32_t slot, gen;          /* our process slot (valid if has_slot) */
@@ -236,7 +247,11 @@ struct ss_handle {
     struct ss_handle *next;      /* registry of open handles (for atfork) */
     int closing;                 /* set once by ss_close; calls then fail SS_ECLOSED */
     struct { uint32_t slot, gen; uint64_t until_ns; } alive_cache[16]; /* recent probes that found a slot alive */
+    struct verdicts *scan;       /* liveness verdicts of the scan in progress (table mutex) */
+    uint64_t fruitless_sweep_ns; /* CLOCK_MONOTONIC of the last sweep of a full table that freed nothing */
     int busy;                    /* calls in flight (atomic), awaited by ss_close */
+    int32_t mutex_holder;        /* SS_DEBUG builds: tid holding the table mutex through
+                                  * this handle, 0 if none (atomic) */
 };
 
 /* ===================================================================
@@ -258,6 +273,29 @@ static int32_t current_tid(void)
         tls_tid = (int32_t)syscall(SYS_gettid);
     return tls_tid;
 }
+
+/* Debug-build checks (compile with -DSS_DEBUG; the sanitizer build does).
+ * They state what the code itself guarantees -- the mutex rules, the
+ * treap's shape after our own updates -- never what shared memory says:
+ * a corrupt table is an SS_ECORRUPT, not an assertion. */
+#ifdef SS_DEBUG
+__attribute__((noreturn))
+static void ss_assert_fail(const char *what, const char *file, int line)
+{
+    fprintf(stderr, "shmslice: assertion failed: %s (%s:%d)\n", what, file, line);
+    abort();
+}
+#define SS_ASSERT(cond) ((cond) ? (void)0 : ss_assert_fail(#cond, __FILE__, __LINE__))
+#define MUTEX_MARK(h, tid) __atomic_store_n(&(h)->mutex_holder, (tid), __ATOMIC_RELAXED)
+#else
+#define SS_ASSERT(cond) ((void)0)
+#define MUTEX_MARK(h, tid) ((void)0)
+#endif
+/* The calling thread holds the table mutex through h (table_lock). */
+#define SS_ASSERT_MUTEX_HELD(h) \
+    SS_ASSERT(__atomic_load_n(&(h)->mutex_holder, __ATOMIC_RELAXED) == current_tid())
+#define SS_ASSERT_MUTEX_NOT_HELD(h) \
+    SS_ASSERT(__atomic_load_n(&(h)->mutex_holder, __ATOMIC_RELAXED) != current_tid())
 
 /* Sleep until *word != expected, a wake, a signal or timeout_ns.  Returns 0,
  * or EINTR / ETIMEDOUT / EAGAIN as the kernel said. */
@@ -313,12 +351,13 @@ void ss_debug_set_crash_point(int point, int countdown)
     crash_countdown = countdown;
 }
 
-/* Crash points (inside the table mutex):
+/* Crash points (1-5 inside the table mutex):
  *   1 after allocating an entry, before it is visible
  *   2 after an entry became visible, before it is indexed
  *   3 in the middle of unlinking an entry from the index
  *   4 after unindexing, before the entry is marked free
- *   5 during repair, half way through rebuilding */
+ *   5 during repair, half way through rebuilding
+ *   6 creating a table: built, not yet linked into place */
 static inline void maybe_crash(int point)
 {
     if (__builtin_expect(crash_point != 0, 0) && crash_point == point &&
@@ -327,7 +366,7 @@ static inline void maybe_crash(int point)
 }
 
 /* ===================================================================
- * 4. The table mutex and repair
+ * 4. The table mutex
  * =================================================================== */
 
 static int table_repair(struct ss_handle *h);
@@ -401,10 +440,12 @@ static int table_lock(struct ss_handle *h)
         deadline.tv_sec += SS_MUTEX_PATIENCE_S;
         rc = pthread_mutex_clocklock(&h->hdr->mutex, CLOCK_MONOTONIC, &deadline);
     }
+    if (rc == 0 || rc == EOWNERDEAD) MUTEX_MARK(h, current_tid());
     if (rc == EOWNERDEAD) {
         int repaired = table_repair(h);
         pthread_mutex_consistent(&h->hdr->mutex);
         if (repaired != SS_OK) {
+            MUTEX_MARK(h, 0);
             pthread_mutex_unlock(&h->hdr->mutex);
             return repaired;
         }
@@ -419,8 +460,10 @@ static int table_lock(struct ss_handle *h)
         return fail(SS_ECORRUPT, "lock table %s: mutex unusable (%s)",
                     h->table_path, strerror(rc));
     rc = header_sane(h);
-    if (rc != SS_OK)
+    if (rc != SS_OK) {
+        MUTEX_MARK(h, 0);
         pthread_mutex_unlock(&h->hdr->mutex);
+    }
     return rc;
 }
 
@@ -430,6 +473,7 @@ static void table_unlock(struct ss_handle *h, int wake)
      * syscall.  (A waiting entry of a dead process only costs spurious wakes
      * until it is reclaimed.) */
     int sleepers = wake && h->hdr->waiting > 0;
+    MUTEX_MARK(h, 0);
     pthread_mutex_unlock(&h->hdr->mutex);
     if (sleepers)
         futex_wake_all(&h->hdr->wake_seq);
@@ -442,8 +486,13 @@ static void bump_wake(struct ss_handle *h)
 }
 
 /* ===================================================================
- * 5. Index: treaps keyed by (start, index), augmented with max_end
+ * 5. Index: treaps keyed by (start, end, owner_slot, index), augmented
+ *    with max_end
  *
+ * The key leads with start, which is all the overlap queries need (with
+ * max_end to prune); end and owner_slot follow so that one process's pin on
+ * exactly [start, end) is found by a descent (pin_find_exact), however many
+ * other pins overlap it; the entry index makes keys unique.
  * Priorities are a hash of the entry index, so the shape is a function of
  * the set of entries and a rebuild reproduces it.  Invariants (checked by
  * validate_tree): in-order keys strictly increase; a child's priority never
@@ -471,10 +520,22 @@ static int tree_of_kind(int kind)
     return kind == SS_SHARED ? TREE_SHARED : kind == SS_EXCLUSIVE ? TREE_EXCLUSIVE : TREE_PIN;
 }
 
+/* Order of (start, end, owner_slot) of entry e against the given triple:
+ * < 0, 0 or > 0. */
+static inline int region_cmp(const struct ss_entry *e, uint64_t start, uint64_t end,
+                             uint32_t slot)
+{
+    if (e->start != start) return e->start < start ? -1 : 1;
+    if (e->end != end) return e->end < end ? -1 : 1;
+    if (e->owner_slot != slot) return e->owner_slot < slot ? -1 : 1;
+    return 0;
+}
+
 static inline int key_less(struct ss_handle *h, uint32_t a, uint32_t b)
 {
-    const struct ss_entry *ea = &h->entries[a], *eb = &h->entries[b];
-    return ea->start < eb->start || (ea->start == eb->start && a < b);
+    const struct ss_entry *eb = &h->entries[b];
+    int c = region_cmp(&h->entries[a], eb->start, eb->end, eb->owner_slot);
+    return c < 0 || (c == 0 && a < b);
 }
 
 static inline uint64_t max_end_of(struct ss_handle *h, uint32_t i)
@@ -521,6 +582,9 @@ static int tree_split(struct ss_handle *h, uint32_t n, uint32_t pivot,
         *r = n;
     }
     if (rc) return rc;
+    /* The split's two roots fall on their sides of the pivot. */
+    SS_ASSERT(*l == SS_NIL || key_less(h, *l, pivot));
+    SS_ASSERT(*r == SS_NIL || !key_less(h, *r, pivot));
     refresh(h, n);
     return SS_OK;
 }
@@ -624,20 +688,52 @@ static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
     return tree_find(h, e->right, lo, hi, pred, arg, found, depth + 1);
 }
 
+/* Find in subtree n the entry on exactly [start, end) of process slot
+ * (slot, gen).  The key orders by (start, end, owner_slot) first, so this is
+ * a descent; only entries with the same triple but another gen (a dead
+ * earlier owner of the slot, not yet reclaimed) widen it.
+ * Returns 1 with *found set, 0 if none, or a status < 0. */
+static int pin_find_exact(struct ss_handle *h, uint32_t n, uint64_t start, uint64_t end,
+                          uint32_t slot, uint32_t gen, uint32_t *found, int depth)
+{
+    DEPTH_CHECK(h, depth);
+    if (n == SS_NIL) return 0;
+    int rc = check_links(h, n);
+    if (rc) return rc;
+    const struct ss_entry *e = &h->entries[n];
+    int c = region_cmp(e, start, end, slot);
+    if (c < 0) return pin_find_exact(h, e->right, start, end, slot, gen, found, depth + 1);
+    if (c > 0) return pin_find_exact(h, e->left, start, end, slot, gen, found, depth + 1);
+    if (e->owner_gen == gen) {
+        SS_ASSERT(e->start == start && e->end == end && e->owner_slot == slot);
+        *found = n;
+        return 1;
+    }
+    rc = pin_find_exact(h, e->left, start, end, slot, gen, found, depth + 1);
+    if (rc) return rc;
+    return pin_find_exact(h, e->right, start, end, slot, gen, found, depth + 1);
+}
+
 static int index_insert(struct ss_handle *h, uint32_t x)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     int t = tree_of_kind(h->entries[x].kind);
-    return tree_insert_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
+    int rc = tree_insert_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
+    /* Every node on the way down was refreshed on the way up. */
+    SS_ASSERT(rc != SS_OK || h->hdr->root[t] != SS_NIL);
+    SS_ASSERT(rc != SS_OK || h->entries[h->hdr->root[t]].max_end >= h->entries[x].end);
+    return rc;
 }
 
 static int index_remove(struct ss_handle *h, uint32_t x)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     int t = tree_of_kind(h->entries[x].kind);
     return tree_remove_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
 }
 
 /* ===================================================================
- * 6. Entries, owner liveness and reclaiming
+ * 6. Entries, owner liveness (one probe per slot per scan) and reclaiming
  * =================================================================== */
 
 static int64_t make_ref(uint32_t index, uint32_t serial)
@@ -716,16 +812,42 @@ static int entry_remove(struct ss_handle *h, uint32_t i)
     return SS_OK;
 }
 
-/* Is the process slot's owner (at generation gen) alive?  1 yes, 0 no, <0 error. */
+/* Probe process slot `slot`'s liveness lock: 1 held (owner alive), 0 free
+ * (owner gone), < 0 error.  Reads no shared memory, so it may run without
+ * the table mutex. */
+static int probe_slot(struct ss_handle *h, uint32_t slot)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_SLOT_LOCK_BASE + slot, .l_len = 1};
+    if (fcntl(h->probe_fd, F_OFD_GETLK, &fl) != 0)
+        return fail_sys("lock table %s: liveness probe failed", h->table_path);
+    return fl.l_type != F_UNLCK;
+}
+
+/* Under the mutex: the slot's owner is gone, so free the slot; every entry
+ * made under its generation is dead from now on (gen no longer matches). */
+static void free_dead_slot(struct ss_handle *h, uint32_t slot)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    struct ss_proc *p = &h->procs[slot];
+    p->state = PROC_FREE;
+    p->gen++;
+    if (h->hdr->procs_used) h->hdr->procs_used--;
+}
+
+/* Is the process slot's owner (at generation gen) alive?  1 yes, 0 no, <0
+ * error.  Under the mutex.  For one-off questions (a conflicting holder);
+ * scans over many entries use scan_alive, which probes each slot once. */
 static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     if (slot >= h->hdr->proc_hwm)
         return fail(SS_ECORRUPT, "lock table %s: owner slot %u out of range",
                     h->table_path, slot);
     struct ss_proc *p = &h->procs[slot];
     if (p->state != PROC_USED || p->gen != gen) return 0;
     if (h->has_slot && slot == h->slot) return 1;
-    if (h->table_fd < 0) return 1;   /* cannot probe: assume alive */
+    if (h->probe_fd < 0) return 1;   /* cannot probe: assume alive */
     /* A slot probed alive within SS_ALIVE_CACHE_NS is taken to be alive still:
      * a holder handing a lock back and forth with us would otherwise cost a
      * system call per acquisition.  At worst a holder's death is noticed that
@@ -735,20 +857,15 @@ static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
     if (h->alive_cache[c].slot == slot && h->alive_cache[c].gen == gen &&
         h->alive_cache[c].until_ns > now)
         return 1;
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
-                       .l_start = SS_SLOT_LOCK_BASE + slot, .l_len = 1};
-    if (fcntl(h->table_fd, F_OFD_GETLK, &fl) != 0)
-        return fail_sys("lock table %s: liveness probe failed", h->table_path);
-    if (fl.l_type != F_UNLCK) {
+    int alive = probe_slot(h, slot);
+    if (alive < 0) return alive;
+    if (alive) {
         h->alive_cache[c].slot = slot;
         h->alive_cache[c].gen = gen;
         h->alive_cache[c].until_ns = now + SS_ALIVE_CACHE_NS;
         return 1;
     }
-    /* Dead: free the slot so every entry made under this gen is dead too. */
-    p->state = PROC_FREE;
-    p->gen++;
-    if (h->hdr->procs_used) h->hdr->procs_used--;
+    free_dead_slot(h, slot);
     return 0;
 }
 
@@ -757,12 +874,90 @@ static int entry_alive(struct ss_handle *h, uint32_t i)
     return slot_alive(h, h->entries[i].owner_slot, h->entries[i].owner_gen);
 }
 
-/* Remove every entry whose owner is dead; *removed counts them.  Under the mutex. */
+/* Liveness verdicts of one scan: bit s of `known` says slot s was probed
+ * during this scan, bit s of `alive` what the probe found.  A scan over
+ * entries of 64 processes thus costs 64 probes (~0.4 us each), not one per
+ * entry.  Sized for the table's slot capacity; one per handle for scans
+ * under the mutex (h->scan), or private to a caller that scans without it. */
+struct verdicts {
+    uint32_t slots;              /* capacity in slots */
+    uint64_t *known, *alive;     /* slots / 64 words each */
+};
+
+static struct verdicts *verdicts_new(uint32_t slots)
+{
+    size_t words = ((size_t)slots + 63) / 64;
+    struct verdicts *v = calloc(1, sizeof *v + 2 * words * sizeof(uint64_t));
+    if (!v) return NULL;
+    v->slots = slots;
+    v->known = (uint64_t *)(v + 1);
+    v->alive = v->known + words;
+    return v;
+}
+
+/* Forget every verdict of slots [0, hwm): a new scan starts. */
+static void verdicts_clear(struct verdicts *v, uint32_t hwm)
+{
+    if (hwm > v->slots) hwm = v->slots;
+    memset(v->known, 0, ((size_t)hwm + 63) / 64 * sizeof(uint64_t));
+}
+
+/* The verdict for slot s, probing it if this scan has not yet: 1 alive,
+ * 0 gone, < 0 error.  Touches no shared memory. */
+static int verdict(struct ss_handle *h, struct verdicts *v, uint32_t s)
+{
+    if (s >= v->slots) return fail(SS_ECORRUPT, "lock table %s: owner slot %u out of range",
+                                   h->table_path, s);
+    uint64_t bit = UINT64_C(1) << (s % 64);
+    if (v->known[s / 64] & bit) return (v->alive[s / 64] & bit) != 0;
+    int alive = probe_slot(h, s);
+    if (alive < 0) return alive;
+    v->known[s / 64] |= bit;
+    if (alive) v->alive[s / 64] |= bit;
+    else v->alive[s / 64] &= ~bit;
+    return alive;
+}
+
+/* Start a scan under the mutex: from here until the mutex is released,
+ * scan_alive decides each slot once. */
+static void scan_begin(struct ss_handle *h)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    SS_ASSERT(h->scan != NULL && h->proc_capacity <= h->scan->slots);
+    verdicts_clear(h->scan, h->hdr->proc_hwm);
+}
+
+/* slot_alive for a scan begun with scan_begin: 1, 0 (freeing a dead slot),
+ * or < 0. */
+static int scan_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    if (slot >= h->hdr->proc_hwm)
+        return fail(SS_ECORRUPT, "lock table %s: owner slot %u out of range",
+                    h->table_path, slot);
+    struct ss_proc *p = &h->procs[slot];
+    if (p->state != PROC_USED || p->gen != gen) return 0;
+    if (h->has_slot && slot == h->slot) return 1;
+    if (h->probe_fd < 0) return 1;   /* cannot probe: assume alive */
+    int alive = verdict(h, h->scan, slot);
+    if (alive == 0) free_dead_slot(h, slot);
+    return alive;
+}
+
+static int scan_entry_alive(struct ss_handle *h, uint32_t i)
+{
+    return scan_alive(h, h->entries[i].owner_slot, h->entries[i].owner_gen);
+}
+
+/* Remove every entry whose owner is dead; *removed counts them.  Under the
+ * mutex; one probe per process slot. */
 static int sweep_dead(struct ss_handle *h, uint32_t *removed)
 {
+    SS_ASSERT_MUTEX_HELD(h);
+    scan_begin(h);
     for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
         if (h->entries[i].state == ENTRY_FREE) continue;
-        int alive = entry_alive(h, i);
+        int alive = scan_entry_alive(h, i);
         if (alive < 0) return alive;
         if (!alive) {
             int rc = entry_remove(h, i);
@@ -773,15 +968,24 @@ static int sweep_dead(struct ss_handle *h, uint32_t *removed)
     return SS_OK;
 }
 
-/* entry_alloc, but when the table is full sweep once for dead owners first. */
+/* entry_alloc, but when the table is full sweep once for dead owners first.
+ * A sweep that freed nothing is trusted for SS_SWEEP_TRUST_NS: a caller that
+ * retries at once (the Python layer's slow path after the fast path's try,
+ * or the waiting entry after a grant attempt) gets SS_EFULL without a second
+ * pass over the whole table. */
 static int entry_alloc_sweeping(struct ss_handle *h, uint32_t *out, int *woke)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     int rc = entry_alloc(h, out);
     if (rc != SS_EFULL) return rc;
+    uint64_t now = now_ns(CLOCK_MONOTONIC);
+    if (h->fruitless_sweep_ns && now - h->fruitless_sweep_ns < (uint64_t)SS_SWEEP_TRUST_NS)
+        return rc;
     uint32_t removed = 0;
     rc = sweep_dead(h, &removed);
     if (rc) return rc;
     if (removed) *woke = 1;
+    h->fruitless_sweep_ns = removed ? 0 : now;
     return entry_alloc(h, out);
 }
 
@@ -801,12 +1005,26 @@ static int64_t own_entry(struct ss_handle *h, int64_t ref, int want_pin)
 }
 
 /* ===================================================================
- * 7. Creating, validating and attaching a table
+ * 7. Creating, validating and attaching a table; repair after a holder died
+ *
+ * The path of an attach, top down:
+ *   ss_attach -> open_lock_dir -> open_or_create
+ *                  open_or_create -> open_table   (open_table_file, map_table,
+ *                                                  check_header)
+ *                                 -> create_table (new_table_file,
+ *                                                  init_header, link)
+ *             -> attach_validate  (copy under the mutex, table_validate
+ *                                  on the copy without it)
+ *             -> take_slot        (claim_slot)
+ * ss_attach_table is the same without a data file and a slot; ensure_slot
+ * gives a forked child a slot of its own.  table_repair runs from
+ * table_lock after a holder died inside the mutex.
  * =================================================================== */
 
+/* Check subtree n of tree t; *last is the previous entry in key order
+ * (SS_NIL before the first). */
 static int validate_tree(struct ss_handle *h, int t, uint32_t n, int depth,
-                         uint8_t *seen, uint32_t *count, int64_t *last_start,
-                         int64_t *last_index, uint32_t parent)
+                         uint8_t *seen, uint32_t *count, uint32_t *last, uint32_t parent)
 {
     DEPTH_CHECK(h, depth);
     if (n == SS_NIL) return SS_OK;
@@ -820,17 +1038,13 @@ static int validate_tree(struct ss_handle *h, int t, uint32_t n, int depth,
                     h->table_path, n);
     if (parent != SS_NIL && prio_above(n, parent))
         return fail(SS_ECORRUPT, "lock table %s: index heap order broken", h->table_path);
-    int rc = validate_tree(h, t, e->left, depth + 1, seen, count, last_start,
-                           last_index, n);
+    int rc = validate_tree(h, t, e->left, depth + 1, seen, count, last, n);
     if (rc) return rc;
-    if ((int64_t)e->start < *last_start ||
-        ((int64_t)e->start == *last_start && (int64_t)n <= *last_index))
+    if (*last != SS_NIL && !key_less(h, *last, n))
         return fail(SS_ECORRUPT, "lock table %s: index order broken", h->table_path);
-    *last_start = (int64_t)e->start;
-    *last_index = n;
+    *last = n;
     (*count)++;
-    rc = validate_tree(h, t, e->right, depth + 1, seen, count, last_start,
-                       last_index, n);
+    rc = validate_tree(h, t, e->right, depth + 1, seen, count, last, n);
     if (rc) return rc;
     uint64_t want = e->end, l = max_end_of(h, e->left), r = max_end_of(h, e->right);
     if (l > want) want = l;
@@ -856,62 +1070,133 @@ static int validate_entry(struct ss_handle *h, uint32_t i)
     return SS_OK;
 }
 
-/* Full consistency check (under the mutex): every entry, every index, the
- * free list and the counters.  O(capacity); run at attach. */
-static int table_validate(struct ss_handle *h)
+/* Every process slot and entry is well formed and the header's counters
+ * match them; *used receives the number of entries in use. */
+static int validate_entries(struct ss_handle *h, uint32_t *used)
 {
     struct ss_header *hd = h->hdr;
-    uint32_t hwm = hd->entry_hwm, used = 0, waiting = 0, procs = 0;
+    uint32_t waiting = 0, procs = 0;
+    *used = 0;
     for (uint32_t p = 0; p < hd->proc_hwm; p++) {
         if (h->procs[p].state == PROC_USED) procs++;
         else if (h->procs[p].state != PROC_FREE)
             return fail(SS_ECORRUPT, "lock table %s: process slot %u malformed",
                         h->table_path, p);
     }
-    for (uint32_t i = 0; i < hwm; i++) {
+    for (uint32_t i = 0; i < hd->entry_hwm; i++) {
         if (h->entries[i].state == ENTRY_FREE) continue;
         int rc = validate_entry(h, i);
         if (rc) return rc;
-        used++;
+        (*used)++;
         if (h->entries[i].state == SS_WAITING) waiting++;
     }
-    if (used != hd->used || waiting != hd->waiting || procs != hd->procs_used)
+    if (*used != hd->used || waiting != hd->waiting || procs != hd->procs_used)
         return fail(SS_ECORRUPT, "lock table %s: counters disagree with entries",
                     h->table_path);
-    uint8_t *seen = calloc(hwm ? hwm : 1, 1);
-    if (!seen) return fail_sys("out of memory validating %s", h->table_path);
+    return SS_OK;
+}
+
+/* Every tree is a valid treap and together they index exactly the `used`
+ * entries in use; marks each indexed entry in seen[]. */
+static int validate_indexes(struct ss_handle *h, uint8_t *seen, uint32_t used)
+{
     uint32_t indexed = 0;
-    int rc = SS_OK;
-    for (int t = 0; t < TREE_COUNT && rc == SS_OK; t++) {
-        int64_t last_start = -1, last_index = -1;
-        rc = validate_tree(h, t, hd->root[t], 0, seen, &indexed, &last_start,
-                           &last_index, SS_NIL);
+    for (int t = 0; t < TREE_COUNT; t++) {
+        uint32_t last = SS_NIL;
+        int rc = validate_tree(h, t, h->hdr->root[t], 0, seen, &indexed, &last, SS_NIL);
+        if (rc) return rc;
     }
-    if (rc == SS_OK && indexed != used)
-        rc = fail(SS_ECORRUPT, "lock table %s: %u entries in use but %u indexed",
-                  h->table_path, used, indexed);
-    uint32_t free_count = 0;
+    if (indexed != used)
+        return fail(SS_ECORRUPT, "lock table %s: %u entries in use but %u indexed",
+                    h->table_path, used, indexed);
+    return SS_OK;
+}
+
+/* The free list holds exactly the free entries below entry_hwm, once each
+ * (seen[] marks the indexed ones on entry). */
+static int validate_free_list(struct ss_handle *h, uint8_t *seen, uint32_t used)
+{
+    uint32_t hwm = h->hdr->entry_hwm, free_count = 0;
     /* The link is followed only after f was checked: an out-of-range f must
      * not be dereferenced, not even by the loop's step. */
-    for (uint32_t f = hd->free_head; rc == SS_OK && f != SS_NIL;) {
-        if (f >= hwm || seen[f] || h->entries[f].state != ENTRY_FREE) {
-            rc = fail(SS_ECORRUPT, "lock table %s: free list broken", h->table_path);
-        } else {
-            seen[f] = 1;
-            free_count++;
-            f = h->entries[f].next_free;
-        }
+    for (uint32_t f = h->hdr->free_head; f != SS_NIL;) {
+        if (f >= hwm || seen[f] || h->entries[f].state != ENTRY_FREE)
+            return fail(SS_ECORRUPT, "lock table %s: free list broken", h->table_path);
+        seen[f] = 1;
+        free_count++;
+        f = h->entries[f].next_free;
     }
-    if (rc == SS_OK && used + free_count != hwm)
-        rc = fail(SS_ECORRUPT, "lock table %s: %u entries neither used nor free",
-                  h->table_path, hwm - used - free_count);
+    if (used + free_count != hwm)
+        return fail(SS_ECORRUPT, "lock table %s: %u entries neither used nor free",
+                    h->table_path, hwm - used - free_count);
+    return SS_OK;
+}
+
+/* Full consistency check of the table h shows: every entry, every index, the
+ * free list and the counters.  O(entries in use); h may be a private copy
+ * (attach_validate), else the caller holds the mutex. */
+static int table_validate(struct ss_handle *h)
+{
+    uint32_t used;
+    int rc = validate_entries(h, &used);
+    if (rc) return rc;
+    uint8_t *seen = calloc(h->hdr->entry_hwm ? h->hdr->entry_hwm : 1, 1);
+    if (!seen) return fail_sys("out of memory validating %s", h->table_path);
+    rc = validate_indexes(h, seen, used);
+    if (rc == SS_OK) rc = validate_free_list(h, seen, used);
     free(seen);
+    return rc;
+}
+
+/* Tables whose used part is at most this many bytes are validated on a copy
+ * (taken in one mutex hold, ~0.1 ms per MiB), larger ones in place under the
+ * mutex; the default capacity's 5 MiB is well below it. */
+#define SS_VALIDATE_COPY_MAX ((size_t)64 << 20)
+
+/* Validate the table at attach without holding the mutex while doing it:
+ * copy header, used process slots and entries below entry_hwm in one hold,
+ * then check the copy.  The copy is a state the table was in, so it is as
+ * good as checking the table then; later changes are made by the core, which
+ * keeps the invariants.  Takes and releases the mutex itself. */
+static int attach_validate(struct ss_handle *h)
+{
+    int rc = table_lock(h);
+    if (rc) return rc;
+    SS_ASSERT_MUTEX_HELD(h);
+    struct ss_header *hd = h->hdr;
+    uint32_t hwm = hd->entry_hwm, phwm = hd->proc_hwm;   /* checked by header_sane */
+    size_t hdr_bytes = sizeof *hd, proc_bytes = (size_t)phwm * sizeof(struct ss_proc);
+    size_t bytes = hdr_bytes + proc_bytes + (size_t)hwm * sizeof(struct ss_entry);
+    char *copy = bytes <= SS_VALIDATE_COPY_MAX ? malloc(bytes) : NULL;
+    if (!copy) {                       /* huge table (or no memory): check in place */
+        rc = table_validate(h);
+        table_unlock(h, 0);
+        return rc;
+    }
+    memcpy(copy, hd, hdr_bytes);
+    memcpy(copy + hdr_bytes, h->procs, proc_bytes);
+    memcpy(copy + hdr_bytes + proc_bytes, h->entries, bytes - hdr_bytes - proc_bytes);
+    table_unlock(h, 0);
+    struct ss_handle *view = malloc(sizeof *view);
+    if (!view) {
+        free(copy);
+        return fail_sys("out of memory validating %s", h->table_path);
+    }
+    *view = *h;
+    view->hdr = (struct ss_header *)copy;
+    view->procs = (struct ss_proc *)(copy + hdr_bytes);
+    view->entries = (struct ss_entry *)(copy + hdr_bytes + proc_bytes);
+    SS_ASSERT_MUTEX_NOT_HELD(h);
+    rc = table_validate(view);
+    free(view);
+    free(copy);
     return rc;
 }
 
 /* Rebuild indexes, free list and counters from the entries (after EOWNERDEAD). */
 static int table_repair(struct ss_handle *h)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     struct ss_header *hd = h->hdr;
     hd->repairs++;
     if (hd->entry_hwm > h->capacity || hd->proc_hwm > h->proc_capacity)
@@ -942,48 +1227,62 @@ static int table_repair(struct ss_handle *h)
     return SS_OK;
 }
 
-/* Take a process slot and its liveness lock (under the mutex). */
+/* Claim free process slot s for this handle: take its liveness lock and
+ * fill it in.  1 claimed, 0 its lock is held (a live owner), < 0 error.
+ * Under the mutex. */
+static int claim_slot(struct ss_handle *h, uint32_t s)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    SS_ASSERT(s < h->hdr->proc_hwm && h->procs[s].state != PROC_USED && !h->has_slot);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_SLOT_LOCK_BASE + s, .l_len = 1};
+    if (fcntl(h->table_fd, F_OFD_SETLK, &fl) != 0) {
+        if (errno == EAGAIN || errno == EACCES) return 0;
+        return fail_sys("lock table %s: cannot take liveness lock", h->table_path);
+    }
+    struct ss_proc *p = &h->procs[s];
+    p->gen++;
+    p->pid = (int32_t)getpid();
+    p->attached_ns = now_ns(CLOCK_REALTIME);
+    p->state = PROC_USED;
+    h->hdr->procs_used++;
+    h->slot = s;
+    h->gen = p->gen;
+    h->has_slot = 1;
+    return 1;
+}
+
+/* Take a process slot: a free one if any (pass 0), else one whose owner
+ * is found dead (pass 1).  Under the mutex. */
 static int take_slot(struct ss_handle *h)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     struct ss_header *hd = h->hdr;
+    scan_begin(h);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t s = 0; s < h->proc_capacity; s++) {
             if (s >= hd->proc_hwm) {
-                if (s >= h->proc_capacity) break;
                 memset(&h->procs[s], 0, sizeof h->procs[s]);
                 hd->proc_hwm = s + 1;
             }
             struct ss_proc *p = &h->procs[s];
             if (p->state == PROC_USED) {
                 if (pass == 0) continue;
-                int alive = slot_alive(h, s, p->gen);   /* frees it if dead */
-                if (alive != 0) {
-                    if (alive < 0) return alive;
-                    continue;
-                }
+                int alive = scan_alive(h, s, p->gen);   /* frees it if dead */
+                if (alive < 0) return alive;
+                if (alive) continue;
             }
-            struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
-                               .l_start = SS_SLOT_LOCK_BASE + s, .l_len = 1};
-            if (fcntl(h->table_fd, F_OFD_SETLK, &fl) != 0) {
-                if (errno == EAGAIN || errno == EACCES) continue;  /* held: a live owner */
-                return fail_sys("lock table %s: cannot take liveness lock", h->table_path);
-            }
-            p->gen++;
-            p->pid = (int32_t)getpid();
-            p->attached_ns = now_ns(CLOCK_REALTIME);
-            p->state = PROC_USED;
-            hd->procs_used++;
-            h->slot = s;
-            h->gen = p->gen;
-            h->has_slot = 1;
-            return SS_OK;
+            int claimed = claim_slot(h, s);
+            if (claimed < 0) return claimed;
+            if (claimed) return SS_OK;
         }
     }
     return fail(SS_EFULL, "lock table %s: all %u process slots are in use",
                 h->table_path, h->proc_capacity);
 }
 
-/* Check the header of a mapped table before anything else is read. */
+/* Check the header of a mapped table before anything else is read, and set
+ * the handle's view (capacities, slot and entry arrays) from it. */
 static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct stat *data)
 {
     struct ss_header *hd = h->hdr;
@@ -1005,6 +1304,8 @@ static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct s
         return fail(SS_ECORRUPT, "lock table %s: recorded path not terminated", h->table_path);
     h->capacity = hd->capacity;
     h->proc_capacity = hd->proc_capacity;
+    if (!h->scan && !(h->scan = verdicts_new(hd->proc_capacity)))
+        return fail_sys("out of memory attaching %s", h->table_path);
     h->procs = (struct ss_proc *)((char *)hd + SS_HEADER_BYTES);
     h->entries = (struct ss_entry *)(h->procs + hd->proc_capacity);
     return SS_OK;
@@ -1021,36 +1322,103 @@ static mode_t table_mode(mode_t data_mode)
     return m ? m : (S_IRUSR | S_IWUSR);
 }
 
-/* Create and initialise a table under a temporary name, then link it into
- * place; whoever links first wins, so two creators never both initialise
- * the visible table.  Returns SS_OK (created), 1 (someone else won) or < 0. */
-static int create_table(int dir_fd, const char *name, const char *dir,
-                        const struct stat *data, const char *data_path, uint32_t capacity)
+/* Temporary table files.  A table is built in an unnamed file (O_TMPFILE)
+ * and linked into place, so a creator killed half way leaves nothing.  Where
+ * the filesystem has no O_TMPFILE it is built under the name
+ * ".<table name>.<pid>.<ns>.tmp", and the creator holds an OFD lock on byte
+ * SS_TEMP_LOCK_BYTE of it until it is gone; clean_temp_files removes such a
+ * file once nobody holds that lock and it is SS_TEMP_GRACE_S old (the grace
+ * covers the instant between creating the file and locking it; a creator
+ * stopped longer than that finds its file gone and starts again). */
+#define SS_TEMP_LOCK_BYTE (SS_SLOT_LOCK_BASE - 1)
+#define SS_TEMP_GRACE_S 2
+static int force_named_temp;   /* test hook: take the fallback path */
+
+void ss_debug_set_named_temp(int on) { force_named_temp = on; }
+
+/* Is `file` a temporary table file name (see above)? */
+static int is_temp_name(const char *file)
 {
-    char tmp[256];
-    snprintf(tmp, sizeof tmp, ".%s.%d.%llx.tmp", name, (int)getpid(),
+    size_t n = strlen(file);
+    if (n < 6 || file[0] != '.' || strcmp(file + n - 4, ".tmp") != 0) return 0;
+    char name[128];
+    if (n - 5 >= sizeof name) return 0;
+    memcpy(name, file + 1, n - 5);     /* "<table name>.<pid>.<ns>" */
+    name[n - 5] = 0;
+    for (int k = 0; k < 2; k++) {      /* strip ".<ns>" then ".<pid>" */
+        char *dot = strrchr(name, '.');
+        if (!dot || dot[1] == 0 || strspn(dot + 1, k ? "0123456789" : "0123456789abcdef")
+                                   != strlen(dot + 1))
+            return 0;
+        *dot = 0;
+    }
+    return ss_table_name_parse(name, NULL, NULL) == SS_OK;
+}
+
+/* Remove temporary table files in dir_fd whose creator is gone; *removed
+ * (if not NULL) counts them.  Failures to remove one file are skipped: it
+ * is someone else's (another user's, or still being built). */
+static int clean_temp_files(int dir_fd, uint32_t *removed)
+{
+    int fd = dup(dir_fd);
+    if (fd < 0) return fail_sys("cannot read the lock directory");
+    DIR *d = fdopendir(fd);
+    if (!d) { close(fd); return fail_sys("cannot read the lock directory"); }
+    rewinddir(d);   /* the duplicate shares its position with dir_fd */
+    time_t now = time(NULL);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!is_temp_name(de->d_name)) continue;
+        struct stat st;
+        if (fstatat(dir_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !S_ISREG(st.st_mode) || now - st.st_mtime < SS_TEMP_GRACE_S)
+            continue;
+        int tfd = openat(dir_fd, de->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (tfd < 0) continue;
+        struct stat tst;
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                           .l_start = SS_TEMP_LOCK_BYTE, .l_len = 1};
+        int gone = fstat(tfd, &tst) == 0 && tst.st_ino == st.st_ino && tst.st_dev == st.st_dev &&
+                   fcntl(tfd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_UNLCK;
+        close(tfd);
+        if (gone && unlinkat(dir_fd, de->d_name, 0) == 0 && removed) (*removed)++;
+    }
+    closedir(d);
+    return SS_OK;
+}
+
+/* A new, empty table file in dir_fd, open read-write: unnamed if the
+ * filesystem can (*tmp = ""), else under a temporary name in tmp (locked
+ * as described above).  Returns the descriptor or a status < 0. */
+static int new_table_file(int dir_fd, const char *name, const char *dir, char *tmp,
+                          size_t tmp_len)
+{
+    tmp[0] = 0;
+    int fd = force_named_temp ? -1 : openat(dir_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (!force_named_temp && errno != EOPNOTSUPP && errno != EISDIR &&
+                    errno != EINVAL && errno != ENOENT))
+        return fd >= 0 ? fd : fail_sys("cannot create lock table in %s", dir);
+    snprintf(tmp, tmp_len, ".%s.%d.%llx.tmp", name, (int)getpid(),
              (unsigned long long)now_ns(CLOCK_MONOTONIC));
-    int fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) return fail_sys("cannot create lock table in %s", dir);
-    uint64_t bytes = ss_table_bytes(capacity, SS_DEFAULT_PROC_CAPACITY);
-    int rc = SS_OK;
-    void *map = MAP_FAILED;
-    if (fchmod(fd, table_mode(data->st_mode)) != 0) {
-        rc = fail_sys("cannot set mode of lock table in %s", dir);
-        goto out;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_TEMP_LOCK_BYTE, .l_len = 1};
+    if (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+        int rc = fail_sys("cannot lock the new lock table in %s", dir);
+        unlinkat(dir_fd, tmp, 0);
+        close(fd);
+        return rc;
     }
-    int err = posix_fallocate(fd, 0, (off_t)bytes);
-    if (err != 0) {
-        errno = err;
-        rc = fail_sys("cannot allocate %llu bytes for a lock table in %s",
-                      (unsigned long long)bytes, dir);
-        goto out;
-    }
-    map = mmap(NULL, SS_HEADER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED) {
-        rc = fail_sys("cannot map new lock table in %s", dir);
-        goto out;
-    }
+    return fd;
+}
+
+/* Fill in the header of a new table of `bytes` bytes in fd. */
+static int init_header(int fd, const char *dir, const struct stat *data, const char *data_path,
+                       uint32_t capacity, uint64_t bytes)
+{
+    void *map = mmap(NULL, SS_HEADER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) return fail_sys("cannot map new lock table in %s", dir);
     struct ss_header *hd = map;
     hd->magic = SS_MAGIC;
     hd->format = ss_format_stamp();
@@ -1065,11 +1433,48 @@ static int create_table(int dir_fd, const char *name, const char *dir,
     for (int t = 0; t < TREE_COUNT; t++) hd->root[t] = SS_NIL;
     hd->free_head = SS_NIL;
     hd->file_size = (uint64_t)data->st_size;
-    if (linkat(dir_fd, tmp, dir_fd, name, 0) != 0)
-        rc = errno == EEXIST ? 1 : fail_sys("cannot link lock table into %s", dir);
+    munmap(map, SS_HEADER_BYTES);
+    return SS_OK;
+}
+
+/* Create and initialise a table, then link it into place under `name`;
+ * whoever links first wins, so two creators never both initialise the
+ * visible table.  Returns SS_OK (created), 1 (someone else won: open
+ * theirs) or < 0. */
+static int create_table(int dir_fd, const char *name, const char *dir,
+                        const struct stat *data, const char *data_path, uint32_t capacity)
+{
+    char tmp[256];
+    int fd = new_table_file(dir_fd, name, dir, tmp, sizeof tmp);
+    if (fd < 0) return fd;
+    uint64_t bytes = ss_table_bytes(capacity, SS_DEFAULT_PROC_CAPACITY);
+    int rc = SS_OK;
+    if (fchmod(fd, table_mode(data->st_mode)) != 0) {
+        rc = fail_sys("cannot set mode of lock table in %s", dir);
+        goto out;
+    }
+    int err = posix_fallocate(fd, 0, (off_t)bytes);
+    if (err != 0) {
+        errno = err;
+        rc = fail_sys("cannot allocate %llu bytes for a lock table in %s",
+                      (unsigned long long)bytes, dir);
+        goto out;
+    }
+    rc = init_header(fd, dir, data, data_path, capacity, bytes);
+    if (rc) goto out;
+    maybe_crash(6);
+    if (tmp[0]) {
+        rc = linkat(dir_fd, tmp, dir_fd, name, 0);
+    } else {
+        char self_fd[64];
+        snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", fd);
+        rc = linkat(AT_FDCWD, self_fd, dir_fd, name, AT_SYMLINK_FOLLOW);
+    }
+    if (rc != 0)   /* EEXIST: another creator won; ENOENT: our temp name was cleaned */
+        rc = errno == EEXIST || (tmp[0] && errno == ENOENT) ? 1
+             : fail_sys("cannot link lock table into %s", dir);
 out:
-    if (map != MAP_FAILED) munmap(map, SS_HEADER_BYTES);
-    unlinkat(dir_fd, tmp, 0);
+    if (tmp[0]) unlinkat(dir_fd, tmp, 0);
     close(fd);
     return rc;
 }
@@ -1090,17 +1495,30 @@ static void registry_remove(struct ss_handle *h)
     pthread_mutex_unlock(&registry_lock);
 }
 
+/* A new handle with no table yet (every descriptor -1), or NULL. */
+static struct ss_handle *handle_new(void)
+{
+    struct ss_handle *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    h->table_fd = -1;
+    h->probe_fd = -1;
+    return h;
+}
+
 static void handle_free(struct ss_handle *h)
 {
     if (h->hdr) munmap(h->hdr, h->map_bytes);
     if (h->table_fd >= 0) close(h->table_fd);
+    if (h->probe_fd >= 0) close(h->probe_fd);
+    free(h->scan);
     free(h);
 }
 
-/* Open an existing table file, refusing symlinks and files planted by
- * other users, map and check it.  data may be NULL (inspection). */
-static int open_table(struct ss_handle *h, int dir_fd, const char *name,
-                      const struct stat *data)
+/* Open the table file `name` in dir_fd, refusing symlinks, non-regular
+ * files and files planted by other users; *st receives its status.
+ * Returns the descriptor or a status < 0. */
+static int open_table_file(struct ss_handle *h, int dir_fd, const char *name,
+                           const struct stat *data, struct stat *st)
 {
     int fd = openat(dir_fd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
@@ -1110,38 +1528,58 @@ static int open_table(struct ss_handle *h, int dir_fd, const char *name,
         if (errno == ENOENT) return fail(SS_ENOENT, "no lock table at %s", h->table_path);
         return fail_sys("cannot open lock table %s", h->table_path);
     }
-    h->table_fd = fd;
-    struct stat st;
-    if (fstat(fd, &st) != 0) return fail_sys("cannot stat %s", h->table_path);
-    if (!S_ISREG(st.st_mode))
-        return fail(SS_EUNSAFE, "%s is not a regular file; refusing it as a lock table",
-                    h->table_path);
+    int rc = SS_OK;
     uid_t me = geteuid();
-    if (st.st_uid != me && st.st_uid != 0 && !(data && st.st_uid == data->st_uid))
-        return fail(SS_EUNSAFE, "lock table %s is owned by uid %d, neither you nor the "
-                    "data file's owner; refusing it (remove it)", h->table_path,
-                    (int)st.st_uid);
-    if ((uint64_t)st.st_size < SS_HEADER_BYTES)
-        return fail(SS_ECORRUPT, "lock table %s is truncated (%lld bytes)",
-                    h->table_path, (long long)st.st_size);
-    h->table_dev = st.st_dev;
-    h->table_ino = st.st_ino;
-    int prot = PROT_READ | PROT_WRITE;
-    void *map = mmap(NULL, (size_t)st.st_size, prot, MAP_SHARED, fd, 0);
+    if (fstat(fd, st) != 0)
+        rc = fail_sys("cannot stat %s", h->table_path);
+    else if (!S_ISREG(st->st_mode))
+        rc = fail(SS_EUNSAFE, "%s is not a regular file; refusing it as a lock table",
+                  h->table_path);
+    else if (st->st_uid != me && st->st_uid != 0 && !(data && st->st_uid == data->st_uid))
+        rc = fail(SS_EUNSAFE, "lock table %s is owned by uid %d, neither you nor the "
+                  "data file's owner; refusing it (remove it)", h->table_path,
+                  (int)st->st_uid);
+    else if ((uint64_t)st->st_size < SS_HEADER_BYTES)
+        rc = fail(SS_ECORRUPT, "lock table %s is truncated (%lld bytes)",
+                  h->table_path, (long long)st->st_size);
+    if (rc) { close(fd); return rc; }
+    return fd;
+}
+
+/* Map the open table file fd (its size in st) and set up the handle's two
+ * descriptors: the liveness lock must sit on an open file description that
+ * no mapping references (a MAP_SHARED mapping pins its description, so a
+ * forked child, which inherits the mapping, would keep a lock taken through
+ * the mapped description alive after we die), so the liveness descriptor
+ * is a fresh open of the same inode; the mapped description never takes a
+ * lock and stays open as the probe descriptor, which a forked child may
+ * keep and still probe others' liveness through.  Takes ownership of fd. */
+static int map_table(struct ss_handle *h, int fd, const struct stat *st)
+{
+    h->probe_fd = fd;
+    h->table_dev = st->st_dev;
+    h->table_ino = st->st_ino;
+    void *map = mmap(NULL, (size_t)st->st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) return fail_sys("cannot map lock table %s", h->table_path);
     h->hdr = map;
-    h->map_bytes = (size_t)st.st_size;
-    /* The liveness lock must sit on an open file description that no mapping
-     * references: a MAP_SHARED mapping pins its file description, so a forked
-     * child (which inherits our mapping) would keep an OFD lock taken through
-     * the mapped description alive after we die.  Reopen the same inode. */
+    h->map_bytes = (size_t)st->st_size;
     char self_fd[64];
     snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", fd);
-    int live_fd = open(self_fd, O_RDWR | O_CLOEXEC);
-    if (live_fd < 0) return fail_sys("cannot reopen lock table %s", h->table_path);
-    close(fd);
-    h->table_fd = live_fd;
-    return check_header(h, (uint64_t)st.st_size, data);
+    h->table_fd = open(self_fd, O_RDWR | O_CLOEXEC);
+    if (h->table_fd < 0) return fail_sys("cannot reopen lock table %s", h->table_path);
+    return SS_OK;
+}
+
+/* Open, map and check an existing table file.  data may be NULL
+ * (inspection: any data file identity is accepted). */
+static int open_table(struct ss_handle *h, int dir_fd, const char *name,
+                      const struct stat *data)
+{
+    struct stat st;
+    int fd = open_table_file(h, dir_fd, name, data, &st);
+    if (fd < 0) return fd;
+    int rc = map_table(h, fd, &st);
+    return rc ? rc : check_header(h, (uint64_t)st.st_size, data);
 }
 
 int ss_table_name(uint64_t dev, uint64_t ino, char *buf, uint32_t buflen)
@@ -1150,6 +1588,37 @@ int ss_table_name(uint64_t dev, uint64_t ino, char *buf, uint32_t buflen)
     snprintf(buf, buflen, "%llx-%llx.shmslice", (unsigned long long)dev,
              (unsigned long long)ino);
     return SS_OK;
+}
+
+/* Open the lock directory, refusing a symbolic link.  Returns the
+ * descriptor or a status < 0. */
+static int open_lock_dir(const char *table_dir)
+{
+    int dir_fd = open(table_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dir_fd >= 0) return dir_fd;
+    /* O_DIRECTORY | O_NOFOLLOW on a symbolic link fails with ENOTDIR, not ELOOP. */
+    int err = errno;
+    struct stat lst;
+    if ((err == ELOOP || err == ENOTDIR) && lstat(table_dir, &lst) == 0 && S_ISLNK(lst.st_mode))
+        return fail(SS_EUNSAFE, "lock directory %s is a symbolic link", table_dir);
+    errno = err;
+    return fail_sys("cannot open lock directory %s", table_dir);
+}
+
+/* Open the table `name` in dir_fd, creating it first if it does not exist
+ * (unless SS_ATTACH_NOCREATE); a creator also removes temporary files that
+ * killed creators left. */
+static int open_or_create(struct ss_handle *h, int dir_fd, const char *name, const char *dir,
+                          const struct stat *data, const char *data_path, uint32_t capacity,
+                          uint32_t flags)
+{
+    for (int attempt = 0;; attempt++) {
+        int rc = open_table(h, dir_fd, name, data);
+        if (rc != SS_ENOENT || (flags & SS_ATTACH_NOCREATE) || attempt >= 3) return rc;
+        if (attempt == 0) clean_temp_files(dir_fd, NULL);
+        rc = create_table(dir_fd, name, dir, data, data_path, capacity);
+        if (rc < 0) return rc;
+    }
 }
 
 int ss_attach(const char *table_dir, int data_fd, const char *data_path,
@@ -1166,76 +1635,68 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     int data_flags = fcntl(data_fd, F_GETFL);
     if (data_flags < 0) return fail_sys("cannot read the data file's open flags");
 
-    struct ss_handle *h = calloc(1, sizeof *h);
+    struct ss_handle *h = handle_new();
     if (!h) return fail_sys("out of memory");
-    h->table_fd = -1;
     h->data_writable = (data_flags & O_ACCMODE) != O_RDONLY;
     char name[96];
     ss_table_name((uint64_t)data.st_dev, (uint64_t)data.st_ino, name, sizeof name);
     snprintf(h->table_path, sizeof h->table_path, "%s/%s", table_dir, name);
 
-    int rc;
-    int dir_fd = open(table_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (dir_fd < 0) {
-        /* O_DIRECTORY | O_NOFOLLOW on a symbolic link fails with ENOTDIR, not ELOOP. */
-        int err = errno;
-        struct stat lst;
-        if ((err == ELOOP || err == ENOTDIR) && lstat(table_dir, &lst) == 0 && S_ISLNK(lst.st_mode)) {
-            rc = fail(SS_EUNSAFE, "lock directory %s is a symbolic link", table_dir);
-        } else {
-            errno = err;
-            rc = fail_sys("cannot open lock directory %s", table_dir);
-        }
-        goto error;
+    int rc = open_lock_dir(table_dir);
+    if (rc >= 0) {
+        int dir_fd = rc;
+        rc = open_or_create(h, dir_fd, name, table_dir, &data, data_path, capacity, flags);
+        close(dir_fd);
     }
-    for (int attempt = 0;; attempt++) {
-        rc = open_table(h, dir_fd, name, &data);
-        if (rc != SS_ENOENT || (flags & SS_ATTACH_NOCREATE) || attempt >= 3) break;
-        rc = create_table(dir_fd, name, table_dir, &data, data_path, capacity);
-        if (rc < 0) break;
+    if (rc == SS_OK) rc = attach_validate(h);
+    if (rc == SS_OK) rc = table_lock(h);
+    if (rc == SS_OK) {
+        rc = take_slot(h);
+        table_unlock(h, 0);
     }
-    close(dir_fd);
-    if (rc != SS_OK) goto error;
-
-    rc = table_lock(h);
-    if (rc != SS_OK) goto error;
-    rc = table_validate(h);
-    if (rc == SS_OK) rc = take_slot(h);
-    table_unlock(h, 0);
-    if (rc != SS_OK) goto error;
+    if (rc != SS_OK) {
+        handle_free(h);
+        return rc;
+    }
     registry_add(h);
     *out = h;
     return SS_OK;
-error:
-    handle_free(h);
-    return rc;
 }
 
 int ss_attach_table(const char *table_path, ss_handle **out)
 {
     pthread_once(&atfork_once, install_atfork);
     if (!table_path || !out) return fail(SS_EINVAL, "table_path and out are required");
-    struct ss_handle *h = calloc(1, sizeof *h);
+    struct ss_handle *h = handle_new();
     if (!h) return fail_sys("out of memory");
-    h->table_fd = -1;
     h->inspect_only = 1;
     snprintf(h->table_path, sizeof h->table_path, "%s", table_path);
     int rc = open_table(h, AT_FDCWD, table_path, NULL);
-    if (rc == SS_OK) {
-        rc = table_lock(h);
-        if (rc == SS_OK) {
-            rc = table_validate(h);
-            table_unlock(h, 0);
-        }
-    }
+    if (rc == SS_OK) rc = attach_validate(h);
     if (rc != SS_OK) { handle_free(h); return rc; }
     registry_add(h);
     *out = h;
     return SS_OK;
 }
 
-/* After fork the child has no slot: reopen the table file (it must be the
- * same file we have mapped) and take a slot of its own. */
+/* Reopen the liveness descriptor after fork: it must be the table file we
+ * have mapped, not one that replaced it since. */
+static int reopen_table_fd(struct ss_handle *h)
+{
+    int fd = open(h->table_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return fail_sys("cannot reopen lock table %s", h->table_path);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_dev != h->table_dev || st.st_ino != h->table_ino) {
+        close(fd);
+        return fail(SS_ECORRUPT, "lock table %s was replaced since it was attached",
+                    h->table_path);
+    }
+    h->table_fd = fd;
+    return SS_OK;
+}
+
+/* Make sure this handle owns a process slot (a forked child has none until
+ * its first lock or pin); inspection handles never do. */
 static int ensure_slot(struct ss_handle *h)
 {
     if (h->inspect_only)
@@ -1245,25 +1706,11 @@ static int ensure_slot(struct ss_handle *h)
     pthread_mutex_lock(&registry_lock);
     int rc = SS_OK;
     if (!h->has_slot) {
-        if (h->table_fd < 0) {
-            int fd = open(h->table_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-            struct stat st;
-            if (fd < 0) rc = fail_sys("cannot reopen lock table %s", h->table_path);
-            else if (fstat(fd, &st) != 0 || st.st_dev != h->table_dev ||
-                     st.st_ino != h->table_ino) {
-                close(fd);
-                rc = fail(SS_ECORRUPT, "lock table %s was replaced since it was attached",
-                          h->table_path);
-            } else {
-                h->table_fd = fd;
-            }
-        }
+        if (h->table_fd < 0) rc = reopen_table_fd(h);
+        if (rc == SS_OK) rc = table_lock(h);
         if (rc == SS_OK) {
-            rc = table_lock(h);
-            if (rc == SS_OK) {
-                rc = take_slot(h);
-                table_unlock(h, 0);
-            }
+            rc = take_slot(h);
+            table_unlock(h, 0);
         }
     }
     pthread_mutex_unlock(&registry_lock);
@@ -1273,6 +1720,7 @@ static int ensure_slot(struct ss_handle *h)
 /* Remove every entry owned by (slot, gen).  Under the mutex. */
 static int remove_owned(struct ss_handle *h, uint32_t slot, uint32_t gen, uint32_t *removed)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
         struct ss_entry *e = &h->entries[i];
         if (e->state != ENTRY_FREE && e->owner_slot == slot && e->owner_gen == gen) {
@@ -1336,6 +1784,8 @@ int ss_close(ss_handle *h)
     h->hdr = NULL;
     if (h->table_fd >= 0) close(h->table_fd);
     h->table_fd = -1;
+    if (h->probe_fd >= 0) close(h->probe_fd);
+    h->probe_fd = -1;
     h->has_slot = 0;
     return rc;
 }
@@ -1344,6 +1794,7 @@ void ss_free(ss_handle *h)
 {
     if (!h) return;
     ss_close(h);
+    free(h->scan);
     free(h);
 }
 
@@ -1548,16 +1999,6 @@ static int release_impl(ss_handle *h, int64_t ref)
     return rc;
 }
 
-struct same_pin_arg { uint64_t start, end; uint32_t slot, gen; };
-
-static int is_same_pin(struct ss_handle *h, uint32_t i, void *varg)
-{
-    const struct same_pin_arg *a = varg;
-    const struct ss_entry *e = &h->entries[i];
-    return e->start == a->start && e->end == a->end && e->owner_slot == a->slot &&
-           e->owner_gen == a->gen;
-}
-
 static int64_t pin_impl(ss_handle *h, int64_t start_arg, int64_t end_arg)
 {
     if (start_arg < 0 || start_arg >= end_arg)
@@ -1568,10 +2009,9 @@ static int64_t pin_impl(ss_handle *h, int64_t start_arg, int64_t end_arg)
     if (rc) return rc;
     rc = table_lock(h);
     if (rc) return rc;
-    struct same_pin_arg arg = {start, end, h->slot, h->gen};
     uint32_t i = SS_NIL;
     int64_t result;
-    rc = tree_find(h, h->hdr->root[TREE_PIN], start, start + 1, is_same_pin, &arg, &i, 0);
+    rc = pin_find_exact(h, h->hdr->root[TREE_PIN], start, end, h->slot, h->gen, &i, 0);
     if (rc == 1) {
         struct ss_entry *e = &h->entries[i];
         if (e->count == UINT32_MAX) result = fail(SS_EFULL, "pin count overflow");
@@ -1627,13 +2067,15 @@ static void fill_info(struct ss_handle *h, uint32_t i, ss_entry_info *out, int a
 /* Under the mutex: first live entry with end > offset (1), none (0), or < 0. */
 static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
 {
+    SS_ASSERT_MUTEX_HELD(h);
+    scan_begin(h);
     for (int t = 0; t < TREE_COUNT; t++) {
         for (;;) {
             uint32_t found;
             int rc = tree_find(h, h->hdr->root[t], offset, UINT64_MAX, ends_past, &offset,
                                &found, 0);
             if (rc <= 0) { if (rc < 0) return rc; break; }
-            int alive = entry_alive(h, found);
+            int alive = scan_entry_alive(h, found);
             if (alive < 0) return alive;
             if (alive) { if (who) fill_info(h, found, who, 1); return 1; }
             rc = entry_remove(h, found);
@@ -1722,24 +2164,68 @@ static int64_t size_epoch_impl(ss_handle *h) { return (int64_t)__atomic_load_n(&
  * 9. Inspection
  * =================================================================== */
 
+/* Entry slots a snapshot copies per hold of the table mutex: ~4096 entries
+ * copy in ~0.1 ms, so a snapshot of a full table never keeps a locker
+ * waiting longer than that. */
+#define SS_SNAPSHOT_CHUNK 4096u
+
+/* How the copy step leaves an entry's owner for the liveness step. */
+enum { OWNER_GONE = UINT32_MAX, OWNER_SELF = UINT32_MAX - 1 };
+
+/* Copy entries out in chunks of SS_SNAPSHOT_CHUNK entry slots, releasing the
+ * mutex between chunks, then probe each owner's liveness (once per process
+ * slot) without the mutex.  What the caller gets: every entry that stayed in
+ * use from the start of the call to its end is reported once; an entry made
+ * or removed meanwhile may or may not be; each reported entry was as shown
+ * at the moment its chunk was copied; alive = 1 means its owner's slot was
+ * in use (same generation) when copied and still held its liveness lock when
+ * probed.  *count is the number of entries seen (more than max: call again
+ * with a larger buffer). */
 static int snapshot_impl(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
 {
     if (!count || (max && !out)) return fail(SS_EINVAL, "output buffer required");
-    int rc = table_lock(h);
-    if (rc) return rc;
+    uint32_t cap = max < h->capacity ? max : h->capacity;
+    uint32_t *owner = malloc(2 * sizeof(uint32_t) * (cap ? cap : 1));
+    struct verdicts *v = verdicts_new(h->proc_capacity);
+    int rc = owner && v ? SS_OK : fail_sys("out of memory taking a snapshot of %s",
+                                          h->table_path);
     uint32_t n = 0;
-    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
-        if (h->entries[i].state == ENTRY_FREE) continue;
-        rc = validate_entry(h, i);
+    for (uint32_t i = 0; rc == SS_OK;) {
+        rc = table_lock(h);
         if (rc) break;
-        if (n < max) {
-            int alive = entry_alive(h, i);
-            if (alive < 0) { rc = alive; break; }
-            fill_info(h, i, &out[n], alive);
+        uint32_t hwm = h->hdr->entry_hwm;
+        uint32_t stop = hwm - i > SS_SNAPSHOT_CHUNK ? i + SS_SNAPSHOT_CHUNK : hwm;
+        for (; i < stop; i++) {
+            const struct ss_entry *e = &h->entries[i];
+            if (e->state == ENTRY_FREE) continue;
+            rc = validate_entry(h, i);   /* also: owner_slot < proc_hwm */
+            if (rc) break;
+            if (n < cap) {
+                fill_info(h, i, &out[n], 0);
+                const struct ss_proc *p = &h->procs[e->owner_slot];
+                owner[2 * n] = p->state != PROC_USED || p->gen != e->owner_gen ? OWNER_GONE
+                               : h->has_slot && e->owner_slot == h->slot ? OWNER_SELF
+                               : e->owner_slot;
+                owner[2 * n + 1] = e->owner_gen;
+            }
+            n++;
         }
-        n++;
+        table_unlock(h, 0);
+        if (i >= hwm) break;
     }
-    table_unlock(h, 0);
+    SS_ASSERT_MUTEX_NOT_HELD(h);   /* the probes below run without the mutex */
+    for (uint32_t k = 0; rc == SS_OK && k < n && k < cap; k++) {
+        uint32_t slot = owner[2 * k];
+        if (slot == OWNER_GONE) continue;
+        if (slot == OWNER_SELF || h->probe_fd < 0) { out[k].alive = 1; continue; }
+        int alive = verdict(h, v, slot);
+        if (alive < 0) { rc = alive; break; }
+        /* Freed (and perhaps retaken) since the copy: the owner left. */
+        out[k].alive = alive &&
+            __atomic_load_n(&h->procs[slot].gen, __ATOMIC_RELAXED) == owner[2 * k + 1];
+    }
+    free(owner);
+    free(v);
     *count = n;
     return rc;
 }
@@ -1774,13 +2260,38 @@ static int reap_impl(ss_handle *h, uint32_t *removed)
     int rc = table_lock(h);
     if (rc) return rc;
     rc = sweep_dead(h, removed);
-    /* Also free slots of dead processes that hold no entries. */
+    /* Also free slots of dead processes that hold no entries (same scan:
+     * slots probed by the sweep are not probed again). */
     for (uint32_t s = 0; rc == SS_OK && s < h->hdr->proc_hwm; s++)
         if (h->procs[s].state == PROC_USED) {
-            int alive = slot_alive(h, s, h->procs[s].gen);
+            int alive = scan_alive(h, s, h->procs[s].gen);
             if (alive < 0) rc = alive;
         }
     table_unlock(h, 1);
+    /* And temporary files killed creators left in the table's directory. */
+    char dir[sizeof h->table_path];
+    snprintf(dir, sizeof dir, "%s", h->table_path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = 0;
+    else if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dir_fd >= 0) {
+        clean_temp_files(dir_fd, NULL);
+        close(dir_fd);
+    }
+    return rc;
+}
+
+/* Public: see shmslice.h. */
+int ss_clean_temp_files(const char *table_dir, uint32_t *removed)
+{
+    if (!table_dir || !removed) return fail(SS_EINVAL, "table_dir and removed are required");
+    *removed = 0;
+    int dir_fd = open_lock_dir(table_dir);
+    if (dir_fd < 0) return dir_fd;
+    int rc = clean_temp_files(dir_fd, removed);
+    close(dir_fd);
     return rc;
 }
 
@@ -1884,4 +2395,151 @@ int64_t ss_size_epoch(ss_handle *h)
     int64_t epoch = size_epoch_impl(h);
     handle_leave(h);
     return epoch;
+}
+
+/* ===================================================================
+ * 11. Layout served to tools and tests
+ *
+ * The fuzzer, the fault tests and the command-line tool read and poke the
+ * table file directly.  They learn where everything is from here, so the
+ * layout exists once (the structs above) and a change to it cannot leave
+ * them poking the wrong bytes.  Every figure comes from offsetof/sizeof.
+ * =================================================================== */
+
+struct layout_buf { char *buf; uint32_t len; size_t need; };
+
+__attribute__((format(printf, 2, 3)))
+static void layout_line(struct layout_buf *b, const char *fmt, ...)
+{
+    char line[160];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n <= 0) return;
+    size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    if (b->buf && b->need + len < b->len) memcpy(b->buf + b->need, line, len);
+    b->need += len;
+}
+
+#define LAYOUT_FIELD(b, prefix, type, field) \
+    layout_line(b, "field " prefix "." #field " %zu %zu\n", offsetof(type, field), \
+                sizeof(((type *)0)->field))
+#define LAYOUT_CONST(b, name, value) \
+    layout_line(b, "const " name " %llu\n", (unsigned long long)(value))
+
+/* Write the layout description into buf (NUL-terminated, truncated to
+ * buflen) and return its full length, so a caller with a short buffer can
+ * ask again.  Lines are "field NAME OFFSET SIZE" (offsets relative to the
+ * header, a process slot or an entry, by prefix hdr./proc./entry.) and
+ * "const NAME VALUE". */
+int ss_layout(char *buf, uint32_t buflen)
+{
+    struct layout_buf b = {buf, buflen, 0};
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, magic);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, format);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, capacity);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, proc_capacity);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, table_bytes);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, data_dev);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, data_ino);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, created_ns);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, data_path);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, mutex);
+#ifdef __GLIBC__
+    /* The words of glibc's mutex the fault tools garble on purpose. */
+    layout_line(&b, "field hdr.mutex.__lock %zu %zu\n",
+                offsetof(struct ss_header, mutex) + offsetof(pthread_mutex_t, __data.__lock),
+                sizeof(((pthread_mutex_t *)0)->__data.__lock));
+    layout_line(&b, "field hdr.mutex.__owner %zu %zu\n",
+                offsetof(struct ss_header, mutex) + offsetof(pthread_mutex_t, __data.__owner),
+                sizeof(((pthread_mutex_t *)0)->__data.__owner));
+    layout_line(&b, "field hdr.mutex.__kind %zu %zu\n",
+                offsetof(struct ss_header, mutex) + offsetof(pthread_mutex_t, __data.__kind),
+                sizeof(((pthread_mutex_t *)0)->__data.__kind));
+#endif
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, wake_seq);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, next_ticket);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, root);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, free_head);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, entry_hwm);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, proc_hwm);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, used);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, waiting);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, procs_used);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, repairs);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, file_size);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, size_epoch);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, state);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, attached_ns);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, start);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, end);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, max_end);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, ticket);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, since_ns);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, left);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, right);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, next_free);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, owner_slot);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, owner_gen);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, tid);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, count);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, serial);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, kind);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, state);
+    LAYOUT_CONST(&b, "header_size", sizeof(struct ss_header));
+    LAYOUT_CONST(&b, "header_bytes", SS_HEADER_BYTES);
+    LAYOUT_CONST(&b, "proc_bytes", sizeof(struct ss_proc));
+    LAYOUT_CONST(&b, "entry_bytes", sizeof(struct ss_entry));
+    LAYOUT_CONST(&b, "tree_count", TREE_COUNT);
+    LAYOUT_CONST(&b, "tree_shared", TREE_SHARED);
+    LAYOUT_CONST(&b, "tree_exclusive", TREE_EXCLUSIVE);
+    LAYOUT_CONST(&b, "tree_pin", TREE_PIN);
+    LAYOUT_CONST(&b, "magic", SS_MAGIC);
+    LAYOUT_CONST(&b, "format", ss_format_stamp());
+    LAYOUT_CONST(&b, "default_capacity", SS_DEFAULT_CAPACITY);
+    LAYOUT_CONST(&b, "default_proc_capacity", SS_DEFAULT_PROC_CAPACITY);
+    LAYOUT_CONST(&b, "max_capacity", SS_MAX_CAPACITY);
+    LAYOUT_CONST(&b, "nil", SS_NIL);
+    LAYOUT_CONST(&b, "entry_free", ENTRY_FREE);
+    LAYOUT_CONST(&b, "proc_free", PROC_FREE);
+    LAYOUT_CONST(&b, "proc_used", PROC_USED);
+    LAYOUT_CONST(&b, "slot_lock_base", SS_SLOT_LOCK_BASE);
+    LAYOUT_CONST(&b, "mutex_patience_s", SS_MUTEX_PATIENCE_S);
+    if (buf && buflen) buf[b.need < buflen ? b.need : buflen - 1] = 0;
+    return b.need > INT_MAX ? INT_MAX : (int)b.need;
+}
+
+/* Is name a lock table file name as ss_table_name makes them?  Then store
+ * the data file identity it names and return SS_OK, else SS_EINVAL. */
+int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino)
+{
+    if (!name) return fail(SS_EINVAL, "no name");
+    static const char suffix[] = ".shmslice";
+    uint64_t part[2] = {0, 0};
+    const char *p = name;
+    for (int k = 0; k < 2; k++) {
+        const char *digits = p;
+        uint64_t v = 0;
+        /* Lower-case hex without leading zeros: exactly what %llx prints. */
+        while ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')) {
+            if (v >> 60) return fail(SS_EINVAL, "%s: number too large", name);
+            v = v * 16 + (uint64_t)(*p <= '9' ? *p - '0' : *p - 'a' + 10);
+            p++;
+        }
+        size_t n = (size_t)(p - digits);
+        if (n == 0 || (n > 1 && digits[0] == '0'))
+            return fail(SS_EINVAL, "%s is not a lock table name", name);
+        part[k] = v;
+        if (k == 0) {
+            if (*p != '-') return fail(SS_EINVAL, "%s is not a lock table name", name);
+            p++;
+        }
+    }
+    if (strcmp(p, suffix) != 0) return fail(SS_EINVAL, "%s is not a lock table name", name);
+    if (dev) *dev = part[0];
+    if (ino) *ino = part[1];
+    return SS_OK;
 }

@@ -162,23 +162,58 @@ int64_t ss_file_size(ss_handle *h);
 int64_t ss_size_epoch(ss_handle *h);
 
 /*
- * Copy up to max entries into out; *count receives the number of entries in
- * use (which may exceed max: call again with a larger buffer).
+ * Copy up to max entries into out; *count receives the number of entries
+ * seen (which may exceed max: call again with a larger buffer).  Entries are
+ * copied in chunks, with the table mutex released between chunks, and
+ * liveness is probed after the copy: an entry in use for the whole call is
+ * reported once; one made or removed during the call may or may not be;
+ * alive = 1 means its owner was attached when the entry was copied and still
+ * alive when probed.
  */
 int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count);
 
 /* Copy the table-wide figures into *out. */
 int ss_stat(ss_handle *h, ss_table_stat *out);
 
-/* Remove every entry of a dead process; *removed receives how many. */
+/*
+ * Remove every entry of a dead process; *removed receives how many.  Also
+ * removes temporary table files that killed creators left in the table's
+ * directory (as ss_clean_temp_files, not counted in *removed).
+ */
 int ss_reap(ss_handle *h, uint32_t *removed);
+
+/*
+ * Remove the temporary files that processes killed while creating a table
+ * left in table_dir (only where the filesystem lacks O_TMPFILE are such
+ * files made; a file is removed once its creator no longer holds its lock
+ * and it is 2 s old).  *removed receives how many.
+ */
+int ss_clean_temp_files(const char *table_dir, uint32_t *removed);
 
 
 /*
  * Test hook, off unless set: the calling process kills itself with SIGKILL
- * the countdown-th time it reaches crash point `point` inside the table
- * mutex (points are listed in shmslice.c).  point 0 disables it.
+ * the countdown-th time it reaches crash point `point` (points are listed in
+ * shmslice.c; most are inside the table mutex).  point 0 disables it.
  */
 void ss_debug_set_crash_point(int point, int countdown);
+
+/* Test hook: on != 0 makes this process build new tables under a temporary
+ * name, as on a filesystem without O_TMPFILE. */
+void ss_debug_set_named_temp(int on);
+
+/*
+ * Describe the table file's layout for tools and tests: writes lines
+ * "field NAME OFFSET SIZE" and "const NAME VALUE" into buf (NUL-terminated,
+ * truncated to buflen) and returns the full length, so a caller whose buffer
+ * was too short can call again with a larger one.
+ */
+int ss_layout(char *buf, uint32_t buflen);
+
+/*
+ * If name is a lock table file name (as ss_table_name makes), store the data
+ * file identity it names in *dev and *ino and return SS_OK; else SS_EINVAL.
+ */
+int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino);
 
 #endif /* SHMSLICE_H */

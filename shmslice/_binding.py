@@ -37,6 +37,7 @@ that they exist.
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import os
 import threading
 import time
@@ -370,3 +371,67 @@ def table_name(dev: int, ino: int) -> str:
     buf = ffi.new("char[]", 64)
     lib.ss_table_name(dev, ino, buf, 64)
     return ffi.string(buf).decode()
+
+
+# -- the table file's layout, as the C core describes it ---------------------
+
+@functools.cache
+def _layout() -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    need = lib.ss_layout(ffi.NULL, 0)
+    buf = ffi.new("char[]", need + 1)
+    lib.ss_layout(buf, need + 1)
+    fields: dict[str, tuple[int, int]] = {}
+    constants: dict[str, int] = {}
+    for line in ffi.string(buf).decode().splitlines():
+        what, name, *numbers = line.split()
+        if what == "field":
+            fields[name] = (int(numbers[0]), int(numbers[1]))
+        else:
+            constants[name] = int(numbers[0])
+    return fields, constants
+
+
+def table_layout() -> dict[str, tuple[int, int]]:
+    """Offset and size of every table field the tools and tests read or poke.
+
+    Keys are ``hdr.NAME`` (offset from the start of the table file),
+    ``proc.NAME`` (from the start of a process slot) and ``entry.NAME`` (from
+    the start of an entry); ``hdr.mutex.__lock``, ``__owner`` and ``__kind``
+    are the glibc mutex words.  Built by the C core from offsetof/sizeof, so
+    it follows every layout change.
+    """
+    return dict(_layout()[0])
+
+
+def table_constants() -> dict[str, int]:
+    """The table's constants: ``magic``, ``format``, ``header_bytes`` (the
+    header page), ``header_size`` (the struct), ``proc_bytes``,
+    ``entry_bytes``, ``default_capacity``, ``default_proc_capacity``,
+    ``max_capacity``, ``nil`` (the null index), ``tree_count`` and the tree
+    numbers, the free/used state values, ``slot_lock_base`` and
+    ``mutex_patience_s``."""
+    return dict(_layout()[1])
+
+
+def parse_table_name(name: str) -> tuple[int, int] | None:
+    """The data file identity (dev, ino) a lock table file name stands for,
+    or None if ``name`` is not a lock table file name."""
+    dev = ffi.new("uint64_t *")
+    ino = ffi.new("uint64_t *")
+    encoded = os.fsencode(name)
+    if b"\0" in encoded or lib.ss_table_name_parse(encoded, dev, ino) != lib.SS_OK:
+        return None
+    return int(dev[0]), int(ino[0])
+
+
+def clean_temp_files(lock_dir: str | os.PathLike[str]) -> int:
+    """Remove the temporary table files that processes killed while creating a
+    table left in ``lock_dir``; returns how many were removed."""
+    path = os.fsencode(lock_dir)
+    if b"\0" in path:
+        raise ValueError("lock_dir contains a NUL byte")
+    removed = ffi.new("uint32_t *")
+    rc = lib.ss_clean_temp_files(path, removed)
+    if rc < 0:
+        raise_status(rc, os.fspath(lock_dir))
+    return int(removed[0])

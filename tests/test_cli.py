@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from shmslice import __version__, cli
+from shmslice._binding import table_constants
 from shmslice.cli import formatting, owners
 from shmslice.cli.commands import ls, reap
 from shmslice.locks import table_path_for
@@ -433,7 +434,8 @@ def test_info(data: Path, locks: Path) -> None:
         doc = ok_json("info", data, "--lock-dir", locks)
         assert doc["table"] == table_path_for(data, locks)
         assert (doc["data_path"], doc["data_status"], doc["file_size"]) == (str(data), "ok", 1 << 16)
-        assert doc["format_version"] == 1 and doc["format"] >> 48 == 1
+        version = table_constants()["format"] >> 48
+        assert doc["format_version"] == version and doc["format"] >> 48 == version
         assert (doc["capacity"], doc["used"], doc["waiting"], doc["dead_entries"]) == (65536, 2, 0, 0)
         assert doc["attached_processes"] == 1 and doc["table_bytes"] > 65536 * 64
         assert abs(doc["created"] - time.time()) < TIMEOUT
@@ -445,7 +447,7 @@ def test_info(data: Path, locks: Path) -> None:
         assert fields["data_file"] == str(data)
         assert fields["file_size"].startswith("64.0 KiB (65536 bytes)")
         assert fields["lock_table"].startswith(table_path_for(data, locks))
-        assert fields["format"].startswith("version 1")
+        assert fields["format"].startswith(f"version {version}")
         assert fields["entries"].startswith("2 of 65536 used (0.00%), 0 waiting")
         assert fields["processes"].startswith("1 attached")
 

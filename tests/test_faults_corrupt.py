@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import shmslice
+from shmslice._binding import table_constants, table_layout
 from tests.support import TOOLS, run_python, wait_pid
 
 FUZZ = TOOLS / "fuzz_table.py"
@@ -72,8 +73,10 @@ def test_mutated_tables_with_mutex_garbage(tmp_path: Path) -> None:
 
 # -- regressions found by the fuzzer, as direct tests ------------------------
 
-MUTEX_OFFSET = 1088        # struct ss_header.mutex (checked by fuzz_table.verify_layout)
-MUTEX_KIND_OFFSET = MUTEX_OFFSET + 16
+LAYOUT = table_layout()
+CONST = table_constants()
+MUTEX_LOCK_OFFSET = LAYOUT["hdr.mutex.__lock"][0]
+MUTEX_KIND_OFFSET = LAYOUT["hdr.mutex.__kind"][0]
 
 
 def _attach_in_child(data: Path, lock_dir: Path) -> tuple[int, str]:
@@ -96,7 +99,7 @@ def test_garbled_mutex_kind_is_corrupt_not_abort(kind: int, data_file: Path, loc
     with open(table, "r+b") as f:
         f.seek(MUTEX_KIND_OFFSET)
         f.write(struct.pack("<i", kind))
-        f.seek(MUTEX_OFFSET)
+        f.seek(MUTEX_LOCK_OFFSET)
         f.write(struct.pack("<I", 4_000_000))   # above any pid_max: no such thread
     rc, out = _attach_in_child(data_file, lock_dir)
     assert rc == 0, f"attach crashed (exit {rc}): {out}"
@@ -133,9 +136,10 @@ def test_killed_while_dropping_last_pin_leaves_repairable_table(point: int, data
         assert mgr.stat().repairs >= 1
 
 
-ENTRIES_OFFSET = 4096 + 4096 * 32   # header page, then SS_DEFAULT_PROC_CAPACITY process slots
-ENTRY_BYTES = 80
-NEXT_FREE = 48
+# The header page, then SS_DEFAULT_PROC_CAPACITY process slots, then the entries.
+ENTRIES_OFFSET = CONST["header_bytes"] + CONST["default_proc_capacity"] * CONST["proc_bytes"]
+ENTRY_BYTES = CONST["entry_bytes"]
+NEXT_FREE = LAYOUT["entry.next_free"][0]
 
 
 @pytest.mark.parametrize("target", [16777216, 2**31 + 11, 2**32 - 2])
@@ -150,7 +154,7 @@ def test_free_list_link_out_of_range_is_corrupt_not_segv(target: int, data_file:
         table = mgr.table_path
         mgr.close()
     with open(table, "r+b") as f:
-        f.seek(1156)                           # struct ss_header.free_head
+        f.seek(LAYOUT["hdr.free_head"][0])
         head = struct.unpack("<I", f.read(4))[0]
         assert head < 8
         f.seek(ENTRIES_OFFSET + head * ENTRY_BYTES + NEXT_FREE)

@@ -14,10 +14,17 @@ import psutil
 import pytest
 
 import shmslice
+from shmslice._binding import table_constants, table_layout
 from tests import _lockhelpers as helpers
 from tests.support import end_process, wait_pid, wait_until
 
 START_METHODS = ["fork", "spawn"]
+
+
+def _span(field: str) -> tuple[int, int]:
+    """[start, stop) of a header field in the table file, from the core's layout."""
+    off, size = table_layout()[field]
+    return off, off + size
 
 
 def ctx(method: str):
@@ -158,13 +165,15 @@ def test_pid_reuse_does_not_fool_liveness(data_file, lock_dir):
         # our parent's), exactly what pid reuse would do.
         dead_pid = holder.pid
         with open(mgr.table_path, "r+b") as f, mmap.mmap(f.fileno(), 0) as table:
-            proc_slots = 4096
+            const = table_constants()
+            pid_off, pid_size = table_layout()["proc.pid"]
+            proc_slots = int.from_bytes(table[slice(*_span("hdr.proc_capacity"))], "little")
             rewritten = 0
             for slot in range(proc_slots):
-                off = 4096 + 32 * slot
-                pid = int.from_bytes(table[off:off + 4], "little", signed=True)
+                off = const["header_bytes"] + const["proc_bytes"] * slot + pid_off
+                pid = int.from_bytes(table[off:off + pid_size], "little", signed=True)
                 if pid == dead_pid:
-                    table[off:off + 4] = os.getppid().to_bytes(4, "little", signed=True)
+                    table[off:off + pid_size] = os.getppid().to_bytes(pid_size, "little", signed=True)
                     rewritten += 1
             assert rewritten == 1
         [entry] = mgr.locks()

@@ -52,38 +52,57 @@ from _children import wait_pid
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ---------------------------------------------------------------------------
-# Layout of the table file (csrc/shmslice.c, section 2).  verify_layout()
-# checks these against a freshly created table, so a layout change fails
-# loudly instead of silently fuzzing the wrong bytes.
+# Layout of the table file, as the C core describes it (ss_layout), so the
+# mutations hit the fields they name whatever the struct layout is today.
+# verify_layout() still checks a few values against a freshly created table.
 # ---------------------------------------------------------------------------
-HEADER_BYTES = 4096
-HDR = {                       # name: (offset, struct format)
-    "magic": (0, "<Q"), "format": (8, "<Q"), "capacity": (16, "<I"),
-    "proc_capacity": (20, "<I"), "table_bytes": (24, "<Q"), "data_dev": (32, "<Q"),
-    "data_ino": (40, "<Q"), "created_ns": (48, "<Q"),
-    "wake_seq": (1128, "<I"), "next_ticket": (1136, "<Q"),
-    "root0": (1144, "<I"), "root1": (1148, "<I"), "root2": (1152, "<I"),
-    "free_head": (1156, "<I"), "entry_hwm": (1160, "<I"), "proc_hwm": (1164, "<I"),
-    "used": (1168, "<I"), "waiting": (1172, "<I"), "procs_used": (1176, "<I"),
-    "repairs": (1180, "<I"), "file_size": (1184, "<Q"), "size_epoch": (1192, "<Q"),
-}
-DATA_PATH = (56, 1024)
-MUTEX = (1088, 40)            # pthread_mutex_t: __lock at +0, __owner +8, __kind +16
-MUTEX_LOCK_WORD = MUTEX[0]
-FUTEX_OWNER_DIED = 0x40000000
-HEADER_USED = 1216            # sizeof(struct ss_header)
-PROC_BYTES = 32
-PROC = {"pid": (0, "<i"), "gen": (4, "<I"), "state": (8, "<I")}
-ENTRY_BYTES = 80
-ENTRY = {
-    "start": (0, "<Q"), "end": (8, "<Q"), "max_end": (16, "<Q"), "ticket": (24, "<Q"),
-    "since_ns": (32, "<Q"), "left": (40, "<I"), "right": (44, "<I"), "next_free": (48, "<I"),
-    "owner_slot": (52, "<I"), "owner_gen": (56, "<I"), "tid": (60, "<i"), "count": (64, "<I"),
-    "serial": (68, "<I"), "kind": (72, "<B"), "state": (73, "<B"),
-}
-NIL = 0xFFFFFFFF
-MAX_CAPACITY = 1 << 24
+sys.path.insert(0, os.path.dirname(HERE))
+from shmslice._binding import table_constants, table_layout  # noqa: E402
+
+_FIELDS = table_layout()
+_CONST = table_constants()
+_SIGNED = {"pid", "tid"}
+
+
+def _fmt(name: str, size: int) -> str:
+    code = {1: "b", 4: "i", 8: "q"}[size]
+    return "<" + (code if name.rsplit(".", 1)[-1] in _SIGNED else code.upper())
+
+
+def _struct_fields(prefix: str) -> dict[str, tuple[int, str]]:
+    out = {}
+    for name, (off, size) in _FIELDS.items():
+        head, _, field = name.partition(".")
+        if head == prefix and "." not in field and size in (1, 4, 8):
+            out[field] = (off, _fmt(field, size))
+    return out
+
+
+HEADER_BYTES = _CONST["header_bytes"]
+HDR = _struct_fields("hdr")   # name: (offset, struct format); scalar header fields
+_ROOT_OFF, _ROOT_SIZE = _FIELDS["hdr.root"]
+for _t in range(_CONST["tree_count"]):
+    HDR[f"root{_t}"] = (_ROOT_OFF + _t * _ROOT_SIZE // _CONST["tree_count"], "<I")
+DATA_PATH = _FIELDS["hdr.data_path"]
+MUTEX = _FIELDS["hdr.mutex"]
+MUTEX_LOCK_WORD = _FIELDS["hdr.mutex.__lock"][0]
+MUTEX_KIND_WORD = _FIELDS["hdr.mutex.__kind"][0]
+FUTEX_OWNER_DIED = 0x40000000  # linux/futex.h
+HEADER_USED = _CONST["header_size"]
+PROC_BYTES = _CONST["proc_bytes"]
+PROC = _struct_fields("proc")
+ENTRY_BYTES = _CONST["entry_bytes"]
+ENTRY = _struct_fields("entry")
+ENTRY_STATE = ENTRY["state"][0]
+NIL = _CONST["nil"]
+MAX_CAPACITY = _CONST["max_capacity"]
+MAGIC = _CONST["magic"]
 CAPACITY = 48                 # small tables: cheap to copy thousands of times
+
+# Header fields mutated as indexes/counters (those this build has).
+HDR_INDEX_FIELDS = [f for f in HDR if f not in (
+    "magic", "format", "capacity", "proc_capacity", "table_bytes", "data_dev", "data_ino",
+    "created_ns")]
 
 
 def table_bytes_for(capacity: int, proc_capacity: int) -> int:
@@ -112,8 +131,8 @@ class BaseInfo:
         self.hwm = h["entry_hwm"]
         self.proc_hwm = h["proc_hwm"]
         self.ent0 = HEADER_BYTES + self.pcap * PROC_BYTES
-        self.used = [i for i in range(self.hwm) if buf[self.ent0 + i * ENTRY_BYTES + 73] != 0]
-        self.free = [i for i in range(self.hwm) if buf[self.ent0 + i * ENTRY_BYTES + 73] == 0]
+        self.used = [i for i in range(self.hwm) if buf[self.ent0 + i * ENTRY_BYTES + ENTRY_STATE] != 0]
+        self.free = [i for i in range(self.hwm) if buf[self.ent0 + i * ENTRY_BYTES + ENTRY_STATE] == 0]
 
     def entry_off(self, i: int, field: str | None = None) -> int:
         return self.ent0 + i * ENTRY_BYTES + (ENTRY[field][0] if field else 0)
@@ -181,7 +200,7 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
             off = rng.randrange(HEADER_USED)
             if outside_mutex(off, n):
                 return [("op", "hdr_garbage"), ("bytes", off, rng.randbytes(n).hex())]
-        return [("op", "hdr_garbage"), ("bytes", 1128, rng.randbytes(64).hex())]
+        return [("op", "hdr_garbage"), ("bytes", mutex_hi, rng.randbytes(64).hex())]
     if kind == "truncate":
         n = rng.choice([0, 1, 100, HEADER_BYTES - 1, HEADER_BYTES, HEADER_BYTES + 1,
                         b.ent0, b.size // 2, b.size - ENTRY_BYTES, b.size - 1,
@@ -205,9 +224,7 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
                 ops += [("set", HDR["table_bytes"][0], "<Q", tb), ("size", tb)]
         return ops
     if kind == "hdr_index":
-        field = rng.choice(["root0", "root1", "root2", "free_head", "entry_hwm", "proc_hwm",
-                            "used", "waiting", "procs_used", "next_ticket",
-                            "wake_seq", "file_size", "size_epoch", "repairs"])
+        field = rng.choice(HDR_INDEX_FIELDS)
         off, fmt = HDR[field]
         if fmt == "<Q":
             val = interesting_u64(rng, b.h[field])
@@ -218,15 +235,16 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
         return [("op", f"hdr:{field}={val}"), ("set", off, fmt, val)]
     if kind == "entry_link":
         i = pick_entry(rng, b)
-        field = rng.choice(["left", "right", "next_free", "owner_slot", "owner_gen"])
+        field = rng.choice([f for f in ("left", "right", "next_free", "owner_slot", "owner_gen")
+                            if f in ENTRY])
         # In range (cycles, cross links) or not.
         val = (rng.choice([*b.used, *b.free, i]) if rng.random() < 0.4 and b.used
                else interesting_u32(rng, b))
-        return [("op", f"entry{i}.{field}={val}"), ("set", b.entry_off(i, field), "<I", val)]
+        return [("op", f"entry{i}.{field}={val}"), ("set", b.entry_off(i, field), ENTRY[field][1], val)]
     if kind == "entry_value":
         i = pick_entry(rng, b)
-        field = rng.choice(["start", "end", "max_end", "ticket", "kind", "state", "count",
-                            "serial", "tid", "since_ns"])
+        field = rng.choice([f for f in ("start", "end", "max_end", "ticket", "kind", "state",
+                                        "count", "serial", "tid", "since_ns") if f in ENTRY])
         off, fmt = ENTRY[field]
         if fmt == "<Q":
             val = interesting_u64(rng, 4096 * rng.randrange(64))
@@ -240,7 +258,7 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
     if kind == "cycle":
         # Point a child link at an ancestor-ish node (the tree's root) or at itself.
         i = pick_entry(rng, b)
-        roots = [b.h[f"root{t}"] for t in range(3) if b.h[f"root{t}"] != NIL]
+        roots = [b.h[f"root{t}"] for t in range(_CONST["tree_count"]) if b.h[f"root{t}"] != NIL]
         target = rng.choice([*roots, i]) if roots else i
         field = rng.choice(["left", "right"])
         return [("op", f"cycle:entry{i}.{field}->{target}"),
@@ -309,7 +327,7 @@ def make_plan(seed: int, case: int, bases: list[BaseInfo], allow_mutex: bool) ->
         # (assertion in pthread_mutex_clocklock) until the core checked the kind.
         kind = rng.choice([176, 48, 32, 64, 80, 0, 1, 2, 3, 128, 144, 656 | 32,
                            rng.getrandbits(32) - 2**31])
-        writes += [("op", f"mutex_kind={kind}"), ("set", MUTEX[0] + 16, "<i", kind),
+        writes += [("op", f"mutex_kind={kind}"), ("set", MUTEX_KIND_WORD, "<i", kind),
                    ("set", MUTEX_LOCK_WORD, "<I", rng.choice([30000, 99999, 1, FUTEX_OWNER_DIED]))]
     for w in writes:
         if w[0] in ("flip", "bytes") and MUTEX[0] - 8 < w[1] < MUTEX[0] + MUTEX[1]:
@@ -322,7 +340,8 @@ def make_plan(seed: int, case: int, bases: list[BaseInfo], allow_mutex: bool) ->
 
 def apply_plan(plan: dict, base: bytes, dev: int, ino: int) -> bytes:
     buf = bytearray(base)
-    struct.pack_into("<QQ", buf, HDR["data_dev"][0], dev, ino)   # belongs to our data file
+    struct.pack_into(HDR["data_dev"][1], buf, HDR["data_dev"][0], dev)   # belongs to our data file
+    struct.pack_into(HDR["data_ino"][1], buf, HDR["data_ino"][0], ino)
     for w in plan["writes"]:
         tag = w[0]
         if tag == "op":
@@ -613,8 +632,9 @@ def verify_layout(work: str) -> None:
         buf = _read(mgr.table_path)
         b = BaseInfo("layout", buf)
         problems = []
-        want = {"magic": 0x5348534C49434531, "capacity": CAPACITY, "data_dev": st.st_dev,
-                "data_ino": st.st_ino, "entry_hwm": 2, "used": 2, "waiting": 0, "root0": NIL,
+        want = {"magic": MAGIC, "capacity": CAPACITY, "data_dev": st.st_dev,
+                "data_ino": st.st_ino, "entry_hwm": 2, "used": 2, "waiting": 0,
+                f"root{_CONST['tree_shared']}": NIL,
                 "free_head": NIL, "procs_used": 1, "table_bytes": len(buf)}
         for k, v in want.items():
             if b.h[k] != v:
@@ -627,7 +647,7 @@ def verify_layout(work: str) -> None:
             e = {k: get(buf, b.entry_off(i, k), fmt) for k, (_, fmt) in ENTRY.items()}
             if (e["kind"], e["start"], e["end"], e["count"], e["state"]) != (kind, start, end, count, 1):
                 problems.append(f"entry {i}: {e}")
-        if get(buf, b.proc_off(0, "pid"), "<i") != os.getpid():
+        if get(buf, b.proc_off(0, "pid"), PROC["pid"][1]) != os.getpid():
             problems.append("proc slot pid")
         if problems:
             raise SystemExit("table layout does not match tools/fuzz_table.py: " + "; ".join(problems))

@@ -1,0 +1,70 @@
+"""The C core's table internals as tools see them: the served layout, table
+file names, liveness scans, exact pin lookup, snapshots, temp-file cleanup."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from pathlib import Path
+
+import shmslice
+from shmslice._binding import parse_table_name, table_constants, table_layout, table_name
+
+
+def test_layout_matches_a_real_table(data_file: Path, lock_dir: Path) -> None:
+    layout, const = table_layout(), table_constants()
+    with shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=64) as mgr:
+        mgr.pin(100, 200)
+        st = os.stat(data_file)
+        with open(mgr.table_path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as t:
+            def u(name: str, base: int = 0) -> int:
+                off, size = layout[name]
+                return int.from_bytes(t[base + off:base + off + size], "little")
+            assert u("hdr.magic") == const["magic"]
+            assert u("hdr.format") == const["format"]
+            assert u("hdr.capacity") == 64
+            assert u("hdr.proc_capacity") == const["default_proc_capacity"]
+            assert u("hdr.table_bytes") == len(t) == (
+                const["header_bytes"] + const["default_proc_capacity"] * const["proc_bytes"]
+                + 64 * const["entry_bytes"])
+            assert (u("hdr.data_dev"), u("hdr.data_ino")) == (st.st_dev, st.st_ino)
+            assert u("hdr.entry_hwm") == 1 and u("hdr.used") == 1
+            off, size = layout["hdr.root"]
+            roots = struct.unpack_from(f"<{size // 4}I", t, off)
+            assert roots[const["tree_pin"]] == 0
+            assert roots[const["tree_shared"]] == roots[const["tree_exclusive"]] == const["nil"]
+            assert u("proc.pid", const["header_bytes"]) == os.getpid()
+            ent0 = const["header_bytes"] + const["default_proc_capacity"] * const["proc_bytes"]
+            assert (u("entry.start", ent0), u("entry.end", ent0), u("entry.count", ent0)) == (100, 200, 1)
+            assert u("entry.kind", ent0) == shmslice._binding.lib.SS_PIN
+    assert const["header_size"] <= const["header_bytes"]
+    assert layout["hdr.mutex.__kind"][0] > layout["hdr.mutex"][0]
+
+
+def test_table_names_round_trip() -> None:
+    for dev, ino in [(0, 0), (66, 1234), (2**64 - 1, 2**64 - 1), (0x10302, 7)]:
+        assert parse_table_name(table_name(dev, ino)) == (dev, ino)
+    for bad in ["", "x.shmslice", "1-2.shmslicex", "1-2", "-2.shmslice", "1-.shmslice",
+                "01-2.shmslice", "1-02.shmslice", "A-2.shmslice", "1_2.shmslice",
+                "1ffffffffffffffff-1.shmslice", ".1-2.shmslice.99.1f.tmp", "1-2.shmslice\udcff"]:
+        assert parse_table_name(bad) is None, bad
+
+
+def test_exact_pin_lookup_among_overlapping_pins(data_file: Path, lock_dir: Path) -> None:
+    """A handle's pin on [start, end) is found by its exact key, not confused
+    with pins of the same start, the same region of another handle, or
+    pins covering it."""
+    with shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=256) as a, \
+            shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=256) as b:
+        mine = a.pin(100, 200)
+        others = [a.pin(100, 150), a.pin(100, 250), a.pin(50, 200), b.pin(100, 200)]
+        others += [a.pin(100 - k, 201 + k) for k in range(1, 100)]
+        assert a.pin(100, 200) == mine
+        assert b.pin(100, 200) == others[3] != mine
+        counts = {(e.start, e.end, e.pid, e.count) for e in a.locks() if e.count > 1}
+        assert counts == {(100, 200, os.getpid(), 2)}
+        a.unpin(mine)
+        a.unpin(mine)
+        assert a.pin(100, 200) != mine          # a fresh entry: the old one was removed
+        assert len(a.locks()) == 1 + len(others)
