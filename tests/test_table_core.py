@@ -68,3 +68,54 @@ def test_exact_pin_lookup_among_overlapping_pins(data_file: Path, lock_dir: Path
         a.unpin(mine)
         assert a.pin(100, 200) != mine          # a fresh entry: the old one was removed
         assert len(a.locks()) == 1 + len(others)
+
+
+def _pin_many(data: str, lock_dir: str, handles: int, per: int, base: int, ready, done) -> None:
+    mgrs = [shmslice.LockManager(data, lock_dir=lock_dir) for _ in range(handles)]
+    for r in range(per):
+        for k, m in enumerate(mgrs):
+            off = base + (r * handles + k) * 16
+            m.pin(off, off + 8)
+    ready.set()
+    done.wait(60)
+
+
+def test_full_table_sweep_reclaims_dead_owners_once_per_slot(data_file: Path, lock_dir: Path) -> None:
+    """A full table whose entries interleave many owners: a failing lock stays
+    LockTableFull while every owner lives (also when retried at once), and
+    reclaims exactly the dead owner's entries once one dies."""
+    import multiprocessing as mp
+    import signal
+    import time
+
+    c = mp.get_context("fork")
+    handles, per = 8, 20
+    with shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=2 * handles * per) as mgr:
+        ready, done = [c.Event(), c.Event()], c.Event()
+        kids = [c.Process(target=_pin_many, args=(str(data_file), str(lock_dir), handles, per,
+                                                   k << 20, ready[k], done), daemon=True)
+                for k in range(2)]
+        for p in kids:
+            p.start()
+        try:
+            assert all(e.wait(60) for e in ready)
+            assert mgr.stat().used == 2 * handles * per
+            for _ in range(3):
+                try:
+                    mgr.lock(1 << 30, (1 << 30) + 1, timeout=0)
+                    raise AssertionError("the table is full")
+                except shmslice.LockTableFull:
+                    pass
+            os.kill(kids[0].pid, signal.SIGKILL)
+            kids[0].join(10)
+            time.sleep(0.01)     # past the short memory of a sweep that freed nothing
+            mgr.lock(1 << 30, (1 << 30) + 1, timeout=0).release()
+            entries = mgr.locks()
+            assert len(entries) == handles * per and all(e.alive for e in entries)
+            assert {e.pid for e in entries} == {kids[1].pid}
+        finally:
+            done.set()
+            for p in kids:
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
