@@ -230,7 +230,7 @@ def bench_big_table(work: str, repeats: int, seconds: float) -> None:
                 for i in range(entries + spare - mgr.stat().used)]
         full: dict[str, list[float]] = {"spaced 5 ms": [], "back to back": []}
         for _ in range(repeats):
-            for name in full:
+            for name, samples in full.items():
                 if name == "spaced 5 ms":
                     time.sleep(0.005)   # longer than any "sweep freed nothing" memory
                 t0 = time.perf_counter_ns()
@@ -239,7 +239,7 @@ def bench_big_table(work: str, repeats: int, seconds: float) -> None:
                     raise AssertionError("the table should be full")
                 except LockTableFull:
                     pass
-                full[name].append((time.perf_counter_ns() - t0) / 1e6)
+                samples.append((time.perf_counter_ns() - t0) / 1e6)
         for name, xs in full.items():
             print(f"  {name:>16}: {_spread(xs, unit='ms')}")
         for ref in fill:

@@ -47,7 +47,7 @@ def _in_fork(fn) -> str:
     os.close(w)
     deadline = time.monotonic() + TIMEOUT
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, _status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
         if time.monotonic() > deadline:
@@ -91,7 +91,7 @@ def _die_creating(data: str, lock_dir: str, named: bool) -> None:
 
     if named:
         lib.ss_debug_set_named_temp(1)
-    lib.ss_debug_set_crash_point(6, 1)
+    lib.ss_debug_set_crash_point(9, 1)
     shmslice.LockManager(data, lock_dir=lock_dir)
     os._exit(4)
 
@@ -165,7 +165,7 @@ def test_stale_named_temporary_files_are_removed(data_file: Path, lock_dir: Path
         finally:
             done.set()
             holder.join(TIMEOUT)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="NUL"):
         clean_temp_files(str(lock_dir) + "\0")
     with pytest.raises(FileNotFoundError):
         clean_temp_files(lock_dir / "missing")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 import stat
 import struct
 from dataclasses import dataclass
 
+from shmslice import _binding
 from shmslice._paths import resolve_lock_dir
 from shmslice.cli.errors import CommandError
 from shmslice.locks import table_path_for
@@ -21,23 +21,20 @@ def table_identity(path: str, *, check_magic: bool = False) -> tuple[int, int] |
 
     None when ``path`` is not named as a table is; with ``check_magic``, also
     when the file does not start with the table's magic number (or cannot be
-    read).  The only place in the command that knows how the C core names
-    table files ("<dev>-<ino>.shmslice" in hex; tables being created are
-    dot-files and never match) and what they start with ("SHSLICE1" as a
-    native uint64).
+    read).  Both the name format and the magic number come from the C core.
     """
-    match = re.fullmatch(r"([0-9a-f]+)-([0-9a-f]+)\.shmslice", os.path.basename(path))
-    if match is None:
+    identity = _binding.parse_table_name(os.path.basename(path))
+    if identity is None:
         return None
     if check_magic:
-        magic = struct.pack("=Q", 0x5348534C49434531)
+        magic = struct.pack("=Q", _binding.table_constants()["magic"])
         try:
             with open(path, "rb") as f:
                 if f.read(len(magic)) != magic:
                     return None
         except OSError:
             return None
-    return int(match.group(1), 16), int(match.group(2), 16)
+    return identity
 
 
 @dataclass(frozen=True)
