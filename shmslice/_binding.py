@@ -26,17 +26,21 @@ from shmslice.errors import (
 )
 
 __all__ = ["ffi", "lib", "raise_status", "table_name", "KIND_NAMES",
-           "ManagerBase", "RegionLock", "fast_pin", "fast_unpin", "pinned_view"]
+           "ManagerBase", "RegionLock", "fast_pin", "fast_unpin", "pinned_view",
+           "check_manager_class"]
 
 
 def _address(name: str) -> int:
     return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 
 
-_fastpath.bind(_address("ss_lock"), _address("ss_release"), _address("ss_pin"), _address("ss_unpin"))
+_fastpath.bind(*(_address(name) for name in (
+    "ss_lock_try", "ss_lock_wait", "ss_lock_cancel", "ss_release_try", "ss_release",
+    "ss_pin", "ss_unpin")))
 fast_pin = _fastpath.pin
 fast_unpin = _fastpath.unpin
 pinned_view = _fastpath.pinned_view
+check_manager_class = _fastpath.check_manager_class
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +23,7 @@ __all__ = ["LockManager", "RegionLock", "LockInfo", "TableStat", "TableView", "t
 
 _SHARED = lib.SS_SHARED
 _EXCLUSIVE = lib.SS_EXCLUSIVE
-_EINTR = lib.SS_EINTR
+_EWAITING = lib.SS_EWAITING
 _ENOTOWNER = lib.SS_ENOTOWNER
 _MAX_OFFSET = 2**63 - 1
 
@@ -311,6 +310,12 @@ class LockManager(ManagerBase):
     # _fastpath.pyi): it takes a free lock in C, waits in C with the GIL
     # released when the lock is taken, and hands every other case to
     # _lock_slow below.
+    #
+    # The contract with fastpath.c: it calls two methods of this class by
+    # name, _lock_slow(start, end, mode, timeout) -> RegionLock (every lock()
+    # it does not finish itself) and _raise_status(status) (raises for a
+    # negative core status).  check_manager_class() at the end of this module
+    # refuses to import a LockManager without them.
 
     def _lock_slow(self, start: object, end: object, mode: object, timeout: object) -> RegionLock:
         """lock() for every case the C fast path does not take: validation,
@@ -324,13 +329,18 @@ class LockManager(ManagerBase):
             kind = self._mode_error(mode)
         timeout_ns = timeout_to_ns(timeout)
         ptr = self._ptr()
-        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
-        ref = lib.ss_lock(ptr, start, end, kind, timeout_ns)
-        while ref == _EINTR:
-            # A signal interrupted the wait: Python runs its handlers here (which
-            # may raise KeyboardInterrupt); then resume with the time left.
-            remaining = -1 if deadline is None else max(0, deadline - time.monotonic_ns())
-            ref = lib.ss_lock(ptr, start, end, kind, remaining)
+        # Resumable steps (cffi releases the GIL in each): between two, the
+        # interpreter runs signal handlers; if one raises, the request is
+        # withdrawn (a lock granted meanwhile included), else it goes on
+        # waiting with its place kept.
+        wait = ffi.new("ss_wait *")
+        try:
+            ref = lib.ss_lock_wait(ptr, wait, start, end, kind, timeout_ns)
+            while ref == _EWAITING:
+                ref = lib.ss_lock_wait(ptr, wait, start, end, kind, timeout_ns)
+        except BaseException:
+            lib.ss_lock_cancel(ptr, wait)
+            raise
         if ref < 0:
             raise_status(ref, self.path)
         return self._make_lock(ref, start, end, "exclusive" if kind == _EXCLUSIVE else "shared")
@@ -452,3 +462,6 @@ class LockManager(ManagerBase):
 
     def __reduce__(self):  # type: ignore[override]
         return (type(self), (self.path,))
+
+
+_binding.check_manager_class(LockManager)

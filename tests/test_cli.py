@@ -420,7 +420,7 @@ def test_info(data: Path, locks: Path) -> None:
         doc = ok_json("info", data, "--lock-dir", locks)
         assert doc["table"] == table_path_for(data, locks)
         assert (doc["data_path"], doc["data_status"], doc["file_size"]) == (str(data), "ok", 1 << 16)
-        assert doc["format_version"] == 1 and doc["format"] >> 48 == 1
+        assert doc["format_version"] == 2 and doc["format"] >> 48 == 2
         assert (doc["capacity"], doc["used"], doc["waiting"], doc["dead_entries"]) == (65536, 2, 0, 0)
         assert doc["attached_processes"] == 1 and doc["table_bytes"] > 65536 * 64
         assert abs(doc["created"] - time.time()) < TIMEOUT
@@ -432,7 +432,7 @@ def test_info(data: Path, locks: Path) -> None:
         assert fields["data_file"] == str(data)
         assert fields["file_size"].startswith("64.0 KiB (65536 bytes)")
         assert fields["lock_table"].startswith(table_path_for(data, locks))
-        assert fields["format"].startswith("version 1")
+        assert fields["format"].startswith("version 2")
         assert fields["entries"].startswith("2 of 65536 used (0.00%), 0 waiting")
         assert fields["processes"].startswith("1 attached")
 
