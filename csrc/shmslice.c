@@ -1830,7 +1830,6 @@ static void wake_own_waiters(struct ss_handle *h)
 int ss_close(ss_handle *h)
 {
     if (!h || __atomic_exchange_n(&h->closing, 1, __ATOMIC_SEQ_CST)) return SS_OK;
-    registry_remove(h);
     /* Wake our own sleepers so they see `closing` now rather than at their
      * next periodic re-check; then wait for every call in flight to leave. */
     for (int round = 0; __atomic_load_n(&h->busy, __ATOMIC_SEQ_CST) > 0; round++) {
@@ -1852,12 +1851,17 @@ int ss_close(ss_handle *h)
             table_unlock(h);
         }
     }
-    /* Closing the descriptor drops the liveness lock. */
+    /* Closing the descriptor drops the liveness lock.  The handle leaves the
+     * fork registry only once the descriptor is closed (under the registry
+     * lock, which fork waits for): a child forked before must close its copy. */
     if (h->hdr) munmap(h->hdr, h->map_bytes);
     h->hdr = NULL;
+    pthread_mutex_lock(&registry_lock);
     if (h->table_fd >= 0) close(h->table_fd);
     h->table_fd = -1;
     h->has_slot = 0;
+    pthread_mutex_unlock(&registry_lock);
+    registry_remove(h);
     return rc;
 }
 
