@@ -172,15 +172,19 @@ def test_signal_handler_that_does_not_raise_resumes_the_wait_in_place(
         with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
             _until(lambda: any(e.waiting and e.pid == waiter.pid
                                for e in mgr.locks(waiting=True)), "the waiter to queue")
+        time.sleep(0.02)
+        started, result = FORK.Event(), FORK.Queue()
+        later = _start(_later_requester, str(data_file), str(lock_dir), started, result)
+        _wait(started, "the later requester")
+        time.sleep(0.05)
+        # Signals while both wait: each interrupted wait must resume in place,
+        # not re-queue behind the later request.
         sent = []
         for _ in range(10):
             time.sleep(0.03)
             sent.append(time.monotonic())
             waiter.send_signal(signal.SIGINT)
-        started, result = FORK.Event(), FORK.Queue()
-        later = _start(_later_requester, str(data_file), str(lock_dir), started, result)
-        _wait(started, "the later requester")
-        time.sleep(0.1)
+        time.sleep(0.05)
         done.set()
         msg = json.loads(_readline(waiter, 20))
         later_granted = result.get(timeout=20)
