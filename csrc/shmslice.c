@@ -1034,9 +1034,10 @@ static int make_urgent_if_due(struct ss_handle *h, struct ss_entry *e, uint64_t 
     return 1;
 }
 
-/* In the wait index: an urgent waiter (one that has waited SS_URGENT_NS
- * turns urgent here) that arrived before the request and conflicts with it
- * holds the request back. */
+/* In the wait index: an urgent waiter that arrived before the request and
+ * conflicts with it holds the request back.  (A waiter that has waited
+ * SS_URGENT_NS turns urgent when found here, in a release's wake-up pass, or
+ * by its own timer, whichever comes first.) */
 static int urgent_ahead(struct ss_handle *h, uint32_t i, void *varg)
 {
     struct request *r = varg;
@@ -1083,7 +1084,7 @@ static int find_conflict(struct ss_handle *h, struct request *r, int ignore_wait
     for (;;) {
         uint32_t found = SS_NIL;
         int rc = find_granted(h, r, holds_region, &found);
-        if (rc == 0 && !ignore_waiters && h->hdr->wait_root != SS_NIL)
+        if (rc == 0 && !ignore_waiters && h->hdr->urgent != 0)
             rc = tree_find(h, h->hdr->wait_root, r->start, r->end, urgent_ahead, r,
                            &found, 0);
         if (rc <= 0) return rc;
@@ -1141,31 +1142,42 @@ static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi)
     pass.n = 0;
     int rc = tree_each(h, h->hdr->wait_root, lo, hi, collect_waiter, &pass, 0);
     if (rc < 0) return rc;
-    uint32_t chosen[SS_WAKE_BATCH];
-    int nchosen = 0;
+    uint32_t chosen[SS_WAKE_BATCH], ahead[SS_WAKE_BATCH];
+    int nchosen = 0, nahead = 0;
     uint64_t now = 0;
     for (int k = 0; k < pass.n; k++) {
         uint32_t c = pass.cand[k];
         struct ss_entry *e = &h->entries[c];
+        int urgent = make_urgent_if_due(h, e, &now);
         struct request r = {e->start, e->end, e->kind, c, e->ticket, now};
         uint32_t found;
-        rc = find_conflict(h, &r, 0, 0, &found);
-        now = r.now;
+        rc = find_granted(h, &r, holds_region, &found);
         if (rc < 0) return rc;
-        if (rc == 1) continue;
-        int blocked = 0;
+        int blocked = rc == 1;
+        /* Earlier candidates, in arrival order: urgent ones still blocked,
+         * and ones chosen above.  (Cheap pairwise checks: candidates are
+         * few; an urgent waiter elsewhere is looked up only for a handoff.) */
+        for (int j = 0; j < nahead && !blocked; j++)
+            blocked = regions_conflict(e, &h->entries[ahead[j]]);
         for (int j = 0; j < nchosen && !blocked; j++)
             blocked = regions_conflict(e, &h->entries[chosen[j]]);
-        if (blocked) continue;
-        uint8_t flags = wflags_of(e);
-        if (make_urgent_if_due(h, e, &now)) {
+        if (!blocked && urgent && h->hdr->urgent > 1) {
+            rc = tree_find(h, h->hdr->wait_root, r.start, r.end, urgent_ahead, &r, &found, 0);
+            if (rc < 0) return rc;
+            blocked = rc == 1;
+        }
+        if (blocked) {
+            if (urgent) ahead[nahead++] = c;
+            continue;
+        }
+        if (urgent) {
             rc = grant_waiting(h, c);   /* handoff: later candidates see it granted */
             if (rc) return rc;
             __atomic_add_fetch(&e->wake, 1, __ATOMIC_RELEASE);
             wake_later(&e->wake);
         } else {
             chosen[nchosen++] = c;
-            if (!(flags & W_WOKEN)) {
+            if (!(wflags_of(e) & W_WOKEN)) {
                 __atomic_fetch_or(&e->wflags, (uint8_t)W_WOKEN, __ATOMIC_ACQ_REL);
                 __atomic_add_fetch(&e->wake, 1, __ATOMIC_RELEASE);
                 wake_later(&e->wake);
@@ -2127,8 +2139,9 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
             return SS_EWAITING;
         }
         uint64_t wall = 0;
-        make_urgent_if_due(h, e, &wall);
         uint64_t until = min_u64(slice_end, w->probe_ns);
+        if (!make_urgent_if_due(h, e, &wall))   /* wake when due, to turn urgent */
+            until = min_u64(until, now + (e->since_ns + (uint64_t)SS_URGENT_NS - wall));
         if (w->deadline_ns) until = min_u64(until, w->deadline_ns);
         int64_t nap = until > now ? (int64_t)(until - now) : 1000;
         uint32_t seen = __atomic_load_n(&e->wake, __ATOMIC_ACQUIRE);
