@@ -82,6 +82,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -176,7 +177,8 @@ static int fail_sys(const char *fmt, ...)
 #define SS_URGENT_NS 1000000LL     /* a waiter this old is served in arrival order (see top) */
 #define SS_TRY_PATIENCE_NS 100000000LL /* timeout 0 waits this long at most for the mutex */
 #define SS_RELEASE_PATIENCE_NS 100000000LL /* release waits this long for the mutex, then abandons */
-#define SS_MUTEX_SPIN 100          /* polls of a busy table mutex before sleeping on it */
+#define SS_MUTEX_SPIN 100          /* polls of a busy table mutex before yielding */
+#define SS_MUTEX_YIELDS 8          /* sched_yield()s before sleeping on it */
 #define SS_WAKE_BATCH 64           /* waiters considered (and woken) per release */
 #define SS_ALIVE_CACHE_NS 1000000LL  /* trust a liveness probe this long (1 ms) */
 #define SS_MUTEX_PATIENCE_S 10     /* table mutex held longer than this: report */
@@ -627,6 +629,14 @@ static int describe_mutex_holder(struct ss_handle *h, char *buf, size_t len)
 static int table_lock_until(struct ss_handle *h, uint64_t deadline_ns)
 {
     int rc = table_trylock(h);
+    /* Still busy after the spin: the holder is most likely preempted (more
+     * processes than CPUs).  Yielding a few times lets it run on this CPU
+     * and leave; sleeping on the mutex at once would set its waiters bit,
+     * after which every unlock makes a wake-up system call (a mutex convoy). */
+    for (int k = 0; rc == SS_EAGAIN && k < SS_MUTEX_YIELDS; k++) {
+        sched_yield();
+        rc = table_trylock(h);
+    }
     if (rc != SS_EAGAIN) return rc;
     struct timespec ts = {(time_t)(deadline_ns / 1000000000u),
                           (long)(deadline_ns % 1000000000u)};
