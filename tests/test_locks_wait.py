@@ -574,3 +574,43 @@ def test_stochastic_checker_at_16_processes(tmp_path: Path) -> None:
     result = run_stress(tmp_path, seed, procs=16, rounds=2, ops=150)   # asserts every round
     print(result)
     assert result["grants_checked"] > 16 * 2 * 2 * 50
+
+
+# -- crash points of the new code paths ------------------------------------------------
+
+def _release_and_die(path, lock_dir, point, ready, go):
+    from shmslice._binding import lib
+    mgr = shmslice.LockManager(path, lock_dir=lock_dir)
+    lk = mgr.lock(0, 10)
+    ready.set()
+    go.wait(20)
+    lib.ss_debug_set_crash_point(point, 1)
+    lk.release()          # 6: during the handoff to the waiter, 7: in the wake-up pass
+    os._exit(3)
+
+
+@pytest.mark.parametrize("point", [6, 7])
+def test_death_in_the_wake_up_pass_is_repaired(point: int, data_file: Path,
+                                               lock_dir: Path) -> None:
+    ready, go = FORK.Event(), FORK.Event()
+    holder = _start(_release_and_die, str(data_file), str(lock_dir), point, ready, go)
+    _wait(ready, "the holder")
+    started, result = FORK.Event(), FORK.Queue()
+    waiter = _start(helpers.wait_for_lock, str(data_file), str(lock_dir), 0, 10, "exclusive",
+                    started, result)
+    _wait(started, "the waiter")
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        _until(lambda: any(e.waiting for e in mgr.locks(waiting=True)), "the waiter to queue")
+        time.sleep(0.01)           # urgent: the release hands the region over
+        go.set()
+        holder.join(20)
+        assert holder.exitcode == -signal.SIGKILL, holder.exitcode
+        status, _ = result.get(timeout=20)
+        assert status == "ok"
+        _stop(waiter)
+        assert mgr.stat().repairs >= 1
+        mgr.lock(0, 10, timeout=5).release()
+        assert mgr.locks(waiting=True) == []
+    # A fresh attach validates the whole table.
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as again:
+        again.lock(0, 10, timeout=0).release()
