@@ -177,7 +177,7 @@ static int fail_sys(const char *fmt, ...)
 #define SS_URGENT_NS 1000000LL     /* a waiter this old is served in arrival order (see top) */
 #define SS_TRY_PATIENCE_NS 100000000LL /* timeout 0 waits this long at most for the mutex */
 #define SS_RELEASE_PATIENCE_NS 100000000LL /* release waits this long for the mutex, then abandons */
-#define SS_MUTEX_SPIN 100          /* polls of a busy table mutex before yielding */
+#define SS_MUTEX_SPIN 24           /* polls of a busy table mutex before yielding */
 #define SS_MUTEX_YIELDS 8          /* sched_yield()s before sleeping on it */
 #define SS_WAKE_BATCH 64           /* waiters considered (and woken) per release */
 #define SS_ALIVE_CACHE_NS 1000000LL  /* trust a liveness probe this long (1 ms) */
@@ -578,8 +578,11 @@ static int table_trylock(struct ss_handle *h)
         return fail(SS_ECORRUPT, "lock table %s: its mutex is not a robust shared mutex "
                     "of this C library (corrupt, or made by another libc)", h->table_path);
     int rc = pthread_mutex_trylock(&h->hdr->mutex);   /* the common, uncontended case */
-    for (int k = 0; rc == EBUSY && k < SS_MUTEX_SPIN; k++) {
-        cpu_relax();
+    /* Poll with exponential backoff: every poll pulls the mutex's line away
+     * from the holder, whose unlock then waits for it. */
+    for (int k = 0, pause = 1; rc == EBUSY && k < SS_MUTEX_SPIN; k++) {
+        for (int j = 0; j < pause; j++) cpu_relax();
+        if (pause < 64) pause *= 2;
         if (mutex_looks_free(h)) rc = pthread_mutex_trylock(&h->hdr->mutex);
     }
     if (rc == EBUSY)
