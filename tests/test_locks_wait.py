@@ -374,7 +374,7 @@ def test_fork_during_attach_leaves_no_liveness_lock_in_children(data_file: Path,
     table.close()
     for _ in range(3):
         r = subprocess.run(_script(FORK_DURING_ATTACH) + [str(data_file), str(lock_dir), path],
-                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
         assert r.returncode == 0, r.stderr[-3000:]
         forks, state = r.stdout.split()
         assert int(forks) > 50
