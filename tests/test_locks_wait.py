@@ -240,13 +240,15 @@ def test_writer_handling_frequent_signals_is_not_starved_by_readers(
 
 # -- stopped processes -----------------------------------------------------------
 
-def _stop_inside_mutex(path, lock_dir, ready, result):
+def _stop_inside_mutex(path, lock_dir, ready, result, hold=None):
     from shmslice._binding import lib
     mgr = shmslice.LockManager(path, lock_dir=lock_dir)
     ready.set()
     lib.ss_debug_set_stop_point(1, 1)    # entry_alloc: inside the table mutex
     lk = mgr.lock(500, 510)
     result.put("locked after SIGCONT")
+    if hold is not None:
+        hold.wait(30)
     lk.release()
     mgr.close()
 
@@ -614,3 +616,43 @@ def test_death_in_the_wake_up_pass_is_repaired(point: int, data_file: Path,
     # A fresh attach validates the whole table.
     with shmslice.LockManager(data_file, lock_dir=lock_dir) as again:
         again.lock(0, 10, timeout=0).release()
+
+
+def _lock_with_crash_point(path, lock_dir, point):
+    from shmslice._binding import lib
+    lib.ss_debug_set_crash_point(point, 1)
+    mgr = shmslice.LockManager(path, lock_dir=lock_dir)   # 8: the attach takes the mutex
+    mgr.lock(900, 910).release()
+    os._exit(3)
+
+
+def test_releases_abandoned_under_a_stopped_mutex_holder_are_removed_even_after_a_death(
+        data_file: Path, lock_dir: Path) -> None:
+    mgr = shmslice.LockManager(data_file, lock_dir=lock_dir)
+    held = [mgr.lock(0, 10), mgr.lock(20, 30)]
+    sready, sresult, hold = FORK.Event(), FORK.Queue(), FORK.Event()
+    stopped = _start(_stop_inside_mutex, str(data_file), str(lock_dir), sready, sresult, hold)
+    try:
+        _wait(sready, "the process to stop")
+        _until(lambda: _proc_state(stopped.pid) == "T", "SIGSTOP inside the mutex")
+        t0 = time.monotonic()
+        for lk in held:
+            lk.release()          # cannot get the mutex: abandoned, not waited for
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+    assert sresult.get(timeout=20) == "locked after SIGCONT"
+    # It has left the mutex without a sweep (sweeps run on taking it): the
+    # next process to take it removes the two abandoned entries, and dies
+    # between them.
+    dying = _start(_lock_with_crash_point, str(data_file), str(lock_dir), 8)
+    dying.join(20)
+    hold.set()
+    _stop(stopped)
+    assert dying.exitcode == -signal.SIGKILL, dying.exitcode
+    # The next holder repairs the table and removes what is left.
+    mgr.lock(0, 30, timeout=5).release()
+    assert mgr.locks(waiting=True) == []
+    assert mgr.stat().repairs >= 1
+    mgr.close()
+
