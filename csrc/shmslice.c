@@ -1048,6 +1048,7 @@ static int holds_region(struct ss_handle *h, uint32_t i, void *arg)
  * here if 0).  Returns whether it is urgent. */
 static int make_urgent_if_due(struct ss_handle *h, struct ss_entry *e, uint64_t *now)
 {
+    if (e->state != SS_WAITING) return 0;
     uint8_t flags = wflags_of(e);
     if (flags & W_URGENT) return 1;
     if (!*now) *now = now_ns(CLOCK_REALTIME);
@@ -2125,6 +2126,12 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
             if (mine) rc = find_conflict(h, &r, 1, probe, &who);
         }
         if (rc < 0) { result = rc; break; }
+        if (w->has_entry && h->entries[w->entry].state == SS_GRANTED) {
+            /* Reclaiming a dead holder above handed the region to us. */
+            w->has_entry = 0;
+            result = make_ref(w->entry, w->serial);
+            break;
+        }
         if (rc == 0) {
             if (w->has_entry) {
                 rc = grant_waiting(h, w->entry);
