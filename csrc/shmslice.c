@@ -41,7 +41,7 @@
  *     waiters do not hold it back: a running requester takes a free region
  *     although others wait (barging), so a hot lock changes hands without a
  *     context switch per grant and no convoy forms.
- *   - A waiter becomes urgent once it has waited SS_URGENT_NS (1 ms).  From
+ *   - A waiter becomes urgent once it has waited SS_URGENT_NS (2 ms).  From
  *     then on every later overlapping request that conflicts with it queues
  *     behind it, and a release that frees its region hands the region to it
  *     directly (its entry is granted under the mutex before it is woken), in
@@ -181,7 +181,7 @@ static int fail_sys(const char *fmt, ...)
 #define SS_SLOT_LOCK_BASE ((off_t)1 << 40)   /* OFD liveness lock byte of slot 0 */
 #define SS_RECHECK_NS 50000000LL   /* sleepers re-check for dead holders this often (half the 100 ms promise) */
 #define SS_SLICE_NS 50000000LL     /* ss_lock_wait returns to its caller at least this often */
-#define SS_URGENT_NS 1000000LL     /* a waiter this old is served in arrival order (see top) */
+#define SS_URGENT_NS 2000000LL     /* a waiter this old is served in arrival order (see top) */
 #define SS_TRY_PATIENCE_NS 100000000LL /* timeout 0 waits this long at most for the mutex */
 #define SS_RELEASE_PATIENCE_NS 100000000LL /* release waits this long for the mutex, then abandons */
 #define SS_MUTEX_SPIN 24           /* polls of a busy table mutex before yielding */

@@ -224,7 +224,7 @@ def test_shared_request_queues_behind_earlier_waiting_writer(data_file, lock_dir
             assert time.monotonic() < deadline
             time.sleep(0.01)
         # Compatible with the granted reader, but the writer came first and,
-        # having waited over the 1 ms barging window, is served in order.
+        # having waited over the 2 ms barging window, is served in order.
         time.sleep(0.01)
         with pytest.raises(shmslice.LockTimeout):
             mgr.lock(10, 20, mode="shared", timeout=0.2)
