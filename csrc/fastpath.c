@@ -14,11 +14,26 @@
  * to ss_lock and ss_release (ss_fastpath_bind), so each process has exactly
  * one copy of the core's state (its fork registry above all).
  *
- * The fast path holds the GIL while it tries the lock with timeout 0: that
- * costs the table mutex hold (microseconds).  If the lock is taken it waits
- * in C with the GIL released.  Anything else -- a closed manager, arguments
- * that need converting or rejecting, try-lock failures -- goes to
- * LockManager._lock_slow in Python, which raises the documented exceptions.
+ * The fast path holds the GIL only while it *tries* the lock (ss_lock_try:
+ * a short spin on a busy table mutex, never a sleep).  If the lock is taken,
+ * or the mutex is busy, it waits in C with the GIL released, in resumable
+ * steps (ss_lock_wait): every step returns within ~50 ms, and at once after
+ * a signal, so the GIL is re-taken and PyErr_CheckSignals() runs the
+ * handlers; if one raises, the request is withdrawn (ss_lock_cancel), else
+ * the wait resumes with its place kept.  Release likewise only tries the
+ * mutex with the GIL held.
+ *
+ * Calls back into Python, by method name, on the LockManager subclass (the
+ * one contract between this file and shmslice/locks.py; locks.py passes its
+ * class to check_manager_class() at import, which refuses a class without
+ * them):
+ *   _lock_slow(start, end, mode, timeout) -> RegionLock
+ *       every lock() this file does not finish itself: arguments to convert
+ *       or reject, try-lock failures, a closed manager; it raises the
+ *       documented exceptions.
+ *   _raise_status(status) -> never returns
+ *       raises the exception for a negative core status (detail from the
+ *       core's per-thread message).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,11 +42,16 @@
 
 #include "shmslice.h"
 
-typedef int64_t (*ss_lock_fn)(ss_handle *, int64_t, int64_t, int, int64_t);
+typedef int64_t (*ss_lock_try_fn)(ss_handle *, int64_t, int64_t, int);
+typedef int64_t (*ss_lock_wait_fn)(ss_handle *, ss_wait *, int64_t, int64_t, int, int64_t);
+typedef int (*ss_lock_cancel_fn)(ss_handle *, ss_wait *);
 typedef int (*ss_release_fn)(ss_handle *, int64_t);
 typedef int64_t (*ss_pin_fn)(ss_handle *, int64_t, int64_t);
 
-static ss_lock_fn core_lock;        /* set once by bind() */
+static ss_lock_try_fn core_lock_try;   /* set once by bind() */
+static ss_lock_wait_fn core_lock_wait;
+static ss_lock_cancel_fn core_lock_cancel;
+static ss_release_fn core_release_try;
 static ss_release_fn core_release;  /* also ss_unpin: same signature */
 static ss_pin_fn core_pin;
 static ss_release_fn core_unpin;
@@ -110,7 +130,13 @@ static PyObject *region_lock_release(RegionLockObject *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     self->ref = -1;
-    int rc = core_release(self->mgr->handle, ref);
+    ss_handle *h = self->mgr->handle;
+    int rc = core_release_try(h, ref);
+    if (rc == SS_EAGAIN) {   /* the table mutex is busy: wait for it without the GIL */
+        Py_BEGIN_ALLOW_THREADS
+        rc = core_release(h, ref);
+        Py_END_ALLOW_THREADS
+    }
     if (rc >= 0 || rc == SS_ENOTOWNER || rc == SS_ECLOSED) Py_RETURN_NONE;
     PyObject *status = PyLong_FromLong(rc);
     if (!status) return NULL;
@@ -365,32 +391,27 @@ static PyObject *manager_lock(ManagerBase *self, PyObject *const *args, Py_ssize
         }
     }
 
-    /* Try with the GIL held: a free lock costs one core call. */
+    /* Try with the GIL held: a free lock costs one core call, and a busy
+     * table mutex only a short spin. */
     ss_handle *h = self->handle;
-    int64_t ref = core_lock(h, a, b, kind, 0);
+    int64_t ref = core_lock_try(h, a, b, kind);
     if (ref >= 0) return granted(self, h, ref, a, b, mode);
-    if (ref != SS_ETIMEDOUT || timeout_ns == 0)
+    if ((ref != SS_ETIMEDOUT || timeout_ns == 0) && ref != SS_EAGAIN)
         return slow_lock(self, start, end, mode, timeout);   /* it raises the right error */
 
-    /* Wait with the GIL released.  Waiting here rather than in Python keeps
-     * the gap between the failed try and joining the queue to a microsecond:
-     * a holder that releases and re-locks in a loop (0.3 us a cycle) would
-     * otherwise overtake us again and again before we were queued. */
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    int64_t remaining = timeout_ns;
+    /* Wait with the GIL released, in steps; see the top of this file. */
+    ss_wait w;
+    memset(&w, 0, sizeof w);
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        ref = core_lock(h, a, b, kind, remaining);
+        ref = core_lock_wait(h, &w, a, b, kind, timeout_ns);
         Py_END_ALLOW_THREADS
-        if (ref != SS_EINTR) break;
-        if (PyErr_CheckSignals() < 0) return NULL;   /* e.g. KeyboardInterrupt */
-        if (timeout_ns > 0) {
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            int64_t spent = (int64_t)(now.tv_sec - t0.tv_sec) * 1000000000 +
-                            (now.tv_nsec - t0.tv_nsec);
-            remaining = spent >= timeout_ns ? 0 : timeout_ns - spent;
+        if (ref != SS_EWAITING) break;
+        if (PyErr_CheckSignals() < 0) {               /* e.g. KeyboardInterrupt */
+            Py_BEGIN_ALLOW_THREADS
+            (void)core_lock_cancel(h, &w);
+            Py_END_ALLOW_THREADS
+            return NULL;
         }
     }
     if (ref >= 0) return granted(self, h, ref, a, b, mode);
@@ -462,16 +483,42 @@ int ss_fp_slice_init(PyObject *module);   /* slice.c */
 
 /* --- module --------------------------------------------------------------------- */
 
-/* bind(lock, release, pin, unpin): the core's entry points, as addresses from cffi. */
+/* check_manager_class(cls): cls subclasses ManagerBase and has the methods
+ * this file calls by name (see the top of the file). */
+static PyObject *fastpath_check_manager_class(PyObject *module, PyObject *cls)
+{
+    (void)module;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &ManagerBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "check_manager_class: not a ManagerBase subclass");
+        return NULL;
+    }
+    PyObject *names[] = {str_lock_slow, str_raise_status};
+    for (int i = 0; i < 2; i++) {
+        PyObject *m = PyObject_GetAttr(cls, names[i]);
+        if (!m) return NULL;
+        int ok = PyCallable_Check(m);
+        Py_DECREF(m);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "%R.%U must be a method (fastpath.c calls it)",
+                         cls, names[i]);
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* bind(lock_try, lock_wait, lock_cancel, release_try, release, pin, unpin):
+ * the core's entry points, as addresses from cffi. */
 static PyObject *fastpath_bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "bind(lock, release, pin, unpin)");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "bind(lock_try, lock_wait, lock_cancel, "
+                        "release_try, release, pin, unpin)");
         return NULL;
     }
-    void *address[4];
-    for (int i = 0; i < 4; i++) {
+    void *address[7];
+    for (int i = 0; i < 7; i++) {
         address[i] = PyLong_AsVoidPtr(args[i]);
         if (PyErr_Occurred()) return NULL;
         if (!address[i]) {
@@ -479,10 +526,13 @@ static PyObject *fastpath_bind(PyObject *module, PyObject *const *args, Py_ssize
             return NULL;
         }
     }
-    core_lock = (ss_lock_fn)address[0];
-    core_release = (ss_release_fn)address[1];
-    core_pin = (ss_pin_fn)address[2];
-    core_unpin = (ss_release_fn)address[3];
+    core_lock_try = (ss_lock_try_fn)address[0];
+    core_lock_wait = (ss_lock_wait_fn)address[1];
+    core_lock_cancel = (ss_lock_cancel_fn)address[2];
+    core_release_try = (ss_release_fn)address[3];
+    core_release = (ss_release_fn)address[4];
+    core_pin = (ss_pin_fn)address[5];
+    core_unpin = (ss_release_fn)address[6];
     Py_RETURN_NONE;
 }
 
@@ -533,7 +583,12 @@ static PyObject *fastpath_unpin(PyObject *module, PyObject *const *args, Py_ssiz
 
 static PyMethodDef fastpath_functions[] = {
     {"bind", (PyCFunction)(void (*)(void))fastpath_bind, METH_FASTCALL,
-     "bind(lock, release, pin, unpin): the addresses of ss_lock, ss_release, ss_pin, ss_unpin."},
+     "bind(lock_try, lock_wait, lock_cancel, release_try, release, pin, unpin): the\n"
+     "addresses of ss_lock_try, ss_lock_wait, ss_lock_cancel, ss_release_try,\n"
+     "ss_release, ss_pin, ss_unpin."},
+    {"check_manager_class", (PyCFunction)fastpath_check_manager_class, METH_O,
+     "check_manager_class(cls): refuse a LockManager class lacking the methods\n"
+     "the C fast path calls by name (_lock_slow, _raise_status)."},
     {"pin", (PyCFunction)(void (*)(void))fastpath_pin, METH_FASTCALL,
      "pin(manager, start, end) -> reference (>= 0) or negative status"},
     {"unpin", (PyCFunction)(void (*)(void))fastpath_unpin, METH_FASTCALL,

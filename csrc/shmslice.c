@@ -38,11 +38,51 @@
  * through a second descriptor that never holds a lock, which the child
  * keeps, so it judges others' liveness correctly before its first lock.
  *
- * Waiting sleeps on a futex word in the header (wake_seq), bumped on every
- * release; sleepers also wake every SS_RECHECK_NS to look for dead holders.
- * Requests are served in arrival order among those that conflict: a request
- * conflicts with granted entries and with *earlier* waiting entries, so a
- * waiting writer is never overtaken by later overlapping readers.
+ * Waiting and fairness.  Waiting requests are entries of their own index
+ * (TREE_WAIT), apart from granted ones, each with a futex word of its own
+ * (wake).  The rule:
+ *
+ *   - A request is granted when no granted entry conflicts with it and no
+ *     *urgent* waiting entry that arrived earlier conflicts with it.  Other
+ *     waiters do not hold it back: a running requester takes a free region
+ *     although others wait (barging), so a hot lock changes hands without a
+ *     context switch per grant and no convoy forms.
+ *   - A waiter becomes urgent once it has waited SS_URGENT_NS (2 ms).  From
+ *     then on every later overlapping request that conflicts with it queues
+ *     behind it, and a release that frees its region hands the region to it
+ *     directly (its entry is granted under the mutex before it is woken), in
+ *     arrival order among urgent waiters.  So barging is bounded: no request
+ *     waits more than about SS_URGENT_NS plus the time the requests queued
+ *     ahead of it hold the region; a writer is not starved by a stream of
+ *     readers (new readers queue behind it once it is urgent).
+ *   - A thread that already holds a lock overlapping its request is not held
+ *     back by waiters (they wait for it anyway, so queueing it behind them
+ *     would deadlock); it waits only for granted conflicts, and a granted
+ *     conflict of its own (through any handle of its process) is SS_EDEADLK.
+ *   - A release (or a reclaimed or withdrawn entry) looks up the waiters
+ *     overlapping its region in TREE_WAIT, O(log n) plus the overlaps, and
+ *     wakes the minimum, taking them in arrival order as if each woken one
+ *     were granted: the earliest exclusive waiter that can now enter, or the
+ *     run of shared waiters that can.  A woken waiter stays marked until it
+ *     runs, so a lock released again before that costs no second wake-up.
+ *     A release with no overlapping waiter makes no system call.
+ *
+ * A wait is resumable: ss_lock_wait sleeps at most once and at most
+ * SS_SLICE_NS per call, then returns SS_EWAITING with its waiting entry kept
+ * (also at once after a signal), so the caller can run signal handlers and
+ * call again (keeping its place) or ss_lock_cancel.  Sleepers also wake every
+ * SS_RECHECK_NS to probe their blockers for dead owners.  The table mutex is
+ * waited for with a deadline: a lock request never waits for it past its own
+ * timeout, and a request that must give up while the mutex is unavailable
+ * marks its entry abandoned (an atomic flag: conflicts ignore it at once, the
+ * next holder of the mutex removes it).
+ *
+ * The table mutex is held for well under a microsecond per call.  A busy
+ * mutex is polled with exponential backoff (each poll takes its cache line
+ * from the holder), then yielded for (with more processes than CPUs the
+ * holder is most likely preempted), and only then slept on: sleeping sets
+ * the mutex's waiters bit, after which every unlock is a system call.  With
+ * the GIL held, the fast path only tries it.
  *
  * Nothing read from the shared segment is trusted: every index is bounds
  * checked, every walk is depth-bounded, and a violation is SS_ECORRUPT.
@@ -56,13 +96,16 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -129,28 +172,45 @@ static int fail_sys(const char *fmt, ...)
  *    [ header | padding to 4 KiB ][ proc slots ][ entries ]
  *
  * Mutex rules: every field below the "guarded by mutex" line of each struct
- * is read and written only while holding hdr->mutex, with two exceptions that
- * are atomics: wake_seq (futex word) and file_size/size_epoch (read lock-free
- * by ss_file_size; written under the mutex).
+ * is read and written only while holding hdr->mutex, with these exceptions,
+ * all accessed with atomics: abandoned and an entry's wflags (set by an owner
+ * that cannot get the mutex), an entry's wake (futex word, read by its
+ * sleeper) and file_size/size_epoch (read lock-free by ss_file_size; written
+ * under the mutex).
  * Fields above that line are written once, before the table file is linked
  * into its final name, and never change.
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 2       /* 2: index key (start, end, owner_slot, index) */
+#define SS_FORMAT_VERSION 3       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
 #define SS_SLOT_LOCK_BASE ((off_t)1 << 40)   /* OFD liveness lock byte of slot 0 */
 #define SS_RECHECK_NS 50000000LL   /* sleepers re-check for dead holders this often (half the 100 ms promise) */
+#define SS_SLICE_NS 50000000LL     /* ss_lock_wait returns to its caller at least this often */
+#define SS_URGENT_NS 2000000LL     /* a waiter this old is served in arrival order (see top) */
+#define SS_TRY_PATIENCE_NS 100000000LL /* timeout 0 waits this long at most for the mutex */
+#define SS_RELEASE_PATIENCE_NS 100000000LL /* release waits this long for the mutex, then abandons */
+#define SS_MUTEX_SPIN 24           /* polls of a busy table mutex before yielding */
+#define SS_MUTEX_YIELDS 8          /* sched_yield()s before sleeping on it */
+#define SS_WAKE_BATCH 64           /* waiters considered (and woken) per release */
 #define SS_ALIVE_CACHE_NS 1000000LL  /* trust a liveness probe this long (1 ms) */
 #define SS_SWEEP_TRUST_NS 1000000LL  /* a sweep of a full table that freed nothing holds this long */
 #define SS_MUTEX_PATIENCE_S 10     /* table mutex held longer than this: report */
 #define SS_DATA_PATH_MAX 1024
 #define SS_MAX_CAPACITY (1u << 24)
 
-enum { TREE_SHARED = 0, TREE_EXCLUSIVE = 1, TREE_PIN = 2, TREE_COUNT = 3 };
+/* Granted entries are indexed by kind; waiting ones, of either kind, in TREE_WAIT. */
+enum { TREE_SHARED = 0, TREE_EXCLUSIVE = 1, TREE_PIN = 2, TREE_WAIT = 3, TREE_COUNT = 4 };
 enum { ENTRY_FREE = 0 };            /* else SS_GRANTED or SS_WAITING */
+/* ss_entry.wflags bits */
+enum {
+    W_URGENT = 1,        /* waiting entry that has waited SS_URGENT_NS: served in order */
+    W_WOKEN = 2,         /* waiting entry woken and not yet run: no second wake-up */
+    W_ABANDONED = 4,     /* owner gave up without the mutex: ignore, next holder removes */
+    W_ALL = 7
+};
 enum { PROC_FREE = 0, PROC_USED = 1 };
 
 struct ss_header {
@@ -165,9 +225,9 @@ struct ss_header {
     char data_path[SS_DATA_PATH_MAX]; /* path given at creation (display only) */
     /* ---- guarded by mutex (except the atomics noted) ---- */
     pthread_mutex_t mutex __attribute__((aligned(64))); /* robust, process-shared */
-    uint32_t wake_seq;           /* futex word: bumped (atomically) on every release */
-    uint64_t next_ticket;        /* arrival counter for requests */
-    uint32_t root[TREE_COUNT];   /* treap roots by kind, SS_NIL if empty */
+    uint32_t abandoned;          /* atomic: entries flagged W_ABANDONED since the last sweep */
+    uint64_t next_ticket;        /* arrival counter for waiting requests */
+    uint32_t root[3];            /* roots of TREE_SHARED, _EXCLUSIVE, _PIN, SS_NIL if empty */
     uint32_t free_head;          /* first free entry below entry_hwm, SS_NIL if none */
     uint32_t entry_hwm;          /* entries [0, entry_hwm) have been initialised */
     uint32_t proc_hwm;           /* process slots [0, proc_hwm) have been used */
@@ -177,6 +237,8 @@ struct ss_header {
     uint32_t repairs;            /* EOWNERDEAD repairs performed */
     uint64_t file_size;          /* data file size set through shmslice (atomic) */
     uint64_t size_epoch;         /* bumped by every ss_resize (atomic) */
+    uint32_t wait_root;          /* root of TREE_WAIT, SS_NIL if empty */
+    uint32_t urgent;             /* waiting entries with W_URGENT */
 };
 
 struct ss_proc {
@@ -186,7 +248,7 @@ struct ss_proc {
     uint32_t state;              /* PROC_FREE or PROC_USED */
     uint32_t pad;
     uint64_t attached_ns;        /* CLOCK_REALTIME at attach */
-    uint64_t reserved;
+    uint64_t token;              /* random per process (new after fork): same process? */
 };
 
 struct ss_entry {
@@ -195,7 +257,7 @@ struct ss_entry {
     uint64_t end;
     uint64_t max_end;            /* max end over this node's treap subtree */
     uint64_t ticket;             /* arrival order (from next_ticket) */
-    uint64_t since_ns;           /* CLOCK_REALTIME granted / queued */
+    uint64_t since_ns;           /* CLOCK_REALTIME_COARSE granted / queued */
     uint32_t left, right;        /* treap children, SS_NIL if none */
     uint32_t next_free;          /* free-list link while ENTRY_FREE */
     uint32_t owner_slot;         /* process slot of the owning handle */
@@ -205,10 +267,13 @@ struct ss_entry {
     uint32_t serial;             /* bumped on reuse, so stale references fail */
     uint8_t kind;                /* SS_SHARED, SS_EXCLUSIVE, SS_PIN */
     uint8_t state;               /* ENTRY_FREE, SS_GRANTED, SS_WAITING */
-    uint8_t pad[6];
+    uint8_t wflags;              /* W_* bits; atomic (W_ABANDONED is set without the mutex) */
+    uint8_t pad;
+    uint32_t wake;               /* futex word of a waiting entry: bumped to wake its sleeper */
 };
 
 _Static_assert(sizeof(struct ss_header) <= SS_HEADER_BYTES, "header too large");
+_Static_assert(offsetof(struct ss_entry, wake) % 4 == 0, "futex word must be aligned");
 _Static_assert(sizeof(struct ss_entry) == 80, "entry layout changed: bump format");
 _Static_assert(sizeof(struct ss_proc) == 32, "proc layout changed: bump format");
 
@@ -306,9 +371,47 @@ static int futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns)
     return rc == 0 ? 0 : errno;
 }
 
-static void futex_wake_all(uint32_t *word)
+static void futex_wake(uint32_t *word, int count)
 {
-    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    syscall(SYS_futex, word, FUTEX_WAKE, count, NULL, NULL, 0);
+}
+
+/* Pause inside a spin loop. */
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* A random number naming this process (a new one in a forked child): written
+ * into every process slot this process takes, so that an entry made through
+ * another handle of the same process, by the same thread, is recognised as
+ * the caller's own (pids and tids repeat across PID namespaces; the token
+ * does not). */
+static uint64_t process_token;
+
+static uint64_t new_token(void)
+{
+    uint64_t t = 0;
+    if (getrandom(&t, sizeof t, GRND_NONBLOCK) != (ssize_t)sizeof t || t == 0)
+        t = now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)&t;
+    return t | 1;   /* never 0: 0 is a slot that has none */
+}
+
+static uint64_t my_token(void)
+{
+    uint64_t t = __atomic_load_n(&process_token, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(t == 0, 0)) {
+        uint64_t fresh = new_token(), expected = 0;
+        if (!__atomic_compare_exchange_n(&process_token, &expected, fresh, 0,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            fresh = expected;
+        t = fresh;
+    }
+    return t;
 }
 
 /* Registry of open handles, so the atfork child handler can drop the
@@ -324,6 +427,7 @@ static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
 static void atfork_child(void)
 {
     tls_tid = 0;
+    process_token = new_token();
     for (struct ss_handle *h = registry_head; h; h = h->next) {
         if (h->table_fd >= 0 && !h->inspect_only) {
             close(h->table_fd);
@@ -344,25 +448,43 @@ static void install_atfork(void)
 
 static int crash_point;       /* test hook: which point, 0 = off */
 static int crash_countdown;
+static int crash_signal = SIGKILL;
 
 void ss_debug_set_crash_point(int point, int countdown)
 {
+    crash_signal = SIGKILL;
     crash_point = point;
     crash_countdown = countdown;
 }
 
-/* Crash points (1-5 inside the table mutex):
+void ss_debug_set_stop_point(int point, int countdown)
+{
+    crash_signal = SIGSTOP;
+    crash_point = point;
+    crash_countdown = countdown;
+}
+
+/* Crash points (1-8 inside the table mutex; 9 outside it):
  *   1 after allocating an entry, before it is visible
  *   2 after an entry became visible, before it is indexed
  *   3 in the middle of unlinking an entry from the index
  *   4 after unindexing, before the entry is marked free
  *   5 during repair, half way through rebuilding
- *   6 creating a table: built, not yet linked into place */
+ *   6 moving a waiting entry to granted: out of the wait index, not yet in
+ *     its kind's index
+ *   7 in a release's wake-up pass, after some waiters were marked woken or
+ *     granted
+ *   8 removing abandoned entries, after the first
+ *   9 creating a table: built, not yet linked into place
+ * A stop point (ss_debug_set_stop_point) stops the process there instead,
+ * once, with SIGSTOP: it keeps the mutex until SIGCONT. */
 static inline void maybe_crash(int point)
 {
     if (__builtin_expect(crash_point != 0, 0) && crash_point == point &&
-        --crash_countdown <= 0)
-        raise(SIGKILL);
+        --crash_countdown <= 0) {
+        if (crash_signal == SIGSTOP) crash_point = 0;
+        raise(crash_signal);
+    }
 }
 
 /* ===================================================================
@@ -370,6 +492,7 @@ static inline void maybe_crash(int point)
  * =================================================================== */
 
 static int table_repair(struct ss_handle *h);
+static int sweep_abandoned(struct ss_handle *h);
 
 /* Header fields that index memory, checked every time the mutex is taken. */
 static int header_sane(struct ss_handle *h)
@@ -379,10 +502,12 @@ static int header_sane(struct ss_handle *h)
         (hd->free_head != SS_NIL && hd->free_head >= hd->entry_hwm))
         return fail(SS_ECORRUPT, "lock table %s: header counters out of range",
                     h->table_path);
-    for (int t = 0; t < TREE_COUNT; t++)
-        if (hd->root[t] != SS_NIL && hd->root[t] >= hd->entry_hwm)
+    for (int t = 0; t < TREE_COUNT; t++) {
+        uint32_t r = t == TREE_WAIT ? hd->wait_root : hd->root[t];
+        if (r != SS_NIL && r >= hd->entry_hwm)
             return fail(SS_ECORRUPT, "lock table %s: index root out of range",
                         h->table_path);
+    }
     return SS_OK;
 }
 
@@ -426,20 +551,41 @@ static int mutex_kind_ok(struct ss_handle *h)
 static int mutex_kind_ok(struct ss_handle *h) { (void)h; return 1; }
 #endif
 
-/* Lock the table mutex.  On EOWNERDEAD the previous holder died inside the
- * table: rebuild everything derived from the entries, then mark consistent. */
-static int table_lock(struct ss_handle *h)
+/* Wake-ups gathered under the mutex and made after it is released (the
+ * woken cannot run into a mutex we still hold).  Per thread: only the thread
+ * holding the mutex appends. */
+static __thread struct { uint32_t *word[SS_WAKE_BATCH]; int n; } tls_wakes;
+
+static void wake_later(uint32_t *word)
 {
-    if (__builtin_expect(!mutex_kind_ok(h), 0))
-        return fail(SS_ECORRUPT, "lock table %s: its mutex is not a robust shared mutex "
-                    "of this C library (corrupt, or made by another libc)", h->table_path);
-    int rc = pthread_mutex_trylock(&h->hdr->mutex);   /* the common, uncontended case */
-    if (rc == EBUSY) {
-        struct timespec deadline;
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += SS_MUTEX_PATIENCE_S;
-        rc = pthread_mutex_clocklock(&h->hdr->mutex, CLOCK_MONOTONIC, &deadline);
-    }
+    if (tls_wakes.n < SS_WAKE_BATCH) tls_wakes.word[tls_wakes.n++] = word;
+    else futex_wake(word, 1);   /* list full: wake now, under the mutex */
+}
+
+static void flush_wakes(void)
+{
+    for (int k = 0; k < tls_wakes.n; k++) futex_wake(tls_wakes.word[k], 1);
+    tls_wakes.n = 0;
+}
+
+/* Spinning polls the lock word before retrying, so a spinner does not keep
+ * stealing the holder's cache line. */
+static inline int mutex_looks_free(struct ss_handle *h)
+{
+#ifdef __GLIBC__
+    return __atomic_load_n(&h->hdr->mutex.__data.__lock, __ATOMIC_RELAXED) == 0;
+#else
+    (void)h;
+    return 1;
+#endif
+}
+
+/* The rest of taking the mutex, after pthread answered rc.  On EOWNERDEAD the
+ * previous holder died inside the table: rebuild everything derived from the
+ * entries, then mark the mutex consistent.  Entries their owners abandoned
+ * are removed here, by whoever gets the mutex next. */
+static int table_locked(struct ss_handle *h, int rc)
+{
     if (rc == 0 || rc == EOWNERDEAD) MUTEX_MARK(h, current_tid());
     if (rc == EOWNERDEAD) {
         int repaired = table_repair(h);
@@ -447,42 +593,134 @@ static int table_lock(struct ss_handle *h)
         if (repaired != SS_OK) {
             MUTEX_MARK(h, 0);
             pthread_mutex_unlock(&h->hdr->mutex);
+            flush_wakes();
             return repaired;
         }
-        return SS_OK;
-    }
-    if (rc == ETIMEDOUT)
-        return fail(SS_ECORRUPT,
-                    "lock table %s: its mutex has been held for over %d s "
-                    "(a process is stopped inside it, or the table is corrupt)",
-                    h->table_path, SS_MUTEX_PATIENCE_S);
-    if (rc != 0)
+    } else if (rc != 0) {
         return fail(SS_ECORRUPT, "lock table %s: mutex unusable (%s)",
                     h->table_path, strerror(rc));
-    rc = header_sane(h);
-    if (rc != SS_OK) {
-        MUTEX_MARK(h, 0);
-        pthread_mutex_unlock(&h->hdr->mutex);
+    } else {
+        rc = header_sane(h);
+        if (rc != SS_OK) {
+            MUTEX_MARK(h, 0);
+            pthread_mutex_unlock(&h->hdr->mutex);
+            return rc;
+        }
     }
-    return rc;
+    if (__builtin_expect(__atomic_load_n(&h->hdr->abandoned, __ATOMIC_ACQUIRE) != 0, 0)) {
+        rc = sweep_abandoned(h);
+        if (rc != SS_OK) {
+            MUTEX_MARK(h, 0);
+            pthread_mutex_unlock(&h->hdr->mutex);
+            flush_wakes();
+            return rc;
+        }
+    }
+    return SS_OK;
 }
 
-static void table_unlock(struct ss_handle *h, int wake)
+/* Take the mutex if it can be had without sleeping: a short adaptive spin
+ * (holders keep it for well under a microsecond), no system call.  SS_OK,
+ * SS_EAGAIN (still busy) or < 0. */
+static int table_trylock(struct ss_handle *h)
 {
-    /* Every sleeper has a waiting entry, so no waiting entry, no wake-up
-     * syscall.  (A waiting entry of a dead process only costs spurious wakes
-     * until it is reclaimed.) */
-    int sleepers = wake && h->hdr->waiting > 0;
+    if (__builtin_expect(!mutex_kind_ok(h), 0))
+        return fail(SS_ECORRUPT, "lock table %s: its mutex is not a robust shared mutex "
+                    "of this C library (corrupt, or made by another libc)", h->table_path);
+    int rc = pthread_mutex_trylock(&h->hdr->mutex);   /* the common, uncontended case */
+    /* Poll with exponential backoff: every poll pulls the mutex's line away
+     * from the holder, whose unlock then waits for it. */
+    for (int k = 0, pause = 1; rc == EBUSY && k < SS_MUTEX_SPIN; k++) {
+        for (int j = 0; j < pause; j++) cpu_relax();
+        if (pause < 64) pause *= 2;
+        if (mutex_looks_free(h)) rc = pthread_mutex_trylock(&h->hdr->mutex);
+    }
+    if (rc == EBUSY)
+        return fail(SS_EAGAIN, "lock table %s: the table mutex is busy", h->table_path);
+    return table_locked(h, rc);
+}
+
+/* Who holds the mutex, for a message: writes into buf and returns SS_ESTALLED
+ * (a live holder, stopped or not) or SS_ECORRUPT (no such thread). */
+static int describe_mutex_holder(struct ss_handle *h, char *buf, size_t len)
+{
+#ifdef __GLIBC__
+    int tid = __atomic_load_n(&h->hdr->mutex.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK;
+#else
+    int tid = 0;
+#endif
+    if (tid <= 0) {
+        snprintf(buf, len, "the table mutex is busy");
+        return SS_ESTALLED;
+    }
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", tid);
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        snprintf(buf, len, "the table mutex is held by thread %d, which does not exist "
+                 "in this PID namespace (the table is corrupt, or held from another "
+                 "namespace)", tid);
+        return SS_ECORRUPT;
+    }
+    char state = '?';
+    int pid = tid;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "State:", 6) == 0) sscanf(line + 6, " %c", &state);
+        else if (strncmp(line, "Tgid:", 5) == 0) sscanf(line + 5, " %d", &pid);
+    }
+    fclose(f);
+    if (state == 'T' || state == 't')
+        snprintf(buf, len, "pid %d is stopped (SIGSTOP?) holding the table mutex; "
+                 "continue it (kill -CONT %d) or end it", pid, pid);
+    else
+        snprintf(buf, len, "pid %d (state %c) has been holding the table mutex", pid, state);
+    return SS_ESTALLED;
+}
+
+/* Lock the mutex, waiting at most until deadline_ns (CLOCK_MONOTONIC).  If
+ * it cannot be had by then: SS_ETIMEDOUT, the detail naming the holder. */
+static int table_lock_until(struct ss_handle *h, uint64_t deadline_ns)
+{
+    int rc = table_trylock(h);
+    /* Still busy after the spin: the holder is most likely preempted (more
+     * processes than CPUs).  Yielding a few times lets it run on this CPU
+     * and leave; sleeping on the mutex at once would set its waiters bit,
+     * after which every unlock makes a wake-up system call (a mutex convoy). */
+    for (int k = 0; rc == SS_EAGAIN && k < SS_MUTEX_YIELDS; k++) {
+        sched_yield();
+        rc = table_trylock(h);
+    }
+    if (rc != SS_EAGAIN) return rc;
+    struct timespec ts = {(time_t)(deadline_ns / 1000000000u),
+                          (long)(deadline_ns % 1000000000u)};
+    rc = pthread_mutex_clocklock(&h->hdr->mutex, CLOCK_MONOTONIC, &ts);
+    if (rc == ETIMEDOUT) {
+        char who[256];
+        describe_mutex_holder(h, who, sizeof who);
+        return fail(SS_ETIMEDOUT, "lock table %s: %s", h->table_path, who);
+    }
+    return table_locked(h, rc);
+}
+
+/* Lock the mutex for an operation that has no timeout of its own: wait up
+ * to SS_MUTEX_PATIENCE_S, then report the holder (stopped, or gone). */
+static int table_lock(struct ss_handle *h)
+{
+    int rc = table_lock_until(h, now_ns(CLOCK_MONOTONIC) +
+                                 (uint64_t)SS_MUTEX_PATIENCE_S * 1000000000u);
+    if (rc != SS_ETIMEDOUT) return rc;
+    char who[256];
+    int status = describe_mutex_holder(h, who, sizeof who);
+    return fail(status, "lock table %s: %s for over %d s", h->table_path, who,
+                SS_MUTEX_PATIENCE_S);
+}
+
+/* Unlock, then make the wake-ups gathered while holding the mutex. */
+static void table_unlock(struct ss_handle *h)
+{
     MUTEX_MARK(h, 0);
     pthread_mutex_unlock(&h->hdr->mutex);
-    if (sleepers)
-        futex_wake_all(&h->hdr->wake_seq);
-}
-
-/* Mark that something was released; table_unlock(h, 1) then wakes sleepers. */
-static void bump_wake(struct ss_handle *h)
-{
-    __atomic_add_fetch(&h->hdr->wake_seq, 1, __ATOMIC_RELEASE);
+    if (tls_wakes.n) flush_wakes();
 }
 
 /* ===================================================================
@@ -529,6 +767,17 @@ static inline int region_cmp(const struct ss_entry *e, uint64_t start, uint64_t 
     if (e->end != end) return e->end < end ? -1 : 1;
     if (e->owner_slot != slot) return e->owner_slot < slot ? -1 : 1;
     return 0;
+}
+
+/* The index an entry in use belongs in: waiting entries have their own. */
+static int tree_of_entry(const struct ss_entry *e)
+{
+    return e->state == SS_WAITING ? TREE_WAIT : tree_of_kind(e->kind);
+}
+
+static uint32_t *tree_root(struct ss_handle *h, int t)
+{
+    return t == TREE_WAIT ? &h->hdr->wait_root : &h->hdr->root[t];
 }
 
 static inline int key_less(struct ss_handle *h, uint32_t a, uint32_t b)
@@ -717,19 +966,42 @@ static int pin_find_exact(struct ss_handle *h, uint32_t n, uint64_t start, uint6
 static int index_insert(struct ss_handle *h, uint32_t x)
 {
     SS_ASSERT_MUTEX_HELD(h);
-    int t = tree_of_kind(h->entries[x].kind);
-    int rc = tree_insert_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
+    uint32_t *root = tree_root(h, tree_of_entry(&h->entries[x]));
+    int rc = tree_insert_at(h, *root, x, root, 0);
     /* Every node on the way down was refreshed on the way up. */
-    SS_ASSERT(rc != SS_OK || h->hdr->root[t] != SS_NIL);
-    SS_ASSERT(rc != SS_OK || h->entries[h->hdr->root[t]].max_end >= h->entries[x].end);
+    SS_ASSERT(rc != SS_OK || *root != SS_NIL);
+    SS_ASSERT(rc != SS_OK || h->entries[*root].max_end >= h->entries[x].end);
     return rc;
 }
 
 static int index_remove(struct ss_handle *h, uint32_t x)
 {
     SS_ASSERT_MUTEX_HELD(h);
-    int t = tree_of_kind(h->entries[x].kind);
-    return tree_remove_at(h, h->hdr->root[t], x, &h->hdr->root[t], 0);
+    uint32_t *root = tree_root(h, tree_of_entry(&h->entries[x]));
+    return tree_remove_at(h, *root, x, root, 0);
+}
+
+typedef int (*entry_visit)(struct ss_handle *h, uint32_t i, void *arg);
+
+/* Call visit on every entry of subtree n overlapping [lo, hi), in key order;
+ * a nonzero return from visit stops the walk and is returned. */
+static int tree_each(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
+                     entry_visit visit, void *arg, int depth)
+{
+    DEPTH_CHECK(h, depth);
+    if (n == SS_NIL) return 0;
+    int rc = check_links(h, n);
+    if (rc) return rc;
+    const struct ss_entry *e = &h->entries[n];
+    if (e->max_end <= lo) return 0;
+    rc = tree_each(h, e->left, lo, hi, visit, arg, depth + 1);
+    if (rc) return rc;
+    if (e->start >= hi) return 0;
+    if (e->end > lo) {
+        rc = visit(h, n, arg);
+        if (rc) return rc;
+    }
+    return tree_each(h, e->right, lo, hi, visit, arg, depth + 1);
 }
 
 /* ===================================================================
@@ -770,7 +1042,12 @@ static int entry_alloc(struct ss_handle *h, uint32_t *out)
     return SS_OK;
 }
 
-/* Fill entry i, make it visible, then index it. */
+static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi);
+static int entry_alive(struct ss_handle *h, uint32_t i);
+
+/* Fill entry i, make it visible, then index it.  A waiting entry's since_ns
+ * is precise (its age decides when it turns urgent); a granted one's is the
+ * coarse clock (display only: no precise clock read on an uncontended lock). */
 static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64_t end,
                          int kind, int state, uint64_t ticket)
 {
@@ -779,7 +1056,7 @@ static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64
     e->end = end;
     e->max_end = end;
     e->ticket = ticket;
-    e->since_ns = now_ns(CLOCK_REALTIME);
+    e->since_ns = now_ns(state == SS_WAITING ? CLOCK_REALTIME : CLOCK_REALTIME_COARSE);
     e->left = e->right = SS_NIL;
     e->next_free = SS_NIL;
     e->owner_slot = h->slot;
@@ -788,6 +1065,7 @@ static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64
     e->count = 1;
     e->serial = (e->serial + 1) & 0x7fffffffu;
     e->kind = (uint8_t)kind;
+    __atomic_store_n(&e->wflags, (uint8_t)0, __ATOMIC_RELAXED);
     __atomic_store_n(&e->state, (uint8_t)state, __ATOMIC_RELEASE);
     h->hdr->used++;
     if (state == SS_WAITING) h->hdr->waiting++;
@@ -795,7 +1073,29 @@ static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64
     return index_insert(h, i);
 }
 
-/* Unindex entry i, then mark it free and put it on the free list. */
+/* Turn waiting entry i into a granted one: out of the wait index, into its
+ * kind's.  Crash-safe at every step: repair indexes an entry by its state. */
+static int grant_waiting(struct ss_handle *h, uint32_t i)
+{
+    struct ss_entry *e = &h->entries[i];
+    /* Already granted: a request's own conflict check can reclaim a dead
+     * holder, whose removal may hand the region to that very request. */
+    if (e->state != SS_WAITING) return SS_OK;
+    int rc = index_remove(h, i);
+    if (rc) return rc;
+    maybe_crash(6);
+    uint8_t flags = __atomic_fetch_and(&e->wflags, (uint8_t)~(W_URGENT | W_WOKEN),
+                                       __ATOMIC_ACQ_REL);
+    if ((flags & W_URGENT) && h->hdr->urgent) h->hdr->urgent--;
+    if (h->hdr->waiting) h->hdr->waiting--;
+    e->since_ns = now_ns(CLOCK_REALTIME_COARSE);
+    __atomic_store_n(&e->state, (uint8_t)SS_GRANTED, __ATOMIC_RELEASE);
+    return index_insert(h, i);
+}
+
+/* Unindex entry i, then mark it free and put it on the free list.  A granted
+ * lock, or an urgent waiter (which holds back later requests), going away
+ * may unblock waiters: wake those it does. */
 static int entry_remove(struct ss_handle *h, uint32_t i)
 {
     struct ss_entry *e = &h->entries[i];
@@ -803,12 +1103,226 @@ static int entry_remove(struct ss_handle *h, uint32_t i)
     if (rc) return rc;
     maybe_crash(4);
     int was_waiting = e->state == SS_WAITING;
+    uint8_t flags = __atomic_exchange_n(&e->wflags, (uint8_t)0, __ATOMIC_ACQ_REL);
+    int unblocks = e->kind != SS_PIN && (!was_waiting || (flags & (W_URGENT | W_WOKEN)));
+    uint64_t start = e->start, end = e->end;
     __atomic_store_n(&e->state, (uint8_t)ENTRY_FREE, __ATOMIC_RELEASE);
     e->next_free = h->hdr->free_head;
     h->hdr->free_head = i;
     if (h->hdr->used) h->hdr->used--;
     if (was_waiting && h->hdr->waiting) h->hdr->waiting--;
-    bump_wake(h);
+    if (was_waiting && (flags & W_URGENT) && h->hdr->urgent) h->hdr->urgent--;
+    if (unblocks && h->hdr->wait_root != SS_NIL)
+        return wake_waiters(h, start, end);
+    return SS_OK;
+}
+
+/* ---- conflicts --------------------------------------------------------- */
+
+/* A request, as the conflict predicates see it. */
+struct request {
+    uint64_t start, end;
+    int kind;
+    uint32_t self;        /* the request's own waiting entry, or SS_NIL */
+    uint64_t ticket;      /* its arrival ticket; UINT64_MAX until it waits */
+    uint64_t now;         /* CLOCK_REALTIME, read when first needed (0: not yet) */
+};
+
+static inline uint8_t wflags_of(const struct ss_entry *e)
+{
+    return __atomic_load_n(&e->wflags, __ATOMIC_ACQUIRE);
+}
+
+/* In a granted index: the entry counts unless its owner abandoned it. */
+static int holds_region(struct ss_handle *h, uint32_t i, void *arg)
+{
+    (void)arg;
+    return !(wflags_of(&h->entries[i]) & W_ABANDONED);
+}
+
+/* Mark waiting entry e urgent if it has waited SS_URGENT_NS (by *now, read
+ * here if 0).  Returns whether it is urgent. */
+static int make_urgent_if_due(struct ss_handle *h, struct ss_entry *e, uint64_t *now)
+{
+    if (e->state != SS_WAITING) return 0;
+    uint8_t flags = wflags_of(e);
+    if (flags & W_URGENT) return 1;
+    if (!*now) *now = now_ns(CLOCK_REALTIME);
+    if (*now < e->since_ns + (uint64_t)SS_URGENT_NS) return 0;
+    __atomic_fetch_or(&e->wflags, (uint8_t)W_URGENT, __ATOMIC_ACQ_REL);
+    h->hdr->urgent++;
+    return 1;
+}
+
+/* In the wait index: an urgent waiter that arrived before the request and
+ * conflicts with it holds the request back.  (A waiter that has waited
+ * SS_URGENT_NS turns urgent when found here, in a release's wake-up pass, or
+ * by its own timer, whichever comes first.) */
+static int urgent_ahead(struct ss_handle *h, uint32_t i, void *varg)
+{
+    struct request *r = varg;
+    struct ss_entry *e = &h->entries[i];
+    if (i == r->self || (wflags_of(e) & W_ABANDONED) || e->ticket >= r->ticket ||
+        (e->kind != SS_EXCLUSIVE && r->kind != SS_EXCLUSIVE))
+        return 0;
+    return make_urgent_if_due(h, e, &r->now);
+}
+
+/* A granted entry of the calling thread, through any handle of this process. */
+static int held_by_caller(struct ss_handle *h, uint32_t i, void *arg)
+{
+    (void)arg;
+    const struct ss_entry *e = &h->entries[i];
+    if ((wflags_of(e) & W_ABANDONED) || e->tid != current_tid()) return 0;
+    if (e->owner_slot >= h->hdr->proc_hwm) return 0;   /* untrusted index */
+    const struct ss_proc *p = &h->procs[e->owner_slot];
+    return p->state == PROC_USED && p->gen == e->owner_gen && p->token == my_token();
+}
+
+/* First granted entry conflicting with the request that pred accepts. */
+static int find_granted(struct ss_handle *h, const struct request *r, entry_pred pred,
+                        uint32_t *found)
+{
+    int rc = tree_find(h, h->hdr->root[TREE_EXCLUSIVE], r->start, r->end, pred, NULL,
+                       found, 0);
+    if (rc == 0 && r->kind == SS_EXCLUSIVE)
+        rc = tree_find(h, h->hdr->root[TREE_SHARED], r->start, r->end, pred, NULL, found, 0);
+    return rc;
+}
+
+/* First live entry holding the request back: a granted conflict, else (unless
+ * ignore_waiters) an urgent waiter ahead of it.  Entries of dead owners found
+ * on the way are reclaimed when probe is set.  Returns 1 (*who set), 0 (none)
+ * or < 0. */
+/* Liveness probes are system calls (~1 us here).  A waiter skips them while
+ * it is being woken by releases -- a live holder's release is what it waits
+ * for -- and probes every SS_RECHECK_NS, and on try-locks, which must reclaim
+ * a dead holder at once. */
+static int find_conflict(struct ss_handle *h, struct request *r, int ignore_waiters,
+                         int probe, uint32_t *who)
+{
+    for (;;) {
+        uint32_t found = SS_NIL;
+        int rc = find_granted(h, r, holds_region, &found);
+        if (rc == 0 && !ignore_waiters && h->hdr->urgent != 0)
+            rc = tree_find(h, h->hdr->wait_root, r->start, r->end, urgent_ahead, r,
+                           &found, 0);
+        if (rc <= 0) return rc;
+        if (!probe) { *who = found; return 1; }
+        int alive = entry_alive(h, found);
+        if (alive < 0) return alive;
+        if (alive) { *who = found; return 1; }
+        rc = entry_remove(h, found);
+        if (rc) return rc;
+    }
+}
+
+/* ---- wake-ups ------------------------------------------------------------ */
+
+/* Waiters overlapping a released region, the SS_WAKE_BATCH earliest by ticket. */
+struct wake_pass {
+    uint32_t cand[SS_WAKE_BATCH];
+    int n;
+};
+
+static int collect_waiter(struct ss_handle *h, uint32_t i, void *varg)
+{
+    struct wake_pass *p = varg;
+    const struct ss_entry *e = &h->entries[i];
+    if (e->state != SS_WAITING || (wflags_of(e) & W_ABANDONED)) return 0;
+    int k = p->n < SS_WAKE_BATCH ? p->n++ : SS_WAKE_BATCH;
+    if (k == SS_WAKE_BATCH) {   /* full: replace the latest if this one is earlier */
+        if (e->ticket >= h->entries[p->cand[SS_WAKE_BATCH - 1]].ticket) return 0;
+        k = SS_WAKE_BATCH - 1;
+    }
+    while (k > 0 && h->entries[p->cand[k - 1]].ticket > e->ticket) {
+        p->cand[k] = p->cand[k - 1];
+        k--;
+    }
+    p->cand[k] = i;
+    return 0;
+}
+
+static inline int regions_conflict(const struct ss_entry *a, const struct ss_entry *b)
+{
+    return a->start < b->end && b->start < a->end &&
+           (a->kind == SS_EXCLUSIVE || b->kind == SS_EXCLUSIVE);
+}
+
+/* [lo, hi) was released: wake the waiters it unblocks, and only those.  In
+ * arrival order, each overlapping waiter that could now be granted -- no
+ * granted conflict, no urgent waiter ahead, no conflict with one chosen
+ * earlier in this pass -- is chosen: an urgent one (or one that has waited
+ * SS_URGENT_NS, which turns urgent here) is granted at once (handoff); any
+ * other is marked woken and woken, unless it was woken already and has not
+ * run yet.  Waiters beyond SS_WAKE_BATCH are left to their own re-checks. */
+static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi)
+{
+    struct wake_pass pass;
+    pass.n = 0;
+    int rc = tree_each(h, h->hdr->wait_root, lo, hi, collect_waiter, &pass, 0);
+    if (rc < 0) return rc;
+    uint32_t chosen[SS_WAKE_BATCH], ahead[SS_WAKE_BATCH];
+    int nchosen = 0, nahead = 0;
+    uint64_t now = 0;
+    for (int k = 0; k < pass.n; k++) {
+        uint32_t c = pass.cand[k];
+        struct ss_entry *e = &h->entries[c];
+        int urgent = make_urgent_if_due(h, e, &now);
+        struct request r = {e->start, e->end, e->kind, c, e->ticket, now};
+        uint32_t found;
+        rc = find_granted(h, &r, holds_region, &found);
+        if (rc < 0) return rc;
+        int blocked = rc == 1;
+        /* Earlier candidates, in arrival order: urgent ones still blocked,
+         * and ones chosen above.  (Cheap pairwise checks: candidates are
+         * few; an urgent waiter elsewhere is looked up only for a handoff.) */
+        for (int j = 0; j < nahead && !blocked; j++)
+            blocked = regions_conflict(e, &h->entries[ahead[j]]);
+        for (int j = 0; j < nchosen && !blocked; j++)
+            blocked = regions_conflict(e, &h->entries[chosen[j]]);
+        if (!blocked && urgent && h->hdr->urgent > 1) {
+            rc = tree_find(h, h->hdr->wait_root, r.start, r.end, urgent_ahead, &r, &found, 0);
+            if (rc < 0) return rc;
+            blocked = rc == 1;
+        }
+        if (blocked) {
+            if (urgent) ahead[nahead++] = c;
+            continue;
+        }
+        if (urgent) {
+            rc = grant_waiting(h, c);   /* handoff: later candidates see it granted */
+            if (rc) return rc;
+            __atomic_add_fetch(&e->wake, 1, __ATOMIC_RELEASE);
+            wake_later(&e->wake);
+        } else {
+            chosen[nchosen++] = c;
+            if (!(wflags_of(e) & W_WOKEN)) {
+                __atomic_fetch_or(&e->wflags, (uint8_t)W_WOKEN, __ATOMIC_ACQ_REL);
+                __atomic_add_fetch(&e->wake, 1, __ATOMIC_RELEASE);
+                wake_later(&e->wake);
+            }
+        }
+        maybe_crash(7);
+    }
+    return SS_OK;
+}
+
+/* Remove every entry its owner abandoned (run by whoever takes the mutex
+ * while the abandoned counter is set).  The counter is cleared first: an
+ * owner flags its entry before counting it, so a flag set meanwhile is
+ * either seen by this walk or counted for the next holder. */
+static int sweep_abandoned(struct ss_handle *h)
+{
+    __atomic_store_n(&h->hdr->abandoned, 0, __ATOMIC_SEQ_CST);
+    int removed = 0;
+    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
+        struct ss_entry *e = &h->entries[i];
+        if (e->state == ENTRY_FREE || !(wflags_of(e) & W_ABANDONED)) continue;
+        if (removed++) maybe_crash(8);
+        int rc = entry_remove(h, i);
+        if (rc) return rc;
+    }
     return SS_OK;
 }
 
@@ -973,7 +1487,7 @@ static int sweep_dead(struct ss_handle *h, uint32_t *removed)
  * retries at once (the Python layer's slow path after the fast path's try,
  * or the waiting entry after a grant attempt) gets SS_EFULL without a second
  * pass over the whole table. */
-static int entry_alloc_sweeping(struct ss_handle *h, uint32_t *out, int *woke)
+static int entry_alloc_sweeping(struct ss_handle *h, uint32_t *out)
 {
     SS_ASSERT_MUTEX_HELD(h);
     int rc = entry_alloc(h, out);
@@ -984,7 +1498,6 @@ static int entry_alloc_sweeping(struct ss_handle *h, uint32_t *out, int *woke)
     uint32_t removed = 0;
     rc = sweep_dead(h, &removed);
     if (rc) return rc;
-    if (removed) *woke = 1;
     h->fruitless_sweep_ns = removed ? 0 : now;
     return entry_alloc(h, out);
 }
@@ -1033,7 +1546,7 @@ static int validate_tree(struct ss_handle *h, int t, uint32_t n, int depth,
                     h->table_path, n);
     seen[n] = 1;
     const struct ss_entry *e = &h->entries[n];
-    if (e->state == ENTRY_FREE || tree_of_kind(e->kind) != t)
+    if (e->state == ENTRY_FREE || tree_of_entry(e) != t)
         return fail(SS_ECORRUPT, "lock table %s: index holds entry %u of the wrong kind",
                     h->table_path, n);
     if (parent != SS_NIL && prio_above(n, parent))
@@ -1064,7 +1577,9 @@ static int validate_entry(struct ss_handle *h, uint32_t i)
     if (e->start >= e->end || e->end > (uint64_t)INT64_MAX ||
         (e->kind != SS_SHARED && e->kind != SS_EXCLUSIVE && e->kind != SS_PIN) ||
         (e->kind == SS_PIN && e->state != SS_GRANTED) ||
-        e->owner_slot >= h->hdr->proc_hwm || e->count == 0)
+        e->owner_slot >= h->hdr->proc_hwm || e->count == 0 ||
+        (e->wflags & ~W_ALL) ||
+        (e->state == SS_GRANTED && (e->wflags & (W_URGENT | W_WOKEN))))
         return fail(SS_ECORRUPT, "lock table %s: entry %u is malformed",
                     h->table_path, i);
     return SS_OK;
@@ -1075,7 +1590,7 @@ static int validate_entry(struct ss_handle *h, uint32_t i)
 static int validate_entries(struct ss_handle *h, uint32_t *used)
 {
     struct ss_header *hd = h->hdr;
-    uint32_t waiting = 0, procs = 0;
+    uint32_t waiting = 0, procs = 0, urgent = 0;
     *used = 0;
     for (uint32_t p = 0; p < hd->proc_hwm; p++) {
         if (h->procs[p].state == PROC_USED) procs++;
@@ -1088,11 +1603,16 @@ static int validate_entries(struct ss_handle *h, uint32_t *used)
         int rc = validate_entry(h, i);
         if (rc) return rc;
         (*used)++;
-        if (h->entries[i].state == SS_WAITING) waiting++;
+        if (h->entries[i].state == SS_WAITING) {
+            waiting++;
+            if (wflags_of(&h->entries[i]) & W_URGENT) urgent++;
+        }
     }
-    if (*used != hd->used || waiting != hd->waiting || procs != hd->procs_used)
-        return fail(SS_ECORRUPT, "lock table %s: counters disagree with entries",
-                    h->table_path);
+    if (*used != hd->used || waiting != hd->waiting || procs != hd->procs_used ||
+        urgent != hd->urgent)
+        return fail(SS_ECORRUPT, "lock table %s: counters disagree with entries (used %u/%u, "
+                    "waiting %u/%u, processes %u/%u, urgent %u/%u)", h->table_path, hd->used,
+                    *used, hd->waiting, waiting, hd->procs_used, procs, hd->urgent, urgent);
     return SS_OK;
 }
 
@@ -1103,7 +1623,7 @@ static int validate_indexes(struct ss_handle *h, uint8_t *seen, uint32_t used)
     uint32_t indexed = 0;
     for (int t = 0; t < TREE_COUNT; t++) {
         uint32_t last = SS_NIL;
-        int rc = validate_tree(h, t, h->hdr->root[t], 0, seen, &indexed, &last, SS_NIL);
+        int rc = validate_tree(h, t, *tree_root(h, t), 0, seen, &indexed, &last, SS_NIL);
         if (rc) return rc;
     }
     if (indexed != used)
@@ -1170,13 +1690,13 @@ static int attach_validate(struct ss_handle *h)
     char *copy = bytes <= SS_VALIDATE_COPY_MAX ? malloc(bytes) : NULL;
     if (!copy) {                       /* huge table (or no memory): check in place */
         rc = table_validate(h);
-        table_unlock(h, 0);
+        table_unlock(h);
         return rc;
     }
     memcpy(copy, hd, hdr_bytes);
     memcpy(copy + hdr_bytes, h->procs, proc_bytes);
     memcpy(copy + hdr_bytes + proc_bytes, h->entries, bytes - hdr_bytes - proc_bytes);
-    table_unlock(h, 0);
+    table_unlock(h);
     struct ss_handle *view = malloc(sizeof *view);
     if (!view) {
         free(copy);
@@ -1202,9 +1722,10 @@ static int table_repair(struct ss_handle *h)
     if (hd->entry_hwm > h->capacity || hd->proc_hwm > h->proc_capacity)
         return fail(SS_ECORRUPT, "lock table %s: header counters out of range",
                     h->table_path);
-    for (int t = 0; t < TREE_COUNT; t++) hd->root[t] = SS_NIL;
+    for (int t = 0; t < TREE_COUNT; t++) *tree_root(h, t) = SS_NIL;
     hd->free_head = SS_NIL;
-    hd->used = hd->waiting = hd->procs_used = 0;
+    hd->used = hd->waiting = hd->procs_used = hd->urgent = 0;
+    uint32_t abandoned = 0;
     for (uint32_t p = 0; p < hd->proc_hwm; p++)
         if (h->procs[p].state == PROC_USED) hd->procs_used++;
     for (uint32_t k = hd->entry_hwm; k-- > 0;) {
@@ -1218,12 +1739,22 @@ static int table_repair(struct ss_handle *h)
         int rc = validate_entry(h, k);
         if (rc) return rc;
         hd->used++;
-        if (e->state == SS_WAITING) hd->waiting++;
+        /* Woken marks are dropped (every waiter is woken below); urgency
+         * only means something on a waiting entry. */
+        uint8_t keep = e->state == SS_WAITING ? (W_URGENT | W_ABANDONED) : W_ABANDONED;
+        uint8_t flags = __atomic_and_fetch(&e->wflags, keep, __ATOMIC_ACQ_REL);
+        if (flags & W_ABANDONED) abandoned++;
+        if (e->state == SS_WAITING) {
+            hd->waiting++;
+            if (flags & W_URGENT) hd->urgent++;
+            __atomic_add_fetch(&e->wake, 1, __ATOMIC_RELEASE);
+            wake_later(&e->wake);
+        }
         rc = index_insert(h, k);
         if (rc) return rc;
     }
-    bump_wake(h);
-    futex_wake_all(&hd->wake_seq);
+    /* Abandoned entries are removed by table_locked right after the repair. */
+    __atomic_store_n(&hd->abandoned, abandoned, __ATOMIC_SEQ_CST);
     return SS_OK;
 }
 
@@ -1243,6 +1774,7 @@ static int claim_slot(struct ss_handle *h, uint32_t s)
     struct ss_proc *p = &h->procs[s];
     p->gen++;
     p->pid = (int32_t)getpid();
+    p->token = my_token();
     p->attached_ns = now_ns(CLOCK_REALTIME);
     p->state = PROC_USED;
     h->hdr->procs_used++;
@@ -1430,7 +1962,8 @@ static int init_header(int fd, const char *dir, const struct stat *data, const c
     hd->created_ns = now_ns(CLOCK_REALTIME);
     snprintf(hd->data_path, sizeof hd->data_path, "%s", data_path ? data_path : "");
     table_mutex_init(&hd->mutex);
-    for (int t = 0; t < TREE_COUNT; t++) hd->root[t] = SS_NIL;
+    for (int t = 0; t < TREE_WAIT; t++) hd->root[t] = SS_NIL;
+    hd->wait_root = SS_NIL;
     hd->free_head = SS_NIL;
     hd->file_size = (uint64_t)data->st_size;
     munmap(map, SS_HEADER_BYTES);
@@ -1462,7 +1995,7 @@ static int create_table(int dir_fd, const char *name, const char *dir,
     }
     rc = init_header(fd, dir, data, data_path, capacity, bytes);
     if (rc) goto out;
-    maybe_crash(6);
+    maybe_crash(9);
     if (tmp[0]) {
         rc = linkat(dir_fd, tmp, dir_fd, name, 0);
     } else {
@@ -1565,7 +2098,11 @@ static int map_table(struct ss_handle *h, int fd, const struct stat *st)
     h->map_bytes = (size_t)st->st_size;
     char self_fd[64];
     snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", fd);
+    /* Opened and recorded under the registry lock, which fork waits for: a
+     * child forked meanwhile must find it in h->table_fd to close it. */
+    pthread_mutex_lock(&registry_lock);
     h->table_fd = open(self_fd, O_RDWR | O_CLOEXEC);
+    pthread_mutex_unlock(&registry_lock);
     if (h->table_fd < 0) return fail_sys("cannot reopen lock table %s", h->table_path);
     return SS_OK;
 }
@@ -1641,6 +2178,10 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     char name[96];
     ss_table_name((uint64_t)data.st_dev, (uint64_t)data.st_ino, name, sizeof name);
     snprintf(h->table_path, sizeof h->table_path, "%s/%s", table_dir, name);
+    /* Registered before any descriptor of the table is opened, so the atfork
+     * child handler closes it in a child forked during the attach (else the
+     * child could keep our liveness lock alive after we die). */
+    registry_add(h);
 
     int rc = open_lock_dir(table_dir);
     if (rc >= 0) {
@@ -1652,13 +2193,13 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     if (rc == SS_OK) rc = table_lock(h);
     if (rc == SS_OK) {
         rc = take_slot(h);
-        table_unlock(h, 0);
+        table_unlock(h);
     }
     if (rc != SS_OK) {
+        registry_remove(h);
         handle_free(h);
         return rc;
     }
-    registry_add(h);
     *out = h;
     return SS_OK;
 }
@@ -1710,7 +2251,7 @@ static int ensure_slot(struct ss_handle *h)
         if (rc == SS_OK) rc = table_lock(h);
         if (rc == SS_OK) {
             rc = take_slot(h);
-            table_unlock(h, 0);
+            table_unlock(h);
         }
     }
     pthread_mutex_unlock(&registry_lock);
@@ -1753,15 +2294,29 @@ static void handle_leave(struct ss_handle *h)
     __atomic_sub_fetch(&h->busy, 1, __ATOMIC_ACQ_REL);
 }
 
+/* Wake this handle's sleeping waiters (ss_close: so they see `closing` now).
+ * Best effort: without the mutex they notice within SS_SLICE_NS anyway. */
+static void wake_own_waiters(struct ss_handle *h)
+{
+    if (!h->has_slot || h->table_fd < 0 || !h->hdr) return;
+    if (table_lock_until(h, now_ns(CLOCK_MONOTONIC) + 10000000u) != SS_OK) return;
+    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
+        struct ss_entry *e = &h->entries[i];
+        if (e->state == SS_WAITING && e->owner_slot == h->slot && e->owner_gen == h->gen) {
+            __atomic_add_fetch(&e->wake, 1, __ATOMIC_RELEASE);
+            wake_later(&e->wake);
+        }
+    }
+    table_unlock(h);
+}
+
 int ss_close(ss_handle *h)
 {
     if (!h || __atomic_exchange_n(&h->closing, 1, __ATOMIC_SEQ_CST)) return SS_OK;
-    registry_remove(h);
     /* Wake our own sleepers so they see `closing` now rather than at their
      * next periodic re-check; then wait for every call in flight to leave. */
-    while (__atomic_load_n(&h->busy, __ATOMIC_SEQ_CST) > 0) {
-        bump_wake(h);
-        futex_wake_all(&h->hdr->wake_seq);
+    for (int round = 0; __atomic_load_n(&h->busy, __ATOMIC_SEQ_CST) > 0; round++) {
+        if (round % 16 == 0) wake_own_waiters(h);
         struct timespec nap = {0, 1000000};
         nanosleep(&nap, NULL);
     }
@@ -1776,17 +2331,22 @@ int ss_close(ss_handle *h)
                 p->gen++;
                 if (h->hdr->procs_used) h->hdr->procs_used--;
             }
-            table_unlock(h, 1);
+            table_unlock(h);
         }
     }
-    /* Closing the descriptor drops the liveness lock. */
+    /* Closing the descriptor drops the liveness lock.  The handle leaves the
+     * fork registry only once the descriptor is closed (under the registry
+     * lock, which fork waits for): a child forked before must close its copy. */
     if (h->hdr) munmap(h->hdr, h->map_bytes);
     h->hdr = NULL;
+    pthread_mutex_lock(&registry_lock);
     if (h->table_fd >= 0) close(h->table_fd);
     h->table_fd = -1;
     if (h->probe_fd >= 0) close(h->probe_fd);
     h->probe_fd = -1;
     h->has_slot = 0;
+    pthread_mutex_unlock(&registry_lock);
+    registry_remove(h);
     return rc;
 }
 
@@ -1815,58 +2375,65 @@ static int data_path_impl(ss_handle *h, char *buf, uint32_t buflen)
  * 8. Locks, pins, resize
  * =================================================================== */
 
-struct conflict_arg {
-    uint32_t self;        /* our own waiting entry, or SS_NIL */
-    uint64_t ticket;      /* our arrival ticket */
-    int self_only;        /* only report conflicts held by the calling thread */
-};
-
-/* A granted entry conflicts; a waiting one only if it arrived earlier. */
-static int conflicts(struct ss_handle *h, uint32_t i, void *varg)
+/* Is our request's waiting entry still ours?  Returns its state (SS_WAITING,
+ * or SS_GRANTED if a release handed it over) or < 0. */
+static int own_wait_entry(struct ss_handle *h, const ss_wait *w)
 {
-    const struct conflict_arg *a = varg;
-    const struct ss_entry *e = &h->entries[i];
-    if (i == a->self) return 0;
-    if (a->self_only)
-        return e->state == SS_GRANTED && h->has_slot && e->owner_slot == h->slot &&
-               e->owner_gen == h->gen && e->tid == current_tid();
-    return e->state == SS_GRANTED || e->ticket < a->ticket;
+    if (w->entry >= h->hdr->entry_hwm)
+        return fail(SS_ECORRUPT, "lock table %s: our waiting entry is out of range",
+                    h->table_path);
+    const struct ss_entry *e = &h->entries[w->entry];
+    if ((e->state != SS_WAITING && e->state != SS_GRANTED) || e->serial != w->serial ||
+        e->owner_slot != h->slot || e->owner_gen != h->gen)
+        return fail(SS_ECORRUPT, "lock table %s: our waiting entry vanished", h->table_path);
+    return e->state;
 }
 
-/* First live conflicting entry for a request, reclaiming dead ones on the way.
- * Returns 1 (*who set), 0 (none) or < 0. */
-/* Liveness probes are system calls (~1 us here).  A blocking request skips
- * them while it is being woken by releases -- a live holder's release is what
- * it waits for -- and probes when it wakes by its SS_RECHECK_NS timer (no
- * release came: the holder may be dead), and on try-locks, which must reclaim
- * a dead holder at once. */
-static int find_conflict(struct ss_handle *h, uint64_t start, uint64_t end, int kind,
-                         struct conflict_arg *arg, uint32_t *who, int *reclaimed, int probe)
+/* Give up a request without the mutex: flag its entry (if any) abandoned so
+ * conflicts ignore it from now on and the next holder of the mutex removes
+ * it.  The entry stays ours until then: only its owner, a repair (which
+ * keeps it) or the sweep of abandoned entries touch it. */
+static void abandon_request(struct ss_handle *h, ss_wait *w)
 {
-    for (;;) {
-        uint32_t found = SS_NIL;
-        int rc = tree_find(h, h->hdr->root[TREE_EXCLUSIVE], start, end, conflicts, arg,
-                           &found, 0);
-        if (rc == 0 && kind == SS_EXCLUSIVE)
-            rc = tree_find(h, h->hdr->root[TREE_SHARED], start, end, conflicts, arg,
-                           &found, 0);
-        if (rc <= 0) return rc;
-        if (!probe) { *who = found; return 1; }
-        int alive = entry_alive(h, found);
-        if (alive < 0) return alive;
-        if (alive) { *who = found; return 1; }
-        rc = entry_remove(h, found);
-        if (rc) return rc;
-        (*reclaimed)++;
-    }
+    if (!w->has_entry) return;
+    w->has_entry = 0;
+    if (w->entry >= h->capacity) return;
+    __atomic_fetch_or(&h->entries[w->entry].wflags, (uint8_t)W_ABANDONED, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&h->hdr->abandoned, 1, __ATOMIC_SEQ_CST);
 }
 
-static int64_t lock_impl(ss_handle *h, int64_t start_arg, int64_t end_arg, int kind, int64_t timeout_ns)
+static const char *kind_name(int kind)
 {
-    if (start_arg < 0 || start_arg >= end_arg)
+    return kind == SS_EXCLUSIVE ? "exclusive" : kind == SS_SHARED ? "shared" : "pin";
+}
+
+/* pid of an entry's owner, 0 if its slot index is out of range. */
+static int owner_pid(struct ss_handle *h, const struct ss_entry *e)
+{
+    return e->owner_slot < h->hdr->proc_hwm ? (int)h->procs[e->owner_slot].pid : 0;
+}
+
+/* The SS_ETIMEDOUT detail for a request blocked by entry `who`: a holder is
+ * named as holding, a waiter ahead as waiting. */
+static int blocked_status(struct ss_handle *h, const struct request *r, uint32_t who)
+{
+    const struct ss_entry *e = &h->entries[who];
+    if (e->state == SS_WAITING)
+        return fail(SS_ETIMEDOUT, "[%llu, %llu) is queued behind pid %d's waiting %s "
+                    "request on [%llu, %llu)", (unsigned long long)r->start,
+                    (unsigned long long)r->end, owner_pid(h, e), kind_name(e->kind),
+                    (unsigned long long)e->start, (unsigned long long)e->end);
+    return fail(SS_ETIMEDOUT, "[%llu, %llu) is held %s by pid %d on [%llu, %llu)",
+                (unsigned long long)r->start, (unsigned long long)r->end,
+                e->kind == SS_EXCLUSIVE ? "exclusively" : "shared", owner_pid(h, e),
+                (unsigned long long)e->start, (unsigned long long)e->end);
+}
+
+static int check_lock_args(ss_handle *h, int64_t start, int64_t end, int kind)
+{
+    if (start < 0 || start >= end)
         return fail(SS_EINVAL, "region [%lld, %lld) is empty or negative",
-                    (long long)start_arg, (long long)end_arg);
-    uint64_t start = (uint64_t)start_arg, end = (uint64_t)end_arg;
+                    (long long)start, (long long)end);
     if (kind != SS_SHARED && kind != SS_EXCLUSIVE)
         return fail(SS_EINVAL, "kind %d is neither shared nor exclusive", kind);
     if (kind == SS_EXCLUSIVE && !h->data_writable) {
@@ -1876,126 +2443,247 @@ static int64_t lock_impl(ss_handle *h, int64_t start_arg, int64_t end_arg, int k
         return fail_sys("exclusive lock on [%lld, %lld): the data file was not opened "
                         "for writing", (long long)start, (long long)end);
     }
-    int rc = ensure_slot(h);
+    return SS_OK;
+}
+
+/* Under the mutex: grant a new request at once if nothing holds it back.
+ * Returns a reference, or SS_ETIMEDOUT with *who set, or < 0. */
+static int64_t grant_now(struct ss_handle *h, struct request *r, int probe, uint32_t *who)
+{
+    int rc = find_conflict(h, r, 0, probe, who);
+    if (rc < 0) return rc;
+    if (rc == 1) return SS_ETIMEDOUT;
+    uint32_t i;
+    rc = entry_alloc_sweeping(h, &i);
     if (rc) return rc;
-    uint64_t deadline = timeout_ns > 0 ? now_ns(CLOCK_MONOTONIC) + (uint64_t)timeout_ns : 0;
-    rc = table_lock(h);
+    rc = entry_publish(h, i, r->start, r->end, r->kind, SS_GRANTED, h->hdr->next_ticket);
     if (rc) return rc;
-    struct ss_header *hd = h->hdr;
-    struct conflict_arg arg = {SS_NIL, hd->next_ticket++, 0};
-    uint32_t waiting = SS_NIL, waiting_serial = 0;
-    int wake = 0;
-    int probe = 1;   /* see find_conflict */
-    /* Releases anywhere in the table wake every sleeper, so a waiter can be
-     * woken more often than SS_RECHECK_NS for ever without its timer firing:
-     * probe at least that often regardless of why we woke, or a dead holder
-     * is never noticed while unrelated regions keep changing hands. */
-    uint64_t probe_due = now_ns(CLOCK_MONOTONIC) + SS_RECHECK_NS;
+    return make_ref(i, h->entries[i].serial);
+}
+
+/* The GIL-held fast path: never sleeps (a short spin on a busy mutex, then
+ * SS_EAGAIN), never queues. */
+static int64_t lock_try_impl(ss_handle *h, int64_t start, int64_t end, int kind)
+{
+    int rc = check_lock_args(h, start, end, kind);
+    if (rc) return rc;
+    rc = ensure_slot(h);
+    if (rc) return rc;
+    rc = table_trylock(h);
+    if (rc) return rc;
+    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0};
+    uint32_t who = SS_NIL;
+    int64_t result = grant_now(h, &r, 1, &who);
+    if (result == SS_ETIMEDOUT) result = blocked_status(h, &r, who);
+    table_unlock(h);
+    return result;
+}
+
+/* Under the mutex, for a blocked request: does the calling thread hold a
+ * granted conflict itself (through any handle of this process)?  Then
+ * waiting would never end: SS_EDEADLK. */
+static int check_self_deadlock(struct ss_handle *h, const struct request *r)
+{
+    uint32_t mine;
+    int rc = find_granted(h, r, held_by_caller, &mine);
+    if (rc <= 0) return rc;
+    const struct ss_entry *e = &h->entries[mine];
+    return fail(SS_EDEADLK, "[%llu, %llu): this thread already holds a conflicting %s "
+                "lock on [%llu, %llu); waiting would deadlock",
+                (unsigned long long)r->start, (unsigned long long)r->end,
+                kind_name(e->kind), (unsigned long long)e->start, (unsigned long long)e->end);
+}
+
+/* Does the calling thread hold any granted lock overlapping the request? */
+static int caller_overlaps(struct ss_handle *h, const struct request *r)
+{
+    uint32_t mine;
+    struct request any = *r;
+    any.kind = SS_EXCLUSIVE;   /* search both granted indexes */
+    return find_granted(h, &any, held_by_caller, &mine);
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* One step of a blocking request; see ss_lock_wait in shmslice.h. */
+static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int kind,
+                              int64_t timeout_ns)
+{
+    int rc = check_lock_args(h, start, end, kind);
+    if (rc) return rc;
+    rc = ensure_slot(h);
+    if (rc) return rc;
+    uint64_t now = now_ns(CLOCK_MONOTONIC);
+    int try_only = timeout_ns == 0;
+    if (!w->started) {
+        w->started = 1;
+        w->deadline_ns = timeout_ns > 0 ? now + (uint64_t)timeout_ns
+                         : try_only ? now + (uint64_t)SS_TRY_PATIENCE_NS : 0;
+        w->probe_ns = 0;              /* probe blockers at once */
+        w->has_entry = 0;
+        w->checked = 0;
+        w->reentrant = -1;
+    }
+    w->interrupted = 0;
+    uint64_t slice_end = now + (uint64_t)SS_SLICE_NS;
+    uint64_t mutex_by = w->deadline_ns ? min_u64(w->deadline_ns, slice_end) : slice_end;
+    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0};
+    int slept = 0;
     int64_t result;
     for (;;) {
-        uint32_t who;
-        int reclaimed = 0;
-        rc = find_conflict(h, start, end, kind, &arg, &who, &reclaimed, probe);
-        if (reclaimed) wake = 1;
-        if (rc < 0) { result = rc; break; }
-        if (rc == 0) {
-            if (waiting != SS_NIL) {
-                struct ss_entry *e = &h->entries[waiting];
-                e->state = SS_GRANTED;
-                e->since_ns = now_ns(CLOCK_REALTIME);
-                if (hd->waiting) hd->waiting--;
-                result = make_ref(waiting, e->serial);
-                waiting = SS_NIL;
-                break;
+        rc = table_lock_until(h, mutex_by);
+        if (rc == SS_ETIMEDOUT) {
+            if (w->deadline_ns && now_ns(CLOCK_MONOTONIC) >= w->deadline_ns) {
+                abandon_request(h, w);
+                char why[400];
+                snprintf(why, sizeof why, "%.380s", tls_detail);
+                return fail(SS_ETIMEDOUT, "[%llu, %llu) not granted in time: %s",
+                            (unsigned long long)start, (unsigned long long)end, why);
             }
-            uint32_t i;
-            rc = entry_alloc_sweeping(h, &i, &wake);
-            if (rc) { result = rc; break; }
-            rc = entry_publish(h, i, start, end, kind, SS_GRANTED, arg.ticket);
-            if (rc) { result = rc; break; }
-            result = make_ref(i, h->entries[i].serial);
-            break;
+            return SS_EWAITING;   /* mutex busy all slice: our place is kept */
         }
-        /* Blocked by `who`. */
-        if (timeout_ns != 0) {
-            struct conflict_arg mine = {SS_NIL, 0, 1};
-            uint32_t self_held;
-            int r = find_conflict(h, start, end, kind, &mine, &self_held, &reclaimed, 0);
-            if (r < 0) { result = r; break; }
-            if (r == 1) {
-                result = fail(SS_EDEADLK, "[%llu, %llu): this thread already holds a "
-                              "conflicting %s lock on [%llu, %llu); waiting would "
-                              "deadlock", (unsigned long long)start,
-                              (unsigned long long)end,
-                              h->entries[self_held].kind == SS_EXCLUSIVE ? "exclusive" : "shared",
-                              (unsigned long long)h->entries[self_held].start,
-                              (unsigned long long)h->entries[self_held].end);
-                break;
-            }
-        }
-        uint64_t now = now_ns(CLOCK_MONOTONIC);
-        if (timeout_ns == 0 || (timeout_ns > 0 && now >= deadline)) {
-            const struct ss_entry *e = &h->entries[who];
-            result = fail(SS_ETIMEDOUT, "[%llu, %llu) is held %s by pid %d on [%llu, %llu)",
-                          (unsigned long long)start, (unsigned long long)end,
-                          e->kind == SS_EXCLUSIVE ? "exclusively" : "shared",
-                          (int)h->procs[e->owner_slot].pid,
-                          (unsigned long long)e->start, (unsigned long long)e->end);
-            break;
-        }
-        if (waiting == SS_NIL) {
-            rc = entry_alloc_sweeping(h, &waiting, &wake);
-            if (rc) { waiting = SS_NIL; result = rc; break; }
-            rc = entry_publish(h, waiting, start, end, kind, SS_WAITING, arg.ticket);
-            if (rc) { result = rc; break; }
-            waiting_serial = h->entries[waiting].serial;
-            arg.self = waiting;
-        }
-        int64_t nap = SS_RECHECK_NS;
-        if (timeout_ns > 0 && (int64_t)(deadline - now) < nap) nap = (int64_t)(deadline - now);
-        uint32_t seq = __atomic_load_n(&hd->wake_seq, __ATOMIC_ACQUIRE);
-        table_unlock(h, wake);
-        wake = 0;
-        int werr = futex_wait(&hd->wake_seq, seq, nap);
-        uint64_t woke = now_ns(CLOCK_MONOTONIC);
-        probe = werr == ETIMEDOUT || woke >= probe_due;
-        if (probe) probe_due = woke + SS_RECHECK_NS;
-        rc = table_lock(h);
-        if (rc) return rc;   /* table unusable: our waiting entry is left to reaping */
+        if (rc) { abandon_request(h, w); return rc; }
+        struct ss_header *hd = h->hdr;
         if (__atomic_load_n(&h->closing, __ATOMIC_ACQUIRE)) {
             result = fail(SS_ECLOSED, "the lock manager was closed while waiting for "
                           "[%llu, %llu)", (unsigned long long)start, (unsigned long long)end);
             break;
         }
-        if (waiting >= hd->entry_hwm || h->entries[waiting].state != SS_WAITING ||
-            h->entries[waiting].serial != waiting_serial) {
-            result = fail(SS_ECORRUPT, "lock table %s: our waiting entry vanished",
-                          h->table_path);
-            waiting = SS_NIL;
+        if (w->has_entry) {
+            int state = own_wait_entry(h, w);
+            if (state < 0) { w->has_entry = 0; result = state; break; }
+            if (state == SS_GRANTED) {   /* a release handed it to us */
+                w->has_entry = 0;
+                result = make_ref(w->entry, w->serial);
+                break;
+            }
+            __atomic_fetch_and(&h->entries[w->entry].wflags, (uint8_t)~W_WOKEN, __ATOMIC_ACQ_REL);
+            r.self = w->entry;
+            r.ticket = h->entries[w->entry].ticket;
+        }
+        r.now = 0;
+        int probe = now >= w->probe_ns;
+        if (probe) w->probe_ns = now + (uint64_t)SS_RECHECK_NS;
+        uint32_t who = SS_NIL;
+        rc = find_conflict(h, &r, w->reentrant == 1, probe, &who);
+        if (rc == 1 && w->reentrant == -1 && h->entries[who].state == SS_WAITING) {
+            /* Held back only by a waiter: if this thread holds an overlapping
+             * lock, that waiter waits for us; do not queue behind it. */
+            int mine = caller_overlaps(h, &r);
+            if (mine < 0) { result = mine; break; }
+            w->reentrant = mine;
+            if (mine) rc = find_conflict(h, &r, 1, probe, &who);
+        }
+        if (rc < 0) { result = rc; break; }
+        if (w->has_entry && h->entries[w->entry].state == SS_GRANTED) {
+            /* Reclaiming a dead holder above handed the region to us. */
+            w->has_entry = 0;
+            result = make_ref(w->entry, w->serial);
             break;
         }
+        if (rc == 0) {
+            if (w->has_entry) {
+                rc = grant_waiting(h, w->entry);
+                w->has_entry = 0;
+                result = rc ? rc : make_ref(w->entry, w->serial);
+                break;
+            }
+            uint32_t i;
+            rc = entry_alloc_sweeping(h, &i);
+            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_GRANTED, hd->next_ticket);
+            result = rc ? rc : make_ref(i, h->entries[i].serial);
+            break;
+        }
+        /* Held back by `who`. */
+        if (!try_only && !w->checked) {
+            w->checked = 1;
+            rc = check_self_deadlock(h, &r);
+            if (rc) { result = rc; break; }
+        }
+        if (try_only || (w->deadline_ns && now >= w->deadline_ns)) {
+            result = blocked_status(h, &r, who);
+            break;
+        }
+        if (!w->has_entry) {
+            uint32_t i;
+            rc = entry_alloc_sweeping(h, &i);
+            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_WAITING, hd->next_ticket++);
+            if (rc) { result = rc; break; }
+            w->entry = i;
+            w->serial = h->entries[i].serial;
+            w->has_entry = 1;
+        }
+        struct ss_entry *e = &h->entries[w->entry];
+        if (slept) {                      /* one sleep per call */
+            table_unlock(h);
+            return SS_EWAITING;
+        }
+        uint64_t wall = 0;
+        uint64_t until = min_u64(slice_end, w->probe_ns);
+        if (!make_urgent_if_due(h, e, &wall))   /* wake when due, to turn urgent */
+            until = min_u64(until, now + (e->since_ns + (uint64_t)SS_URGENT_NS - wall));
+        if (w->deadline_ns) until = min_u64(until, w->deadline_ns);
+        int64_t nap = until > now ? (int64_t)(until - now) : 1000;
+        uint32_t seen = __atomic_load_n(&e->wake, __ATOMIC_ACQUIRE);
+        table_unlock(h);
+        int werr = futex_wait(&e->wake, seen, nap);
         if (werr == EINTR) {
-            result = fail(SS_EINTR, "interrupted while waiting for [%llu, %llu)",
-                          (unsigned long long)start, (unsigned long long)end);
-            break;
+            w->interrupted = 1;           /* let the caller run its handlers now */
+            return SS_EWAITING;
         }
+        slept = 1;
+        now = now_ns(CLOCK_MONOTONIC);
+        if (mutex_by < now) mutex_by = now;
     }
-    if (waiting != SS_NIL) {           /* give up our place in the queue */
-        int r = entry_remove(h, waiting);
-        if (r && result >= 0) result = r;
-        wake = 1;
+    if (w->has_entry) {                   /* give up our place in the queue */
+        int r2 = entry_remove(h, w->entry);
+        if (r2 && result >= 0) result = r2;
+        w->has_entry = 0;
     }
-    table_unlock(h, wake);
+    table_unlock(h);
     return result;
 }
 
-static int release_impl(ss_handle *h, int64_t ref)
+/* Withdraw a request that ss_lock_wait left waiting (or granted since). */
+static int lock_cancel_impl(ss_handle *h, ss_wait *w)
 {
-    int rc = table_lock(h);
+    if (!w->has_entry) return SS_OK;
+    int rc = table_lock_until(h, now_ns(CLOCK_MONOTONIC) + (uint64_t)SS_RELEASE_PATIENCE_NS);
+    if (rc) { abandon_request(h, w); return SS_OK; }
+    int state = own_wait_entry(h, w);
+    w->has_entry = 0;
+    rc = state < 0 ? state : entry_remove(h, w->entry);
+    table_unlock(h);
+    return rc;
+}
+
+/* Release; if the mutex cannot be had (a stopped holder), abandon the entry
+ * instead: it stops counting at once and the next mutex holder removes it. */
+static int release_impl(ss_handle *h, int64_t ref, int try_only)
+{
+    int rc = try_only ? table_trylock(h)
+             : table_lock_until(h, now_ns(CLOCK_MONOTONIC) + (uint64_t)SS_RELEASE_PATIENCE_NS);
+    if (rc == SS_EAGAIN && try_only) return rc;
+    if (rc == SS_ETIMEDOUT) {
+        uint32_t i = (uint32_t)(ref & 0xffffffff);
+        if (ref < 0 || i >= h->capacity) return fail(SS_EINVAL, "invalid reference");
+        /* Checked without the mutex: an entry of ours cannot change under us
+         * (only its owner removes it), so these reads are stable if it is. */
+        const struct ss_entry *e = &h->entries[i];
+        if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != SS_GRANTED ||
+            e->serial != (uint32_t)(ref >> 32) || !h->has_slot || e->owner_slot != h->slot ||
+            e->owner_gen != h->gen || e->kind == SS_PIN)
+            return fail(SS_ENOTOWNER, "entry %u is not held by this handle", i);
+        ss_wait w = {0};
+        w.has_entry = 1;
+        w.entry = i;
+        abandon_request(h, &w);
+        return SS_OK;
+    }
     if (rc) return rc;
     int64_t i = own_entry(h, ref, 0);
     rc = i < 0 ? (int)i : entry_remove(h, (uint32_t)i);
-    table_unlock(h, 1);
+    table_unlock(h);
     return rc;
 }
 
@@ -2019,12 +2707,11 @@ static int64_t pin_impl(ss_handle *h, int64_t start_arg, int64_t end_arg)
     } else if (rc < 0) {
         result = rc;
     } else {
-        int wake = 0;
-        rc = entry_alloc_sweeping(h, &i, &wake);
+        rc = entry_alloc_sweeping(h, &i);
         if (!rc) rc = entry_publish(h, i, start, end, SS_PIN, SS_GRANTED, 0);
         result = rc ? rc : make_ref(i, h->entries[i].serial);
     }
-    table_unlock(h, 0);
+    table_unlock(h);
     return result;
 }
 
@@ -2039,7 +2726,7 @@ static int unpin_impl(ss_handle *h, int64_t ref)
     if (i < 0) rc = (int)i;
     else if (h->entries[i].count > 1) h->entries[i].count--;
     else rc = entry_remove(h, (uint32_t)i);
-    table_unlock(h, 0);
+    table_unlock(h);
     return rc;
 }
 
@@ -2072,7 +2759,7 @@ static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
     for (int t = 0; t < TREE_COUNT; t++) {
         for (;;) {
             uint32_t found;
-            int rc = tree_find(h, h->hdr->root[t], offset, UINT64_MAX, ends_past, &offset,
+            int rc = tree_find(h, *tree_root(h, t), offset, UINT64_MAX, ends_past, &offset,
                                &found, 0);
             if (rc <= 0) { if (rc < 0) return rc; break; }
             int alive = scan_entry_alive(h, found);
@@ -2090,7 +2777,7 @@ static int reach_beyond_impl(ss_handle *h, uint64_t offset, ss_entry_info *who)
     int rc = table_lock(h);
     if (rc) return rc;
     rc = find_beyond(h, offset, who);
-    table_unlock(h, 1);
+    table_unlock(h);
     return rc;
 }
 
@@ -2153,7 +2840,7 @@ static int resize_impl(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_in
             __atomic_add_fetch(&hd->size_epoch, 1, __ATOMIC_RELEASE);
         }
     }
-    table_unlock(h, 1);
+    table_unlock(h);
     return rc;
 }
 
@@ -2210,7 +2897,7 @@ static int snapshot_impl(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_
             }
             n++;
         }
-        table_unlock(h, 0);
+        table_unlock(h);
         if (i >= hwm) break;
     }
     SS_ASSERT_MUTEX_NOT_HELD(h);   /* the probes below run without the mutex */
@@ -2249,7 +2936,7 @@ static int stat_impl(ss_handle *h, ss_table_stat *out)
     out->proc_capacity = hd->proc_capacity;
     out->procs = hd->procs_used;
     out->repairs = hd->repairs;
-    table_unlock(h, 0);
+    table_unlock(h);
     return SS_OK;
 }
 
@@ -2267,7 +2954,7 @@ static int reap_impl(ss_handle *h, uint32_t *removed)
             int alive = scan_alive(h, s, h->procs[s].gen);
             if (alive < 0) rc = alive;
         }
-    table_unlock(h, 1);
+    table_unlock(h);
     /* And temporary files killed creators left in the table's directory. */
     char dir[sizeof h->table_path];
     snprintf(dir, sizeof dir, "%s", h->table_path);
@@ -2301,18 +2988,65 @@ int ss_clean_temp_files(const char *table_dir, uint32_t *removed)
 
 #define CLOSED_STATUS() fail(SS_ECLOSED, "the handle is closed")
 
-int64_t ss_lock(ss_handle *h, int64_t start, int64_t end, int kind, int64_t timeout_ns)
+int64_t ss_lock_try(ss_handle *h, int64_t start, int64_t end, int kind)
 {
     if (!h || !handle_enter(h)) return CLOSED_STATUS();
-    int64_t rc = lock_impl(h, start, end, kind, timeout_ns);
+    int64_t rc = lock_try_impl(h, start, end, kind);
     handle_leave(h);
     return rc;
+}
+
+int64_t ss_lock_wait(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int kind,
+                     int64_t timeout_ns)
+{
+    if (!w) return fail(SS_EINVAL, "ss_lock_wait needs its ss_wait");
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int64_t rc = lock_wait_impl(h, w, start, end, kind, timeout_ns);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_lock_cancel(ss_handle *h, ss_wait *w)
+{
+    if (!w) return fail(SS_EINVAL, "ss_lock_cancel needs its ss_wait");
+    if (!h || !handle_enter(h)) return SS_OK;   /* closed: ss_close removed the entry */
+    int rc = lock_cancel_impl(h, w);
+    handle_leave(h);
+    return rc;
+}
+
+int64_t ss_lock(ss_handle *h, int64_t start, int64_t end, int kind, int64_t timeout_ns)
+{
+    /* A free lock costs no clock read and no ss_wait: try first. */
+    int64_t ref = ss_lock_try(h, start, end, kind);
+    if (ref >= 0 || (ref != SS_ETIMEDOUT && ref != SS_EAGAIN) ||
+        (ref == SS_ETIMEDOUT && timeout_ns == 0))
+        return ref;
+    ss_wait w;
+    memset(&w, 0, sizeof w);
+    for (;;) {
+        int64_t rc = ss_lock_wait(h, &w, start, end, kind, timeout_ns);
+        if (rc != SS_EWAITING) return rc;
+        if (w.interrupted) {
+            ss_lock_cancel(h, &w);
+            return fail(SS_EINTR, "interrupted while waiting for [%lld, %lld)",
+                        (long long)start, (long long)end);
+        }
+    }
 }
 
 int ss_release(ss_handle *h, int64_t ref)
 {
     if (!h || !handle_enter(h)) return CLOSED_STATUS();
-    int rc = release_impl(h, ref);
+    int rc = release_impl(h, ref, 0);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_release_try(ss_handle *h, int64_t ref)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = release_impl(h, ref, 1);
     handle_leave(h);
     return rc;
 }
@@ -2458,7 +3192,7 @@ int ss_layout(char *buf, uint32_t buflen)
                 offsetof(struct ss_header, mutex) + offsetof(pthread_mutex_t, __data.__kind),
                 sizeof(((pthread_mutex_t *)0)->__data.__kind));
 #endif
-    LAYOUT_FIELD(&b, "hdr", struct ss_header, wake_seq);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, abandoned);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, next_ticket);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, root);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, free_head);
@@ -2470,10 +3204,13 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "hdr", struct ss_header, repairs);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, file_size);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, size_epoch);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, wait_root);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, urgent);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, state);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, attached_ns);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, token);
     LAYOUT_FIELD(&b, "entry", struct ss_entry, start);
     LAYOUT_FIELD(&b, "entry", struct ss_entry, end);
     LAYOUT_FIELD(&b, "entry", struct ss_entry, max_end);
@@ -2489,11 +3226,13 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "entry", struct ss_entry, serial);
     LAYOUT_FIELD(&b, "entry", struct ss_entry, kind);
     LAYOUT_FIELD(&b, "entry", struct ss_entry, state);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, wflags);
+    LAYOUT_FIELD(&b, "entry", struct ss_entry, wake);
     LAYOUT_CONST(&b, "header_size", sizeof(struct ss_header));
     LAYOUT_CONST(&b, "header_bytes", SS_HEADER_BYTES);
     LAYOUT_CONST(&b, "proc_bytes", sizeof(struct ss_proc));
     LAYOUT_CONST(&b, "entry_bytes", sizeof(struct ss_entry));
-    LAYOUT_CONST(&b, "tree_count", TREE_COUNT);
+    LAYOUT_CONST(&b, "tree_count", sizeof ((struct ss_header *)0)->root / sizeof(uint32_t));
     LAYOUT_CONST(&b, "tree_shared", TREE_SHARED);
     LAYOUT_CONST(&b, "tree_exclusive", TREE_EXCLUSIVE);
     LAYOUT_CONST(&b, "tree_pin", TREE_PIN);

@@ -47,7 +47,7 @@ typedef struct ss_handle ss_handle;
 typedef struct ss_entry_info {
     uint64_t start;     /* first byte of the region */
     uint64_t end;       /* one past the last byte */
-    uint64_t since_ns;  /* CLOCK_REALTIME when granted (or queued, if waiting) */
+    uint64_t since_ns;  /* CLOCK_REALTIME when granted (coarse, ~4 ms) or queued */
     uint64_t ticket;    /* arrival order; waiting entries are served by ticket */
     int64_t ref;        /* reference of this entry, as ss_lock/ss_pin return */
     uint32_t kind;      /* SS_SHARED, SS_EXCLUSIVE or SS_PIN */
@@ -122,17 +122,59 @@ int ss_data_path(ss_handle *h, char *buf, uint32_t buflen);
 /*
  * Take a shared or exclusive lock on [start, end), 0 <= start < end (signed
  * so that the Python binding converts arguments cheaply).  timeout_ns < 0 waits
- * forever, 0 tries once, > 0 waits at most that long.  Returns a reference
- * (>= 0) on success, else SS_ETIMEDOUT, SS_EDEADLK, SS_EFULL, SS_EINTR, ...
- * Waiters sleep on a futex and wake on every release and every 50 ms to
- * reclaim entries of dead processes.  Exclusive locks need a handle whose
- * data_fd was open for writing at ss_attach (else SS_ESYS with errno EACCES).
+ * forever, 0 tries once, > 0 waits at most that long (the table mutex
+ * included).  Returns a reference (>= 0) on success, else SS_ETIMEDOUT,
+ * SS_EDEADLK, SS_EFULL, SS_EINTR (a signal arrived: the request was
+ * withdrawn), ...  Exclusive locks need a handle whose data_fd was open for
+ * writing at ss_attach (else SS_ESYS with errno EACCES).  The wait protocol
+ * and its fairness rule are described at the top of shmslice.c.
  */
 int64_t ss_lock(ss_handle *h, int64_t start, int64_t end, int kind,
                 int64_t timeout_ns);
 
-/* Release a lock taken with ss_lock through this handle. */
+/* State of one resumable lock request; private to the core.  Zero it before
+ * the first ss_lock_wait of a request. */
+typedef struct ss_wait {
+    uint64_t deadline_ns;   /* CLOCK_MONOTONIC; 0: none */
+    uint64_t probe_ns;      /* next liveness probe of the blockers */
+    uint32_t entry;         /* our waiting entry (if has_entry) */
+    uint32_t serial;        /* its serial */
+    int32_t started;        /* set by the first call */
+    int32_t has_entry;
+    int32_t checked;        /* the self-deadlock check was made */
+    int32_t reentrant;      /* -1 unknown, 1: the caller holds an overlapping lock */
+    int32_t interrupted;    /* the last call's sleep ended by a signal */
+    int32_t pad;
+} ss_wait;
+
+/*
+ * ss_lock in resumable steps, for callers that must run signal handlers
+ * while waiting.  Each call sleeps at most once and returns within about
+ * 50 ms (and at once after a signal) with SS_EWAITING if the request is still
+ * waiting: its place in the queue is kept; call again with the same w and
+ * arguments to go on waiting, or ss_lock_cancel to give up.  Any other return
+ * ends the request: a reference, or an error that left no entry behind.
+ * timeout_ns counts from the first call.
+ */
+int64_t ss_lock_wait(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int kind,
+                     int64_t timeout_ns);
+
+/* Withdraw a request ss_lock_wait left waiting; a lock it was handed
+ * meanwhile is released.  Never blocks for long: if the table mutex is not
+ * free soon, the entry is flagged abandoned and removed by the next holder. */
+int ss_lock_cancel(ss_handle *h, ss_wait *w);
+
+/* A try-lock that never sleeps, not even for the table mutex: a reference,
+ * SS_ETIMEDOUT (held back), SS_EAGAIN (the mutex is busy) or an error. */
+int64_t ss_lock_try(ss_handle *h, int64_t start, int64_t end, int kind);
+
+/* Release a lock taken with ss_lock through this handle.  If the table
+ * mutex stays unavailable (a stopped holder) the entry is flagged abandoned:
+ * it stops counting at once and the next holder of the mutex removes it. */
 int ss_release(ss_handle *h, int64_t ref);
+
+/* ss_release if the table mutex is free now, else SS_EAGAIN. */
+int ss_release_try(ss_handle *h, int64_t ref);
 
 /*
  * Add one pin on [start, end) for this handle (pins of one handle on the same
@@ -215,5 +257,9 @@ int ss_layout(char *buf, uint32_t buflen);
  * file identity it names in *dev and *ino and return SS_OK; else SS_EINVAL.
  */
 int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino);
+
+/* Test hook: like ss_debug_set_crash_point, but the process stops itself
+ * with SIGSTOP there (once), keeping the table mutex until SIGCONT. */
+void ss_debug_set_stop_point(int point, int countdown);
 
 #endif /* SHMSLICE_H */

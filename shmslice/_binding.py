@@ -40,7 +40,6 @@ import errno as _errno
 import functools
 import os
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Final, NoReturn
 
@@ -74,6 +73,7 @@ __all__ = [
     "bind_lock_info",
     "bind_slice_helpers",
     "check",
+    "check_manager_class",
     "detail",
     "fast_pin",
     "fast_unpin",
@@ -93,7 +93,10 @@ def _address(name: str) -> int:
     return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 
 
-_fastpath.bind(_address("ss_lock"), _address("ss_release"), _address("ss_pin"), _address("ss_unpin"))
+_fastpath.bind(*(_address(name) for name in (
+    "ss_lock_try", "ss_lock_wait", "ss_lock_cancel", "ss_release_try", "ss_release",
+    "ss_pin", "ss_unpin")))
+check_manager_class = _fastpath.check_manager_class
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
 ByteBufferSlice = _fastpath.ByteBufferSlice
@@ -272,15 +275,20 @@ class FileTableHandle(TableHandle):
     def lock(self, start: int, end: int, kind: int, timeout_ns: int) -> int:
         """Lock [start, end) as ``kind`` (SHARED or EXCLUSIVE); returns the lock's reference.
 
-        ``timeout_ns`` < 0 waits forever, 0 tries once.  A signal ends the C
-        wait: Python runs its handlers on the way back here (they may raise
-        ``KeyboardInterrupt``), then the wait resumes with the time left.
+        ``timeout_ns`` < 0 waits forever, 0 tries once.  The wait runs in
+        resumable steps (cffi releases the GIL in each, and each sleeps at most
+        50 ms): between two, the interpreter runs signal handlers; if one
+        raises (``KeyboardInterrupt``), the request is withdrawn, a lock
+        granted meanwhile included, else it goes on waiting with its place kept.
         """
-        deadline = None if timeout_ns < 0 else time.monotonic_ns() + timeout_ns
-        ref = lib.ss_lock(self._cdata, start, end, kind, timeout_ns)
-        while ref == lib.SS_EINTR:
-            remaining = -1 if deadline is None else max(0, deadline - time.monotonic_ns())
-            ref = lib.ss_lock(self._cdata, start, end, kind, remaining)
+        wait = ffi.new("ss_wait *")
+        try:
+            ref = lib.ss_lock_wait(self._cdata, wait, start, end, kind, timeout_ns)
+            while ref == lib.SS_EWAITING:
+                ref = lib.ss_lock_wait(self._cdata, wait, start, end, kind, timeout_ns)
+        except BaseException:
+            lib.ss_lock_cancel(self._cdata, wait)
+            raise
         return check(ref, self.path)
 
     def pin(self, start: int, end: int) -> int:

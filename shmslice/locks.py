@@ -206,6 +206,12 @@ class LockManager(ManagerBase):
     # _fastpath.pyi): it takes a free lock in C, waits in C with the GIL
     # released when the lock is taken, and hands every other case to
     # _lock_slow below.
+    #
+    # The contract with fastpath.c: it calls two methods of this class by
+    # name, _lock_slow(start, end, mode, timeout) -> RegionLock (every lock()
+    # it does not finish itself) and _raise_status(status) (raises for a
+    # negative core status).  check_manager_class() at the end of this module
+    # refuses to import a LockManager without them.
 
     def _lock_slow(self, start: object, end: object, mode: object, timeout: object) -> RegionLock:
         """lock() for every case the C fast path does not take: validation,
@@ -321,3 +327,6 @@ class LockManager(ManagerBase):
         # The lock directory travels too: a copy attached to the table of
         # another directory would grant locks that conflict with ours.
         return (type(self), (self.path, os.path.dirname(self._handle.table_path)))
+
+
+_binding.check_manager_class(LockManager)

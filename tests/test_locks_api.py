@@ -111,7 +111,13 @@ def test_context_manager(mgr):
 
 def test_try_lock_and_timeout(mgr, data_file, lock_dir):
     other = shmslice.LockManager(data_file, lock_dir=lock_dir)
-    held = other.lock(0, 100)
+    # Held by another thread: held by this one (through any manager), a
+    # blocking request would be DeadlockError instead of a wait.
+    box: list = []
+    taker = threading.Thread(target=lambda: box.append(other.lock(0, 100)))
+    taker.start()
+    taker.join(10)
+    held = box[0]
     t0 = time.monotonic()
     with pytest.raises(shmslice.LockTimeout) as err:
         mgr.lock(50, 60, timeout=0)

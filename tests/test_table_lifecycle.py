@@ -91,7 +91,7 @@ def _die_creating(data: str, lock_dir: str, named: bool) -> None:
 
     if named:
         lib.ss_debug_set_named_temp(1)
-    lib.ss_debug_set_crash_point(6, 1)
+    lib.ss_debug_set_crash_point(9, 1)
     shmslice.LockManager(data, lock_dir=lock_dir)
     os._exit(4)
 

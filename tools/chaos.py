@@ -136,7 +136,7 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
     rec.put(row + R_PID, me, "<q")
     rec.put(row + R_FROZEN, 0, "<I")
     if rng.random() < args.crash_prob:
-        lib.ss_debug_set_crash_point(rng.randint(1, 5), rng.randint(1, 40))
+        lib.ss_debug_set_crash_point(rng.randint(1, 8), rng.randint(1, 40))
     mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
                                _capacity=args.capacity)
     pins: list[tuple[int, int, int]] = []
