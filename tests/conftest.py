@@ -9,9 +9,12 @@ registered in pyproject.toml are applied here: ``slow`` tests run only with
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+import shmslice
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -41,3 +44,26 @@ def _isolated_lock_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     d = tmp_path / "default-locks"
     d.mkdir(mode=0o700, exist_ok=True)
     monkeypatch.setenv("SHMSLICE_DIR", str(d))
+
+
+# -- a mapped file for the slice tests: content(), path() (a test module may
+# override it, e.g. with typed data) and mf() --------------------------------
+SLICE_FILE_SIZE = 1 << 16
+
+
+@pytest.fixture
+def content() -> bytes:
+    return bytes((i * 37 + 11) % 251 for i in range(SLICE_FILE_SIZE))
+
+
+@pytest.fixture
+def path(tmp_path: Path, content: bytes) -> Path:
+    p = tmp_path / "data.bin"
+    p.write_bytes(content)
+    return p
+
+
+@pytest.fixture
+def mf(path: Path, lock_dir: Path) -> Iterator[shmslice.MappedFile]:
+    with shmslice.open(path, "r+", lock_dir=lock_dir) as m:
+        yield m

@@ -19,24 +19,6 @@ from tests.support import wait_pid
 SIZE = 1 << 16
 
 
-@pytest.fixture
-def content() -> bytes:
-    return bytes((i * 37 + 11) % 251 for i in range(SIZE))
-
-
-@pytest.fixture
-def path(tmp_path: Path, content: bytes) -> Path:
-    p = tmp_path / "data.bin"
-    p.write_bytes(content)
-    return p
-
-
-@pytest.fixture
-def mf(path: Path, lock_dir: Path):
-    with shmslice.open(path, "r+", lock_dir=lock_dir) as m:
-        yield m
-
-
 def pins(m: MappedFile) -> list[tuple[int, int, int, int]]:
     return [(i.start, i.end, i.pid, i.count) for i in m.locks() if i.kind == "pin"]
 

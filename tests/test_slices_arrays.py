@@ -31,12 +31,6 @@ def path(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.fixture
-def mf(path: Path, lock_dir: Path):
-    with shmslice.open(path, "r+", lock_dir=lock_dir) as m:
-        yield m
-
-
 def pins(m: MappedFile) -> dict[tuple[int, int], int]:
     return {(i.start, i.end): i.count for i in m.locks() if i.kind == "pin"}
 
