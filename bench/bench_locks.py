@@ -21,8 +21,8 @@ Every figure is the median of several repeats (min beside it) and competitors
 are measured interleaved; ratios are the median of the per-repeat ratios.
 Single-process figures are this thread's CPU time per operation (user + system,
 so system calls count), printed beside wall-clock, which on a shared machine
-also counts the time spent waiting for a CPU; handoffs are wall-clock.  Targets
-from issue 2 are printed as PASS/MISS, never asserted.  The run ends with a
+also counts the time spent waiting for a CPU; handoffs are wall-clock.  The targets
+are printed as PASS/MISS, never asserted.  The run ends with a
 markdown table for README.md.  Temporary files (data files and lock tables, via
 ``lock_dir=``) live in a temporary directory that is removed at the end.
 """

@@ -1,4 +1,4 @@
-"""Kill chaos (issue 5): workers lock, pin and check each other while a
+"""Kill chaos: workers lock, pin and check each other while a
 controller SIGKILLs them every few milliseconds and some kill themselves
 inside the C core's critical sections.  The engine is tools/chaos.py; see its
 docstring for what is checked.  The seed is printed; replay with

@@ -1,4 +1,4 @@
-"""Corrupt and hostile lock tables (issue 5): every attach of a damaged table
+"""Corrupt and hostile lock tables: every attach of a damaged table
 either works on a consistent table or raises CorruptLockTable; nothing crashes.
 
 The engine is tools/fuzz_table.py (one implementation for the short run here

@@ -1,4 +1,4 @@
-"""Bad input (issue 5): property tests over the argument space of the public
+"""Bad input: property tests over the argument space of the public
 functions -- wrong types, negatives, huge numbers (2**63, 2**64, 2**100),
 floats, NaN, None, closed objects, released locks and slices.  Only documented
 exceptions may come out (TypeError, ValueError, IndexError, the shmslice

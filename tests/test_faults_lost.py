@@ -1,4 +1,4 @@
-"""Nothing lost (issue 5): writers put patterns into disjoint slices of one file
+"""Nothing lost: writers put patterns into disjoint slices of one file
 under exclusive locks and flush; a controller SIGKILLs them at random moments
 (some right after a flush, some mid-write) and starts replacements that resume
 where the last *reported* flush left off.  At the end the file -- read back

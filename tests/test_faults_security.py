@@ -1,4 +1,4 @@
-"""Hostile neighbours (issue 5, "security"): planted symlinks, FIFOs and files
+"""Hostile neighbours: planted symlinks, FIFOs and files
 of other users at a table's path, unsafe lock directories, table permissions,
 and a reader that must not be able to block writers.
 

@@ -1,4 +1,4 @@
-"""Seeded stochastic stress (issue 5): N processes x 2 threads x many random
+"""Seeded stochastic stress: N processes x 2 threads x many random
 operations, with an acquire/release history checked after every round.
 
 Each thread logs every lock it is granted as (t_acquired, t_released, start,

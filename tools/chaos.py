@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kill chaos for the shmslice lock table (issue 5, "kill chaos").
+"""Kill chaos for the shmslice lock table.
 
 W worker processes take and release shared and exclusive locks and pins on
 overlapping regions of one file at random.  A controller SIGKILLs a random

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Corrupt-table fuzzer for the shmslice lock table (issue 5, "corrupt and hostile tables").
+"""Corrupt-table fuzzer for the shmslice lock table.
 
 Builds a few real lock tables (entries from several processes: shared and
 exclusive locks, pins with counts, a waiting request, entries of a killed
