@@ -1349,10 +1349,11 @@ static void free_dead_slot(struct ss_handle *h, uint32_t slot)
     if (h->hdr->procs_used) h->hdr->procs_used--;
 }
 
-/* Is the process slot's owner (at generation gen) alive?  1 yes, 0 no, <0
- * error.  Under the mutex.  For one-off questions (a conflicting holder);
- * scans over many entries use scan_alive, which probes each slot once. */
-static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
+/* What the slot table alone says of (slot, gen): < 0 error, 0 dead (freed
+ * or reused), 1 alive (ours, or no way to probe), SLOT_PROBE if only a
+ * liveness probe can tell.  Under the mutex. */
+#define SLOT_PROBE 2
+static int slot_known(struct ss_handle *h, uint32_t slot, uint32_t gen)
 {
     SS_ASSERT_MUTEX_HELD(h);
     if (slot >= h->hdr->proc_hwm)
@@ -1362,6 +1363,16 @@ static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
     if (p->state != PROC_USED || p->gen != gen) return 0;
     if (h->has_slot && slot == h->slot) return 1;
     if (h->probe_fd < 0) return 1;   /* cannot probe: assume alive */
+    return SLOT_PROBE;
+}
+
+/* Is the process slot's owner (at generation gen) alive?  1 yes, 0 no, <0
+ * error.  Under the mutex.  For one-off questions (a conflicting holder);
+ * scans over many entries use scan_alive, which probes each slot once. */
+static int slot_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
+{
+    int known = slot_known(h, slot, gen);
+    if (known != SLOT_PROBE) return known;
     /* A slot probed alive within SS_ALIVE_CACHE_NS is taken to be alive still:
      * a holder handing a lock back and forth with us would otherwise cost a
      * system call per acquisition.  At worst a holder's death is noticed that
@@ -1445,14 +1456,8 @@ static void scan_begin(struct ss_handle *h)
  * or < 0. */
 static int scan_alive(struct ss_handle *h, uint32_t slot, uint32_t gen)
 {
-    SS_ASSERT_MUTEX_HELD(h);
-    if (slot >= h->hdr->proc_hwm)
-        return fail(SS_ECORRUPT, "lock table %s: owner slot %u out of range",
-                    h->table_path, slot);
-    struct ss_proc *p = &h->procs[slot];
-    if (p->state != PROC_USED || p->gen != gen) return 0;
-    if (h->has_slot && slot == h->slot) return 1;
-    if (h->probe_fd < 0) return 1;   /* cannot probe: assume alive */
+    int known = slot_known(h, slot, gen);
+    if (known != SLOT_PROBE) return known;
     int alive = verdict(h, h->scan, slot);
     if (alive == 0) free_dead_slot(h, slot);
     return alive;

@@ -17,7 +17,8 @@ handle pointer or function address leaves this module):
   record of that state: :meth:`FileTableHandle.serve` gives the handle to a
   manager's C fast path and :meth:`TableHandle.close` takes it back.
 * the fast-path types and functions (``ManagerBase``, ``RegionLock``,
-  ``fast_pin``, ``fast_unpin``, ``pinned_view``), which take and return Python
+  ``ByteBufferSlice``, ``FileBase``, ``fast_pin``, ``fast_unpin``, the C
+  ``LockManager.pin/unpin/locks``), which take and return Python
   objects; ``fast_pin``/``fast_unpin`` return a reference or a negative status
   (``ECLOSED`` for a closed manager) and leave raising to the caller.
 * :func:`check` and :func:`raise_status`, the one place where a C status
@@ -83,7 +84,6 @@ __all__ = [
     "manager_pin",
     "manager_unpin",
     "raise_status",
-    "set_crash_point",
     "table_name",
 ]
 
@@ -165,11 +165,6 @@ def check(status: int, path: str | None = None) -> int:
     if status < 0:
         raise_status(status, path)
     return status
-
-
-def set_crash_point(point: int, countdown: int) -> None:
-    """Test hook: SIGKILL this process the ``countdown``-th time it reaches ``point`` in the core."""
-    lib.ss_debug_set_crash_point(point, countdown)
 
 
 # -- handles -------------------------------------------------------------------------------
