@@ -17,7 +17,8 @@
  *  11. Layout served to tools and tests
  *
  * Design in brief.  The table is a file in a tmpfs directory, one per data
- * file identity (st_dev, st_ino), mapped MAP_SHARED by every process that
+ * file identity (st_dev, st_ino, birth stamp: see ss_file_identity), mapped
+ * MAP_SHARED by every process that
  * attaches.  A robust, process-shared pthread mutex in the header guards all
  * of it; a process killed while holding that mutex hands the next locker
  * EOWNERDEAD, and that locker rebuilds every derived structure (indexes, free
@@ -104,6 +105,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -182,7 +185,7 @@ static int fail_sys(const char *fmt, ...)
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 3       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter */
+#define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -221,6 +224,7 @@ struct ss_header {
     uint64_t table_bytes;        /* total file size; must equal fstat size */
     uint64_t data_dev;           /* identity of the data file this table serves */
     uint64_t data_ino;
+    uint64_t data_birth;         /* and its birth stamp (ss_file_identity) */
     uint64_t created_ns;         /* CLOCK_REALTIME at creation */
     char data_path[SS_DATA_PATH_MAX]; /* path given at creation (display only) */
     /* ---- guarded by mutex (except the atomics noted) ---- */
@@ -1820,7 +1824,8 @@ static int take_slot(struct ss_handle *h)
 
 /* Check the header of a mapped table before anything else is read, and set
  * the handle's view (capacities, slot and entry arrays) from it. */
-static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct stat *data)
+static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct stat *data,
+                        uint64_t birth)
 {
     struct ss_header *hd = h->hdr;
     if (hd->magic != SS_MAGIC)
@@ -1835,7 +1840,8 @@ static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct s
         hd->table_bytes != file_bytes)
         return fail(SS_ECORRUPT, "lock table %s: capacity fields do not match its size",
                     h->table_path);
-    if (data && (hd->data_dev != (uint64_t)data->st_dev || hd->data_ino != (uint64_t)data->st_ino))
+    if (data && (hd->data_dev != (uint64_t)data->st_dev || hd->data_ino != (uint64_t)data->st_ino ||
+                 hd->data_birth != birth))
         return fail(SS_ECORRUPT, "lock table %s belongs to another file", h->table_path);
     if (memchr(hd->data_path, 0, sizeof hd->data_path) == NULL)
         return fail(SS_ECORRUPT, "lock table %s: recorded path not terminated", h->table_path);
@@ -1889,7 +1895,7 @@ static int is_temp_name(const char *file)
             return 0;
         *dot = 0;
     }
-    return ss_table_name_parse(name, NULL, NULL) == SS_OK;
+    return ss_table_name_parse(name, NULL, NULL, NULL) == SS_OK;
 }
 
 /* Remove temporary table files in dir_fd whose creator is gone; *removed
@@ -1951,8 +1957,8 @@ static int new_table_file(int dir_fd, const char *name, const char *dir, char *t
 }
 
 /* Fill in the header of a new table of `bytes` bytes in fd. */
-static int init_header(int fd, const char *dir, const struct stat *data, const char *data_path,
-                       uint32_t capacity, uint64_t bytes)
+static int init_header(int fd, const char *dir, const struct stat *data, uint64_t birth,
+                       const char *data_path, uint32_t capacity, uint64_t bytes)
 {
     void *map = mmap(NULL, SS_HEADER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) return fail_sys("cannot map new lock table in %s", dir);
@@ -1964,6 +1970,7 @@ static int init_header(int fd, const char *dir, const struct stat *data, const c
     hd->table_bytes = bytes;
     hd->data_dev = (uint64_t)data->st_dev;
     hd->data_ino = (uint64_t)data->st_ino;
+    hd->data_birth = birth;
     hd->created_ns = now_ns(CLOCK_REALTIME);
     snprintf(hd->data_path, sizeof hd->data_path, "%s", data_path ? data_path : "");
     table_mutex_init(&hd->mutex);
@@ -1980,7 +1987,8 @@ static int init_header(int fd, const char *dir, const struct stat *data, const c
  * visible table.  Returns SS_OK (created), 1 (someone else won: open
  * theirs) or < 0. */
 static int create_table(int dir_fd, const char *name, const char *dir,
-                        const struct stat *data, const char *data_path, uint32_t capacity)
+                        const struct stat *data, uint64_t birth, const char *data_path,
+                        uint32_t capacity)
 {
     char tmp[256];
     int fd = new_table_file(dir_fd, name, dir, tmp, sizeof tmp);
@@ -1998,7 +2006,7 @@ static int create_table(int dir_fd, const char *name, const char *dir,
                       (unsigned long long)bytes, dir);
         goto out;
     }
-    rc = init_header(fd, dir, data, data_path, capacity, bytes);
+    rc = init_header(fd, dir, data, birth, data_path, capacity, bytes);
     if (rc) goto out;
     maybe_crash(9);
     if (tmp[0]) {
@@ -2115,20 +2123,48 @@ static int map_table(struct ss_handle *h, int fd, const struct stat *st)
 /* Open, map and check an existing table file.  data may be NULL
  * (inspection: any data file identity is accepted). */
 static int open_table(struct ss_handle *h, int dir_fd, const char *name,
-                      const struct stat *data)
+                      const struct stat *data, uint64_t birth)
 {
     struct stat st;
     int fd = open_table_file(h, dir_fd, name, data, &st);
     if (fd < 0) return fd;
     int rc = map_table(h, fd, &st);
-    return rc ? rc : check_header(h, (uint64_t)st.st_size, data);
+    return rc ? rc : check_header(h, (uint64_t)st.st_size, data, birth);
 }
 
-int ss_table_name(uint64_t dev, uint64_t ino, char *buf, uint32_t buflen)
+int ss_table_name(uint64_t dev, uint64_t ino, uint64_t birth, char *buf, uint32_t buflen)
 {
-    if (!buf || buflen < 40) return fail(SS_EINVAL, "buffer too small");
-    snprintf(buf, buflen, "%llx-%llx.shmslice", (unsigned long long)dev,
-             (unsigned long long)ino);
+    if (!buf || buflen < SS_TABLE_NAME_MAX) return fail(SS_EINVAL, "buffer too small");
+    snprintf(buf, buflen, "%llx-%llx-%llx.shmslice", (unsigned long long)dev,
+             (unsigned long long)ino, (unsigned long long)birth);
+    return SS_OK;
+}
+
+/* The birth stamp of the open file fd: its birth time in nanoseconds where
+ * statx reports one, mixed with the inode generation where the filesystem
+ * gives it (FS_IOC_GETVERSION); 0 if it has neither.  A file that reuses a
+ * deleted file's inode number gets another stamp (birth times are as coarse
+ * as the kernel's clock tick, hence the generation too). */
+static uint64_t birth_stamp(int fd)
+{
+    uint64_t stamp = 0;
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_SYNC_AS_STAT, STATX_BTIME, &sx) == 0 &&
+        (sx.stx_mask & STATX_BTIME))
+        stamp = (uint64_t)sx.stx_btime.tv_sec * 1000000000u + sx.stx_btime.tv_nsec;
+    long gen = 0;   /* the kernel writes an int: the low half */
+    if (ioctl(fd, FS_IOC_GETVERSION, &gen) == 0)
+        stamp ^= (uint64_t)(uint32_t)gen << 32;
+    return stamp;
+}
+
+int ss_file_identity(int fd, uint64_t *dev, uint64_t *ino, uint64_t *birth)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) return fail_sys("cannot stat the data file");
+    if (dev) *dev = (uint64_t)st.st_dev;
+    if (ino) *ino = (uint64_t)st.st_ino;
+    if (birth) *birth = birth_stamp(fd);
     return SS_OK;
 }
 
@@ -2151,14 +2187,14 @@ static int open_lock_dir(const char *table_dir)
  * (unless SS_ATTACH_NOCREATE); a creator also removes temporary files that
  * killed creators left. */
 static int open_or_create(struct ss_handle *h, int dir_fd, const char *name, const char *dir,
-                          const struct stat *data, const char *data_path, uint32_t capacity,
-                          uint32_t flags)
+                          const struct stat *data, uint64_t birth, const char *data_path,
+                          uint32_t capacity, uint32_t flags)
 {
     for (int attempt = 0;; attempt++) {
-        int rc = open_table(h, dir_fd, name, data);
+        int rc = open_table(h, dir_fd, name, data, birth);
         if (rc != SS_ENOENT || (flags & SS_ATTACH_NOCREATE) || attempt >= 3) return rc;
         if (attempt == 0) clean_temp_files(dir_fd, NULL);
-        rc = create_table(dir_fd, name, dir, data, data_path, capacity);
+        rc = create_table(dir_fd, name, dir, data, birth, data_path, capacity);
         if (rc < 0) return rc;
     }
 }
@@ -2180,8 +2216,9 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     struct ss_handle *h = handle_new();
     if (!h) return fail_sys("out of memory");
     h->data_writable = (data_flags & O_ACCMODE) != O_RDONLY;
-    char name[96];
-    ss_table_name((uint64_t)data.st_dev, (uint64_t)data.st_ino, name, sizeof name);
+    char name[SS_TABLE_NAME_MAX];
+    uint64_t birth = birth_stamp(data_fd);
+    ss_table_name((uint64_t)data.st_dev, (uint64_t)data.st_ino, birth, name, sizeof name);
     snprintf(h->table_path, sizeof h->table_path, "%s/%s", table_dir, name);
     /* Registered before any descriptor of the table is opened, so the atfork
      * child handler closes it in a child forked during the attach (else the
@@ -2191,7 +2228,7 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     int rc = open_lock_dir(table_dir);
     if (rc >= 0) {
         int dir_fd = rc;
-        rc = open_or_create(h, dir_fd, name, table_dir, &data, data_path, capacity, flags);
+        rc = open_or_create(h, dir_fd, name, table_dir, &data, birth, data_path, capacity, flags);
         close(dir_fd);
     }
     if (rc == SS_OK) rc = attach_validate(h);
@@ -2217,7 +2254,7 @@ int ss_attach_table(const char *table_path, ss_handle **out)
     if (!h) return fail_sys("out of memory");
     h->inspect_only = 1;
     snprintf(h->table_path, sizeof h->table_path, "%s", table_path);
-    int rc = open_table(h, AT_FDCWD, table_path, NULL);
+    int rc = open_table(h, AT_FDCWD, table_path, NULL, 0);
     if (rc == SS_OK) rc = attach_validate(h);
     if (rc != SS_OK) { handle_free(h); return rc; }
     registry_add(h);
@@ -2810,7 +2847,8 @@ static int resize_impl(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_in
     if (new_size > (uint64_t)INT64_MAX) return fail(SS_EINVAL, "size too large");
     struct stat st;
     if (fstat(data_fd, &st) != 0) return fail_sys("cannot stat the data file");
-    if ((uint64_t)st.st_dev != h->hdr->data_dev || (uint64_t)st.st_ino != h->hdr->data_ino)
+    if ((uint64_t)st.st_dev != h->hdr->data_dev || (uint64_t)st.st_ino != h->hdr->data_ino ||
+        birth_stamp(data_fd) != h->hdr->data_birth)
         return fail(SS_EINVAL, "descriptor is not this table's data file");
     int rc = table_lock(h);
     if (rc) return rc;
@@ -3182,6 +3220,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "hdr", struct ss_header, table_bytes);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, data_dev);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, data_ino);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, data_birth);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, created_ns);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, data_path);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, mutex);
@@ -3258,13 +3297,13 @@ int ss_layout(char *buf, uint32_t buflen)
 
 /* Is name a lock table file name as ss_table_name makes them?  Then store
  * the data file identity it names and return SS_OK, else SS_EINVAL. */
-int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino)
+int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino, uint64_t *birth)
 {
     if (!name) return fail(SS_EINVAL, "no name");
     static const char suffix[] = ".shmslice";
-    uint64_t part[2] = {0, 0};
+    uint64_t part[3] = {0, 0, 0};
     const char *p = name;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         const char *digits = p;
         uint64_t v = 0;
         /* Lower-case hex without leading zeros: exactly what %llx prints. */
@@ -3277,7 +3316,7 @@ int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino)
         if (n == 0 || (n > 1 && digits[0] == '0'))
             return fail(SS_EINVAL, "%s is not a lock table name", name);
         part[k] = v;
-        if (k == 0) {
+        if (k < 2) {
             if (*p != '-') return fail(SS_EINVAL, "%s is not a lock table name", name);
             p++;
         }
@@ -3285,5 +3324,6 @@ int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino)
     if (strcmp(p, suffix) != 0) return fail(SS_EINVAL, "%s is not a lock table name", name);
     if (dev) *dev = part[0];
     if (ino) *ino = part[1];
+    if (birth) *birth = part[2];
     return SS_OK;
 }

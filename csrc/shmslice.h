@@ -83,8 +83,20 @@ int ss_last_errno(void);
 /* Detail of the calling thread's last failure (path, offsets, owner pid). */
 const char *ss_last_detail(void);
 
-/* File name (not path) of the lock table for data file identity (dev, ino). */
-int ss_table_name(uint64_t dev, uint64_t ino, char *buf, uint32_t buflen);
+/* Longest lock table file name, with its NUL. */
+#define SS_TABLE_NAME_MAX 64
+
+/* File name (not path) of the lock table for data file identity (dev, ino,
+ * birth); buflen must be at least SS_TABLE_NAME_MAX. */
+int ss_table_name(uint64_t dev, uint64_t ino, uint64_t birth, char *buf, uint32_t buflen);
+
+/*
+ * The identity of the open file fd: st_dev, st_ino and a birth stamp that
+ * tells a file from an earlier one that had the same inode number (its
+ * statx birth time mixed with the inode generation, where the filesystem has
+ * them; 0 where it has neither).  Any pointer may be NULL.
+ */
+int ss_file_identity(int fd, uint64_t *dev, uint64_t *ino, uint64_t *birth);
 
 /*
  * Attach to the lock table of the open data file data_fd, creating it in the
@@ -254,9 +266,10 @@ int ss_layout(char *buf, uint32_t buflen);
 
 /*
  * If name is a lock table file name (as ss_table_name makes), store the data
- * file identity it names in *dev and *ino and return SS_OK; else SS_EINVAL.
+ * file identity it names in *dev, *ino and *birth and return SS_OK; else
+ * SS_EINVAL.
  */
-int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino);
+int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino, uint64_t *birth);
 
 /* Test hook: like ss_debug_set_crash_point, but the process stops itself
  * with SIGSTOP there (once), keeping the table mutex until SIGCONT. */

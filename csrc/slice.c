@@ -108,7 +108,8 @@ typedef struct {
     PyObject *mgr;          /* the LockManager (a ManagerBase); pins go through it */
     MapHold *map;           /* current mapping of `size` bytes; NULL when empty or closed */
     PyObject *path;         /* str, for messages */
-    PyObject *desc;         /* (abspath, dev, ino, writable, lock_dir) for pickling */
+    PyObject *desc;         /* (abspath, identity, origin, writable, lock_dir) for pickling;
+                             * a stale descriptor's placeholder: the exception */
     long long size;         /* file size as of `epoch` */
     long long epoch;        /* resize epoch that size was read at (-1: never) */
     char readonly;          /* mapped read-only (mode "r") */
@@ -212,8 +213,30 @@ static PyObject *slice_new(FileBase *f, MapHold *map, long long a, long long b, 
 
 /* --- Slice: state ---------------------------------------------------------- */
 
+/* Raise a new copy of the exception a stale descriptor's placeholder file
+ * keeps in its desc (see file_stale_slice): type(*exc.__reduce__()[1]). */
+static void stale_error(PyObject *exc)
+{
+    PyObject *red = PyObject_CallMethod(exc, "__reduce__", NULL);
+    if (!red) return;
+    if (PyTuple_Check(red) && PyTuple_GET_SIZE(red) >= 2) {
+        PyObject *copy = PyObject_CallObject(PyTuple_GET_ITEM(red, 0), PyTuple_GET_ITEM(red, 1));
+        if (copy) {
+            PyErr_SetObject((PyObject *)Py_TYPE(copy), copy);
+            Py_DECREF(copy);
+        }
+    } else {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    }
+    Py_DECREF(red);
+}
+
 static void dead_error(SliceObject *s)
 {
+    if (s->file->desc && PyExceptionInstance_Check(s->file->desc)) {
+        stale_error(s->file->desc);
+        return;
+    }
     if (s->file->closed)
         PyErr_Format(PyExc_ValueError,
                      "ByteBufferSlice [%lld, %lld) of %S is unusable: its MappedFile was closed",
@@ -666,8 +689,8 @@ static int file_current(FileBase *f)
     return 0;
 }
 
-/* Pickled as (path, dev, ino, start, end, writable, size, lock_dir): a
- * descriptor the receiving process maps again, never the bytes. */
+/* Pickled as (path, identity, origin, start, end, writable, size, lock_dir):
+ * a descriptor the receiving process maps again, never the bytes. */
 static PyObject *slice_reduce(SliceObject *s, PyObject *unused)
 {
     if (slice_usable(s) < 0) return NULL;
@@ -1527,7 +1550,31 @@ static PyObject *file_get_map(FileBase *f, void *c)
 
 static PyObject *file_get_nlive(FileBase *f, void *c) { return PyLong_FromSsize_t(f->nlive); }
 
+/* _stale_slice(start, end): a slice of [start, end) that holds nothing and
+ * raises, at every use, the exception this file's desc holds: the
+ * placeholder an unpickled stale descriptor becomes (the file is a closed
+ * placeholder whose desc is a StaleDescriptor instance). */
+static PyObject *file_stale_slice(FileBase *f, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_stale_slice(start, end)");
+        return NULL;
+    }
+    long long a = PyLong_AsLongLong(args[0]), b = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    if (!f->closed || f->mgr || !f->desc || !PyExceptionInstance_Check(f->desc) || a < 0 ||
+        b < a) {
+        PyErr_SetString(PyExc_ValueError,
+                        "_stale_slice: needs a closed file without a manager whose _desc is "
+                        "an exception, and a region");
+        return NULL;
+    }
+    return slice_new(f, NULL, a, b, REF_RELEASED);
+}
+
 static PyMethodDef file_methods[] = {
+    {"_stale_slice", (PyCFunction)(void (*)(void))file_stale_slice, METH_FASTCALL,
+     "_stale_slice(start, end) -> a slice that raises _desc at every use"},
     {"_try_slice", (PyCFunction)(void (*)(void))file_try_slice, METH_FASTCALL,
      "_try_slice(start, end) -> slice, or None if the file was resized meanwhile"},
     {"_set_mapping", (PyCFunction)file_set_mapping, METH_O, "_set_mapping(mmap or None)"},
@@ -1541,7 +1588,7 @@ static PyMethodDef file_methods[] = {
 
 static PyMemberDef file_members[] = {
     {"_path", T_OBJECT, offsetof(FileBase, path), 0, "the path the file was opened by"},
-    {"_desc", T_OBJECT, offsetof(FileBase, desc), 0, "(abspath, dev, ino, writable, lock_dir)"},
+    {"_desc", T_OBJECT, offsetof(FileBase, desc), 0, "(abspath, identity, origin, writable, lock_dir)"},
     {"_size", T_LONGLONG, offsetof(FileBase, size), 0, "file size as of _epoch"},
     {"_epoch", T_LONGLONG, offsetof(FileBase, epoch), 0, "resize epoch _size was read at"},
     {"_readonly", T_BOOL, offsetof(FileBase, readonly), 0, "mapped read-only"},

@@ -54,7 +54,7 @@ from shmslice.errors import (
     ShmSliceError,
     UnsafeLockTable,
 )
-from shmslice.records import LockInfo, TableStat
+from shmslice.records import FileIdentity, LockInfo, TableStat
 
 if TYPE_CHECKING:  # pragma: no cover
     from shmslice._core import _CEntryInfo, _CHandle
@@ -79,10 +79,13 @@ __all__ = [
     "fast_pin",
     "fast_unpin",
     "ffi",
+    "file_identity",
     "lib",
     "manager_locks",
     "manager_pin",
     "manager_unpin",
+    "parse_table_name",
+    "path_identity",
     "raise_status",
     "table_name",
 ]
@@ -347,8 +350,7 @@ def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,
     table (0: the default).
     """
     try:
-        st = os.fstat(data_fd)
-        table_path = os.path.join(table_dir, table_name(st.st_dev, st.st_ino))
+        table_path = os.path.join(table_dir, table_name(*file_identity(data_fd)))
         out = ffi.new("ss_handle **")
         rc = lib.ss_attach(table_dir.encode(), data_fd, os.path.abspath(path).encode(),
                            capacity, 0, out)
@@ -369,11 +371,34 @@ def attach_table(table_path: str) -> TableHandle:
     return TableHandle(ffi.gc(out[0], lib.ss_free), table_path)
 
 
-def table_name(dev: int, ino: int) -> str:
-    """File name of the lock table serving the data file with identity (dev, ino)."""
-    buf = ffi.new("char[]", 64)
-    lib.ss_table_name(dev, ino, buf, 64)
+def table_name(dev: int, ino: int, birth: int) -> str:
+    """File name of the lock table serving the data file with identity (dev, ino, birth)."""
+    buf = ffi.new("char[]", lib.SS_TABLE_NAME_MAX)
+    lib.ss_table_name(dev, ino, birth, buf, lib.SS_TABLE_NAME_MAX)
     return ffi.string(buf).decode()
+
+
+def file_identity(fd: int) -> FileIdentity:
+    """The identity of the open file ``fd``: device, inode and birth stamp.
+
+    The birth stamp (statx birth time mixed with the inode generation, where
+    the filesystem has them; 0 where it has neither) tells a file from an
+    earlier, deleted one whose inode number it reuses.
+    """
+    dev = ffi.new("uint64_t *")
+    ino = ffi.new("uint64_t *")
+    birth = ffi.new("uint64_t *")
+    check(lib.ss_file_identity(fd, dev, ino, birth))
+    return FileIdentity(int(dev[0]), int(ino[0]), int(birth[0]))
+
+
+def path_identity(path: str | os.PathLike[str]) -> FileIdentity:
+    """:func:`file_identity` of the file at ``path`` (opened read-only, without blocking)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return file_identity(fd)
+    finally:
+        os.close(fd)
 
 
 # -- the table file's layout, as the C core describes it ---------------------
@@ -416,15 +441,16 @@ def table_constants() -> dict[str, int]:
     return dict(_layout()[1])
 
 
-def parse_table_name(name: str) -> tuple[int, int] | None:
-    """The data file identity (dev, ino) a lock table file name stands for,
-    or None if ``name`` is not a lock table file name."""
+def parse_table_name(name: str) -> FileIdentity | None:
+    """The data file identity (dev, ino, birth) a lock table file name stands
+    for, or None if ``name`` is not a lock table file name."""
     dev = ffi.new("uint64_t *")
     ino = ffi.new("uint64_t *")
+    birth = ffi.new("uint64_t *")
     encoded = os.fsencode(name)
-    if b"\0" in encoded or lib.ss_table_name_parse(encoded, dev, ino) != lib.SS_OK:
+    if b"\0" in encoded or lib.ss_table_name_parse(encoded, dev, ino, birth) != lib.SS_OK:
         return None
-    return int(dev[0]), int(ino[0])
+    return FileIdentity(int(dev[0]), int(ino[0]), int(birth[0]))
 
 
 def clean_temp_files(lock_dir: str | os.PathLike[str]) -> int:

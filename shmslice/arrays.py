@@ -22,9 +22,10 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from shmslice.slices import ByteBufferSlice, _rebuild
+from shmslice.errors import StaleDescriptor
+from shmslice.slices import ByteBufferSlice, open_descriptor
 
-__all__ = ["MappedArray", "file_ndarray", "slice_asarray"]
+__all__ = ["MappedArray", "StaleArray", "file_ndarray", "slice_asarray"]
 
 
 def _origin(a: np.ndarray) -> tuple[memoryview, ByteBufferSlice] | None:
@@ -68,14 +69,60 @@ def _export(s: ByteBufferSlice) -> np.ndarray:
 
 
 def _rebuild_array(descriptor: tuple[Any, ...], dtype: np.dtype, shape: tuple[int, ...],
-                   strides: tuple[int, ...], offset: int) -> MappedArray:
-    """Unpickle an array: map the file here, export the region, view it as before."""
-    s = _rebuild(*descriptor)
+                   strides: tuple[int, ...], offset: int) -> MappedArray | StaleArray:
+    """Unpickle an array: map the file here, export the region, view it as before.
+
+    A stale descriptor becomes a :class:`StaleArray`, which raises
+    ``StaleDescriptor`` at its first use (as a stale slice does).
+    """
+    try:
+        s = open_descriptor(*descriptor)
+    except StaleDescriptor as err:
+        return StaleArray(err, dtype, shape)
     try:
         return np.ndarray.__new__(MappedArray, shape, dtype, buffer=_export(s),
                                   offset=offset, strides=strides)
     finally:
         s.release()   # the array's export keeps its own pin
+
+
+class StaleArray:
+    """What an array pickled from a file that no longer matches unpickles as.
+
+    Unpickling does not raise (a pool worker that fails while unpickling its
+    task's arguments breaks or hangs the pool); every use of this placeholder
+    -- attributes, indexing, iteration, ``len``, arithmetic, numpy functions
+    and ufuncs, ``numpy.asarray`` -- raises the :class:`StaleDescriptor`
+    instead, so the task fails with it and its caller sees why.  ``repr``
+    still works (it says what went stale).
+    """
+
+    __slots__ = ("_error", "_what")
+
+    def __init__(self, error: StaleDescriptor, dtype: Any, shape: tuple[int, ...]) -> None:
+        object.__setattr__(self, "_error", error)
+        object.__setattr__(self, "_what", f"{np.dtype(dtype)} {tuple(shape)}")
+
+    def _raise(self, *args: Any, **kwargs: Any) -> Any:
+        error: StaleDescriptor = object.__getattribute__(self, "_error")
+        raise type(error)(error.message, error.path)
+
+    def __getattr__(self, name: str) -> Any:
+        return self._raise()
+
+    def __repr__(self) -> str:
+        error = object.__getattribute__(self, "_error")
+        return f"<shmslice.StaleArray {object.__getattribute__(self, '_what')}: {error}>"
+
+    __array__ = __array_ufunc__ = __array_function__ = __buffer__ = _raise
+    __getitem__ = __setitem__ = __len__ = __iter__ = __contains__ = __bool__ = _raise
+    __setattr__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _raise
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _raise
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _raise
+    __pow__ = __rpow__ = __matmul__ = __rmatmul__ = __neg__ = __pos__ = __abs__ = _raise
+    __and__ = __rand__ = __or__ = __ror__ = __xor__ = __rxor__ = __invert__ = _raise
+    __int__ = __float__ = __index__ = __reduce__ = __reduce_ex__ = _raise
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _shape_tuple(shape: Any) -> tuple[int, ...]:

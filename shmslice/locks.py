@@ -79,9 +79,9 @@ bind_lock_info(LockInfo)   # LockManager.locks builds these in C
 
 def table_path_for(path: str | os.PathLike[str], lock_dir: str | os.PathLike[str] | None = None) -> str:
     """Where the lock table of the data file at ``path`` lives (it may not exist yet)."""
-    st = os.stat(path)
+    identity = _binding.path_identity(path)
     directory = resolve_lock_dir(lock_dir, create=False)
-    return os.path.join(directory, _binding.table_name(st.st_dev, st.st_ino))
+    return os.path.join(directory, _binding.table_name(*identity))
 
 
 class TableView:

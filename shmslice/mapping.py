@@ -38,13 +38,14 @@ raises ``BufferError`` instead.
 from __future__ import annotations
 
 import builtins
+import functools
 import mmap
 import os
 import stat
 import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
-from shmslice._binding import FileBase
+from shmslice._binding import FileBase, file_identity
 from shmslice.errors import StaleDescriptor
 from shmslice.locks import LockInfo, LockManager, RegionLock
 from shmslice.slices import ByteBufferSlice
@@ -128,13 +129,12 @@ class MappedFile(FileBase):
 
     # _path, _size, _epoch, _readonly, _closed, _mgr and the slicing itself
     # live in the C base (csrc/slice.c).
-    __slots__ = ("_abspath", "_dev", "_handle", "_ino", "_lock_dir", "_maps", "_mode")
+    __slots__ = ("_abspath", "_handle", "_identity", "_lock_dir", "_maps", "_mode")
 
     _abspath: str
     _mode: str
     _handle: FileTableHandle   # _mgr's table handle: its `closed` is this file's too
-    _dev: int
-    _ino: int
+    _identity: tuple[int, int, int]   # (dev, ino, birth) of the file mapped
     _lock_dir: str
     _maps: list[weakref.ref[mmap.mmap]]
 
@@ -167,9 +167,10 @@ class MappedFile(FileBase):
         self._readonly = mode == "r"
         self._mgr = mgr
         self._handle = mgr._handle
-        self._dev, self._ino = st.st_dev, st.st_ino
+        self._identity = tuple(file_identity(self._handle.data_fd))  # type: ignore[assignment]
         self._lock_dir = os.path.dirname(mgr.table_path)
-        self._desc = (self._abspath, self._dev, self._ino, not self._readonly, self._lock_dir)
+        self._desc = (self._abspath, self._identity, host_origin(), not self._readonly,
+                      self._lock_dir)
         self._size = 0
         self._epoch = -1
         self._maps = []
@@ -490,13 +491,14 @@ class MappedFile(FileBase):
         self.close()
 
     # -- pickling -------------------------------------------------------------------
-    def _key(self) -> tuple[int, int, bool, str]:
-        return (self._dev, self._ino, not self._readonly, self._lock_dir)
+    def _key(self) -> tuple[tuple[int, int, int], bool, str]:
+        return (self._identity, not self._readonly, self._lock_dir)
 
     def _descriptor(self, start: int, end: int) -> tuple[Any, ...]:
+        """What a slice of [start, end) pickles as (the order ``ByteBufferSlice.__reduce__`` uses)."""
         if not self._closed:   # (closed with arrays alive: they can still be pickled)
             self._refresh()
-        return (self._abspath, self._dev, self._ino, start, end, not self._readonly,
+        return (self._abspath, self._identity, host_origin(), start, end, not self._readonly,
                 self._size, self._lock_dir)
 
     def __reduce__(self) -> Any:
@@ -509,19 +511,61 @@ class MappedFile(FileBase):
         return f"<shmslice.MappedFile {self._path!r} mode={mode!r} {state}>"
 
 
-# -- process-level registry (for unpickling) ---------------------------------------------
+# -- descriptors: identity, origin, the process-level registry -------------------------------
+# A descriptor carries the file's identity (dev, ino, birth stamp) and its
+# origin: this host's boot id (one per running kernel; every container of a
+# host shares it) and hostname (one per UTS namespace, so usually one per
+# container).  Unpickling opens the path again and compares identities; the
+# origin says, when they differ, whether the descriptor came from another
+# host, from another container, or the file was replaced.
+
+@functools.cache
+def _boot_id() -> str:
+    try:
+        with builtins.open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def host_origin() -> tuple[str, str]:
+    """(boot id, hostname) of this host, as descriptors record where they were made."""
+    return (_boot_id(), os.uname().nodename)
+
+
+def _origin_note(origin: Any) -> str:
+    """Why a descriptor from ``origin`` may name another file here: '' if it was made here."""
+    try:
+        boot, host = origin
+    except (TypeError, ValueError):
+        return " (the descriptor does not say where it was made)"
+    my_boot, my_host = host_origin()
+    if boot and my_boot and boot != my_boot:
+        return (f"; the descriptor was made on another host ({host!r}, boot id {boot}; this is "
+                f"{my_host!r}, boot id {my_boot}): a descriptor names a file of the host that "
+                "made it -- on a shared filesystem, open the path on each host instead "
+                "(see docs/multi-host.md)")
+    if host != my_host:
+        return (f"; the descriptor was made in another container or UTS namespace of this host "
+                f"(hostname {host!r}, here {my_host!r}), where the path may name another file")
+    return ""
+
+
 # Files this process mapped to serve unpickled slices: kept open for the life of
 # the process, so a worker maps each file once however many tasks it runs.
-_descriptor_files: dict[tuple[int, int, bool, str], MappedFile] = {}
+_descriptor_files: dict[tuple[tuple[int, int, int], bool, str], MappedFile] = {}
 # Files the program opened itself; an unpickled slice of one of them (say a
 # worker's result) joins it rather than mapping the file a second time.
-_user_files: weakref.WeakValueDictionary[tuple[int, int, bool, str], MappedFile] = \
+_user_files: weakref.WeakValueDictionary[tuple[tuple[int, int, int], bool, str], MappedFile] = \
     weakref.WeakValueDictionary()
 
 
-def _mapped_for_descriptor(path: str, dev: int, ino: int, writable: bool,
+def _mapped_for_descriptor(path: str, identity: Any, origin: Any, writable: bool,
                            lock_dir: str) -> MappedFile:
-    key = (dev, ino, writable, lock_dir)
+    """The MappedFile serving a descriptor of ``path``; ``StaleDescriptor`` if the
+    path no longer names the file the descriptor was made from."""
+    identity = tuple(identity)
+    key = (identity, writable, lock_dir)
     mf = _user_files.get(key)
     if mf is None or mf.closed:
         mf = _descriptor_files.get(key)
@@ -531,13 +575,32 @@ def _mapped_for_descriptor(path: str, dev: int, ino: int, writable: bool,
         mf = open(path, "r+" if writable else "r", lock_dir=lock_dir)
     except FileNotFoundError as err:
         raise StaleDescriptor(f"cannot unpickle a slice of {path}: the file no longer "
-                              "exists", path) from err
-    if (mf._dev, mf._ino) != (dev, ino):
+                              f"exists{_origin_note(origin)}", path) from err
+    if mf._identity != identity:
         mf.close()
-        raise StaleDescriptor(f"cannot unpickle a slice of {path}: the file was replaced "
-                              "since the slice was pickled (it is a different file now)", path)
+        note = _origin_note(origin)
+        what = ("it is a different file here" if note else
+                "the file was replaced since the slice was pickled (it is a different file now, "
+                "even if it reuses the old one's inode number)")
+        raise StaleDescriptor(f"cannot unpickle a slice of {path}: {what}{note}", path)
     _descriptor_files[key] = mf
     return mf
+
+
+class _StaleFile(FileBase):
+    """The closed placeholder file of slices whose descriptor went stale: its
+    ``_desc`` is the :class:`StaleDescriptor`, which every use of them raises."""
+
+    __slots__ = ()
+
+
+def stale_slice(err: StaleDescriptor, start: int, end: int) -> Any:
+    """A slice of [start, end) that raises ``err`` (a fresh copy) at every use."""
+    placeholder = FileBase.__new__(_StaleFile)
+    placeholder._path = err.path or "?"
+    placeholder._closed = True
+    placeholder._desc = err
+    return placeholder._stale_slice(start, end)
 
 
 def _forget_after_fork() -> None:

@@ -7,12 +7,26 @@ of the shared table; nothing in them changes when the table does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
-__all__ = ["LockInfo", "Mode", "TableStat"]
+__all__ = ["FileIdentity", "LockInfo", "Mode", "TableStat"]
 
 #: The two lock modes :meth:`LockManager.lock` takes.
 Mode = Literal["shared", "exclusive"]
+
+
+class FileIdentity(NamedTuple):
+    """What names one file on this host, for as long as it exists.
+
+    ``(dev, ino)`` alone is not enough: a filesystem reuses a deleted file's
+    inode number for the next file it creates.  ``birth`` is a stamp made from
+    the file's birth time and inode generation (0 where the filesystem has
+    neither), so a re-created file has another identity.
+    """
+
+    dev: int     #: st_dev
+    ino: int     #: st_ino
+    birth: int   #: birth stamp (see above)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,17 +52,34 @@ def exported_views(mf: MappedFile) -> int:
     return sum(mf._exports())
 
 
-def _rebuild(path: str, dev: int, ino: int, start: int, end: int, writable: bool,
-             size: int, lock_dir: str) -> ByteBufferSlice:
-    """Unpickle a slice: find or map its file in this process, check it, pin the region."""
+def open_descriptor(path: str, identity: Any, origin: Any, start: int, end: int,
+                    writable: bool, size: int, lock_dir: str) -> ByteBufferSlice:
+    """A pinned slice for a descriptor; ``StaleDescriptor`` if it no longer
+    matches its file (another file at the path, made on another host, shrunk)."""
     from shmslice.mapping import _mapped_for_descriptor
-    mf = _mapped_for_descriptor(path, dev, ino, writable, lock_dir)
+    mf = _mapped_for_descriptor(path, identity, origin, writable, lock_dir)
     mf._refresh()
     if mf._size < size or end > mf._size:
         raise StaleDescriptor(
             f"slice [{start}, {end}) of {path} is stale: the file was shrunk from {size} "
             f"to {mf._size} bytes since the slice was pickled", path)
     return mf._slice_exact(start, end)
+
+
+def _rebuild(path: str, identity: Any, origin: Any, start: int, end: int, writable: bool,
+             size: int, lock_dir: str) -> ByteBufferSlice:
+    """Unpickle a slice: find or map its file in this process, check it, pin the region.
+
+    A stale descriptor does not raise here: it becomes a slice that raises
+    ``StaleDescriptor`` at its first use, so that the error reaches whoever
+    runs the task (a pool whose worker failed while unpickling its arguments
+    breaks or hangs instead).
+    """
+    try:
+        return open_descriptor(path, identity, origin, start, end, writable, size, lock_dir)
+    except StaleDescriptor as err:
+        from shmslice.mapping import stale_slice
+        return stale_slice(err, start, end)  # type: ignore[no-any-return]
 
 
 def _asarray(s: ByteBufferSlice, dtype: Any = "u1", shape: Any = None, order: str = "C") -> Any:

@@ -432,23 +432,30 @@ def test_pickle_is_a_small_descriptor(mf: MappedFile) -> None:
 
 
 def test_stale_descriptors(path: Path, lock_dir: Path, tmp_path: Path) -> None:
+    # Unpickling a stale descriptor succeeds; the slice raises at its first use.
     m = shmslice.open(path, "r+", lock_dir=lock_dir)
     data = pickle.dumps(m[1000:2000])
     m.resize(1500)
+    stale = pickle.loads(data)
+    assert isinstance(stale, ByteBufferSlice)
     with pytest.raises(StaleDescriptor, match="shrunk"):
-        pickle.loads(data)
+        len(stale)
+    with pytest.raises(StaleDescriptor, match="shrunk"):
+        bytes(stale)
     with pytest.raises(ValueError, match="shrunk"):        # StaleDescriptor is a ValueError
-        pickle.loads(data)
+        memoryview(stale)
+    with pytest.raises(StaleDescriptor, match="shrunk"):
+        pickle.dumps(stale)
     data = pickle.dumps(m[0:10])
     m.close()
     replacement = tmp_path / "replacement.bin"
     replacement.write_bytes(b"y" * 5000)
     os.replace(replacement, path)
     with pytest.raises(StaleDescriptor, match="replaced"):
-        pickle.loads(data)
+        pickle.loads(data)[0]
     path.unlink()
     with pytest.raises(StaleDescriptor, match="no longer exists"):
-        pickle.loads(data)
+        pickle.loads(data).view()
 
 
 # -- numpy ---------------------------------------------------------------------------------

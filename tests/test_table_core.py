@@ -9,7 +9,14 @@ import struct
 from pathlib import Path
 
 import shmslice
-from shmslice._binding import parse_table_name, table_constants, table_layout, table_name
+from shmslice._binding import (
+    lib,
+    parse_table_name,
+    path_identity,
+    table_constants,
+    table_layout,
+    table_name,
+)
 
 
 def test_layout_matches_a_real_table(data_file: Path, lock_dir: Path) -> None:
@@ -43,12 +50,32 @@ def test_layout_matches_a_real_table(data_file: Path, lock_dir: Path) -> None:
 
 
 def test_table_names_round_trip() -> None:
-    for dev, ino in [(0, 0), (66, 1234), (2**64 - 1, 2**64 - 1), (0x10302, 7)]:
-        assert parse_table_name(table_name(dev, ino)) == (dev, ino)
-    for bad in ["", "x.shmslice", "1-2.shmslicex", "1-2", "-2.shmslice", "1-.shmslice",
-                "01-2.shmslice", "1-02.shmslice", "A-2.shmslice", "1_2.shmslice",
-                "1ffffffffffffffff-1.shmslice", ".1-2.shmslice.99.1f.tmp", "1-2.shmslice\udcff"]:
+    for ident in [(0, 0, 0), (66, 1234, 1796171727141187060), (2**64 - 1, 2**64 - 1, 2**64 - 1),
+                  (0x10302, 7, 1)]:
+        assert parse_table_name(table_name(*ident)) == ident
+        assert len(table_name(*ident)) < lib.SS_TABLE_NAME_MAX
+    for bad in ["", "x.shmslice", "1-2-3.shmslicex", "1-2-3", "-2-3.shmslice", "1--3.shmslice",
+                "1-2.shmslice", "1-2-.shmslice", "01-2-3.shmslice", "1-02-3.shmslice",
+                "1-2-03.shmslice", "A-2-3.shmslice", "1_2_3.shmslice", "1-2-3-4.shmslice",
+                "1ffffffffffffffff-1-1.shmslice", ".1-2-3.shmslice.99.1f.tmp",
+                "1-2-3.shmslice\udcff"]:
         assert parse_table_name(bad) is None, bad
+
+
+def test_table_identity_includes_the_birth_stamp(data_file: Path, lock_dir: Path) -> None:
+    """The table's name and header carry the data file's birth stamp (birth
+    time and inode generation), which a re-created file does not share."""
+    ident = path_identity(data_file)
+    st = os.stat(data_file)
+    assert (ident.dev, ident.ino) == (st.st_dev, st.st_ino)
+    assert ident.birth != 0   # ext4 and tmpfs both report a birth time
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        assert os.path.basename(mgr.table_path) == table_name(*ident)
+        layout = table_layout()
+        off, size = layout["hdr.data_birth"]
+        with open(mgr.table_path, "rb") as f:
+            raw = f.read(off + size)
+        assert int.from_bytes(raw[off:off + size], "little") == ident.birth
 
 
 def test_exact_pin_lookup_among_overlapping_pins(data_file: Path, lock_dir: Path) -> None:

@@ -57,7 +57,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # verify_layout() still checks a few values against a freshly created table.
 # ---------------------------------------------------------------------------
 sys.path.insert(0, os.path.dirname(HERE))
-from shmslice._binding import table_constants, table_layout  # noqa: E402
+from shmslice._binding import path_identity, table_constants, table_layout  # noqa: E402
 
 _FIELDS = table_layout()
 _CONST = table_constants()
@@ -102,7 +102,7 @@ CAPACITY = 48                 # small tables: cheap to copy thousands of times
 # Header fields mutated as indexes/counters (those this build has).
 HDR_INDEX_FIELDS = [f for f in HDR if f not in (
     "magic", "format", "capacity", "proc_capacity", "table_bytes", "data_dev", "data_ino",
-    "created_ns")]
+    "data_birth", "created_ns")]
 
 
 def table_bytes_for(capacity: int, proc_capacity: int) -> int:
@@ -294,7 +294,7 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
         field = rng.choice(["magic", "format"])
         return [("op", f"hdr:{field}"), ("flip", HDR[field][0] + rng.randrange(8), rng.randrange(8))]
     if kind == "data_id":
-        field = rng.choice(["data_dev", "data_ino"])
+        field = rng.choice(["data_dev", "data_ino", "data_birth"])
         return [("op", f"hdr:{field}"), ("flip", HDR[field][0] + rng.randrange(8), rng.randrange(8))]
     # "path": an unterminated or garbage recorded data path
     return [("op", "path"), ("bytes", DATA_PATH[0], (rng.randbytes(DATA_PATH[1] - 1) +
@@ -338,10 +338,10 @@ def make_plan(seed: int, case: int, bases: list[BaseInfo], allow_mutex: bool) ->
             "mutex": garble_mutex, "ops_seed": rng.getrandbits(32)}
 
 
-def apply_plan(plan: dict, base: bytes, dev: int, ino: int) -> bytes:
+def apply_plan(plan: dict, base: bytes, ident: tuple[int, int, int]) -> bytes:
     buf = bytearray(base)
-    struct.pack_into(HDR["data_dev"][1], buf, HDR["data_dev"][0], dev)   # belongs to our data file
-    struct.pack_into(HDR["data_ino"][1], buf, HDR["data_ino"][0], ino)
+    for name, value in zip(("data_dev", "data_ino", "data_birth"), ident, strict=True):
+        struct.pack_into(HDR[name][1], buf, HDR[name][0], value)   # belongs to our data file
     for w in plan["writes"]:
         tag = w[0]
         if tag == "op":
@@ -389,7 +389,7 @@ def worker_main(args: argparse.Namespace) -> int:
     bases_raw = [_read(p) for p in args.bases]
     bases = [BaseInfo(os.path.basename(p), raw) for p, raw in zip(args.bases, bases_raw, strict=True)]
     data = args.data
-    st = os.stat(data)
+    ident = path_identity(data)
     lock_dir = args.lock_dir
     table = shmslice.locks.table_path_for(data, lock_dir)
     documented = (LockTimeout, LockTableFull, DeadlockError)
@@ -399,7 +399,7 @@ def worker_main(args: argparse.Namespace) -> int:
         if req.get("quit"):
             break
         plan = make_plan(args.seed, req["case"], bases, args.mutex)
-        raw = apply_plan(plan, bases_raw[plan["base"]], st.st_dev, st.st_ino)
+        raw = apply_plan(plan, bases_raw[plan["base"]], ident)
         if os.path.lexists(table):
             os.unlink(table)
         fd = os.open(table, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -625,15 +625,15 @@ def verify_layout(work: str) -> None:
     lock_dir = os.path.join(work, "layout-locks")
     os.mkdir(lock_dir, 0o700)
     with shmslice.LockManager(data, lock_dir=lock_dir, _capacity=CAPACITY) as mgr:
-        st = os.stat(data)
+        ident = path_identity(data)
         lk = mgr.lock(4096, 8192, "exclusive")
         ref = mgr.pin(100, 200)
         mgr.pin(100, 200)
         buf = _read(mgr.table_path)
         b = BaseInfo("layout", buf)
         problems = []
-        want = {"magic": MAGIC, "capacity": CAPACITY, "data_dev": st.st_dev,
-                "data_ino": st.st_ino, "entry_hwm": 2, "used": 2, "waiting": 0,
+        want = {"magic": MAGIC, "capacity": CAPACITY, "data_dev": ident.dev,
+                "data_ino": ident.ino, "data_birth": ident.birth, "entry_hwm": 2, "used": 2, "waiting": 0,
                 f"root{_CONST['tree_shared']}": NIL,
                 "free_head": NIL, "procs_used": 1, "table_bytes": len(buf)}
         for k, v in want.items():
@@ -738,8 +738,7 @@ def run(args: argparse.Namespace) -> dict:
         plan = make_plan(args.seed, args.replay, bases, args.mutex)
         w0 = Worker(0, args, work, base_paths)
         w0.stop()
-        st = os.stat(w0.data)
-        raw = apply_plan(plan, bases_raw[plan["base"]], st.st_dev, st.st_ino)
+        raw = apply_plan(plan, bases_raw[plan["base"]], path_identity(w0.data))
         out = args.out or os.path.join(work, f"case-{args.replay}.shmslice")
         with open(out, "wb") as f:
             f.write(raw)

@@ -11,13 +11,14 @@ from shmslice import _binding
 from shmslice._paths import resolve_lock_dir
 from shmslice.cli.errors import CommandError
 from shmslice.locks import table_path_for
+from shmslice.records import FileIdentity
 
 __all__ = ["Target", "data_file_status", "is_table_file", "list_tables", "lock_directory",
            "no_table_message", "resolve_target", "table_identity"]
 
 
-def table_identity(path: str, *, check_magic: bool = False) -> tuple[int, int] | None:
-    """The data file identity (st_dev, st_ino) a lock table file's name encodes.
+def table_identity(path: str, *, check_magic: bool = False) -> FileIdentity | None:
+    """The data file identity (st_dev, st_ino, birth stamp) a lock table file's name encodes.
 
     None when ``path`` is not named as a table is; with ``check_magic``, also
     when the file does not start with the table's magic number (or cannot be
@@ -88,12 +89,14 @@ def data_file_status(table_path: str, data_path: str) -> str:
     """
     identity = table_identity(table_path)
     try:
-        st = os.stat(data_path)
+        if not stat.S_ISREG(os.stat(data_path).st_mode):
+            return "replaced"
+        current = _binding.path_identity(data_path)
     except FileNotFoundError:
         return "missing"
     except OSError:
         return "unknown"
-    if identity is None or (st.st_dev, st.st_ino) == identity:
+    if identity is None or current == identity:
         return "ok"
     return "replaced"   # the path now names another file
 
