@@ -1633,29 +1633,91 @@ static PyTypeObject FileBaseType = {
 
 /* --- LockManager.pin / unpin -------------------------------------------------- */
 
+/* The public pin API counts per reference: the manager's `_pins` dict maps
+ * each reference pin() handed out to how many pin() calls returned it (pins
+ * of one region by one process share an entry, so a reference can come back
+ * several times), and unpin(ref) drops a count only while pin() calls hold
+ * one.  So an unpin too many raises instead of dropping a pin that a slice
+ * or buffer of the same region holds (the core's count includes theirs).
+ * Every change to `_pins` is made here, with the GIL held from the core call
+ * to the dict update, so threads cannot interleave them. */
+
+/* The manager's `_pins` dict (new reference), or NULL with an exception. */
+static PyObject *manager_pins(PyObject *mgr)
+{
+    static PyObject *name;
+    if (!name && !(name = PyUnicode_InternFromString("_pins"))) return NULL;
+    PyObject *pins = PyObject_GetAttr(mgr, name);
+    if (pins && !PyDict_CheckExact(pins)) {
+        Py_DECREF(pins);
+        PyErr_SetString(PyExc_TypeError, "LockManager._pins must be a dict");
+        return NULL;
+    }
+    return pins;
+}
+
+/* Count one more pin() of reference ref_obj (an int >= 0). */
+static int pins_add(PyObject *mgr, PyObject *ref_obj)
+{
+    PyObject *pins = manager_pins(mgr);
+    if (!pins) return -1;
+    PyObject *old = PyDict_GetItemWithError(pins, ref_obj);   /* borrowed */
+    long long n = old ? PyLong_AsLongLong(old) : 0;
+    int rc = -1;
+    if (!PyErr_Occurred()) {
+        PyObject *count = PyLong_FromLongLong(n + 1);
+        if (count) {
+            rc = PyDict_SetItem(pins, ref_obj, count);
+            Py_DECREF(count);
+        }
+    }
+    Py_DECREF(pins);
+    return rc;
+}
+
 /* Plain arguments here, everything else (validation, errors) in
- * LockManager._pin_slow / _unpin_slow. */
+ * LockManager._pin_slow, whose reference is counted here too. */
 static PyObject *manager_pin(PyObject *mgr, PyObject *const *args, Py_ssize_t nargs)
 {
     static PyObject *slow;
     if (!slow && !(slow = PyUnicode_InternFromString("_pin_slow"))) return NULL;
     ss_handle *h = ss_fp_manager_handle(mgr);
+    PyObject *ref_obj = NULL;
     if (nargs == 2 && h && PyLong_CheckExact(args[0]) && PyLong_CheckExact(args[1])) {
         int o1, o2;
         long long a = PyLong_AsLongLongAndOverflow(args[0], &o1);
         long long b = PyLong_AsLongLongAndOverflow(args[1], &o2);
         if (!o1 && !o2 && a >= 0 && b > a) {
             int64_t ref = core_pin(h, a, b);
-            if (ref >= 0) return PyLong_FromLongLong(ref);
+            if (ref >= 0 && !(ref_obj = PyLong_FromLongLong(ref))) {
+                (void)core_unpin(h, ref);
+                return NULL;
+            }
         }
         PyErr_Clear();
     }
-    PyObject *call[3] = {mgr, nargs > 0 ? args[0] : NULL, nargs > 1 ? args[1] : NULL};
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "pin() takes start and end (%zd given)", nargs);
+    if (!ref_obj) {
+        PyObject *call[3] = {mgr, nargs > 0 ? args[0] : NULL, nargs > 1 ? args[1] : NULL};
+        if (nargs != 2) {
+            PyErr_Format(PyExc_TypeError, "pin() takes start and end (%zd given)", nargs);
+            return NULL;
+        }
+        ref_obj = PyObject_VectorcallMethod(slow, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (!ref_obj) return NULL;
+        if (!PyLong_CheckExact(ref_obj)) {
+            Py_DECREF(ref_obj);
+            PyErr_SetString(PyExc_TypeError, "LockManager._pin_slow must return an int");
+            return NULL;
+        }
+    }
+    if (pins_add(mgr, ref_obj) < 0) {
+        long long ref = PyLong_AsLongLong(ref_obj);
+        h = ss_fp_manager_handle(mgr);
+        if (h && ref >= 0) (void)core_unpin(h, ref);   /* nobody could ever unpin it */
+        Py_DECREF(ref_obj);
         return NULL;
     }
-    return PyObject_VectorcallMethod(slow, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    return ref_obj;
 }
 
 static PyObject *manager_unpin(PyObject *mgr, PyObject *ref_obj)
@@ -1663,16 +1725,56 @@ static PyObject *manager_unpin(PyObject *mgr, PyObject *ref_obj)
     static PyObject *slow;
     if (!slow && !(slow = PyUnicode_InternFromString("_unpin_slow"))) return NULL;
     ss_handle *h = ss_fp_manager_handle(mgr);
-    if (h && PyLong_CheckExact(ref_obj)) {
-        int overflow;
-        long long ref = PyLong_AsLongLongAndOverflow(ref_obj, &overflow);
-        if (!overflow && ref >= 0 && core_unpin(h, ref) == 0) Py_RETURN_NONE;
-        PyErr_Clear();
+    if (!h || !PyLong_CheckExact(ref_obj)) {
+        /* Wrong type, or a closed manager: the slow path raises for it. */
+        PyObject *call[2] = {mgr, ref_obj};
+        return PyObject_VectorcallMethod(slow, call, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
-    /* A failed unpin changed nothing, so the slow path may try again to
-     * report the error. */
-    PyObject *call[2] = {mgr, ref_obj};
-    return PyObject_VectorcallMethod(slow, call, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *pins = manager_pins(mgr);
+    if (!pins) return NULL;
+    PyObject *old = PyDict_GetItemWithError(pins, ref_obj);   /* borrowed */
+    long long n = old ? PyLong_AsLongLong(old) : 0;
+    if (PyErr_Occurred()) {
+        Py_DECREF(pins);
+        return NULL;
+    }
+    if (n <= 0) {
+        Py_DECREF(pins);
+        PyErr_Format(PyExc_ValueError,
+                     "pin %R is not held through this manager's pin(): unpinned already as "
+                     "many times as pin() returned it, or not a reference from pin()", ref_obj);
+        return NULL;
+    }
+    long long ref = PyLong_AsLongLong(ref_obj);   /* in the dict: a reference, no overflow */
+    int rc = core_unpin(h, ref);
+    if (rc < 0) {
+        Py_DECREF(pins);
+        if (rc == SS_ENOTOWNER)
+            PyErr_Format(PyExc_ValueError,
+                         "pin %R is not held by this process (a forked child cannot unpin "
+                         "its parent's pins)", ref_obj);
+        else {
+            PyObject *st = PyLong_FromLong(rc);
+            if (st) {
+                PyObject *args[] = {mgr, st};
+                Py_XDECREF(PyObject_VectorcallMethod(str_raise_status, args,
+                                                     2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
+                Py_DECREF(st);
+            }
+        }
+        return NULL;
+    }
+    int err;
+    if (n == 1) {
+        err = PyDict_DelItem(pins, ref_obj);
+    } else {
+        PyObject *count = PyLong_FromLongLong(n - 1);
+        err = count ? PyDict_SetItem(pins, ref_obj, count) : -1;
+        Py_XDECREF(count);
+    }
+    Py_DECREF(pins);
+    if (err < 0) return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef manager_pin_def = {
@@ -1681,7 +1783,8 @@ static PyMethodDef manager_pin_def = {
     "for unpin().\n\nPins conflict with no lock; they stop the file from being shrunk below end."};
 static PyMethodDef manager_unpin_def = {
     "unpin", (PyCFunction)manager_unpin, METH_O,
-    "unpin(ref)\n--\n\nDrop one pin taken by pin() (ValueError if not held)."};
+    "unpin(ref)\n--\n\nDrop one pin taken by pin(); ValueError if every pin() that returned\n"
+    "ref was unpinned already (a slice's pin of the same region is never dropped)."};
 
 /* --- LockManager.locks ------------------------------------------------------------ */
 

@@ -13,7 +13,8 @@ import errno
 import math
 import operator
 import os
-from typing import NoReturn, SupportsIndex
+import weakref
+from typing import TYPE_CHECKING, NoReturn, SupportsIndex
 
 from shmslice import _binding
 from shmslice._binding import (
@@ -30,6 +31,9 @@ from shmslice._binding import (
 )
 from shmslice._paths import resolve_lock_dir
 from shmslice.records import LockInfo, Mode, TableStat
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shmslice.mapping import MappedFile
 
 __all__ = ["LockInfo", "LockManager", "Mode", "RegionLock", "TableStat", "TableView", "table_path_for"]
 
@@ -157,6 +161,7 @@ class LockManager(ManagerBase):
     """
 
     _handle: FileTableHandle   # the table and the data file; its closed/writable are ours
+    _owner: weakref.ref[MappedFile] | None = None   # the MappedFile this manager serves
 
     def __init__(self, path: str | os.PathLike[str], lock_dir: str | os.PathLike[str] | None = None,
                  *, _capacity: int = 0) -> None:
@@ -167,6 +172,7 @@ class LockManager(ManagerBase):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
         self.path = os.fspath(path)
+        self._pins: dict[int, int] = {}   # see pin()
         directory = resolve_lock_dir(lock_dir)
         writable = True
         try:
@@ -242,22 +248,26 @@ class LockManager(ManagerBase):
     # -- pins (used by slices; public for code that manages regions itself) -----
     # pin(start, end) -> ref and unpin(ref) are C methods (csrc/slice.c) for
     # plain arguments; every other case comes to _pin_slow / _unpin_slow.
+    # They count per reference in _pins ({ref: number of pin() calls that
+    # returned it and were not unpinned}): unpin(ref) drops a count only while
+    # one of those is outstanding, never the pin a slice or buffer of the same
+    # region holds (the table counts those in the same entry).
     pin = manager_pin
     unpin = manager_unpin
 
     def _pin_slow(self, start: int, end: int) -> int:
-        """pin() for arguments that need converting or rejecting, and for errors."""
+        """pin() for arguments that need converting or rejecting, and for errors
+        (the C caller counts the reference returned)."""
         start, end = check_region(start, end)
         return self._open_handle().pin(start, end)
 
     def _unpin_slow(self, ref: int) -> None:
-        """unpin() for bad references and errors (raises ``ValueError`` if not held)."""
+        """unpin() for what the C method does not take: a reference that is not
+        an int, or a closed manager."""
         if type(ref) is not int:
             raise TypeError(f"ref must be an int from pin(), not {type(ref).__name__}")
-        handle = self._open_handle()
-        if not 0 <= ref <= _MAX_OFFSET:   # not a reference (and would overflow int64_t)
-            raise ValueError(f"pin {ref} is not held by this process: not a reference from pin()")
-        handle.unpin(ref)
+        self._open_handle()   # ValueError if closed
+        raise ValueError(f"pin {ref} is not held through this manager's pin()")
 
     def reaching_beyond(self, offset: int) -> LockInfo | None:
         """A live pin or lock that reaches past ``offset`` (any process), or None."""
@@ -310,7 +320,21 @@ class LockManager(ManagerBase):
 
     # -- lifetime -----------------------------------------------------------------
     def close(self) -> None:
-        """Release every lock and pin this manager holds and detach from the table."""
+        """Release every lock and pin this manager holds and detach from the table.
+
+        The manager of a :class:`~shmslice.MappedFile` (``mf.lock_manager``)
+        closes with its file instead: this calls ``mf.close()``, which keeps the
+        pins of buffers still exported from its slices (and the mapping) until
+        the last of them dies, and detaches then.
+        """
+        owner = self._owner() if self._owner is not None else None
+        if owner is not None and (not owner._closed or owner._closing):
+            owner.close()   # detaches this manager (at once, or at its last export)
+            return
+        self._handle.close()
+
+    def _detach(self) -> None:
+        """Release everything and detach now (the owning file's last step)."""
         self._handle.close()
 
     def __enter__(self) -> LockManager:

@@ -166,6 +166,7 @@ class MappedFile(FileBase):
         self._mode = mode
         self._readonly = mode == "r"
         self._mgr = mgr
+        mgr._owner = weakref.ref(self)   # mgr.close() closes this file (see LockManager.close)
         self._handle = mgr._handle
         self._identity = tuple(file_identity(self._handle.data_fd))  # type: ignore[assignment]
         self._lock_dir = os.path.dirname(mgr.table_path)
@@ -481,7 +482,7 @@ class MappedFile(FileBase):
                               "pinned) until those buffers die")
         mgr = self._mgr
         if mgr is not None:
-            mgr.close()   # drops every pin and lock taken through it
+            mgr._detach()   # drops every pin and lock taken through it
 
     def __enter__(self) -> MappedFile:
         self._check_open()
