@@ -3013,6 +3013,43 @@ static int reap_impl(ss_handle *h, uint32_t *removed)
     return rc;
 }
 
+/* Public: see shmslice.h.  Holes are found with SEEK_DATA/SEEK_HOLE and
+ * allocated with fallocate(2) mode 0, which never changes a byte of the file
+ * (allocated blocks read as zeros, as the hole did) nor its size; glibc's
+ * posix_fallocate emulation, which writes zero bytes, is never used (it
+ * could overwrite a concurrent writer's data). */
+int64_t ss_allocate_holes(int data_fd, uint64_t start, uint64_t end)
+{
+    if (start > end || end > (uint64_t)INT64_MAX)
+        return fail(SS_EINVAL, "bad range [%llu, %llu)", (unsigned long long)start,
+                    (unsigned long long)end);
+    int64_t allocated = 0;
+    off_t pos = (off_t)start;
+    while ((uint64_t)pos < end) {
+        off_t hole = lseek(data_fd, pos, SEEK_HOLE);
+        if (hole < 0) {
+            if (errno == ENXIO) break;          /* pos at or past the end of the file */
+            if (errno == EINVAL || errno == EOPNOTSUPP) break;   /* cannot tell: no holes */
+            return fail_sys("cannot look for holes in the data file");
+        }
+        if ((uint64_t)hole >= end) break;
+        off_t data = lseek(data_fd, hole, SEEK_DATA);
+        uint64_t hole_end = data < 0 ? end : (uint64_t)data < end ? (uint64_t)data : end;
+        if (data < 0 && errno != ENXIO) return fail_sys("cannot look for holes in the data file");
+        if (fallocate(data_fd, 0, hole, (off_t)(hole_end - (uint64_t)hole)) != 0) {
+            if (errno == EOPNOTSUPP || errno == ENOSYS) return allocated;   /* cannot defend */
+            return fail_sys("cannot allocate the holes of the data file ([%lld, %llu) of "
+                            "[%llu, %llu) unallocated; %lld bytes allocated before)",
+                            (long long)hole, (unsigned long long)hole_end,
+                            (unsigned long long)start, (unsigned long long)end,
+                            (long long)allocated);
+        }
+        allocated += (int64_t)(hole_end - (uint64_t)hole);
+        pos = (off_t)hole_end;
+    }
+    return allocated;
+}
+
 /* Public: see shmslice.h. */
 int ss_clean_temp_files(const char *table_dir, uint32_t *removed)
 {

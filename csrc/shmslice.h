@@ -244,6 +244,16 @@ int ss_reap(ss_handle *h, uint32_t *removed);
  */
 int ss_clean_temp_files(const char *table_dir, uint32_t *removed);
 
+/*
+ * Allocate every hole of the open data file data_fd within [start, end), so
+ * that writing there through a mapping never needs a block at page-fault
+ * time (where a full filesystem is SIGBUS).  Contents and size do not change.
+ * Returns the bytes allocated (0 also where the filesystem cannot allocate
+ * or report holes), or SS_ESYS (errno ENOSPC on a full filesystem; holes
+ * allocated before the failure stay allocated, still reading as zeros).
+ */
+int64_t ss_allocate_holes(int data_fd, uint64_t start, uint64_t end);
+
 
 /*
  * Test hook, off unless set: the calling process kills itself with SIGKILL

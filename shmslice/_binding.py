@@ -316,6 +316,11 @@ class FileTableHandle(TableHandle):
                               "(see mgr.locks() or 'shmslice locks')")
         check(rc, self.path)
 
+    def allocate_holes(self, start: int, end: int) -> int:
+        """Allocate the data file's holes in [start, end) (see ``ss_allocate_holes``);
+        returns the bytes allocated, ``OSError`` (ENOSPC) if the filesystem is full."""
+        return check(lib.ss_allocate_holes(self.data_fd, start, end), self.path)
+
     def file_size(self) -> int:
         """The data file's size as last set through shmslice, by any process."""
         return check(lib.ss_file_size(self._cdata), self.path)

@@ -7,7 +7,7 @@ lock table that all processes share for that file.
 Staying clear of SIGBUS
 -----------------------
 Touching a mapped page past the end of a file that was truncated kills the
-process with SIGBUS, which Python cannot catch.  shmslice avoids it with two
+process with SIGBUS, which Python cannot catch.  shmslice avoids it with three
 rules:
 
 * memory is only touched through a region that is pinned, and a pin stops every
@@ -19,8 +19,18 @@ rules:
   is refreshed (remapped at the new size) and the bounds re-clamped before
   anything is returned.  Once a slice is returned its region exists and stays.
 
+* a writable mapping never covers a hole: writing into a sparse file's hole
+  allocates a block at page-fault time, and on a full filesystem (a small
+  tmpfs, a full disk) that fault is SIGBUS.  So a writable ``MappedFile``
+  allocates every hole before it maps a range (``ss_allocate_holes``: at open,
+  and when the file grew behind shmslice's back before a remap), and growth
+  through shmslice is pre-allocated; a full filesystem is then an
+  ``OSError(ENOSPC)`` from ``open`` (or from the call that remapped), never a
+  signal.  ``open(..., allocate=False)`` opts out.
+
 Truncating the file *without* shmslice (``truncate -s``, ``open(path, 'w')``)
-bypasses the table and cannot be guarded against.
+bypasses the table and cannot be guarded against; nor can punching holes
+into it behind shmslice's back.
 
 Remapping never moves memory that slices still use: a new ``mmap`` is made and
 the old one stays mapped until the last slice or buffer made from it dies.
@@ -62,7 +72,7 @@ _MAX_SIZE = 2**63 - 1
 
 
 def open(path: str | os.PathLike[str], mode: OpenMode = "r", *, size: int | None = None,
-         lock_dir: str | os.PathLike[str] | None = None) -> MappedFile:
+         lock_dir: str | os.PathLike[str] | None = None, allocate: bool = True) -> MappedFile:
     """Map the file at ``path`` and return a :class:`MappedFile`.
 
     ``mode``:
@@ -73,6 +83,11 @@ def open(path: str | os.PathLike[str], mode: OpenMode = "r", *, size: int | None
 
     ``lock_dir`` (or ``$SHMSLICE_DIR``) chooses where the shared lock table
     lives; every process that maps the file must use the same one.
+
+    ``allocate`` (writable modes): allocate the file's holes (a sparse file's
+    unwritten ranges) now, so that a full filesystem is an
+    ``OSError(ENOSPC)`` here rather than SIGBUS at the first write into a
+    hole.  ``allocate=False`` keeps a sparse file sparse, at that risk.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
@@ -91,7 +106,9 @@ def open(path: str | os.PathLike[str], mode: OpenMode = "r", *, size: int | None
     elif size is not None:
         raise ValueError(f"size= is only for mode 'w+' (creating or truncating); with mode "
                          f"{mode!r} the file keeps its size (use mf.resize(n) to change it)")
-    return MappedFile._open(os.fsdecode(os.fspath(path)), mode, size, lock_dir)
+    if not isinstance(allocate, bool):
+        raise TypeError(f"allocate must be a bool, not {type(allocate).__name__}")
+    return MappedFile._open(os.fsdecode(os.fspath(path)), mode, size, lock_dir, allocate)
 
 
 def _open_checked(path: str, mode: str) -> tuple[int, os.stat_result]:
@@ -129,7 +146,7 @@ class MappedFile(FileBase):
 
     # _path, _size, _epoch, _readonly, _closed, _mgr and the slicing itself
     # live in the C base (csrc/slice.c).
-    __slots__ = ("_abspath", "_handle", "_identity", "_lock_dir", "_maps", "_mode")
+    __slots__ = ("_abspath", "_allocate", "_handle", "_identity", "_lock_dir", "_maps", "_mode")
 
     _abspath: str
     _mode: str
@@ -137,13 +154,14 @@ class MappedFile(FileBase):
     _identity: tuple[int, int, int]   # (dev, ino, birth) of the file mapped
     _lock_dir: str
     _maps: list[weakref.ref[mmap.mmap]]
+    _allocate: bool   # allocate holes before mapping them writable (see open())
 
     def __init__(self) -> None:
         raise TypeError("use shmslice.open(path, mode) to map a file")
 
     @classmethod
     def _open(cls, path: str, mode: str, size: int | None,
-              lock_dir: str | os.PathLike[str] | None) -> MappedFile:
+              lock_dir: str | os.PathLike[str] | None, allocate: bool = True) -> MappedFile:
         fd, st = _open_checked(path, mode)
         try:
             mgr = LockManager(path, lock_dir)
@@ -175,6 +193,7 @@ class MappedFile(FileBase):
         self._size = 0
         self._epoch = -1
         self._maps = []
+        self._allocate = allocate and mode != "r"
         try:
             if mode == "w+":
                 if os.fstat(self._handle.data_fd).st_size > 0:
@@ -218,6 +237,10 @@ class MappedFile(FileBase):
             self._set_mapping(None)
         else:
             access = mmap.ACCESS_READ if self._readonly else mmap.ACCESS_WRITE
+            if self._allocate and size > self._size:
+                # Holes here (a sparse file, or one grown by another program) would be
+                # allocated at page-fault time by a write: on a full filesystem, SIGBUS.
+                self._handle.allocate_holes(self._size, size)
             mm = mmap.mmap(self._handle.data_fd, size, access=access)
             # Earlier mappings stay mapped while slices made from them live
             # (each holds the mapping's export).
