@@ -97,6 +97,8 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <pwd.h>
+#include <grp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -2060,9 +2062,76 @@ static void handle_free(struct ss_handle *h)
     free(h);
 }
 
+/* Is user uid a member of group gid (primary or supplementary, as the user
+ * database says)?  0 if the user is unknown there. */
+static int user_in_group(uid_t uid, gid_t gid)
+{
+    struct passwd pw, *found = NULL;
+    char buf[4096];
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &found) != 0 || !found) return 0;
+    if (pw.pw_gid == gid) return 1;
+    int n = 64;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        gid_t *groups = malloc((size_t)n * sizeof *groups);
+        if (!groups) return 0;
+        int want = n;
+        int rc = getgrouplist(pw.pw_name, pw.pw_gid, groups, &want);
+        int member = 0;
+        for (int k = 0; rc >= 0 && k < want; k++)
+            if (groups[k] == gid) member = 1;
+        free(groups);
+        if (rc >= 0) return member;
+        n = want > n ? want : n * 4;   /* too small: want says how many */
+    }
+    return 0;
+}
+
+/* May user uid read a file of status data?  By its mode bits, as the kernel
+ * decides (the owner's class, else the group's, else others'; ACLs aside). */
+static int user_may_read(uid_t uid, const struct stat *data)
+{
+    if (uid == 0) return 1;
+    if (uid == data->st_uid) return (data->st_mode & S_IRUSR) != 0;
+    if (user_in_group(uid, data->st_gid)) return (data->st_mode & S_IRGRP) != 0;
+    return (data->st_mode & S_IROTH) != 0;
+}
+
+static mode_t table_mode(mode_t data_mode);
+
+/* The trust rule for a table file owned by another user (st: the table,
+ * data: its data file, dir: the lock directory's status or NULL).  A table of
+ * yours, root's or the data file's owner is trusted.  One of any other user U
+ * is trusted when U may read the data file (U could attach and write the
+ * table anyway: whoever may read a data file may write its table), the
+ * table's mode grants no class more than the data file's own classes get
+ * (table_mode), and the lock directory is not writable by others unless it
+ * is sticky (else anyone could have replaced it).  SS_OK or SS_EUNSAFE. */
+static int check_table_owner(struct ss_handle *h, const struct stat *st,
+                             const struct stat *data, const struct stat *dir)
+{
+    uid_t me = geteuid(), owner = st->st_uid;
+    if (owner == me || owner == 0 || (data && owner == data->st_uid)) return SS_OK;
+    if (!data)
+        return fail(SS_EUNSAFE, "lock table %s is owned by uid %d, neither you nor root; "
+                    "refusing it (remove it)", h->table_path, (int)owner);
+    if (!user_may_read(owner, data))
+        return fail(SS_EUNSAFE, "lock table %s is owned by uid %d, who may not read the data "
+                    "file; refusing it (remove it)", h->table_path, (int)owner);
+    mode_t extra = (st->st_mode & 07777) & ~table_mode(data->st_mode);
+    if (extra)
+        return fail(SS_EUNSAFE, "lock table %s (owned by uid %d) has mode %04o, which grants "
+                    "more than the data file's readers get (%04o); refusing it (remove it)",
+                    h->table_path, (int)owner, (unsigned)(st->st_mode & 07777),
+                    (unsigned)table_mode(data->st_mode));
+    if (dir && (dir->st_mode & (S_IWGRP | S_IWOTH)) && !(dir->st_mode & S_ISVTX))
+        return fail(SS_EUNSAFE, "lock table %s is owned by uid %d in a lock directory others "
+                    "may write that is not sticky; refusing it", h->table_path, (int)owner);
+    return SS_OK;
+}
+
 /* Open the table file `name` in dir_fd, refusing symlinks, non-regular
- * files and files planted by other users; *st receives its status.
- * Returns the descriptor or a status < 0. */
+ * files and files of other users that check_table_owner does not trust;
+ * *st receives its status.  Returns the descriptor or a status < 0. */
 static int open_table_file(struct ss_handle *h, int dir_fd, const char *name,
                            const struct stat *data, struct stat *st)
 {
@@ -2075,16 +2144,15 @@ static int open_table_file(struct ss_handle *h, int dir_fd, const char *name,
         return fail_sys("cannot open lock table %s", h->table_path);
     }
     int rc = SS_OK;
-    uid_t me = geteuid();
+    struct stat dir;
+    int have_dir = dir_fd != AT_FDCWD && fstat(dir_fd, &dir) == 0;
     if (fstat(fd, st) != 0)
         rc = fail_sys("cannot stat %s", h->table_path);
     else if (!S_ISREG(st->st_mode))
         rc = fail(SS_EUNSAFE, "%s is not a regular file; refusing it as a lock table",
                   h->table_path);
-    else if (st->st_uid != me && st->st_uid != 0 && !(data && st->st_uid == data->st_uid))
-        rc = fail(SS_EUNSAFE, "lock table %s is owned by uid %d, neither you nor the "
-                  "data file's owner; refusing it (remove it)", h->table_path,
-                  (int)st->st_uid);
+    else if ((rc = check_table_owner(h, st, data, have_dir ? &dir : NULL)) != SS_OK)
+        ;
     else if ((uint64_t)st->st_size < SS_HEADER_BYTES)
         rc = fail(SS_ECORRUPT, "lock table %s is truncated (%lld bytes)",
                   h->table_path, (long long)st->st_size);

@@ -66,13 +66,29 @@ def test_directory_at_table_path_is_an_error_not_a_table(data_file: Path, lock_d
 
 
 @pytest.mark.root
-def test_table_owned_by_another_user_is_refused(data_file: Path, lock_dir: Path) -> None:
+def test_table_owned_by_a_user_who_may_not_read_the_data_is_refused(data_file: Path,
+                                                                   lock_dir: Path) -> None:
+    os.chmod(data_file, 0o600)   # only its owner (root) may read it
     with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
         table = mgr.table_path
     os.chown(table, NOBODY, NOBODY)
-    with pytest.raises(UnsafeLockTable) as err:
+    with pytest.raises(UnsafeLockTable, match="may not read the data file") as err:
         shmslice.LockManager(data_file, lock_dir=lock_dir)
     assert str(NOBODY) in str(err.value)
+
+
+@pytest.mark.root
+def test_table_of_another_reader_is_accepted_only_with_the_data_files_modes(
+        data_file: Path, lock_dir: Path) -> None:
+    os.chmod(data_file, 0o644)   # everyone may read it: nobody's table is acceptable ...
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        table = mgr.table_path
+    os.chown(table, NOBODY, NOBODY)
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        mgr.lock(0, 10).release()
+    os.chmod(data_file, 0o604)   # ... until it grants more than the readers of the data get
+    with pytest.raises(UnsafeLockTable, match="grants more"):   # (0666: its group may write)
+        shmslice.LockManager(data_file, lock_dir=lock_dir)
 
 
 @pytest.mark.root
@@ -89,7 +105,11 @@ def test_planted_file_of_another_user_is_refused(data_file: Path, lock_dir: Path
     table = table_path_for(data_file, lock_dir)
     shutil.copyfile(forged, table)
     os.chown(table, NOBODY, NOBODY)
+    os.chmod(data_file, 0o600)   # planted by a user who may not read the data file
     with pytest.raises(UnsafeLockTable):
+        shmslice.LockManager(data_file, lock_dir=lock_dir)
+    os.chmod(data_file, 0o644)   # by one who may: still not used (another file's table)
+    with pytest.raises(shmslice.CorruptLockTable, match="another file"):
         shmslice.LockManager(data_file, lock_dir=lock_dir)
 
 
