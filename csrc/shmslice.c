@@ -2287,7 +2287,16 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
     char name[SS_TABLE_NAME_MAX];
     uint64_t birth = birth_stamp(data_fd);
     ss_table_name((uint64_t)data.st_dev, (uint64_t)data.st_ino, birth, name, sizeof name);
-    snprintf(h->table_path, sizeof h->table_path, "%s/%s", table_dir, name);
+    int path_len = snprintf(h->table_path, sizeof h->table_path, "%s/%s", table_dir, name);
+    if (path_len < 0 || (size_t)path_len >= sizeof h->table_path) {
+        /* Not openable by its path: a forked child could not re-open it, nor could
+         * the command line tool. */
+        handle_free(h);
+        errno = ENAMETOOLONG;
+        return fail_sys("the lock table's path in %.64s... would be %d bytes, more than "
+                        "PATH_MAX (%zu); choose a shorter lock directory", table_dir, path_len,
+                        sizeof h->table_path - 1);
+    }
     /* Registered before any descriptor of the table is opened, so the atfork
      * child handler closes it in a child forked during the attach (else the
      * child could keep our liveness lock alive after we die). */

@@ -215,8 +215,8 @@ class TableHandle:
         path = ffi.new("char[]", 1100)   # the header keeps at most 1024 bytes of it
         check(lib.ss_data_path(self._cdata, path, 1100))
         return TableStat(
-            table_path=ffi.string(lib.ss_table_path(self._cdata)).decode(errors="replace"),
-            data_path=ffi.string(path).decode(errors="replace"),
+            table_path=os.fsdecode(ffi.string(lib.ss_table_path(self._cdata))),
+            data_path=os.fsdecode(ffi.string(path)),
             format=st.format, table_bytes=st.table_bytes, capacity=st.capacity, used=st.used,
             waiting=st.waiting, proc_capacity=st.proc_capacity, procs=st.procs,
             repairs=st.repairs, file_size=st.file_size, created=st.created_ns / 1e9)
@@ -357,7 +357,9 @@ def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,
     try:
         table_path = os.path.join(table_dir, table_name(*file_identity(data_fd)))
         out = ffi.new("ss_handle **")
-        rc = lib.ss_attach(table_dir.encode(), data_fd, os.path.abspath(path).encode(),
+        # (os.fsencode: file names need not be UTF-8; undecodable bytes arrive
+        # as surrogate escapes and go back as the same bytes.)
+        rc = lib.ss_attach(os.fsencode(table_dir), data_fd, os.fsencode(os.path.abspath(path)),
                            capacity, 0, out)
         if rc == lib.SS_EINVAL:
             raise ValueError(f"{path}: {detail()}")
@@ -372,7 +374,7 @@ def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,
 def attach_table(table_path: str) -> TableHandle:
     """Open the existing lock table file at ``table_path`` for inspection."""
     out = ffi.new("ss_handle **")
-    check(lib.ss_attach_table(table_path.encode(), out), table_path)
+    check(lib.ss_attach_table(os.fsencode(table_path), out), table_path)
     return TableHandle(ffi.gc(out[0], lib.ss_free), table_path)
 
 

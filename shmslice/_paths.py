@@ -45,19 +45,26 @@ def _check_dir(path: str) -> None:
             f"run 'chmod +t {path}' or set SHMSLICE_DIR", path)
 
 
-def resolve_lock_dir(lock_dir: str | os.PathLike[str] | None = None, *, create: bool = True) -> str:
+def resolve_lock_dir(lock_dir: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
+                     *, create: bool = True) -> str:
     """The lock directory to use: ``lock_dir``, else ``$SHMSLICE_DIR``, else the default.
 
-    Creates it if missing (unless ``create`` is false) and checks that it is safe.
+    Creates it if missing (unless ``create`` is false) and checks that it is
+    safe.  The directory itself must not be a symbolic link (directories above
+    it may be): the path is made absolute, not resolved.
     """
-    if lock_dir is not None and not isinstance(lock_dir, (str, os.PathLike)):
-        raise TypeError(f"lock_dir must be a path (str or os.PathLike), not {type(lock_dir).__name__}")
-    chosen = os.fspath(lock_dir) if lock_dir is not None else os.environ.get("SHMSLICE_DIR") or None
+    if lock_dir is not None and not isinstance(lock_dir, (str, bytes, os.PathLike)):
+        raise TypeError(f"lock_dir must be a path (str, bytes or os.PathLike), "
+                        f"not {type(lock_dir).__name__}")
+    chosen = (os.fsdecode(os.fspath(lock_dir)) if lock_dir is not None
+              else os.environ.get("SHMSLICE_DIR") or None)
     if chosen is None:
         path = default_lock_dir()
         mode = 0o1777
     else:
-        path = os.path.realpath(chosen)
+        if "\0" in chosen:
+            raise ValueError("lock_dir contains a NUL byte")
+        path = os.path.abspath(chosen)
         mode = 0o700
     if create and not os.path.lexists(path):
         try:

@@ -58,15 +58,25 @@ def _offset(name: str, value: object) -> int:
     return operator.index(value)
 
 
+# Timeouts from here on (about 292 years) do not fit the core's int64
+# nanoseconds: they wait forever, as the C fast path decides too.
+_FOREVER_NS = 9.2e18
+
+
 def timeout_to_ns(timeout: object) -> int:
-    """None -> -1 (forever); seconds >= 0 -> nanoseconds."""
+    """None -> -1 (forever); seconds >= 0 -> nanoseconds (-1, forever, for
+    infinity and anything too large to count in int64 nanoseconds)."""
     if timeout is None:
         return -1
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if isinstance(timeout, int):   # (any size: never converted to a float)
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        return -1 if timeout >= _FOREVER_NS / 1e9 else int(timeout) * 1_000_000_000
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
-    if math.isinf(timeout):
+    if math.isinf(timeout) or timeout * 1e9 >= _FOREVER_NS:
         return -1
     return int(timeout * 1e9)
 
@@ -163,15 +173,16 @@ class LockManager(ManagerBase):
     _handle: FileTableHandle   # the table and the data file; its closed/writable are ours
     _owner: weakref.ref[MappedFile] | None = None   # the MappedFile this manager serves
 
-    def __init__(self, path: str | os.PathLike[str], lock_dir: str | os.PathLike[str] | None = None,
+    def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+                 lock_dir: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
                  *, _capacity: int = 0) -> None:
         if "_handle" in self.__dict__:
             # Re-attaching in place would swap the C handle under threads and
             # RegionLocks that still use the old one.
             raise RuntimeError("LockManager.__init__ called twice; make a new LockManager")
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
-        self.path = os.fspath(path)
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"path must be a str, bytes or os.PathLike, not {type(path).__name__}")
+        self.path = os.fsdecode(os.fspath(path))
         self._pins: dict[int, int] = {}   # see pin()
         directory = resolve_lock_dir(lock_dir)
         writable = True
