@@ -252,7 +252,8 @@ struct ss_proc {
     int32_t pid;                 /* pid at attach, for display and pin ownership */
     uint32_t gen;                /* bumped whenever the slot is freed */
     uint32_t state;              /* PROC_FREE or PROC_USED */
-    uint32_t pad;
+    uint32_t pidns;              /* low 32 bits of the pid namespace's inode, 0 unknown:
+                                  * pid means nothing to a process of another namespace */
     uint64_t attached_ns;        /* CLOCK_REALTIME at attach */
     uint64_t token;              /* random per process (new after fork): same process? */
 };
@@ -418,6 +419,22 @@ static uint64_t my_token(void)
         t = fresh;
     }
     return t;
+}
+
+/* This process's pid namespace (the low 32 bits of its nsfs inode, as
+ * /proc/self/ns/pid shows it), 0 if unknown.  Read once: a process cannot
+ * change its own pid namespace (unshare and setns change its children's). */
+static uint32_t my_pidns(void)
+{
+    static uint32_t ns;
+    static int known;
+    if (!__atomic_load_n(&known, __ATOMIC_ACQUIRE)) {
+        struct stat st;
+        uint32_t v = stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
+        __atomic_store_n(&ns, v, __ATOMIC_RELAXED);
+        __atomic_store_n(&known, 1, __ATOMIC_RELEASE);
+    }
+    return __atomic_load_n(&ns, __ATOMIC_RELAXED);
 }
 
 /* Registry of open handles, so the atfork child handler can drop the
@@ -1785,6 +1802,7 @@ static int claim_slot(struct ss_handle *h, uint32_t s)
     struct ss_proc *p = &h->procs[s];
     p->gen++;
     p->pid = (int32_t)getpid();
+    p->pidns = my_pidns();
     p->token = my_token();
     p->attached_ns = now_ns(CLOCK_REALTIME);
     p->state = PROC_USED;
@@ -2526,10 +2544,29 @@ static const char *kind_name(int kind)
     return kind == SS_EXCLUSIVE ? "exclusive" : kind == SS_SHARED ? "shared" : "pin";
 }
 
-/* pid of an entry's owner, 0 if its slot index is out of range. */
+/* pid of the owner of process slot `slot` as this process sees it: 0 if the
+ * slot index is out of range or the owner lives in another pid namespace
+ * (its pid there may be anyone's here, often 1). */
+static int slot_pid(struct ss_handle *h, uint32_t slot)
+{
+    if (slot >= h->hdr->proc_hwm) return 0;
+    const struct ss_proc *p = &h->procs[slot];
+    uint32_t mine = my_pidns();
+    if (p->pidns && mine && p->pidns != mine) return 0;
+    return (int)p->pid;
+}
+
 static int owner_pid(struct ss_handle *h, const struct ss_entry *e)
 {
-    return e->owner_slot < h->hdr->proc_hwm ? (int)h->procs[e->owner_slot].pid : 0;
+    return slot_pid(h, e->owner_slot);
+}
+
+/* "pid N", or what pid 0 (see slot_pid) stands for, in buf. */
+static const char *pid_text(int pid, char *buf, size_t len)
+{
+    if (pid > 0) snprintf(buf, len, "pid %d", pid);
+    else snprintf(buf, len, "a process of another PID namespace");
+    return buf;
 }
 
 /* The SS_ETIMEDOUT detail for a request blocked by entry `who`: a holder is
@@ -2537,14 +2574,16 @@ static int owner_pid(struct ss_handle *h, const struct ss_entry *e)
 static int blocked_status(struct ss_handle *h, const struct request *r, uint32_t who)
 {
     const struct ss_entry *e = &h->entries[who];
+    char owner[64];
+    pid_text(owner_pid(h, e), owner, sizeof owner);
     if (e->state == SS_WAITING)
-        return fail(SS_ETIMEDOUT, "[%llu, %llu) is queued behind pid %d's waiting %s "
+        return fail(SS_ETIMEDOUT, "[%llu, %llu) is queued behind %s's waiting %s "
                     "request on [%llu, %llu)", (unsigned long long)r->start,
-                    (unsigned long long)r->end, owner_pid(h, e), kind_name(e->kind),
+                    (unsigned long long)r->end, owner, kind_name(e->kind),
                     (unsigned long long)e->start, (unsigned long long)e->end);
-    return fail(SS_ETIMEDOUT, "[%llu, %llu) is held %s by pid %d on [%llu, %llu)",
+    return fail(SS_ETIMEDOUT, "[%llu, %llu) is held %s by %s on [%llu, %llu)",
                 (unsigned long long)r->start, (unsigned long long)r->end,
-                e->kind == SS_EXCLUSIVE ? "exclusively" : "shared", owner_pid(h, e),
+                e->kind == SS_EXCLUSIVE ? "exclusively" : "shared", owner,
                 (unsigned long long)e->start, (unsigned long long)e->end);
 }
 
@@ -2865,7 +2904,7 @@ static void fill_info(struct ss_handle *h, uint32_t i, ss_entry_info *out, int a
     out->kind = e->kind;
     out->state = e->state;
     out->count = e->count;
-    out->pid = e->owner_slot < h->hdr->proc_hwm ? h->procs[e->owner_slot].pid : 0;
+    out->pid = slot_pid(h, e->owner_slot);
     out->tid = e->tid;
     out->alive = alive;
 }
@@ -2933,8 +2972,10 @@ static int resize_impl(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_in
     if (new_size < (uint64_t)st.st_size || new_size < hd->file_size) {
         rc = find_beyond(h, new_size, who);
         if (rc == 1) {
-            rc = fail(SS_EBUSY, "cannot shrink to %llu bytes: pid %d holds a %s on "
-                      "[%llu, %llu)", (unsigned long long)new_size, (int)who->pid,
+            char owner[64];
+            rc = fail(SS_EBUSY, "cannot shrink to %llu bytes: %s holds a %s on "
+                      "[%llu, %llu)", (unsigned long long)new_size,
+                      pid_text((int)who->pid, owner, sizeof owner),
                       who->kind == SS_PIN ? "pin" : who->kind == SS_SHARED ? "shared lock"
                       : "exclusive lock", (unsigned long long)who->start,
                       (unsigned long long)who->end);
@@ -3367,6 +3408,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, state);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, pidns);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, attached_ns);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, token);
     LAYOUT_FIELD(&b, "entry", struct ss_entry, start);

@@ -103,7 +103,9 @@ def describe_process(pid: int, since: float) -> ProcessInfo:
 
     Never raises for processes that exit meanwhile or that we may not inspect.
     """
-    if pid <= 0:
+    if pid == 0:   # the core's answer for an owner in another PID namespace
+        return ProcessInfo("elsewhere")
+    if pid < 0:
         return ProcessInfo("unknown")
     try:
         proc = psutil.Process(pid)

@@ -112,7 +112,8 @@ def lock_rows(entries: Sequence[LockInfo], owners: dict[int, ProcessInfo], now: 
         name, command = owner_cells(owners.get(e.pid), e.alive)
         rows.append([
             str(e.start), str(e.end), human_size(e.end - e.start), e.kind, str(e.count),
-            "waiting" if e.waiting else "held", str(e.pid), "alive" if e.alive else "dead",
+            "waiting" if e.waiting else "held", str(e.pid) if e.pid else "?",
+            "alive" if e.alive else "dead",
             human_duration(now - e.since) if e.since > 0 else "-", name, command,
         ])
     return rows
