@@ -53,6 +53,17 @@ def test_chaos_with_a_small_table_that_fills_up(tmp_path: Path) -> None:
     _check(summary, stderr, 300)
 
 
+def test_chaos_with_sigint_during_waits(tmp_path: Path) -> None:
+    """SIGINT every ~2 ms on top of the kills: half the workers' handlers raise
+    inside lock() (the request must go, leaving no entry), half return (the wait
+    goes on); exclusion, progress and exact counts are checked as before."""
+    summary, stderr = _run(tmp_path, "--kills", "300", "--workers", "4", "--sigint-ms", "2",
+                           "--kill-prob", "0.5", timeout=150)
+    _check(summary, stderr, 300)
+    assert summary["sigints_handled"] > 50
+    assert summary["interrupted_waits"] > 0
+
+
 def test_chaos_checker_catches_a_broken_lock(tmp_path: Path) -> None:
     """The workers' own check is not vacuous: with writers locking shared, it fails."""
     summary, stderr = _run(tmp_path, "--kills", "400", "--workers", "4", "--sabotage",

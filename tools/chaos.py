@@ -6,7 +6,11 @@ overlapping regions of one file at random.  A controller SIGKILLs a random
 worker every few milliseconds and forks a replacement; some workers also arm
 the C core's crash-point hook (ss_debug_set_crash_point) so that they kill
 themselves *inside* the table mutex (allocating, publishing, unlinking or
-freeing an entry, or half way through a repair).
+freeing an entry, or half way through a repair).  With ``--sigint-ms`` the
+controller also sends SIGINT to a random worker every so often: half of the
+workers' handlers raise (only while the worker is inside ``lock()``; the
+request must then be withdrawn, leaving no entry), the others return (the
+wait must go on with its place kept).
 
 What is checked, and by whom:
 
@@ -58,14 +62,14 @@ from _children import wait_pid
 UNIT = 4096
 GLOBAL_BYTES = 4096
 ROW_BYTES = 256               # row header 64 bytes, marks from offset 64
-MARKS = 64
+MARKS = 96
 # Global fields
 G_STOP, G_EXIT = 0, 4
 # Row fields: pid q@0, incarnation Q@8, heartbeat Q@16, lock ops checked Q@24,
-# pin ops Q@32, count checks Q@40, frozen I@48, forked children Q@56, table full Q@64
-# (marks start at MARKS)
+# pin ops Q@32, count checks Q@40, frozen I@48, forked children Q@56, table full Q@64,
+# SIGINTs handled Q@72, lock waits interrupted Q@80 (marks start at MARKS)
 R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN, R_FORKS = 0, 8, 16, 24, 32, 40, 48, 56
-R_FULL = MARKS - 8
+R_FULL, R_SIGINTS, R_INTERRUPTED = 64, 72, 80
 LOCK_TIMEOUT = 10.0
 STALE_POLL_S = 3.0
 
@@ -123,12 +127,26 @@ def conflicting(seg: bytes, exclusive: bool) -> bool:
 # Worker (a forked child of the controller)
 # ---------------------------------------------------------------------------
 
+class Interrupted(Exception):
+    """What a raising SIGINT handler raises (inside lock() only)."""
+
+
 def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -> None:
     import shmslice
     from shmslice._binding import lib
 
     rng = random.Random(f"{args.seed}:{slot}:{incarnation}")
     rec = Record(paths["record"], args.workers, args.units, create=False)
+    # SIGINT: a handler that raises while armed (inside lock()), disarming
+    # itself so that it raises at most once per lock() call, or one that returns.
+    sigint = {"armed": False, "raising": rng.random() < 0.5}
+
+    def on_sigint(signum: int, frame: object) -> None:
+        rec.bump(rec.row(slot) + R_SIGINTS)
+        if sigint["raising"] and sigint["armed"]:
+            sigint["armed"] = False
+            raise Interrupted
+    signal.signal(signal.SIGINT, on_sigint)
     me = os.getpid()
     row = rec.row(slot)
     rec.set_marks(slot, 0, args.units, 0)         # a dead predecessor's stale marks
@@ -140,6 +158,26 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
     mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
                                _capacity=args.capacity)
     pins: list[tuple[int, int, int]] = []
+
+    def after_interrupt(lk: object) -> None:
+        """A lock() interrupted by the raising handler: the request must be gone.
+        If it was granted just before the handler ran, the lock object was never
+        returned (or not yet released): release it, or start a new manager."""
+        nonlocal mgr
+        rec.bump(row + R_INTERRUPTED)
+        if lk is not None:
+            lk.release()  # type: ignore[attr-defined]
+        left = [e for e in mgr.locks(waiting=True) if e.pid == me and e.kind != "pin"]
+        if any(e.waiting for e in left):
+            fail(f"an interrupted lock() left its request waiting: {left}")
+        if len(left) > 1:
+            fail(f"an interrupted lock() left {len(left)} locks: {left}")
+        if left:   # granted, never bound to a name: only closing the manager drops it
+            old = [(s, e) for _, s, e in pins]
+            mgr.close()
+            mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
+                                       _capacity=args.capacity)
+            pins[:] = [(mgr.pin(s, e), s, e) for s, e in old]
 
     def fail(msg: str) -> None:
         sys.stderr.write(f"chaos worker slot {slot} pid {me}: VIOLATION {msg}\n")
@@ -174,10 +212,19 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             a = rng.randrange(args.units)
             b = min(args.units, a + rng.randint(1, args.max_len))
             exclusive = rng.random() < 0.4
+            lk = None
             try:
                 # --sabotage (checker self-test): writers take shared locks.
                 mode = "exclusive" if exclusive and not args.sabotage else "shared"
-                lk = mgr.lock(a * UNIT, b * UNIT, mode, timeout=LOCK_TIMEOUT)
+                sigint["armed"] = True
+                try:
+                    lk = mgr.lock(a * UNIT, b * UNIT, mode, timeout=LOCK_TIMEOUT)
+                finally:
+                    sigint["armed"] = False
+            except Interrupted:
+                after_interrupt(lk)
+                rec.bump(row + R_BEAT)
+                continue
             except shmslice.LockTimeout as exc:
                 fail(f"lock [{a},{b}) not granted in {LOCK_TIMEOUT} s: {exc}")
             except shmslice.LockTableFull:
@@ -300,8 +347,11 @@ def forked_child(mgr, rng: random.Random, pins: list, fail) -> None:
 
 
 def run_worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -> int:
+    # Forked with SIGINT ignored, until the worker installs its own handler.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     pid = os.fork()
     if pid:
+        signal.signal(signal.SIGINT, previous)
         return pid
     code = 0
     try:
@@ -394,12 +444,17 @@ def run(args: argparse.Namespace) -> dict:
     for slot in range(args.workers):
         spawn(slot)
     next_progress = time.monotonic() + 0.2
+    next_sigint = time.monotonic()
     while counts["kills"] + counts["crash_point_deaths"] < args.kills and not failures:
         time.sleep(rng.uniform(args.kill_min_ms, args.kill_max_ms) / 1000)
         collect()
         if failures:
             break
-        if live:
+        if args.sigint_ms and live and time.monotonic() >= next_sigint:
+            os.kill(live[rng.choice(sorted(live))], signal.SIGINT)
+            counts["sigints_sent"] += 1
+            next_sigint = time.monotonic() + rng.uniform(0.5, 1.5) * args.sigint_ms / 1000
+        if live and rng.random() < args.kill_prob:
             slot = rng.choice(sorted(live))
             pid = live[slot]
             killed.add(pid)
@@ -481,11 +536,14 @@ def run(args: argparse.Namespace) -> dict:
         totals["count_checks"] += rec.get(r + R_COUNTS)
         totals["forked_children"] += rec.get(r + R_FORKS)
         totals["table_full"] += rec.get(r + R_FULL)
+        totals["sigints_handled"] += rec.get(r + R_SIGINTS)
+        totals["interrupted_waits"] += rec.get(r + R_INTERRUPTED)
     return {
         "seed": args.seed, "workers": args.workers,
         "kills": counts["kills"], "crash_point_deaths": counts["crash_point_deaths"],
         "deaths_survived": counts["kills"] + counts["crash_point_deaths"],
-        "repairs": counts["repairs"], **totals, **leftover_report,
+        "repairs": counts["repairs"], "sigints_sent": counts["sigints_sent"], **totals,
+        **leftover_report,
         "chaos_seconds": round(chaos_elapsed, 2), "failures": failures[:20],
         "work_dir": work,
     }
@@ -524,6 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print only the JSON summary")
     p.add_argument("--keep", action="store_true",
                    help="keep the temporary work directory even after a clean run")
+    p.add_argument("--sigint-ms", type=float, default=0.0,
+                   help="send SIGINT to a random worker about every this many ms (0: never)")
+    p.add_argument("--kill-prob", type=float, default=1.0,
+                   help="chance that a controller tick SIGKILLs a worker (lower it to let "
+                   "more SIGINTs land in waits)")
     p.add_argument("--sabotage", action="store_true",
                    help="checker self-test: take writers' locks as shared (must fail)")
     args = p.parse_args(argv)
@@ -542,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['crash_point_deaths']} inside the C core), lock operations checked: "
               f"{summary['lock_ops_checked']}, pin operations: {summary['pin_ops']}, "
               f"count checks: {summary['count_checks']}, forked children: "
-              f"{summary['forked_children']}, repairs: {summary['repairs']}, "
+              f"{summary['forked_children']}, repairs: {summary['repairs']}, SIGINTs: "
+              f"{summary['sigints_sent']} sent, {summary['interrupted_waits']} interrupted waits, "
               f"in {summary['chaos_seconds']} s")
     if not summary["failures"] and not args.keep and not args.dir:
         shutil.rmtree(summary["work_dir"], ignore_errors=True)
