@@ -3451,13 +3451,14 @@ int ss_layout(char *buf, uint32_t buflen)
     return b.need > INT_MAX ? INT_MAX : (int)b.need;
 }
 
-/* Is name a lock table file name as ss_table_name makes them?  Then store
+/* Is name a lock table file name as ss_table_name makes them (or as it made
+ * them before the birth stamp: then *birth is SS_BIRTH_LEGACY)?  Then store
  * the data file identity it names and return SS_OK, else SS_EINVAL. */
 int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino, uint64_t *birth)
 {
     if (!name) return fail(SS_EINVAL, "no name");
     static const char suffix[] = ".shmslice";
-    uint64_t part[3] = {0, 0, 0};
+    uint64_t part[3] = {0, 0, SS_BIRTH_LEGACY};
     const char *p = name;
     for (int k = 0; k < 3; k++) {
         const char *digits = p;
@@ -3472,6 +3473,7 @@ int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino, uint64_t
         if (n == 0 || (n > 1 && digits[0] == '0'))
             return fail(SS_EINVAL, "%s is not a lock table name", name);
         part[k] = v;
+        if (k == 1 && *p == '.') break;   /* "dev-ino.shmslice": a table of format 3 or older */
         if (k < 2) {
             if (*p != '-') return fail(SS_EINVAL, "%s is not a lock table name", name);
             p++;

@@ -85,6 +85,9 @@ const char *ss_last_detail(void);
 
 /* Longest lock table file name, with its NUL. */
 #define SS_TABLE_NAME_MAX 64
+/* The birth stamp ss_table_name_parse gives the name of a table of format 3
+ * or older ("dev-ino.shmslice"), so that tools can list it for removal. */
+#define SS_BIRTH_LEGACY 0xffffffffffffffffULL
 
 /* File name (not path) of the lock table for data file identity (dev, ino,
  * birth); buflen must be at least SS_TABLE_NAME_MAX. */
@@ -277,7 +280,8 @@ int ss_layout(char *buf, uint32_t buflen);
 /*
  * If name is a lock table file name (as ss_table_name makes), store the data
  * file identity it names in *dev, *ino and *birth and return SS_OK; else
- * SS_EINVAL.
+ * SS_EINVAL.  Names of tables of format 3 or older, "dev-ino.shmslice", parse
+ * with *birth = SS_BIRTH_LEGACY.
  */
 int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino, uint64_t *birth);
 

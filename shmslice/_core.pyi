@@ -138,6 +138,7 @@ class _Lib:
     SS_DEFAULT_CAPACITY: int
     SS_DEFAULT_PROC_CAPACITY: int
     SS_TABLE_NAME_MAX: int
+    SS_BIRTH_LEGACY: int
     # Functions of csrc/shmslice.h, in its order.
     def ss_status_name(self, status: int, /) -> _CChars: ...
     def ss_status_message(self, status: int, /) -> _CChars: ...

@@ -55,11 +55,13 @@ def test_table_names_round_trip() -> None:
         assert parse_table_name(table_name(*ident)) == ident
         assert len(table_name(*ident)) < lib.SS_TABLE_NAME_MAX
     for bad in ["", "x.shmslice", "1-2-3.shmslicex", "1-2-3", "-2-3.shmslice", "1--3.shmslice",
-                "1-2.shmslice", "1-2-.shmslice", "01-2-3.shmslice", "1-02-3.shmslice",
+                "1-2-.shmslice", "1-2.shmslice.x", "01-2.shmslice", "01-2-3.shmslice", "1-02-3.shmslice",
                 "1-2-03.shmslice", "A-2-3.shmslice", "1_2_3.shmslice", "1-2-3-4.shmslice",
                 "1ffffffffffffffff-1-1.shmslice", ".1-2-3.shmslice.99.1f.tmp",
                 "1-2-3.shmslice\udcff"]:
         assert parse_table_name(bad) is None, bad
+    # Tables of format 3 were named dev-ino: listed (for removal) with the legacy stamp.
+    assert parse_table_name("42-7.shmslice") == (0x42, 7, lib.SS_BIRTH_LEGACY) == (66, 7, 2**64 - 1)
 
 
 def test_table_identity_includes_the_birth_stamp(data_file: Path, lock_dir: Path) -> None:
