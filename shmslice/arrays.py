@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from shmslice.errors import StaleDescriptor
+from shmslice.errors import ShmSliceError
 from shmslice.slices import ByteBufferSlice, open_descriptor
 
 __all__ = ["MappedArray", "StaleArray", "file_ndarray", "slice_asarray"]
@@ -77,7 +77,7 @@ def _rebuild_array(descriptor: tuple[Any, ...], dtype: np.dtype, shape: tuple[in
     """
     try:
         s = open_descriptor(*descriptor)
-    except StaleDescriptor as err:
+    except (ShmSliceError, OSError) as err:   # deferred, as for slices (see slices._rebuild)
         return StaleArray(err, dtype, shape)
     try:
         return np.ndarray.__new__(MappedArray, shape, dtype, buffer=_export(s),
@@ -99,13 +99,14 @@ class StaleArray:
 
     __slots__ = ("_error", "_what")
 
-    def __init__(self, error: StaleDescriptor, dtype: Any, shape: tuple[int, ...]) -> None:
+    def __init__(self, error: Exception, dtype: Any, shape: tuple[int, ...]) -> None:
         object.__setattr__(self, "_error", error)
         object.__setattr__(self, "_what", f"{np.dtype(dtype)} {tuple(shape)}")
 
     def _raise(self, *args: Any, **kwargs: Any) -> Any:
-        error: StaleDescriptor = object.__getattribute__(self, "_error")
-        raise type(error)(error.message, error.path)
+        error: Exception = object.__getattribute__(self, "_error")
+        reduced: Any = error.__reduce__()   # a fresh copy each time: no traceback pile-up
+        raise reduced[0](*reduced[1])
 
     def __getattr__(self, name: str) -> Any:
         return self._raise()

@@ -612,16 +612,17 @@ def _mapped_for_descriptor(path: str, identity: Any, origin: Any, writable: bool
 
 
 class _StaleFile(FileBase):
-    """The closed placeholder file of slices whose descriptor went stale: its
-    ``_desc`` is the :class:`StaleDescriptor`, which every use of them raises."""
+    """The closed placeholder file of slices whose descriptor went stale (or
+    could not be served here): its ``_desc`` is the exception, which every use
+    of them raises."""
 
     __slots__ = ()
 
 
-def stale_slice(err: StaleDescriptor, start: int, end: int) -> Any:
+def stale_slice(err: Exception, start: int, end: int) -> Any:
     """A slice of [start, end) that raises ``err`` (a fresh copy) at every use."""
     placeholder = FileBase.__new__(_StaleFile)
-    placeholder._path = err.path or "?"
+    placeholder._path = getattr(err, "path", None) or getattr(err, "filename", None) or "?"
     placeholder._closed = True
     placeholder._desc = err
     return placeholder._stale_slice(start, end)

@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shmslice._binding import ByteBufferSlice, bind_slice_helpers
-from shmslice.errors import StaleDescriptor
+from shmslice.errors import ShmSliceError, StaleDescriptor
 
 if TYPE_CHECKING:  # pragma: no cover
     from shmslice.mapping import MappedFile
@@ -73,11 +73,13 @@ def _rebuild(path: str, identity: Any, origin: Any, start: int, end: int, writab
     A stale descriptor does not raise here: it becomes a slice that raises
     ``StaleDescriptor`` at its first use, so that the error reaches whoever
     runs the task (a pool whose worker failed while unpickling its arguments
-    breaks or hangs instead).
+    breaks or hangs instead).  Any other shmslice error or ``OSError`` met
+    while mapping the file here (no permission, an unsafe or corrupt table)
+    is deferred the same way.
     """
     try:
         return open_descriptor(path, identity, origin, start, end, writable, size, lock_dir)
-    except StaleDescriptor as err:
+    except (ShmSliceError, OSError) as err:
         from shmslice.mapping import stale_slice
         return stale_slice(err, start, end)  # type: ignore[no-any-return]
 

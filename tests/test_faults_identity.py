@@ -220,3 +220,20 @@ def test_descriptor_from_another_container_says_so(path: Path, lock_dir: Path,
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("stale:"), done.stdout
     assert "another container" in done.stdout and "shmslice-test-container" in done.stdout
+
+
+def test_other_errors_serving_a_descriptor_are_deferred_too(path: Path, lock_dir: Path) -> None:
+    """A worker that cannot serve a descriptor for another reason (here its
+    file's lock table is corrupt) fails the task at first use, as for stale ones."""
+    with shmslice.open(path, "r", lock_dir=lock_dir) as mf:
+        data = pickle.dumps(mf[0:16])
+        table = mf.lock_manager.table_path
+    Path(table).write_bytes(b"garbage!" * 1024)
+    s = pickle.loads(data)
+    with pytest.raises(shmslice.CorruptLockTable, match="bad magic"):
+        bytes(s)
+    with pytest.raises(shmslice.CorruptLockTable, match="bad magic"):
+        s.view()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        with pytest.raises(shmslice.CorruptLockTable):
+            pool.apply_async(_stale_task, (s,)).get(timeout=60)
