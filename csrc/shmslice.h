@@ -105,7 +105,9 @@ int ss_attach_table(const char *table_path, ss_handle **out);
 
 /*
  * Release every entry this handle owns and detach (unmap, drop the liveness
- * lock).  Waits for calls in flight in other threads; sleeping waiters return
+ * lock).  If the data file is gone (its recorded path names no file or
+ * another one) and no process is attached any more and the table holds no
+ * entries, the table file is removed.  Waits for calls in flight in other threads; sleeping waiters return
  * SS_ECLOSED.  The handle stays allocated, and every later call on it returns
  * SS_ECLOSED, until ss_free.  Closing twice is harmless.
  */
@@ -223,6 +225,21 @@ int ss_stat(ss_handle *h, ss_table_stat *out);
  * directory (as ss_clean_temp_files, not counted in *removed).
  */
 int ss_reap(ss_handle *h, uint32_t *removed);
+
+/* ss_remove_table flags. */
+#define SS_REMOVE_DRY_RUN 1
+
+/*
+ * Remove the table file a handle from ss_attach_table inspects, if no
+ * process is attached to it (then every entry left in it is a dead
+ * process's).  Safe against processes attaching meanwhile: they end up on a
+ * new table, never on the removed one.  With SS_REMOVE_DRY_RUN, only say
+ * whether it would be removed.  *freed receives the bytes the file occupies
+ * (allocated blocks).  Returns SS_OK (removed, or would be), SS_EINUSE (a
+ * process is attached), SS_ENOENT (removed meanwhile) or an error.  The
+ * handle stays usable (on the removed file) until ss_close.
+ */
+int ss_remove_table(ss_handle *h, uint32_t flags, uint64_t *freed);
 
 /*
  * Remove the temporary files that processes killed while creating a table

@@ -224,6 +224,20 @@ class TableHandle:
         check(lib.ss_reap(self._cdata, removed))
         return removed[0]
 
+    def remove(self, dry_run: bool = False) -> int | None:
+        """Remove the table file if no process is attached to it.
+
+        Returns the bytes it occupied (allocated blocks) once removed -- with
+        ``dry_run``, if it would be -- or None while a process is attached.
+        ``FileNotFoundError`` if another process removed it meanwhile.
+        """
+        freed = ffi.new("uint64_t *")
+        rc = lib.ss_remove_table(self._cdata, lib.SS_REMOVE_DRY_RUN if dry_run else 0, freed)
+        if rc == lib.SS_EINUSE:
+            return None
+        check(rc, self.table_path)
+        return int(freed[0])
+
     def close(self) -> None:
         """Release what this handle owns and detach.  Closing twice is harmless.
 

@@ -128,6 +128,7 @@ class _Lib:
     SS_EWAITING: int
     SS_EAGAIN: int
     SS_ESTALLED: int
+    SS_EINUSE: int
     # Constants of csrc/shmslice.h.
     SS_SHARED: int
     SS_EXCLUSIVE: int
@@ -135,6 +136,7 @@ class _Lib:
     SS_GRANTED: int
     SS_WAITING: int
     SS_ATTACH_NOCREATE: int
+    SS_REMOVE_DRY_RUN: int
     SS_DEFAULT_CAPACITY: int
     SS_DEFAULT_PROC_CAPACITY: int
     # Functions of csrc/shmslice.h, in its order.
@@ -167,6 +169,7 @@ class _Lib:
     def ss_stat(self, h: _CHandle, out: _CTableStat, /) -> int: ...
     def ss_reap(self, h: _CHandle, removed: _CUInt32Out, /) -> int: ...
     def ss_clean_temp_files(self, table_dir: bytes, removed: _CUInt32Out, /) -> int: ...
+    def ss_remove_table(self, h: _CHandle, flags: int, freed: _CUInt64Out, /) -> int: ...
     def ss_debug_set_crash_point(self, point: int, countdown: int, /) -> None: ...
     def ss_debug_set_named_temp(self, on: int, /) -> None: ...
     def ss_debug_set_stop_point(self, point: int, countdown: int, /) -> None: ...

@@ -125,6 +125,18 @@ class TableView:
         """Remove every entry of a dead process; returns how many."""
         return self._open_handle().reap()
 
+    def remove(self, *, dry_run: bool = False) -> int | None:
+        """Remove the table file if no process is attached to it (its entries, if any, are dead processes').
+
+        Returns the bytes the table occupied, or None while a process is
+        attached; with ``dry_run`` nothing is removed.  A process attaching
+        meanwhile gets a new table, never the removed one.  Raises
+        ``FileNotFoundError`` if another process removed it first.
+        """
+        if not isinstance(dry_run, bool):
+            raise TypeError(f"dry_run must be a bool, not {type(dry_run).__name__}")
+        return self._open_handle().remove(dry_run)
+
     def close(self) -> None:
         """Detach from the table.  Closing twice is harmless."""
         if self._handle is not None:
