@@ -275,6 +275,11 @@ int ss_layout(char *buf, uint32_t buflen);
  */
 int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino);
 
+/* Test hook: on != 0 makes this process attach and remove tables without
+ * the guard (see shmslice.c), as code without it would: only for tests that
+ * show the race the guard prevents. */
+void ss_debug_set_unguarded(int on);
+
 /* Test hook: like ss_debug_set_crash_point, but the process stops itself
  * with SIGSTOP there (once), keeping the table mutex until SIGCONT. */
 void ss_debug_set_stop_point(int point, int countdown);
