@@ -40,8 +40,10 @@ from __future__ import annotations
 import errno as _errno
 import functools
 import os
+import struct
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from shmslice import _fastpath
@@ -66,7 +68,11 @@ __all__ = [
     "ByteBufferSlice",
     "FileBase",
     "FileTableHandle",
+    "KIND_NAMES",
+    "PACKED_FIELDS",
+    "STATE_WAITING",
     "ManagerBase",
+    "PackedEntries",
     "RegionLock",
     "TableHandle",
     "attach",
@@ -167,6 +173,74 @@ def check(status: int, path: str | None = None) -> int:
     return status
 
 
+# -- snapshots, packed -------------------------------------------------------------------
+#: Public names of the entry kinds and the state code of a waiting request, for readers
+#: of :class:`PackedEntries` rows.
+KIND_NAMES: Final[dict[int, str]] = dict(_KIND_NAMES)
+STATE_WAITING: Final[int] = lib.SS_WAITING
+
+_STRUCT_CODES: Final[dict[str, str]] = {"uint64_t": "Q", "int64_t": "q", "uint32_t": "I",
+                                        "int32_t": "i"}
+#: The fields of ss_entry_info a packed row holds, in row order.
+PACKED_FIELDS: Final[tuple[str, ...]] = ("start", "end", "since_ns", "kind", "state", "count",
+                                         "pid", "tid", "alive")
+
+
+def _packed_struct() -> struct.Struct:
+    """A struct reading the PACKED_FIELDS of one ss_entry_info (the rest skipped as padding),
+    built from the layout cffi knows, so it follows any change to the C struct."""
+    fields = dict(ffi.typeof("ss_entry_info").fields)
+    size = ffi.sizeof("ss_entry_info")
+    wanted = sorted(PACKED_FIELDS, key=lambda name: fields[name].offset)
+    if wanted != list(PACKED_FIELDS):
+        raise ImportError("ss_entry_info's field order no longer matches PACKED_FIELDS")
+    fmt, at = "=", 0
+    for name in wanted:
+        f = fields[name]
+        fmt += f"{f.offset - at}x" if f.offset > at else ""
+        fmt += _STRUCT_CODES[f.type.cname]
+        at = f.offset + ffi.sizeof(f.type)
+    fmt += f"{size - at}x" if size > at else ""
+    packed = struct.Struct(fmt)
+    if packed.size != size:
+        raise ImportError(f"packed entry struct is {packed.size} bytes, ss_entry_info {size}")
+    return packed
+
+
+_PACKED = _packed_struct()
+
+
+class PackedEntries:
+    """Every entry of one snapshot, kept as the C core copied them out.
+
+    No Python object is made per entry until a row is asked for: a table of a
+    million entries costs its 64-byte records, not a million objects.  A row is
+    a tuple of ints in :data:`PACKED_FIELDS` order: ``kind`` is a key of
+    :data:`KIND_NAMES`, ``state`` equals :data:`STATE_WAITING` for a waiting
+    request, ``alive`` is 0 or 1, ``since_ns`` is CLOCK_REALTIME in ns.
+    """
+
+    __slots__ = ("_cdata", "_view", "count")
+
+    def __init__(self, cdata: object, count: int) -> None:
+        self._cdata = cdata   # keeps the memory the view reads alive
+        self._view = memoryview(ffi.buffer(cdata, count * _PACKED.size))  # type: ignore[call-overload]
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def rows(self) -> Iterator[tuple[int, ...]]:
+        """Every row, in table order."""
+        return _PACKED.iter_unpack(self._view)
+
+    def row(self, index: int) -> tuple[int, ...]:
+        """Row ``index`` (0 <= index < count)."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"row {index} of {self.count}")
+        return _PACKED.unpack_from(self._view, index * _PACKED.size)
+
+
 # -- handles -------------------------------------------------------------------------------
 def _lock_info(e: _CEntryInfo, alive: bool) -> LockInfo:
     return LockInfo(e.start, e.end, _KIND_NAMES.get(e.kind, "?"), e.pid, e.count,
@@ -204,6 +278,17 @@ class TableHandle:
             size = count[0] + 64   # grown meanwhile: again, with room to spare
         entries = (buf[i] for i in range(count[0]))
         return [_lock_info(e, bool(e.alive)) for e in entries]
+
+    def snapshot_packed(self) -> PackedEntries:
+        """Every entry in use (granted and waiting), in table order, packed (see :class:`PackedEntries`)."""
+        count = ffi.new("uint32_t *")
+        size = 64
+        while True:
+            buf = ffi.new("ss_entry_info[]", size)
+            check(lib.ss_snapshot(self._cdata, buf, size, count))
+            if count[0] <= size:
+                return PackedEntries(buf, count[0])
+            size = count[0] + max(64, count[0] // 16)   # grown meanwhile: again, with room to spare
 
     def stat(self) -> TableStat:
         """Table-wide figures."""

@@ -117,6 +117,14 @@ class TableView:
         """
         return _listing(self._open_handle().snapshot(), waiting)
 
+    def packed_entries(self) -> _binding.PackedEntries:
+        """Every entry (waiting requests included), in table order, without an object per entry.
+
+        For tables too big for :meth:`locks` to be quick: rows are unpacked on
+        demand (see :class:`shmslice._binding.PackedEntries`).
+        """
+        return self._open_handle().snapshot_packed()
+
     def stat(self) -> TableStat:
         """Table-wide figures: capacity, entries in use, waiters, attached processes."""
         return self._open_handle().stat()
