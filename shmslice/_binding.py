@@ -43,7 +43,7 @@ import os
 import struct
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from shmslice import _fastpath
@@ -59,18 +59,18 @@ from shmslice.errors import (
 from shmslice.records import LockInfo, TableStat
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shmslice._core import _CEntryInfo, _CHandle
+    from shmslice._core import _CEntryInfo, _CEntryInfoArray, _CHandle
 
 __all__ = [
     "ECLOSED",
     "EXCLUSIVE",
+    "KIND_NAMES",
+    "PACKED_FIELDS",
     "SHARED",
+    "STATE_WAITING",
     "ByteBufferSlice",
     "FileBase",
     "FileTableHandle",
-    "KIND_NAMES",
-    "PACKED_FIELDS",
-    "STATE_WAITING",
     "ManagerBase",
     "PackedEntries",
     "RegionLock",
@@ -222,9 +222,9 @@ class PackedEntries:
 
     __slots__ = ("_cdata", "_view", "count")
 
-    def __init__(self, cdata: object, count: int) -> None:
+    def __init__(self, cdata: _CEntryInfoArray, count: int) -> None:
         self._cdata = cdata   # keeps the memory the view reads alive
-        self._view = memoryview(ffi.buffer(cdata, count * _PACKED.size))  # type: ignore[call-overload]
+        self._view = memoryview(ffi.buffer(cdata, count * _PACKED.size))
         self.count = count
 
     def __len__(self) -> int:
@@ -233,6 +233,14 @@ class PackedEntries:
     def rows(self) -> Iterator[tuple[int, ...]]:
         """Every row, in table order."""
         return _PACKED.iter_unpack(self._view)
+
+    def rows_at(self, indices: Iterable[int]) -> Iterator[tuple[int, ...]]:
+        """The rows at ``indices``, in that order (each 0 <= index < count)."""
+        unpack, view, size, count = _PACKED.unpack_from, self._view, _PACKED.size, self.count
+        for index in indices:
+            if not 0 <= index < count:
+                raise IndexError(f"row {index} of {count}")
+            yield unpack(view, index * size)
 
     def row(self, index: int) -> tuple[int, ...]:
         """Row ``index`` (0 <= index < count)."""

@@ -86,6 +86,27 @@ class _CUIntPtr(_CData):
     def __int__(self) -> int: ...
 
 @type_check_only
+class _CType:
+    """A C type as ``ffi.typeof`` describes it."""
+    cname: str
+
+@type_check_only
+class _CField:
+    """One field of a struct type: its offset and type."""
+    offset: int
+    type: _CType
+
+@type_check_only
+class _CStructType(_CType):
+    """A struct type: its fields in declaration order."""
+    fields: list[tuple[str, _CField]]
+
+@type_check_only
+class _CBuffer:
+    """``ffi.buffer(...)``: the raw bytes of cdata, exported through the buffer protocol."""
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+@type_check_only
 class _FFI:
     NULL: _CChars
     @overload
@@ -108,6 +129,9 @@ class _FFI:
     def string(self, cdata: _CChars, maxlen: int = ...) -> bytes: ...
     def cast(self, cdecl: Literal["uintptr_t"], value: _CData) -> _CUIntPtr: ...
     def addressof(self, lib: _Lib, name: str) -> _CData: ...
+    def typeof(self, cdecl: Literal["ss_entry_info"]) -> _CStructType: ...
+    def sizeof(self, cdecl: Literal["ss_entry_info"] | _CType) -> int: ...
+    def buffer(self, cdata: _CEntryInfoArray, size: int) -> _CBuffer: ...
 
 @type_check_only
 class _Lib:

@@ -66,11 +66,13 @@ class PackedSnapshot:
 
 @dataclass
 class Census:
-    """Entry counts by (pid, alive, kind code, state code): ``[entries, count, bytes, first, last, oldest_ns]``.
+    """Entry counts by (pid, alive, kind code, state code):
+    ``[entries, count, bytes, first, last, oldest_ns, max_start, max_count]``.
 
     ``count`` sums the entries' reference counts (a pin's references, 1 per
     lock), ``bytes`` their region sizes, ``first``/``last`` are the lowest
-    start and highest end, ``oldest_ns`` the earliest grant (0: unknown).
+    start and highest end, ``oldest_ns`` the earliest grant (0: unknown);
+    ``max_start`` and ``max_count`` size the columns of a listing.
     """
 
     groups: dict[tuple[int, int, int, int], list[int]] = field(default_factory=dict)
@@ -117,17 +119,17 @@ def census(packed: PackedEntries | None) -> Census:
         key = (pid, alive, kind, state)
         g = get(key)
         if g is None:
-            groups[key] = [1, count, end - start, start, end, since]
+            groups[key] = [1, count, end - start, start, end, since, start, count]
             continue
         g[0] += 1
         g[1] += count
         g[2] += end - start
-        if start < g[3]:
-            g[3] = start
-        if end > g[4]:
-            g[4] = end
+        g[3] = min(g[3], start)
+        g[4] = max(g[4], end)
         if since and (since < g[5] or not g[5]):   # 0: time unknown
             g[5] = since
+        g[6] = max(g[6], start)
+        g[7] = max(g[7], count)
     return Census(groups)
 
 
@@ -225,38 +227,37 @@ SORT_KEYS: dict[str, _KeyFn] = {
 }
 
 
-def _sorted_selection(packed: PackedEntries, filters: Filters, sort: str,
+def _sorted_selection(snap: PackedSnapshot, filters: Filters, sort: str,
                       reverse: bool) -> tuple[list[int], _ColumnStats]:
     """Sort keys of the selected entries (index in the low bits) and their column figures."""
+    assert snap.packed is not None
     fold = SORT_KEYS[sort]
     keys: list[int] = []
-    stats = _ColumnStats()
-    lengths = stats.lengths
-    sinces = stats.sinces
-    owners = stats.owners
+    append = keys.append
+    lengths: set[int] = set()
+    sinces: set[int] = set()
+    add_length, add_since = lengths.add, sinces.add
     pick = filters.admits_group if filters.any else None
-    for index, (start, end, since, kind, state, count, pid, _tid, alive) in enumerate(packed.rows()):
+    for index, (start, end, since, kind, state, count, pid, _tid, alive) in enumerate(
+            snap.packed.rows()):
         if pick is not None and not pick(pid, alive, kind, state):
             continue
-        keys.append(fold(start, end, since, kind, count, pid) << _INDEX_BITS | index)
-        if end > stats.max_end:
-            stats.max_end = end
-        if start > stats.max_start:
-            stats.max_start = start
-        if count > stats.max_count:
-            stats.max_count = count
-        if pid > stats.max_pid:
-            stats.max_pid = pid
-        lengths.add(end - start)
-        sinces.add(since)
-        owners.add((pid, alive, kind, state))
+        append(fold(start, end, since, kind, count, pid) << _INDEX_BITS | index)
+        add_length(end - start)
+        add_since(since)
     keys.sort(reverse=reverse)
+    seen = [(key, g) for key, g in snap.census.groups.items() if filters.admits_group(*key)]
+    stats = _ColumnStats(max_start=max((g[6] for _, g in seen), default=0),
+                         max_end=max((g[4] for _, g in seen), default=0),
+                         max_count=max((g[7] for _, g in seen), default=0),
+                         max_pid=max((key[0] for key, _ in seen), default=0),
+                         lengths=lengths, sinces=sinces, owners={key for key, _ in seen})
     return keys, stats
 
 
 @dataclass
 class _ColumnStats:
-    """What the column widths of a listing depend on, gathered in the sorting pass."""
+    """What the column widths of a listing depend on."""
 
     max_start: int = 0
     max_end: int = 0
@@ -264,7 +265,7 @@ class _ColumnStats:
     max_pid: int = 0
     lengths: set[int] = field(default_factory=set)
     sinces: set[int] = field(default_factory=set)
-    owners: set[tuple[int, int, int, int]] = field(default_factory=set)   # census keys seen
+    owners: set[tuple[int, int, int, int]] = field(default_factory=set)   # census keys selected
 
 
 LOCK_HEADERS = ("START", "END", "SIZE", "KIND", "COUNT", "STATE", "PID", "OWNER", "HELD", "NAME",
@@ -288,7 +289,7 @@ def write_entry_table(snap: PackedSnapshot, filters: Filters, sort: str, reverse
     if snap.packed is None or not len(snap.packed):
         print("  ".join(headers), file=out)
         return 0
-    keys, stats = _sorted_selection(snap.packed, filters, sort, reverse)
+    keys, stats = _sorted_selection(snap, filters, sort, reverse)
     owners = _Owners(snap.owners)
     now = snap.taken
     size_cell = {n: human_size(n) for n in stats.lengths}
@@ -319,24 +320,26 @@ def write_entry_table(snap: PackedSnapshot, filters: Filters, sort: str, reverse
         parts.append(cells[-1])
         return "  ".join(parts).rstrip()
 
-    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9 = widths[:10]
-    commands: dict[tuple[int, int], str] = {}
-    chunk = [line(headers)]
-    row = snap.packed.row
-    for key in keys:
-        start, end, since, kind, state, count, pid, _tid, alive = row(key & _INDEX_MASK)
+    # Per census key (pid, alive, kind, state), the cells that depend on it alone,
+    # padded once: a row is then one %-format of its numbers and these pieces.
+    pieces: dict[tuple[int, int, int, int], tuple[str, str, str]] = {}
+    for pid, alive, kind, state in seen:
         name, command = owners.cells(pid, alive)
         if last_width is not None:
-            cut = commands.get((pid, alive))
-            if cut is None:
-                cut = commands[(pid, alive)] = shorten(command, last_width)
-            command = cut
-        text = (f"{start:>{w0}}  {end:>{w1}}  {size_cell[end - start]:>{w2}}  "
-                f"{_KIND_NAME.get(kind, '?'):<{w3}}  {count:>{w4}}  "
-                f"{'waiting' if state == _WAITING else 'held':<{w5}}  {pid:>{w6}}  "
-                f"{'alive' if alive else 'dead':<{w7}}  {held_cell[since]:>{w8}}  "
-                f"{name:<{w9}}  {command}")
-        chunk.append(text.rstrip())
+            command = shorten(command, last_width)
+        pieces[(pid, alive, kind, state)] = (
+            _KIND_NAME.get(kind, "?").ljust(widths[3]) + "  ",
+            "  " + ("waiting" if state == _WAITING else "held").ljust(widths[5]) + "  "
+            + str(pid).rjust(widths[6]) + "  " + ("alive" if alive else "dead").ljust(widths[7])
+            + "  ",
+            ("  " + name.ljust(widths[9]) + "  " + command).rstrip())
+    template = f"%{widths[0]}d  %{widths[1]}d  %{widths[2]}s  %s%{widths[4]}d%s%{widths[8]}s%s"
+    chunk = [line(headers)]
+    for start, end, since, kind, state, count, pid, _tid, alive in snap.packed.rows_at(
+            map(_INDEX_MASK.__and__, keys)):
+        kind_part, middle, tail = pieces[(pid, alive, kind, state)]
+        chunk.append(template % (start, end, size_cell[end - start], kind_part, count, middle,
+                                 held_cell[since], tail))
         if len(chunk) >= 4096:
             out.write("\n".join(chunk) + "\n")
             chunk.clear()
@@ -352,27 +355,37 @@ def write_entries_json(snap: PackedSnapshot, filters: Filters, sort: str, revers
     if snap.packed is None:
         out.write("]")
         return 0
-    keys, _stats = _sorted_selection(snap.packed, filters, sort, reverse)
+    keys, _stats = _sorted_selection(snap, filters, sort, reverse)
     owners = _Owners(snap.owners)
     now = snap.taken
     sep = ", " if one_line else ",\n    "
     lead = "" if one_line else "\n    "   # before the first entry; sep before each later one
     chunk: list[str] = []
-    row = snap.packed.row
-    for key in keys:
-        start, end, since, kind, state, count, pid, tid, alive = row(key & _INDEX_MASK)
+    # Per census key, the fields that depend on it alone, made once.
+    pieces: dict[tuple[int, int, int, int], tuple[str, str]] = {}
+    for pid, alive, kind, state in snap.census.groups:
         waiting = state == _WAITING
-        if since > 0:
-            t = since / 1e9
-            times = f'"since": {t!r}, "held_seconds": {round(now - t, 3)!r}'
-        else:
-            times = '"since": null, "held_seconds": null'
-        kind_name = _KIND_NAME.get(kind, "?")
-        chunk.append(
-            f'{{"start": {start}, "end": {end}, "length": {end - start}, "kind": "{kind_name}", '
-            f'"count": {count}, "state": "{"waiting" if waiting else "held"}", '
-            f'"waiting": {"true" if waiting else "false"}, "pid": {pid}, "tid": {tid}, '
-            f'"alive": {"true" if alive else "false"}, {times}, {owners.json_tail(pid, alive)}}}')
+        pieces[(pid, alive, kind, state)] = (
+            f'"kind": "{_KIND_NAME.get(kind, "?")}", "count": ',
+            f', "state": "{"waiting" if waiting else "held"}", '
+            f'"waiting": {"true" if waiting else "false"}, "pid": {pid}, "tid": ')
+    tails = {(pid, alive): f', "alive": {"true" if alive else "false"}, '
+             for pid, alive, _kind, _state in snap.census.groups}
+    time_fields: dict[int, str] = {}
+    for start, end, since, kind, state, count, pid, tid, alive in snap.packed.rows_at(
+            map(_INDEX_MASK.__and__, keys)):
+        kind_part, middle = pieces[(pid, alive, kind, state)]
+        times = time_fields.get(since)
+        if times is None:
+            if since > 0:
+                t = since / 1e9
+                times = f'"since": {t!r}, "held_seconds": {round(now - t, 3)!r}'
+            else:
+                times = '"since": null, "held_seconds": null'
+            time_fields[since] = times   # grant times repeat: the clock is coarse
+        chunk.append(f'{{"start": {start}, "end": {end}, "length": {end - start}, {kind_part}'
+                     f'{count}{middle}{tid}{tails[(pid, alive)]}{times}, '
+                     f'{owners.json_tail(pid, alive)}}}')
         if len(chunk) >= 4096:
             out.write(lead + sep.join(chunk))
             lead = sep
@@ -436,18 +449,18 @@ def group_table(snap: PackedSnapshot, by: str, filters: Filters, limit: int | No
             m[5] += g[2]
             m[6] = _earliest(m[6], g[5])
     elif by == "kind":
-        pids: dict[tuple[int, int], set[int]] = {}
-        for (pid, alive, kind, state), g in selected:
-            m = merged.get((kind, state))
-            if m is None:
+        pids: dict[tuple[int, ...], set[int]] = {}
+        for (pid, _alive, kind, state), g in selected:
+            known = merged.get((kind, state))
+            if known is None:
                 merged[(kind, state)] = list(g)
             else:
-                m[0] += g[0]
-                m[1] += g[1]
-                m[2] += g[2]
-                m[3] = min(m[3], g[3])
-                m[4] = max(m[4], g[4])
-                m[5] = _earliest(m[5], g[5])
+                known[0] += g[0]
+                known[1] += g[1]
+                known[2] += g[2]
+                known[3] = min(known[3], g[3])
+                known[4] = max(known[4], g[4])
+                known[5] = _earliest(known[5], g[5])
             pids.setdefault((kind, state), set()).add(pid)
     else:
         raise ValueError(f"unknown grouping {by!r}")
@@ -531,8 +544,7 @@ def _region_table(snap: PackedSnapshot, filters: Filters, limit: int | None,
                 r = regions[(start, end)] = [0, 0, 0, 0, 0, since, {pid}]
             else:
                 r[6].add(pid)
-                if since < r[5]:
-                    r[5] = since
+                r[5] = min(r[5], since)
             r[0] += 1
             r[1 if kind == shared else 2 if kind == exclusive else 3] += 1
             if state == _WAITING:
