@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import select
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -110,11 +113,14 @@ def run(args: argparse.Namespace) -> int:
             out.write("\n")
         return 0
     redraw = columns is not None and not args.json
-    try:
+    with _InterruptFlag() as interrupted:
         next_frame = time.monotonic()
-        while True:
+        while not interrupted.is_set():
+            budget = _row_budget(args, out)
+            if redraw and budget is not None and args.max_rows is None:
+                budget = max(budget - 2, 5)   # the "Every ..." line and the blank line under it
             frame = render_locks(take_packed_snapshot(target), args, terminal_columns(out),
-                                 _row_budget(args, out))
+                                 budget)
             if redraw:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
                 # Clear and draw in one write, so the screen never shows half a frame.
@@ -128,12 +134,46 @@ def run(args: argparse.Namespace) -> int:
             delay = next_frame - time.monotonic()
             if delay < 0:
                 next_frame, delay = time.monotonic(), 0.0
-            time.sleep(delay)
-    except KeyboardInterrupt:
-        # Ctrl-C is how --watch is meant to end: a normal exit, on a fresh line.
-        if redraw:
-            out.write("\n")
-        return 0
+            interrupted.wait(delay)
+    # Ctrl-C is how --watch is meant to end: a normal exit, on a fresh line.
+    if redraw:
+        out.write("\n")
+    return 0
+
+
+class _InterruptFlag:
+    """SIGINT as a flag for ``--watch``, instead of a KeyboardInterrupt.
+
+    An exception raised by a signal can land anywhere -- inside a ``__del__``
+    or a weakref callback, where Python prints and drops it, and the loop
+    would go on forever.  A flag cannot be lost; the wakeup descriptor ends
+    the sleep between frames at once.
+    """
+
+    def __enter__(self) -> _InterruptFlag:
+        self._set = False
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self._old_fd = signal.set_wakeup_fd(self._w)
+        self._old_handler = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until SIGINT arrives."""
+        if not self._set:
+            select.select([self._r], [], [], seconds)
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.signal(signal.SIGINT, self._old_handler)
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._r)
+        os.close(self._w)
 
 
 def register(sub: Subcommands, parents: Sequence[Parser]) -> None:
