@@ -2502,9 +2502,12 @@ int ss_close(ss_handle *h)
                 p->gen++;
                 if (h->hdr->procs_used) h->hdr->procs_used--;
             }
+            /* Dead processes' entries do not keep the table; a sweep that
+             * fails leaves it (for prune) and is no failure of the close. */
             uint32_t swept = 0;
-            if (rc == SS_OK && gone && h->hdr->used) rc = sweep_dead(h, &swept);
-            empty = rc == SS_OK && h->hdr->used == 0;
+            int swept_ok = !(rc == SS_OK && gone && h->hdr->used) ||
+                           sweep_dead(h, &swept) == SS_OK;
+            empty = rc == SS_OK && swept_ok && h->hdr->used == 0;
             table_unlock(h);
         }
     } else if (gone) {

@@ -1,6 +1,7 @@
 """Processes for the table-removal tests (tests/test_table_removal.py).
 
-``attacher`` opens the data file through a hard link of its own, takes an
+``attacher`` opens the data file through a hard link of its own (odd-numbered
+attachers build new tables under a temporary name, as without O_TMPFILE), takes an
 exclusive lock on [0, 8), runs a checked critical section, releases,
 sometimes forks a child that does the same through the inherited manager,
 unlinks its link and closes -- in a loop until a deadline.  The link
@@ -60,6 +61,8 @@ def attacher(index: int, data: str, lock_dir: str, links: str, seconds: float,
     """Attach, lock, check, detach in a loop for ``seconds``; put a result dict on ``results``."""
     if unguarded:
         lib.ss_debug_set_unguarded(1)
+    if index % 2:
+        lib.ss_debug_set_named_temp(1)   # create tables the way filesystems without O_TMPFILE do
     rng = random.Random(index)
     marker = 1 + index % 250
     fd = os.open(data, os.O_RDWR)
