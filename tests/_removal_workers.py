@@ -151,3 +151,11 @@ def attach_and_signal(data: str, lock_dir: str, done: Any) -> None:
     with shmslice.LockManager(data, lock_dir) as mgr:
         mgr.lock(0, 8, "exclusive", timeout=20).release()
         done.set()
+
+
+def hold_guard(table: str, ready: Any) -> None:
+    """Take a table's guard exclusively, as a remover does, and stay (until killed)."""
+    fd = os.open(table, os.O_RDWR)
+    ofd_lock(fd, shmslice._binding.table_constants()["guard_byte"], exclusive=True)
+    ready.set()
+    time.sleep(120)

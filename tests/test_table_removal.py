@@ -216,13 +216,14 @@ def test_remove_refuses_a_table_in_use(data_file: Path, lock_dir: Path, holders:
 def test_attaching_after_a_removal_makes_a_new_table(data_file: Path, lock_dir: Path) -> None:
     with shmslice.LockManager(data_file, lock_dir) as mgr:
         table = mgr.table_path
-        before = os.stat(table).st_ino
     with shmslice.TableView(table) as view:
         assert view.remove() is not None
+    assert not os.path.exists(table)
     with shmslice.LockManager(data_file, lock_dir) as mgr:
         lk = mgr.lock(0, 10, "exclusive")
-        assert os.stat(table).st_ino != before or os.path.exists(table)
-        assert [e.kind for e in mgr.locks()] == ["exclusive"]
+        # The table at the path is the one the manager uses.
+        with shmslice.TableView(table) as view:
+            assert [(e.kind, e.pid) for e in view.locks()] == [("exclusive", os.getpid())]
         lk.release()
 
 
@@ -352,3 +353,29 @@ def test_attach_waits_for_a_remover_then_gets_a_new_table(data_file: Path, lock_
     finally:
         end_process(p)
     assert os.path.exists(table)
+
+
+def test_a_remover_killed_holding_the_guard_blocks_nobody(data_file: Path, lock_dir: Path) -> None:
+    """SIGKILL between a remover's lock and its unlink: the kernel drops the guard, the
+    table stays, and waiting attachers go on with it."""
+    with shmslice.LockManager(data_file, lock_dir) as mgr:
+        table = mgr.table_path
+    inode = os.stat(table).st_ino
+    ctx = mp.get_context("fork")
+    ready, done = ctx.Event(), ctx.Event()
+    remover = ctx.Process(target=workers.hold_guard, args=(table, ready), daemon=True)
+    remover.start()
+    attacher = None
+    try:
+        assert ready.wait(TIMEOUT)
+        attacher = ctx.Process(target=workers.attach_and_signal,
+                               args=(str(data_file), str(lock_dir), done), daemon=True)
+        attacher.start()
+        assert not done.wait(0.3), "attached while a remover held the guard"
+        os.kill(remover.pid, signal.SIGKILL)
+        assert done.wait(TIMEOUT), "attach did not go on once the remover died"
+    finally:
+        end_process(remover)
+        if attacher is not None:
+            end_process(attacher)
+    assert os.stat(table).st_ino == inode   # the same table: nothing was unlinked
