@@ -187,11 +187,15 @@ static int fail_sys(const char *fmt, ...)
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins */
+#define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
+                                   * attached processes hold the guard byte */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
 #define SS_SLOT_LOCK_BASE ((off_t)1 << 40)   /* OFD liveness lock byte of slot 0 */
+#define SS_GUARD_BYTE (SS_SLOT_LOCK_BASE - 2)  /* OFD lock byte: shared by every attached
+                                                * process, exclusive while removing (see 7) */
+#define SS_ATTACH_PATIENCE_NS 10000000000LL  /* attach retries a table being removed this long */
 #define SS_RECHECK_NS 50000000LL   /* sleepers re-check for dead holders this often (half the 100 ms promise) */
 #define SS_SLICE_NS 50000000LL     /* ss_lock_wait returns to its caller at least this often */
 #define SS_URGENT_NS 2000000LL     /* a waiter this old is served in arrival order (see top) */
@@ -2218,6 +2222,145 @@ static int open_table(struct ss_handle *h, int dir_fd, const char *name,
     return rc ? rc : check_header(h, (uint64_t)st.st_size, data, birth);
 }
 
+/* Removing a table.  A table no process is attached to holds nothing anybody
+ * needs (entries left in it are dead processes'), so it may be removed; but a
+ * process may be opening it at that very moment, and must never end up
+ * locking in an unlinked table while everybody else uses a new one (the lock
+ * file race).  The guard: every attached handle holds a shared OFD lock on
+ * byte SS_GUARD_BYTE of the table, taken right after it opened the file.  A
+ * remover takes that byte exclusively through a description of its own with
+ * F_OFD_SETLK -- it succeeds only if no other description holds it, that is
+ * if nobody is attached -- checks that the path still names that file,
+ * unlinks it, and only then lets go.  An attacher, once it holds the guard
+ * shared, checks that the path still names the file it opened, and starts
+ * again (creating the table anew) if not: a removal either finished before
+ * it took the guard (then it sees the path changed) or cannot start until it
+ * detaches.  Only guard holders unlink tables, so between a remover's check
+ * and its unlink the path cannot change.
+ *
+ * The shared lock sits on the mapped description (probe_fd), not on the
+ * liveness descriptor: a forked child shares that description (its copy of
+ * the mapping and of probe_fd reference it), so the table stays while a
+ * child may still use it, even after the parent closed -- removal is only
+ * delayed until the child lets go.  For the same reason a closing handle
+ * never unlocks its guard (that would drop the child's too): it drops its
+ * references and tries the exclusive lock through a fresh description,
+ * which a child's inherited shared lock blocks. */
+#define GUARD_RETRY 1
+static int unguarded;   /* test hook: no guard at all, to show what it prevents */
+
+void ss_debug_set_unguarded(int on) { unguarded = on; }
+
+/* Take the guard shared through the handle's mapped description and check
+ * that `name` in dir_fd still names the file we opened.  SS_OK: attached
+ * for good (the table cannot be removed until we detach); GUARD_RETRY: the
+ * table is being or was removed, open it again; < 0 error. */
+static int take_guard(struct ss_handle *h, int dir_fd, const char *name)
+{
+    if (unguarded) return SS_OK;
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_GUARD_BYTE, .l_len = 1};
+    if (fcntl(h->probe_fd, F_OFD_SETLK, &fl) != 0) {
+        if (errno == EAGAIN || errno == EACCES) return GUARD_RETRY;   /* a remover holds it */
+        return fail_sys("lock table %s: cannot take the attach guard", h->table_path);
+    }
+    struct stat st;
+    if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT) return GUARD_RETRY;
+        return fail_sys("cannot stat lock table %s", h->table_path);
+    }
+    return st.st_dev == h->table_dev && st.st_ino == h->table_ino ? SS_OK : GUARD_RETRY;
+}
+
+/* Undo open_table for a table that turned out to be going away: unmap it
+ * and close both descriptors (dropping our guard), leaving the handle as
+ * handle_new made it. */
+static void release_table_files(struct ss_handle *h)
+{
+    if (h->hdr) munmap(h->hdr, h->map_bytes);
+    h->hdr = NULL;
+    h->procs = NULL;
+    h->entries = NULL;
+    h->map_bytes = 0;
+    pthread_mutex_lock(&registry_lock);
+    if (h->table_fd >= 0) close(h->table_fd);
+    h->table_fd = -1;
+    if (h->probe_fd >= 0) close(h->probe_fd);
+    h->probe_fd = -1;
+    pthread_mutex_unlock(&registry_lock);
+    free(h->scan);   /* sized for that table's slot capacity */
+    h->scan = NULL;
+}
+
+/* Take the guard exclusively through fd, a description of a table file
+ * that holds no lock of its own: 1 taken (nobody is attached), 0 someone
+ * is, < 0 error.  With dry_run only ask (F_OFD_GETLK): 1 would be taken. */
+static int guard_exclusive(int fd, const char *path, int dry_run)
+{
+    if (unguarded) return 1;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_GUARD_BYTE, .l_len = 1};
+    if (fcntl(fd, dry_run ? F_OFD_GETLK : F_OFD_SETLK, &fl) != 0) {
+        if (!dry_run && (errno == EAGAIN || errno == EACCES)) return 0;
+        return fail_sys("lock table %s: cannot test the attach guard", path);
+    }
+    return dry_run ? fl.l_type == F_UNLCK : 1;
+}
+
+static void guard_release(int fd)
+{
+    struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET,
+                       .l_start = SS_GUARD_BYTE, .l_len = 1};
+    (void)fcntl(fd, F_OFD_SETLK, &fl);   /* unlocking a byte we hold cannot fail */
+}
+
+/* Holding the guard exclusively through fd (or, dry_run, having found it
+ * free): unlink the table at path if path still names file (dev, ino).
+ * *freed (if not NULL) receives the bytes the file occupies (st_blocks).
+ * SS_OK, SS_ENOENT (path names another file or none: removed meanwhile),
+ * or < 0. */
+static int unlink_table(int fd, const char *path, dev_t dev, ino_t ino, int dry_run,
+                        uint64_t *freed)
+{
+    struct stat own, cur;
+    if (fstat(fd, &own) != 0) return fail_sys("cannot stat lock table %s", path);
+    if (lstat(path, &cur) != 0 || cur.st_dev != dev || cur.st_ino != ino)
+        return fail(SS_ENOENT, "lock table %s was removed meanwhile", path);
+    if (!dry_run && unlink(path) != 0) return fail_sys("cannot remove lock table %s", path);
+    if (freed) *freed = (uint64_t)own.st_blocks * 512u;
+    return SS_OK;
+}
+
+/* Does the data file this table serves still exist?  0 if its recorded path
+ * names it, 1 if that path names no file or another one (deleted, renamed or
+ * replaced), 0 too when it cannot be told (no path recorded, a path cut to
+ * the header's size, a permission error).  Only a hint: removal is safe
+ * whatever it says, since the guard proves nobody is attached. */
+static int data_file_gone(const struct ss_header *hd)
+{
+    char path[SS_DATA_PATH_MAX];
+    memcpy(path, hd->data_path, sizeof path);
+    path[sizeof path - 1] = 0;
+    if (path[0] != '/' || strlen(path) >= sizeof path - 1) return 0;
+    struct stat st;
+    if (stat(path, &st) != 0) return errno == ENOENT || errno == ENOTDIR;
+    return (uint64_t)st.st_dev != hd->data_dev || (uint64_t)st.st_ino != hd->data_ino;
+}
+
+/* After ss_close dropped this handle's references: remove the table if
+ * nobody is attached any more.  spare is a fresh description of the table
+ * file, opened while ours were still open (so surely the same file).  Best
+ * effort: a table left behind (someone attached meanwhile, or an error) is
+ * what 'shmslice prune' is for. */
+static void remove_on_close(struct ss_handle *h, int spare)
+{
+    int taken = guard_exclusive(spare, h->table_path, 0);
+    if (taken == 1) {
+        unlink_table(spare, h->table_path, h->table_dev, h->table_ino, 0, NULL);
+        guard_release(spare);
+    }
+}
+
 int ss_table_name(uint64_t dev, uint64_t ino, uint64_t birth, char *buf, uint32_t buflen)
 {
     if (!buf || buflen < SS_TABLE_NAME_MAX) return fail(SS_EINVAL, "buffer too small");
@@ -2276,9 +2419,28 @@ static int open_or_create(struct ss_handle *h, int dir_fd, const char *name, con
                           const struct stat *data, uint64_t birth, const char *data_path,
                           uint32_t capacity, uint32_t flags)
 {
+    /* Each round either attaches or saw the table created, removed or replaced
+     * by someone else since the last; rounds are bounded in time, not number. */
+    uint64_t deadline = now_ns(CLOCK_MONOTONIC) + SS_ATTACH_PATIENCE_NS;
     for (int attempt = 0;; attempt++) {
         int rc = open_table(h, dir_fd, name, data, birth);
-        if (rc != SS_ENOENT || (flags & SS_ATTACH_NOCREATE) || attempt >= 3) return rc;
+        if (rc == SS_OK) {
+            rc = take_guard(h, dir_fd, name);
+            if (rc != GUARD_RETRY) return rc;
+            release_table_files(h);
+            if (now_ns(CLOCK_MONOTONIC) > deadline)
+                return fail(SS_EINUSE, "lock table %s: still being removed by another process "
+                            "after %d s (a stopped 'shmslice prune'?)", h->table_path,
+                            (int)(SS_ATTACH_PATIENCE_NS / 1000000000LL));
+            if (attempt > 2) {   /* a remover is between its lock and its unlink: let it run */
+                struct timespec nap = {0, attempt > 20 ? 1000000 : 50000};
+                nanosleep(&nap, NULL);
+            }
+            continue;
+        }
+        if (rc != SS_ENOENT || (flags & SS_ATTACH_NOCREATE) ||
+            now_ns(CLOCK_MONOTONIC) > deadline)
+            return rc;
         if (attempt == 0) clean_temp_files(dir_fd, NULL);
         rc = create_table(dir_fd, name, dir, data, birth, data_path, capacity);
         if (rc < 0) return rc;
@@ -2458,6 +2620,10 @@ int ss_close(ss_handle *h)
         nanosleep(&nap, NULL);
     }
     int rc = SS_OK;
+    /* A table whose data file is gone is removed when its last user leaves
+     * and it holds no entries (see "Removing a table" in division 7). */
+    int gone = h->hdr && !h->inspect_only && data_file_gone(h->hdr);
+    int empty = 0;
     if (h->has_slot && h->table_fd >= 0) {
         rc = table_lock(h);
         if (rc == SS_OK) {
@@ -2468,20 +2634,41 @@ int ss_close(ss_handle *h)
                 p->gen++;
                 if (h->hdr->procs_used) h->hdr->procs_used--;
             }
+            /* Dead processes' entries do not keep the table; a sweep that
+             * fails leaves it (for prune) and is no failure of the close. */
+            uint32_t swept = 0;
+            int swept_ok = !(rc == SS_OK && gone && h->hdr->used) ||
+                           sweep_dead(h, &swept) == SS_OK;
+            empty = rc == SS_OK && swept_ok && h->hdr->used == 0;
             table_unlock(h);
         }
+    } else if (gone) {
+        /* A forked child that never locked: it owns nothing; a hint only. */
+        empty = __atomic_load_n(&h->hdr->used, __ATOMIC_ACQUIRE) == 0;
     }
     /* Closing the descriptor drops the liveness lock.  The handle leaves the
      * fork registry only once the descriptor is closed (under the registry
-     * lock, which fork waits for): a child forked before must close its copy. */
+     * lock, which fork waits for): a child forked before must close its copy.
+     * The removal attempt runs under that lock too, so no child inherits the
+     * spare description while it holds the guard exclusively. */
+    pthread_mutex_lock(&registry_lock);
+    int spare = -1;
+    if (gone && empty && h->probe_fd >= 0) {
+        char self_fd[64];
+        snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", h->probe_fd);
+        spare = open(self_fd, O_RDWR | O_CLOEXEC);
+    }
     if (h->hdr) munmap(h->hdr, h->map_bytes);
     h->hdr = NULL;
-    pthread_mutex_lock(&registry_lock);
     if (h->table_fd >= 0) close(h->table_fd);
     h->table_fd = -1;
     if (h->probe_fd >= 0) close(h->probe_fd);
     h->probe_fd = -1;
     h->has_slot = 0;
+    if (spare >= 0) {
+        remove_on_close(h, spare);
+        close(spare);
+    }
     pthread_mutex_unlock(&registry_lock);
     registry_remove(h);
     return rc;
@@ -3168,6 +3355,52 @@ int64_t ss_allocate_holes(int data_fd, uint64_t start, uint64_t end)
     return allocated;
 }
 
+/* Is any entry of the table alive?  1 yes, 0 no, < 0 error.  Under the
+ * mutex. */
+static int any_live_entry(struct ss_handle *h)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    scan_begin(h);
+    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
+        if (h->entries[i].state == ENTRY_FREE) continue;
+        int alive = scan_entry_alive(h, i);
+        if (alive != 0) return alive;
+    }
+    return 0;
+}
+
+static int remove_table_impl(ss_handle *h, uint32_t flags, uint64_t *freed)
+{
+    if (!freed) return fail(SS_EINVAL, "output required");
+    *freed = 0;
+    if (!h->inspect_only)
+        return fail(SS_EINVAL, "only a handle opened by ss_attach_table removes its table; "
+                    "close this one (its table goes once unused and its file is gone)");
+    if (flags & ~(uint32_t)SS_REMOVE_DRY_RUN) return fail(SS_EINVAL, "unknown flags %#x", flags);
+    int dry_run = (flags & SS_REMOVE_DRY_RUN) != 0;
+    int free_now = guard_exclusive(h->probe_fd, h->table_path, dry_run);
+    if (free_now < 0) return free_now;
+    if (!free_now)
+        return fail(SS_EINUSE, "lock table %s: a process is attached to it", h->table_path);
+    int rc = SS_OK;
+    if (!dry_run) {
+        /* Nobody is attached, so every entry should be a dead process's;
+         * check it anyway: a live one means a process that took no guard. */
+        rc = table_lock(h);
+        if (rc == SS_OK) {
+            rc = any_live_entry(h);
+            table_unlock(h);
+            if (rc > 0)
+                rc = fail(SS_EINUSE, "lock table %s holds live entries of a process that "
+                          "is not attached through the guard", h->table_path);
+        }
+    }
+    if (rc == SS_OK)
+        rc = unlink_table(h->probe_fd, h->table_path, h->table_dev, h->table_ino, dry_run, freed);
+    if (!dry_run) guard_release(h->probe_fd);
+    return rc;
+}
+
 /* Public: see shmslice.h. */
 int ss_clean_temp_files(const char *table_dir, uint32_t *removed)
 {
@@ -3301,6 +3534,14 @@ int ss_reap(ss_handle *h, uint32_t *removed)
 {
     if (!h || !handle_enter(h)) return CLOSED_STATUS();
     int rc = reap_impl(h, removed);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_remove_table(ss_handle *h, uint32_t flags, uint64_t *freed)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = remove_table_impl(h, flags, freed);
     handle_leave(h);
     return rc;
 }
@@ -3446,6 +3687,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_CONST(&b, "proc_free", PROC_FREE);
     LAYOUT_CONST(&b, "proc_used", PROC_USED);
     LAYOUT_CONST(&b, "slot_lock_base", SS_SLOT_LOCK_BASE);
+    LAYOUT_CONST(&b, "guard_byte", SS_GUARD_BYTE);
     LAYOUT_CONST(&b, "mutex_patience_s", SS_MUTEX_PATIENCE_S);
     if (buf && buflen) buf[b.need < buflen ? b.need : buflen - 1] = 0;
     return b.need > INT_MAX ? INT_MAX : (int)b.need;

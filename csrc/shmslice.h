@@ -120,7 +120,9 @@ int ss_attach_table(const char *table_path, ss_handle **out);
 
 /*
  * Release every entry this handle owns and detach (unmap, drop the liveness
- * lock).  Waits for calls in flight in other threads; sleeping waiters return
+ * lock).  If the data file is gone (its recorded path names no file or
+ * another one) and no process is attached any more and the table holds no
+ * entries, the table file is removed.  Waits for calls in flight in other threads; sleeping waiters return
  * SS_ECLOSED.  The handle stays allocated, and every later call on it returns
  * SS_ECLOSED, until ss_free.  Closing twice is harmless.
  */
@@ -239,6 +241,21 @@ int ss_stat(ss_handle *h, ss_table_stat *out);
  */
 int ss_reap(ss_handle *h, uint32_t *removed);
 
+/* ss_remove_table flags. */
+#define SS_REMOVE_DRY_RUN 1
+
+/*
+ * Remove the table file a handle from ss_attach_table inspects, if no
+ * process is attached to it (then every entry left in it is a dead
+ * process's).  Safe against processes attaching meanwhile: they end up on a
+ * new table, never on the removed one.  With SS_REMOVE_DRY_RUN, only say
+ * whether it would be removed.  *freed receives the bytes the file occupies
+ * (allocated blocks).  Returns SS_OK (removed, or would be), SS_EINUSE (a
+ * process is attached), SS_ENOENT (removed meanwhile) or an error.  The
+ * handle stays usable (on the removed file) until ss_close.
+ */
+int ss_remove_table(ss_handle *h, uint32_t flags, uint64_t *freed);
+
 /*
  * Remove the temporary files that processes killed while creating a table
  * left in table_dir (only where the filesystem lacks O_TMPFILE are such
@@ -284,6 +301,11 @@ int ss_layout(char *buf, uint32_t buflen);
  * with *birth = SS_BIRTH_LEGACY.
  */
 int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino, uint64_t *birth);
+
+/* Test hook: on != 0 makes this process attach and remove tables without
+ * the guard (see shmslice.c), as code without it would: only for tests that
+ * show the race the guard prevents. */
+void ss_debug_set_unguarded(int on);
 
 /* Test hook: like ss_debug_set_crash_point, but the process stops itself
  * with SIGSTOP there (once), keeping the table mutex until SIGCONT. */

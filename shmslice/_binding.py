@@ -40,8 +40,10 @@ from __future__ import annotations
 import errno as _errno
 import functools
 import os
+import struct
 import threading
 import weakref
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from shmslice import _fastpath
@@ -57,16 +59,20 @@ from shmslice.errors import (
 from shmslice.records import FileIdentity, LockInfo, TableStat
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shmslice._core import _CEntryInfo, _CHandle
+    from shmslice._core import _CEntryInfo, _CEntryInfoArray, _CHandle
 
 __all__ = [
     "ECLOSED",
     "EXCLUSIVE",
+    "KIND_NAMES",
+    "PACKED_FIELDS",
     "SHARED",
+    "STATE_WAITING",
     "ByteBufferSlice",
     "FileBase",
     "FileTableHandle",
     "ManagerBase",
+    "PackedEntries",
     "RegionLock",
     "TableHandle",
     "attach",
@@ -170,6 +176,82 @@ def check(status: int, path: str | None = None) -> int:
     return status
 
 
+# -- snapshots, packed -------------------------------------------------------------------
+#: Public names of the entry kinds and the state code of a waiting request, for readers
+#: of :class:`PackedEntries` rows.
+KIND_NAMES: Final[dict[int, str]] = dict(_KIND_NAMES)
+STATE_WAITING: Final[int] = lib.SS_WAITING
+
+_STRUCT_CODES: Final[dict[str, str]] = {"uint64_t": "Q", "int64_t": "q", "uint32_t": "I",
+                                        "int32_t": "i"}
+#: The fields of ss_entry_info a packed row holds, in row order.
+PACKED_FIELDS: Final[tuple[str, ...]] = ("start", "end", "since_ns", "kind", "state", "count",
+                                         "pid", "tid", "alive")
+
+
+def _packed_struct() -> struct.Struct:
+    """A struct reading the PACKED_FIELDS of one ss_entry_info (the rest skipped as padding),
+    built from the layout cffi knows, so it follows any change to the C struct."""
+    fields = dict(ffi.typeof("ss_entry_info").fields)
+    size = ffi.sizeof("ss_entry_info")
+    wanted = sorted(PACKED_FIELDS, key=lambda name: fields[name].offset)
+    if wanted != list(PACKED_FIELDS):
+        raise ImportError("ss_entry_info's field order no longer matches PACKED_FIELDS")
+    fmt, at = "=", 0
+    for name in wanted:
+        f = fields[name]
+        fmt += f"{f.offset - at}x" if f.offset > at else ""
+        fmt += _STRUCT_CODES[f.type.cname]
+        at = f.offset + ffi.sizeof(f.type)
+    fmt += f"{size - at}x" if size > at else ""
+    packed = struct.Struct(fmt)
+    if packed.size != size:
+        raise ImportError(f"packed entry struct is {packed.size} bytes, ss_entry_info {size}")
+    return packed
+
+
+_PACKED = _packed_struct()
+
+
+class PackedEntries:
+    """Every entry of one snapshot, kept as the C core copied them out.
+
+    No Python object is made per entry until a row is asked for: a table of a
+    million entries costs its 64-byte records, not a million objects.  A row is
+    a tuple of ints in :data:`PACKED_FIELDS` order: ``kind`` is a key of
+    :data:`KIND_NAMES`, ``state`` equals :data:`STATE_WAITING` for a waiting
+    request, ``alive`` is 0 or 1, ``since_ns`` is CLOCK_REALTIME in ns.
+    """
+
+    __slots__ = ("_cdata", "_view", "count")
+
+    def __init__(self, cdata: _CEntryInfoArray, count: int) -> None:
+        self._cdata = cdata   # keeps the memory the view reads alive
+        self._view = memoryview(ffi.buffer(cdata, count * _PACKED.size))
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def rows(self) -> Iterator[tuple[int, ...]]:
+        """Every row, in table order."""
+        return _PACKED.iter_unpack(self._view)
+
+    def rows_at(self, indices: Iterable[int]) -> Iterator[tuple[int, ...]]:
+        """The rows at ``indices``, in that order (each 0 <= index < count)."""
+        unpack, view, size, count = _PACKED.unpack_from, self._view, _PACKED.size, self.count
+        for index in indices:
+            if not 0 <= index < count:
+                raise IndexError(f"row {index} of {count}")
+            yield unpack(view, index * size)
+
+    def row(self, index: int) -> tuple[int, ...]:
+        """Row ``index`` (0 <= index < count)."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"row {index} of {self.count}")
+        return _PACKED.unpack_from(self._view, index * _PACKED.size)
+
+
 # -- handles -------------------------------------------------------------------------------
 def _lock_info(e: _CEntryInfo, alive: bool) -> LockInfo:
     return LockInfo(e.start, e.end, _KIND_NAMES.get(e.kind, "?"), e.pid, e.count,
@@ -208,6 +290,17 @@ class TableHandle:
         entries = (buf[i] for i in range(count[0]))
         return [_lock_info(e, bool(e.alive)) for e in entries]
 
+    def snapshot_packed(self) -> PackedEntries:
+        """Every entry in use (granted and waiting), in table order, packed (see :class:`PackedEntries`)."""
+        count = ffi.new("uint32_t *")
+        size = 64
+        while True:
+            buf = ffi.new("ss_entry_info[]", size)
+            check(lib.ss_snapshot(self._cdata, buf, size, count))
+            if count[0] <= size:
+                return PackedEntries(buf, count[0])
+            size = count[0] + max(64, count[0] // 16)   # grown meanwhile: again, with room to spare
+
     def stat(self) -> TableStat:
         """Table-wide figures."""
         st = ffi.new("ss_table_stat *")
@@ -226,6 +319,20 @@ class TableHandle:
         removed = ffi.new("uint32_t *")
         check(lib.ss_reap(self._cdata, removed))
         return removed[0]
+
+    def remove(self, dry_run: bool = False) -> int | None:
+        """Remove the table file if no process is attached to it.
+
+        Returns the bytes it occupied (allocated blocks) once removed -- with
+        ``dry_run``, if it would be -- or None while a process is attached.
+        ``FileNotFoundError`` if another process removed it meanwhile.
+        """
+        freed = ffi.new("uint64_t *")
+        rc = lib.ss_remove_table(self._cdata, lib.SS_REMOVE_DRY_RUN if dry_run else 0, freed)
+        if rc == lib.SS_EINUSE:
+            return None
+        check(rc, self.table_path)
+        return int(freed[0])
 
     def close(self) -> None:
         """Release what this handle owns and detach.  Closing twice is harmless.

@@ -86,6 +86,27 @@ class _CUIntPtr(_CData):
     def __int__(self) -> int: ...
 
 @type_check_only
+class _CType:
+    """A C type as ``ffi.typeof`` describes it."""
+    cname: str
+
+@type_check_only
+class _CField:
+    """One field of a struct type: its offset and type."""
+    offset: int
+    type: _CType
+
+@type_check_only
+class _CStructType(_CType):
+    """A struct type: its fields in declaration order."""
+    fields: list[tuple[str, _CField]]
+
+@type_check_only
+class _CBuffer:
+    """``ffi.buffer(...)``: the raw bytes of cdata, exported through the buffer protocol."""
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+@type_check_only
 class _FFI:
     NULL: _CChars
     @overload
@@ -108,6 +129,9 @@ class _FFI:
     def string(self, cdata: _CChars, maxlen: int = ...) -> bytes: ...
     def cast(self, cdecl: Literal["uintptr_t"], value: _CData) -> _CUIntPtr: ...
     def addressof(self, lib: _Lib, name: str) -> _CData: ...
+    def typeof(self, cdecl: Literal["ss_entry_info"]) -> _CStructType: ...
+    def sizeof(self, cdecl: Literal["ss_entry_info"] | _CType) -> int: ...
+    def buffer(self, cdata: _CEntryInfoArray, size: int) -> _CBuffer: ...
 
 @type_check_only
 class _Lib:
@@ -128,6 +152,7 @@ class _Lib:
     SS_EWAITING: int
     SS_EAGAIN: int
     SS_ESTALLED: int
+    SS_EINUSE: int
     # Constants of csrc/shmslice.h.
     SS_SHARED: int
     SS_EXCLUSIVE: int
@@ -135,6 +160,7 @@ class _Lib:
     SS_GRANTED: int
     SS_WAITING: int
     SS_ATTACH_NOCREATE: int
+    SS_REMOVE_DRY_RUN: int
     SS_DEFAULT_CAPACITY: int
     SS_DEFAULT_PROC_CAPACITY: int
     SS_TABLE_NAME_MAX: int
@@ -172,9 +198,11 @@ class _Lib:
     def ss_reap(self, h: _CHandle, removed: _CUInt32Out, /) -> int: ...
     def ss_clean_temp_files(self, table_dir: bytes, removed: _CUInt32Out, /) -> int: ...
     def ss_allocate_holes(self, data_fd: int, start: int, end: int, /) -> int: ...
+    def ss_remove_table(self, h: _CHandle, flags: int, freed: _CUInt64Out, /) -> int: ...
     def ss_debug_set_crash_point(self, point: int, countdown: int, /) -> None: ...
     def ss_debug_set_named_temp(self, on: int, /) -> None: ...
     def ss_debug_set_stop_point(self, point: int, countdown: int, /) -> None: ...
+    def ss_debug_set_unguarded(self, on: int, /) -> None: ...
     def ss_layout(self, buf: _CChars, buflen: int, /) -> int: ...
     def ss_table_name_parse(self, name: bytes, dev: _CUInt64Out, ino: _CUInt64Out,
                             birth: _CUInt64Out, /) -> int: ...

@@ -131,6 +131,14 @@ class TableView:
         """
         return _listing(self._open_handle().snapshot(), waiting)
 
+    def packed_entries(self) -> _binding.PackedEntries:
+        """Every entry (waiting requests included), in table order, without an object per entry.
+
+        For tables too big for :meth:`locks` to be quick: rows are unpacked on
+        demand (see :class:`shmslice._binding.PackedEntries`).
+        """
+        return self._open_handle().snapshot_packed()
+
     def stat(self) -> TableStat:
         """Table-wide figures: capacity, entries in use, waiters, attached processes."""
         return self._open_handle().stat()
@@ -138,6 +146,18 @@ class TableView:
     def reap(self) -> int:
         """Remove every entry of a dead process; returns how many."""
         return self._open_handle().reap()
+
+    def remove(self, *, dry_run: bool = False) -> int | None:
+        """Remove the table file if no process is attached to it (its entries, if any, are dead processes').
+
+        Returns the bytes the table occupied, or None while a process is
+        attached; with ``dry_run`` nothing is removed.  A process attaching
+        meanwhile gets a new table, never the removed one.  Raises
+        ``FileNotFoundError`` if another process removed it first.
+        """
+        if not isinstance(dry_run, bool):
+            raise TypeError(f"dry_run must be a bool, not {type(dry_run).__name__}")
+        return self._open_handle().remove(dry_run)
 
     def close(self) -> None:
         """Detach from the table.  Closing twice is harmless."""

@@ -400,12 +400,17 @@ def test_ls_lists_every_table(tmp_path: Path, data: Path, locks: Path) -> None:
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert lines[0].split() == ["DATA", "FILE", "SIZE", "ENTRIES", "WAITING", "DEAD", "PROCS",
-                                    "TABLE"]
+                                    "MEMORY", "TABLE"]
         row = next(line for line in lines if line.startswith(str(data)))
-        assert row.split()[1:8] == ["64.0", "KiB", "2", "0", "0", "1",
-                                    os.path.basename(table_path_for(data, locks))]
+        allocated = os.stat(table_path_for(data, locks)).st_blocks * 512
+        assert mine["allocated_bytes"] == allocated and allocated > 0
+        assert mine["table_bytes"] == os.stat(table_path_for(data, locks)).st_size
+        assert row.split()[1:10] == ["64.0", "KiB", "2", "0", "0", "1",
+                                     *cli.human_size(allocated).split(),
+                                     os.path.basename(table_path_for(data, locks))]
         assert f"{doomed} (missing)" in r.stdout
-        assert lines[-1] == f"2 lock tables in {locks}"
+        total = mine["allocated_bytes"] + gone["allocated_bytes"]
+        assert lines[-1] == f"2 lock tables in {locks}, using {cli.human_size(total)}"
 
         # A table is also a valid PATH: the only way to inspect one whose file is gone.
         doc = ok_json("locks", doomed_table, "--lock-dir", locks)

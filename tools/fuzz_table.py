@@ -338,10 +338,15 @@ def make_plan(seed: int, case: int, bases: list[BaseInfo], allow_mutex: bool) ->
             "mutex": garble_mutex, "ops_seed": rng.getrandbits(32)}
 
 
-def apply_plan(plan: dict, base: bytes, ident: tuple[int, int, int]) -> bytes:
+def apply_plan(plan: dict, base: bytes, ident: tuple[int, int, int], data_path: str | None = None) -> bytes:
     buf = bytearray(base)
     for name, value in zip(("data_dev", "data_ino", "data_birth"), ident, strict=True):
         struct.pack_into(HDR[name][1], buf, HDR[name][0], value)   # belongs to our data file
+    if data_path is not None:
+        # Recorded under our file's path too: a table whose recorded file is gone is
+        # removed by its last close, and the reattach check below needs it to stay.
+        recorded = os.fsencode(os.path.abspath(data_path))[: DATA_PATH[1] - 1]
+        buf[DATA_PATH[0]:DATA_PATH[0] + DATA_PATH[1]] = recorded.ljust(DATA_PATH[1], b"\0")
     for w in plan["writes"]:
         tag = w[0]
         if tag == "op":
@@ -399,7 +404,7 @@ def worker_main(args: argparse.Namespace) -> int:
         if req.get("quit"):
             break
         plan = make_plan(args.seed, req["case"], bases, args.mutex)
-        raw = apply_plan(plan, bases_raw[plan["base"]], ident)
+        raw = apply_plan(plan, bases_raw[plan["base"]], ident, data)
         if os.path.lexists(table):
             os.unlink(table)
         fd = os.open(table, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -445,8 +450,10 @@ def worker_main(args: argparse.Namespace) -> int:
                 step = "close"
                 obj.close()
                 step = "reattach"
-                # Whatever the operations did must leave a table that validates again.
-                shmslice.TableView(table).close()
+                # Whatever the operations did must leave a table that validates again
+                # (unless the close removed it: a garbled recorded path names no file).
+                if os.path.lexists(table):
+                    shmslice.TableView(table).close()
             except CorruptLockTable as exc:
                 result["outcome"] = "late_corrupt"
                 result["detail"] = f"{step}: {exc}"[:300]

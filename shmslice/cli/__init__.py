@@ -2,9 +2,12 @@
 
 Subcommands::
 
-    shmslice locks PATH     the file's lock table, one row per entry (--json, --watch)
-    shmslice ls             every lock table in the lock directory (--json)
+    shmslice locks PATH     the file's lock table, one row per entry (--json, --watch);
+                            a summary by process and kind when the rows do not fit
+                            (--group-by pid|kind|region, --all)
+    shmslice ls             every lock table in the lock directory, with its memory (--json)
     shmslice reap PATH      remove dead processes' entries (--all: every table)
+    shmslice prune          remove every table no process is attached to (--dry-run)
     shmslice info PATH      file size, table location, format, capacity and use
     shmslice demo           create a file, split it, let a worker pool lock/write/checksum
                             its slices, verify every byte, print throughput
@@ -16,13 +19,14 @@ interrupted (except ``locks --watch``, which Ctrl-C ends normally).
 
 Nothing here creates a lock table except ``demo``: inspecting a file that no
 process has opened through shmslice shows an empty table and leaves the lock
-directory as it was.
+directory as it was.  Only ``prune`` removes tables (those nobody uses).
 
 Layout: :mod:`~shmslice.cli.app` holds the parser and :func:`main`; each
 subcommand is a module of :mod:`shmslice.cli.commands` holding its ``run``
 next to the ``register`` that adds its options; around them are
 :mod:`~shmslice.cli.tablefiles` (which table a PATH names),
-:mod:`~shmslice.cli.snapshots` (a table's entries and how they are shown),
+:mod:`~shmslice.cli.snapshots` (a table's entries as lists, for the demo),
+:mod:`~shmslice.cli.listing` (``locks`` at any size: packed, grouped, streamed),
 :mod:`~shmslice.cli.owners` (owner processes, through psutil),
 :mod:`~shmslice.cli.formatting` (sizes, durations, tables, escapes),
 :mod:`~shmslice.cli.workload` (what ``demo`` runs),

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 __all__ = ["human_duration", "human_size", "parse_size", "plural", "printable", "render_table",
-           "shorten", "terminal_columns"]
+           "shorten", "terminal_columns", "terminal_lines"]
 
 _BINARY_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
@@ -155,3 +155,13 @@ def terminal_columns(stream: TextIO) -> int | None:
         return None
     return shutil.get_terminal_size((120, 24)).columns
 
+
+
+def terminal_lines(stream: TextIO) -> int | None:
+    """Height of the terminal behind ``stream``, or None when it is not one."""
+    try:
+        if not stream.isatty():
+            return None
+    except ValueError:   # closed stream
+        return None
+    return shutil.get_terminal_size((120, 24)).lines

@@ -13,7 +13,7 @@ import psutil
 from shmslice.cli.formatting import escape_char
 from shmslice.locks import LockInfo
 
-__all__ = ["ProcessInfo", "command_text", "describe_owners", "describe_process",
+__all__ = ["ProcessInfo", "command_text", "describe_owners", "describe_pids", "describe_process",
            "is_multiprocessing_worker", "owner_cells"]
 
 # How much later than an entry's grant time the pid's process may appear to
@@ -132,14 +132,16 @@ def describe_process(pid: int, since: float) -> ProcessInfo:
 
 def describe_owners(entries: Sequence[LockInfo]) -> dict[int, ProcessInfo]:
     """One :class:`ProcessInfo` per live owner pid (dead owners are not looked up)."""
-    out: dict[int, ProcessInfo] = {}
     earliest: dict[int, float] = {}
     for e in entries:
         if e.alive:
             earliest[e.pid] = min(earliest.get(e.pid, e.since), e.since)
-    for pid, since in earliest.items():
-        out[pid] = describe_process(pid, since)
-    return out
+    return describe_pids(earliest)
+
+
+def describe_pids(earliest: dict[int, float]) -> dict[int, ProcessInfo]:
+    """One :class:`ProcessInfo` per live owner pid, given the time of its oldest entry."""
+    return {pid: describe_process(pid, since) for pid, since in earliest.items()}
 
 
 def owner_cells(info: ProcessInfo | None, alive: bool) -> tuple[str, str]:

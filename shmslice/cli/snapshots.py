@@ -108,8 +108,13 @@ _LOCK_RIGHT = frozenset({0, 1, 2, 4, 6, 8})
 def lock_rows(entries: Sequence[LockInfo], owners: dict[int, ProcessInfo], now: float) -> list[list[str]]:
     """Human table cells, one row per entry."""
     rows = []
+    cells: dict[tuple[int, bool], tuple[str, str]] = {}   # quoted once per owner, not per row
     for e in entries:
-        name, command = owner_cells(owners.get(e.pid), e.alive)
+        key = (e.pid, e.alive)
+        found = cells.get(key)
+        if found is None:
+            found = cells[key] = owner_cells(owners.get(e.pid), e.alive)
+        name, command = found
         rows.append([
             str(e.start), str(e.end), human_size(e.end - e.start), e.kind, str(e.count),
             "waiting" if e.waiting else "held", str(e.pid) if e.pid else "?",

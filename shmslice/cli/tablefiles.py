@@ -14,7 +14,7 @@ from shmslice.locks import table_path_for
 from shmslice.records import FileIdentity
 
 __all__ = ["Target", "data_file_status", "is_table_file", "list_tables", "lock_directory",
-           "no_table_message", "resolve_target", "table_identity"]
+           "no_table_message", "resolve_target", "table_footprint", "table_identity"]
 
 
 def table_identity(path: str, *, check_magic: bool = False) -> FileIdentity | None:
@@ -113,3 +113,15 @@ def list_tables(directory: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [os.path.join(directory, n) for n in sorted(names) if table_identity(n) is not None]
+
+
+def table_footprint(table_path: str) -> tuple[int, int] | None:
+    """``(apparent, allocated)`` bytes of a table file, or None if it is gone.
+
+    ``allocated`` (``st_blocks``) is what the table costs: on tmpfs, memory.
+    """
+    try:
+        st = os.stat(table_path)
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_blocks * 512

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shmslice.cli.commands import demo, info, locks, ls, reap
+from shmslice.cli.commands import demo, info, locks, ls, prune, reap
 
 #: In the order ``shmslice -h`` lists them.
-COMMANDS = (locks, ls, reap, info, demo)
+COMMANDS = (locks, ls, reap, prune, info, demo)
 
 __all__ = ["COMMANDS"]

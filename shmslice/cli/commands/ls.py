@@ -11,7 +11,7 @@ from typing import Any
 from shmslice.cli.arguments import Parser, Subcommands
 from shmslice.cli.errors import describe_error, error_line
 from shmslice.cli.formatting import human_size, plural, render_table
-from shmslice.cli.tablefiles import data_file_status, list_tables, lock_directory
+from shmslice.cli.tablefiles import data_file_status, list_tables, lock_directory, table_footprint
 from shmslice.errors import ShmSliceError
 from shmslice.locks import TableView
 
@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         finally:
             view.close()
         live = sorted({e.pid for e in entries if e.alive})
+        footprint = table_footprint(table)
+        if footprint is None:
+            continue   # removed while we read it
         records.append({
             "table": table, "readable": True, "data_path": st.data_path,
             "data_status": data_file_status(table, st.data_path),
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             "dead_entries": sum(1 for e in entries if not e.alive),
             "live_processes": len(live), "live_pids": live,
             "attached_processes": st.procs, "capacity": st.capacity,
+            "table_bytes": footprint[0], "allocated_bytes": footprint[1],
         })
     if args.json:
         print(json.dumps({"lock_dir": directory, "tables": records,
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         rows = []
         for r in records:
             if not r["readable"]:
-                rows.append(["? (no permission to read this table)", "?", "?", "?", "?", "?",
+                rows.append(["? (no permission to read this table)", "?", "?", "?", "?", "?", "?",
                              os.path.basename(r["table"])])
                 continue
             shown_path = r["data_path"]
@@ -74,11 +78,12 @@ def run(args: argparse.Namespace) -> int:
                 shown_path += f" ({r['data_status']})"
             rows.append([shown_path, human_size(r["file_size"]), str(r["entries"]),
                          str(r["waiting"]), str(r["dead_entries"]), str(r["live_processes"]),
-                         os.path.basename(r["table"])])
-        lines = render_table(("DATA FILE", "SIZE", "ENTRIES", "WAITING", "DEAD", "PROCS", "TABLE"),
-                             rows, frozenset({1, 2, 3, 4, 5}))
+                         human_size(r["allocated_bytes"]), os.path.basename(r["table"])])
+        lines = render_table(("DATA FILE", "SIZE", "ENTRIES", "WAITING", "DEAD", "PROCS", "MEMORY",
+                              "TABLE"), rows, frozenset({1, 2, 3, 4, 5, 6}))
         print("\n".join(lines))
-        print(f"{plural(len(records), 'lock table')} in {directory}")
+        memory = sum(r.get("allocated_bytes", 0) for r in records)
+        print(f"{plural(len(records), 'lock table')} in {directory}, using {human_size(memory)}")
     for failure in failures:
         error_line("ls", failure)
     return 1 if failures else 0
@@ -89,6 +94,8 @@ def register(sub: Subcommands, parents: Sequence[Parser]) -> None:
     p = sub.add_parser(
         "ls", parents=list(parents), help="list every lock table",
         description="List every lock table in the lock directory: data file, size, entries, "
-                    "waiters, dead owners' entries and live owner processes. A data file that "
-                    "was deleted or renamed since its table was made is marked.")
+                    "waiters, dead owners' entries, live owner processes and the memory the "
+                    "table occupies (its allocated bytes). A data file that was deleted or "
+                    "renamed since its table was made is marked; 'shmslice prune' removes the "
+                    "tables no process uses.")
     p.set_defaults(func=run)
