@@ -1049,7 +1049,7 @@ static int entry_alive(struct ss_handle *h, uint32_t i);
  * is precise (its age decides when it turns urgent); a granted one's is the
  * coarse clock (display only: no precise clock read on an uncontended lock). */
 static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64_t end,
-                         int kind, int state, uint64_t ticket)
+                         int kind, int state, uint64_t ticket, int32_t tid)
 {
     struct ss_entry *e = &h->entries[i];
     e->start = start;
@@ -1061,7 +1061,7 @@ static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64
     e->next_free = SS_NIL;
     e->owner_slot = h->slot;
     e->owner_gen = h->gen;
-    e->tid = kind == SS_PIN ? 0 : current_tid();
+    e->tid = kind == SS_PIN ? 0 : tid;
     e->count = 1;
     e->serial = (e->serial + 1) & 0x7fffffffu;
     e->kind = (uint8_t)kind;
@@ -1126,6 +1126,9 @@ struct request {
     uint32_t self;        /* the request's own waiting entry, or SS_NIL */
     uint64_t ticket;      /* its arrival ticket; UINT64_MAX until it waits */
     uint64_t now;         /* CLOCK_REALTIME, read when first needed (0: not yet) */
+    int32_t tid;          /* its owner: a thread id, or a caller's owner id (ss_wait.owner) */
+    uint32_t also;        /* a granted entry of ours that does not count as a conflict
+                           * (the shared lock an upgrade converts), or SS_NIL */
 };
 
 static inline uint8_t wflags_of(const struct ss_entry *e)
@@ -1136,8 +1139,8 @@ static inline uint8_t wflags_of(const struct ss_entry *e)
 /* In a granted index: the entry counts unless its owner abandoned it. */
 static int holds_region(struct ss_handle *h, uint32_t i, void *arg)
 {
-    (void)arg;
-    return !(wflags_of(&h->entries[i]) & W_ABANDONED);
+    const struct request *r = arg;
+    return i != r->also && !(wflags_of(&h->entries[i]) & W_ABANDONED);
 }
 
 /* Mark waiting entry e urgent if it has waited SS_URGENT_NS (by *now, read
@@ -1168,12 +1171,13 @@ static int urgent_ahead(struct ss_handle *h, uint32_t i, void *varg)
     return make_urgent_if_due(h, e, &r->now);
 }
 
-/* A granted entry of the calling thread, through any handle of this process. */
+/* A granted entry of the request's owner (the calling thread, or the owner id
+ * it named), through any handle of this process. */
 static int held_by_caller(struct ss_handle *h, uint32_t i, void *arg)
 {
-    (void)arg;
+    const struct request *r = arg;
     const struct ss_entry *e = &h->entries[i];
-    if ((wflags_of(e) & W_ABANDONED) || e->tid != current_tid()) return 0;
+    if (i == r->also || (wflags_of(e) & W_ABANDONED) || e->tid != r->tid) return 0;
     if (e->owner_slot >= h->hdr->proc_hwm) return 0;   /* untrusted index */
     const struct ss_proc *p = &h->procs[e->owner_slot];
     return p->state == PROC_USED && p->gen == e->owner_gen && p->token == my_token();
@@ -1183,10 +1187,11 @@ static int held_by_caller(struct ss_handle *h, uint32_t i, void *arg)
 static int find_granted(struct ss_handle *h, const struct request *r, entry_pred pred,
                         uint32_t *found)
 {
-    int rc = tree_find(h, h->hdr->root[TREE_EXCLUSIVE], r->start, r->end, pred, NULL,
+    void *arg = (void *)r;
+    int rc = tree_find(h, h->hdr->root[TREE_EXCLUSIVE], r->start, r->end, pred, arg,
                        found, 0);
     if (rc == 0 && r->kind == SS_EXCLUSIVE)
-        rc = tree_find(h, h->hdr->root[TREE_SHARED], r->start, r->end, pred, NULL, found, 0);
+        rc = tree_find(h, h->hdr->root[TREE_SHARED], r->start, r->end, pred, arg, found, 0);
     return rc;
 }
 
@@ -1198,6 +1203,17 @@ static int find_granted(struct ss_handle *h, const struct request *r, entry_pred
  * it is being woken by releases -- a live holder's release is what it waits
  * for -- and probes every SS_RECHECK_NS, and on try-locks, which must reclaim
  * a dead holder at once. */
+static int queue_waits_for_us(struct ss_handle *h, const struct request *r, uint32_t u);
+
+/* In the wait index: an urgent waiter ahead that holds the request back --
+ * unless it waits (through granted conflicts and queueing) for the request's
+ * owner: queueing behind it would close a cycle, so the request passes it. */
+static int urgent_blocking(struct ss_handle *h, uint32_t i, void *varg)
+{
+    if (!urgent_ahead(h, i, varg)) return 0;
+    return queue_waits_for_us(h, varg, i) == 0;   /* an error: keep the queue order */
+}
+
 static int find_conflict(struct ss_handle *h, struct request *r, int ignore_waiters,
                          int probe, uint32_t *who)
 {
@@ -1205,7 +1221,7 @@ static int find_conflict(struct ss_handle *h, struct request *r, int ignore_wait
         uint32_t found = SS_NIL;
         int rc = find_granted(h, r, holds_region, &found);
         if (rc == 0 && !ignore_waiters && h->hdr->urgent != 0)
-            rc = tree_find(h, h->hdr->wait_root, r->start, r->end, urgent_ahead, r,
+            rc = tree_find(h, h->hdr->wait_root, r->start, r->end, urgent_blocking, r,
                            &found, 0);
         if (rc <= 0) return rc;
         if (!probe) { *who = found; return 1; }
@@ -1269,7 +1285,7 @@ static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi)
         uint32_t c = pass.cand[k];
         struct ss_entry *e = &h->entries[c];
         int urgent = make_urgent_if_due(h, e, &now);
-        struct request r = {e->start, e->end, e->kind, c, e->ticket, now};
+        struct request r = {e->start, e->end, e->kind, c, e->ticket, now, e->tid, SS_NIL};
         uint32_t found;
         rc = find_granted(h, &r, holds_region, &found);
         if (rc < 0) return rc;
@@ -2461,14 +2477,14 @@ static int64_t grant_now(struct ss_handle *h, struct request *r, int probe, uint
     uint32_t i;
     rc = entry_alloc_sweeping(h, &i);
     if (rc) return rc;
-    rc = entry_publish(h, i, r->start, r->end, r->kind, SS_GRANTED, h->hdr->next_ticket);
+    rc = entry_publish(h, i, r->start, r->end, r->kind, SS_GRANTED, h->hdr->next_ticket, r->tid);
     if (rc) return rc;
     return make_ref(i, h->entries[i].serial);
 }
 
 /* The GIL-held fast path: never sleeps (a short spin on a busy mutex, then
  * SS_EAGAIN), never queues. */
-static int64_t lock_try_impl(ss_handle *h, int64_t start, int64_t end, int kind)
+static int64_t lock_try_impl(ss_handle *h, int64_t start, int64_t end, int kind, int32_t owner)
 {
     int rc = check_lock_args(h, start, end, kind);
     if (rc) return rc;
@@ -2476,13 +2492,21 @@ static int64_t lock_try_impl(ss_handle *h, int64_t start, int64_t end, int kind)
     if (rc) return rc;
     rc = table_trylock(h);
     if (rc) return rc;
-    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0};
+    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0,
+                        owner ? owner : current_tid(), SS_NIL};
     uint32_t who = SS_NIL;
     int64_t result = grant_now(h, &r, 1, &who);
     if (result == SS_ETIMEDOUT) result = blocked_status(h, &r, who);
     table_unlock(h);
     return result;
 }
+
+#define SS_DEADLOCK_MAX_OWNERS 64     /* owners a deadlock search explores (see below) */
+#define SS_DEADLOCK_MAX_WAITERS 1024  /* waiting requests it considers */
+
+/* The cycle of this thread's last SS_EDEADLK (ss_last_cycle). */
+static __thread ss_cycle_hop tls_cycle[SS_DEADLOCK_MAX_OWNERS];
+static __thread int tls_cycle_len;
 
 /* Under the mutex, for a blocked request: does the calling thread hold a
  * granted conflict itself (through any handle of this process)?  Then
@@ -2493,8 +2517,12 @@ static int check_self_deadlock(struct ss_handle *h, const struct request *r)
     int rc = find_granted(h, r, held_by_caller, &mine);
     if (rc <= 0) return rc;
     const struct ss_entry *e = &h->entries[mine];
+    tls_cycle_len = 0;
     return fail(SS_EDEADLK, "[%llu, %llu): this thread already holds a conflicting %s "
-                "lock on [%llu, %llu); waiting would deadlock",
+                "lock on [%llu, %llu); waiting would deadlock.  A lock belongs to the thread "
+                "that took it, whichever thread releases it, so pool threads that take locks "
+                "for others (asyncio.to_thread(mgr.lock, ...)) block themselves: in asyncio "
+                "use 'await mgr.lock_async(...)'",
                 (unsigned long long)r->start, (unsigned long long)r->end,
                 kind_name(e->kind), (unsigned long long)e->start, (unsigned long long)e->end);
 }
@@ -2509,6 +2537,326 @@ static int caller_overlaps(struct ss_handle *h, const struct request *r)
 }
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* ---- deadlock detection ------------------------------------------------
+ *
+ * The wait-for graph.  Its nodes are lock owners: the thread that took a
+ * lock (or made a request), or an owner id its caller named (ss_wait.owner;
+ * the asyncio layer names one per task), told apart across processes by the
+ * process token.  Who releases a lock does not matter: a lock handed to
+ * another thread to release still belongs to the thread that took it.  A
+ * waiting request of owner A has an edge to owner B when an entry of B holds
+ * it back *now*: a granted entry of B that conflicts with it, or an urgent
+ * request of B that arrived earlier and conflicts with it (A queues behind
+ * it).  Edges are computed at walk time from the table as it stands under
+ * the mutex, so a lock that barged in, urgency gained since, and resumable
+ * waits that stay queued between two ss_lock_wait calls count as they are.
+ * An owner waits in its latest request (a signal handler may make a second
+ * request while the first stays queued; the latest is the one it is blocked
+ * in).
+ *
+ * Two rules use it, both under the mutex, on every step in which a request
+ * is held back:
+ *   - Queueing never closes a cycle: a request is not held back by an
+ *     urgent request that waits (by any path of the graph) for the
+ *     request's owner (queue_waits_for_us; it generalises the rule that a
+ *     thread holding an overlapping lock is not queued).  It passes it,
+ *     as that one waits for it anyway.
+ *   - Hold and wait: if the granted conflicts alone lead from the request
+ *     back to a lock of its own owner, waiting would never end: SS_EDEADLK
+ *     naming the shortest such cycle (deadlock_check, ss_last_cycle).  The
+ *     request whose arrival closes the cycle is the one that fails, and it
+ *     withdraws at once, which opens the cycle for the others.
+ * Owners of dead processes end a path, and a cycle found is confirmed by
+ * probing the liveness of every other owner on it.  Bounds: a search
+ * explores at most SS_DEADLOCK_MAX_OWNERS owners (so cycles of up to that
+ * many owners are found) and considers at most SS_DEADLOCK_MAX_WAITERS
+ * waiting requests; a cycle beyond them is not reported (only timeouts end
+ * it).  A cycle that is not there is never reported.
+ * ------------------------------------------------------------------------ */
+struct owner_id { uint64_t token; int32_t tid; };
+
+static inline int owner_eq(struct owner_id a, struct owner_id b)
+{
+    return a.tid == b.tid && a.token == b.token;
+}
+
+/* The owner of entry e, if its process slot is in use at e's generation. */
+static int entry_owner(struct ss_handle *h, const struct ss_entry *e, struct owner_id *o)
+{
+    if (e->owner_slot >= h->hdr->proc_hwm) return 0;
+    const struct ss_proc *p = &h->procs[e->owner_slot];
+    if (p->state != PROC_USED || p->gen != e->owner_gen) return 0;
+    o->token = p->token;
+    o->tid = e->tid;
+    return 1;
+}
+
+struct dl_node {
+    struct owner_id who;
+    uint32_t wait;       /* the request it waits in (for node 0: r->self, maybe SS_NIL) */
+    uint32_t via;        /* its entry the parent's request is held back by */
+    int parent;          /* -1 for node 0, the requester */
+};
+
+struct dl_search {
+    struct dl_node node[SS_DEADLOCK_MAX_OWNERS];
+    int n;
+    uint32_t waiter[SS_DEADLOCK_MAX_WAITERS];   /* waiting requests, collected once */
+    int nwaiters;
+    int collected;
+    int node_k;          /* the node being expanded */
+    const struct request *r;   /* its request */
+    struct owner_id target;   /* whose entry ends the search */
+    int use_urgent;      /* follow queueing behind urgent requests too */
+    uint32_t closing;    /* the entry of the target found, SS_NIL if none */
+    int closing_node;
+};
+
+
+static int collect_all_waiters(struct ss_handle *h, uint32_t i, void *arg)
+{
+    struct dl_search *s = arg;
+    const struct ss_entry *e = &h->entries[i];
+    if (e->state != SS_WAITING || (wflags_of(e) & W_ABANDONED)) return 0;
+    if (s->nwaiters == SS_DEADLOCK_MAX_WAITERS) return 1;   /* bound: stop collecting */
+    s->waiter[s->nwaiters++] = i;
+    return 0;
+}
+
+/* The request owner o waits in (its latest), or SS_NIL if it waits in none. */
+static uint32_t waiting_request_of(struct ss_handle *h, struct dl_search *s, struct owner_id o)
+{
+    if (!s->collected) {
+        s->collected = 1;
+        int rc = tree_each(h, h->hdr->wait_root, 0, UINT64_MAX, collect_all_waiters, s, 0);
+        if (rc < 0) s->nwaiters = 0;   /* a corrupt index is reported by the next real use */
+    }
+    uint32_t best = SS_NIL;
+    for (int k = 0; k < s->nwaiters; k++) {
+        const struct ss_entry *e = &h->entries[s->waiter[k]];
+        struct owner_id eo;
+        if (e->tid != o.tid || e->state != SS_WAITING || !entry_owner(h, e, &eo) ||
+            !owner_eq(eo, o))
+            continue;
+        if (best == SS_NIL || e->ticket > h->entries[best].ticket) best = s->waiter[k];
+    }
+    return best;
+}
+
+/* Entry i holds back the request of the node being expanded: follow it. */
+static int dl_follow(struct ss_handle *h, struct dl_search *s, uint32_t i)
+{
+    const struct ss_entry *e = &h->entries[i];
+    struct owner_id o;
+    if (!entry_owner(h, e, &o)) return 0;                 /* its process is gone */
+    if (owner_eq(o, s->target)) {                         /* back at the requester */
+        s->closing = i;
+        s->closing_node = s->node_k;
+        return 1;
+    }
+    if (owner_eq(o, s->node[s->node_k].who)) return 0;   /* its own lock: not an edge */
+    for (int k = 0; k < s->n; k++)
+        if (owner_eq(o, s->node[k].who)) return 0;        /* reached already */
+    if (s->n == SS_DEADLOCK_MAX_OWNERS) return 0;         /* bound */
+    uint32_t wait = waiting_request_of(h, s, o);
+    if (wait == SS_NIL) return 0;                         /* running: it will release */
+    s->node[s->n++] = (struct dl_node){o, wait, i, s->node_k};
+    return 0;
+}
+
+static int dl_visit_granted(struct ss_handle *h, uint32_t i, void *arg)
+{
+    struct dl_search *s = arg;
+    if (!holds_region(h, i, (void *)s->r)) return 0;
+    return dl_follow(h, s, i);
+}
+
+static int dl_visit_urgent(struct ss_handle *h, uint32_t i, void *arg)
+{
+    struct dl_search *s = arg;
+    struct request *r = (struct request *)s->r;
+    if (!urgent_ahead(h, i, r)) return 0;
+    return dl_follow(h, s, i);
+}
+
+/* A granted entry of the owner in arg (a struct request naming it by tid,
+ * the token compared by the caller's filter below). */
+struct owner_probe { struct owner_id o; uint32_t also; };
+
+static int held_by_owner(struct ss_handle *h, uint32_t i, void *arg)
+{
+    const struct owner_probe *p = arg;
+    const struct ss_entry *e = &h->entries[i];
+    struct owner_id eo;
+    return i != p->also && !(wflags_of(e) & W_ABANDONED) && e->tid == p->o.tid &&
+           entry_owner(h, e, &eo) && owner_eq(eo, p->o);
+}
+
+/* Does owner o hold a granted lock overlapping [start, end)?  (Then its
+ * request is not held back by urgent waiters.) */
+static int owner_overlaps(struct ss_handle *h, struct owner_id o, uint64_t start, uint64_t end,
+                          uint32_t also)
+{
+    struct owner_probe p = {o, also};
+    uint32_t found;
+    int rc = tree_find(h, h->hdr->root[TREE_EXCLUSIVE], start, end, held_by_owner, &p, &found, 0);
+    if (rc == 0)
+        rc = tree_find(h, h->hdr->root[TREE_SHARED], start, end, held_by_owner, &p, &found, 0);
+    return rc;
+}
+
+/* Expand node k: every entry that holds its request back now. */
+static int dl_expand(struct ss_handle *h, struct dl_search *s, int k, struct request *r,
+                     int reentrant)
+{
+    reentrant |= !s->use_urgent;
+    s->node_k = k;
+    s->r = r;
+    int rc = tree_each(h, h->hdr->root[TREE_EXCLUSIVE], r->start, r->end, dl_visit_granted, s, 0);
+    if (rc == 0 && r->kind == SS_EXCLUSIVE)
+        rc = tree_each(h, h->hdr->root[TREE_SHARED], r->start, r->end, dl_visit_granted, s, 0);
+    if (rc == 0 && !reentrant && h->hdr->urgent != 0)
+        rc = tree_each(h, h->hdr->wait_root, r->start, r->end, dl_visit_urgent, s, 0);
+    return rc;
+}
+
+static int owner_pid_of(struct ss_handle *h, uint32_t i)
+{
+    return owner_pid(h, &h->entries[i]);
+}
+
+/* Fill tls_cycle from the search's path and write the SS_EDEADLK detail. */
+static int report_cycle(struct ss_handle *h, struct dl_search *s, const struct request *root)
+{
+    int path[SS_DEADLOCK_MAX_OWNERS], len = 0;
+    for (int k = s->closing_node; k >= 0 && len < SS_DEADLOCK_MAX_OWNERS; k = s->node[k].parent)
+        path[len++] = k;
+    /* path[len-1] is node 0; hop j: owner path[len-1-j] waits, held back by
+     * the next owner's entry (the last one by the requester's `closing`). */
+    tls_cycle_len = len;
+    for (int j = 0; j < len; j++) {
+        const struct dl_node *nd = &s->node[path[len - 1 - j]];
+        uint32_t held = j + 1 < len ? s->node[path[len - 2 - j]].via : s->closing;
+        ss_cycle_hop *hop = &tls_cycle[j];
+        memset(hop, 0, sizeof *hop);
+        if (j == 0) {
+            hop->start = root->start; hop->end = root->end; hop->kind = (uint32_t)root->kind;
+            hop->pid = (int32_t)getpid();
+        } else {
+            const struct ss_entry *we = &h->entries[nd->wait];
+            hop->start = we->start; hop->end = we->end; hop->kind = we->kind;
+            hop->pid = owner_pid(h, we);
+        }
+        hop->tid = nd->who.tid;
+        const struct ss_entry *he = &h->entries[held];
+        hop->held_start = he->start; hop->held_end = he->end;
+        hop->held_kind = he->kind;
+        hop->holder_pid = owner_pid_of(h, held);
+        hop->holder_tid = he->tid;
+    }
+    char msg[sizeof tls_detail];
+    int n = snprintf(msg, sizeof msg, "[%llu, %llu) %s: waiting would deadlock, a cycle of %d "
+                     "lock owner%s:", (unsigned long long)root->start,
+                     (unsigned long long)root->end, kind_name(root->kind), len,
+                     len == 1 ? "" : "s");
+    for (int j = 0; j < len && n > 0 && (size_t)n < sizeof msg; j++) {
+        const ss_cycle_hop *hop = &tls_cycle[j];
+        n += snprintf(msg + n, sizeof msg - (size_t)n, "%s pid %d %s %d wants [%llu, %llu) "
+                      "%s, %s by pid %d %s %d on [%llu, %llu)", j ? ";" : "", hop->pid,
+                      hop->tid < 0 ? "owner" : "thread", hop->tid,
+                      (unsigned long long)hop->start, (unsigned long long)hop->end,
+                      kind_name((int)hop->kind),
+                      hop->held_kind == SS_EXCLUSIVE ? "held exclusive" : "held shared",
+                      hop->holder_pid, hop->holder_tid < 0 ? "owner" : "thread",
+                      hop->holder_tid, (unsigned long long)hop->held_start,
+                      (unsigned long long)hop->held_end);
+    }
+    return fail(SS_EDEADLK, "%s", msg);
+}
+
+/* Breadth-first search of the wait-for graph from node 0 (already set) for
+ * an entry of s->target; s->closing says whether one was found.  Node 0's
+ * request is r, with reentrant as for deadlock_check. */
+static int dl_search_run(struct ss_handle *h, struct dl_search *s, struct request *r, int reentrant)
+{
+    s->n = 1;
+    s->nwaiters = 0;
+    s->collected = 0;
+    s->closing = SS_NIL;
+    int rc = dl_expand(h, s, 0, r, reentrant == 1);
+    for (int k = 1; rc == 0 && k < s->n; k++) {
+        struct ss_entry *we = &h->entries[s->node[k].wait];
+        struct request rk = {we->start, we->end, we->kind, s->node[k].wait, we->ticket, 0,
+                             we->tid, SS_NIL};
+        int re = s->use_urgent ? owner_overlaps(h, s->node[k].who, we->start, we->end, SS_NIL) : 1;
+        if (re < 0) return re;
+        rc = dl_expand(h, s, k, &rk, re);
+    }
+    return rc < 0 ? rc : SS_OK;
+}
+
+/* Under the mutex, for a request held back: would waiting close a cycle of
+ * granted conflicts (hold and wait)?  SS_EDEADLK (detail and ss_last_cycle
+ * set), SS_OK, or < 0.  Queueing behind urgent requests does not count here:
+ * it never closes a cycle (queue_waits_for_us below lets a request pass an
+ * urgent request that waits for it). */
+static int deadlock_check(struct ss_handle *h, struct request *r)
+{
+    /* A cycle needs another owner that waits. */
+    if (h->hdr->waiting <= (r->self != SS_NIL ? 1u : 0u)) return SS_OK;
+    struct dl_search *s = malloc(sizeof *s);
+    if (!s) return SS_OK;   /* no memory to look: wait as if there were no cycle */
+    s->target = (struct owner_id){my_token(), r->tid};
+    s->use_urgent = 0;
+    s->node[0] = (struct dl_node){s->target, r->self, SS_NIL, -1};
+    int rc = dl_search_run(h, s, r, 1);
+    if (rc < 0 || s->closing == SS_NIL) { free(s); return rc; }
+    /* Confirm: every other owner on the cycle is alive (a dead one's entries
+     * are reclaimed, not waited for). */
+    for (int k = s->closing_node; k > 0; k = s->node[k].parent) {
+        const struct ss_entry *v = &h->entries[s->node[k].via];
+        int alive = slot_alive(h, v->owner_slot, v->owner_gen);
+        if (alive <= 0) { free(s); return alive < 0 ? alive : SS_OK; }
+    }
+    rc = report_cycle(h, s, r);
+    free(s);
+    return rc;
+}
+
+/* Does waiting entry u (an urgent request ahead of r) wait, through granted
+ * conflicts and queueing, for r's owner?  Then r queueing behind u would
+ * close a cycle: r is not held back by u (see the fairness rule).  1, 0 or
+ * < 0.  Under the mutex. */
+static int queue_waits_for_us(struct ss_handle *h, const struct request *r, uint32_t u)
+{
+    struct ss_entry *ue = &h->entries[u];
+    struct owner_id uo;
+    if (!entry_owner(h, ue, &uo)) return 0;
+    struct owner_id me = {my_token(), r->tid};
+    if (owner_eq(uo, me)) return 1;   /* our own earlier request (a signal handler's) */
+    struct dl_search *s = malloc(sizeof *s);
+    if (!s) return 0;
+    s->target = me;
+    s->use_urgent = 1;
+    s->node[0] = (struct dl_node){uo, u, SS_NIL, -1};
+    struct request ru = {ue->start, ue->end, ue->kind, u, ue->ticket, 0, ue->tid, SS_NIL};
+    int re = owner_overlaps(h, uo, ue->start, ue->end, SS_NIL);
+    int rc = re < 0 ? re : dl_search_run(h, s, &ru, re);
+    int found = s->closing != SS_NIL;
+    free(s);
+    return rc < 0 ? rc : found;
+}
+
+/* Public: see shmslice.h. */
+int ss_last_cycle(ss_cycle_hop *out, uint32_t max)
+{
+    int n = tls_cycle_len;
+    if (out)
+        for (int k = 0; k < n && (uint32_t)k < max; k++) out[k] = tls_cycle[k];
+    return n;
+}
+
 
 /* One step of a blocking request; see ss_lock_wait in shmslice.h. */
 static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int kind,
@@ -2532,7 +2880,8 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
     w->interrupted = 0;
     uint64_t slice_end = now + (uint64_t)SS_SLICE_NS;
     uint64_t mutex_by = w->deadline_ns ? min_u64(w->deadline_ns, slice_end) : slice_end;
-    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0};
+    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0,
+                        w->owner ? w->owner : current_tid(), SS_NIL};
     int slept = 0;
     int64_t result;
     for (;;) {
@@ -2595,7 +2944,7 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
             }
             uint32_t i;
             rc = entry_alloc_sweeping(h, &i);
-            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_GRANTED, hd->next_ticket);
+            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_GRANTED, hd->next_ticket, r.tid);
             result = rc ? rc : make_ref(i, h->entries[i].serial);
             break;
         }
@@ -2605,6 +2954,10 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
             rc = check_self_deadlock(h, &r);
             if (rc) { result = rc; break; }
         }
+        if (!try_only) {
+            rc = deadlock_check(h, &r);
+            if (rc) { result = rc; break; }
+        }
         if (try_only || (w->deadline_ns && now >= w->deadline_ns)) {
             result = blocked_status(h, &r, who);
             break;
@@ -2612,7 +2965,7 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
         if (!w->has_entry) {
             uint32_t i;
             rc = entry_alloc_sweeping(h, &i);
-            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_WAITING, hd->next_ticket++);
+            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_WAITING, hd->next_ticket++, r.tid);
             if (rc) { result = rc; break; }
             w->entry = i;
             w->serial = h->entries[i].serial;
@@ -2713,7 +3066,7 @@ static int64_t pin_impl(ss_handle *h, int64_t start_arg, int64_t end_arg)
         result = rc;
     } else {
         rc = entry_alloc_sweeping(h, &i);
-        if (!rc) rc = entry_publish(h, i, start, end, SS_PIN, SS_GRANTED, 0);
+        if (!rc) rc = entry_publish(h, i, start, end, SS_PIN, SS_GRANTED, 0, 0);
         result = rc ? rc : make_ref(i, h->entries[i].serial);
     }
     table_unlock(h);
@@ -2996,7 +3349,7 @@ int ss_clean_temp_files(const char *table_dir, uint32_t *removed)
 int64_t ss_lock_try(ss_handle *h, int64_t start, int64_t end, int kind)
 {
     if (!h || !handle_enter(h)) return CLOSED_STATUS();
-    int64_t rc = lock_try_impl(h, start, end, kind);
+    int64_t rc = lock_try_impl(h, start, end, kind, 0);
     handle_leave(h);
     return rc;
 }

@@ -144,7 +144,8 @@ typedef struct ss_wait {
     int32_t checked;        /* the self-deadlock check was made */
     int32_t reentrant;      /* -1 unknown, 1: the caller holds an overlapping lock */
     int32_t interrupted;    /* the last call's sleep ended by a signal */
-    int32_t pad;
+    int32_t owner;          /* set by the caller before the first call: the lock's owner
+                             * for deadlock detection; 0 = the calling thread */
 } ss_wait;
 
 /*
@@ -158,6 +159,29 @@ typedef struct ss_wait {
  */
 int64_t ss_lock_wait(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int kind,
                      int64_t timeout_ns);
+
+/* One hop of a deadlock cycle, as ss_last_cycle reports it: owner (pid,
+ * tid) waits for [start, end) and is held back by the entry [held_start,
+ * held_end) that owner (holder_pid, holder_tid) holds, the next hop's
+ * waiter; the last hop's holder is the first hop's owner.  tid is a thread
+ * id, or (negative) an owner id a caller named in ss_wait.owner. */
+typedef struct ss_cycle_hop {
+    uint64_t start;       /* the region this owner waits for */
+    uint64_t end;
+    uint64_t held_start;  /* the entry holding it back */
+    uint64_t held_end;
+    int32_t pid;          /* the waiting owner */
+    int32_t tid;
+    int32_t holder_pid;   /* the owner of that entry */
+    int32_t holder_tid;
+    uint32_t kind;        /* kind requested */
+    uint32_t held_kind;   /* kind of the (granted) entry holding it back */
+} ss_cycle_hop;
+
+/* The cycle of the calling thread's last SS_EDEADLK: copies up to max hops
+ * into out (may be NULL) and returns the number of hops (0 if that error
+ * was the caller's own conflicting lock, not a cycle of several owners). */
+int ss_last_cycle(ss_cycle_hop *out, uint32_t max);
 
 /* Withdraw a request ss_lock_wait left waiting; a lock it was handed
  * meanwhile is released.  Never blocks for long: if the table mutex is not

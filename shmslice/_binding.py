@@ -48,6 +48,7 @@ from shmslice import _fastpath
 from shmslice._core import ffi, lib
 from shmslice.errors import (
     CorruptLockTable,
+    CycleHop,
     DeadlockError,
     LockTableFull,
     LockTimeout,
@@ -156,8 +157,24 @@ def raise_status(status: int, path: str | None = None) -> NoReturn:
         raise ValueError(message)
     if status == lib.SS_ECLOSED:
         raise ValueError("the lock manager is closed")
+    if status == lib.SS_EDEADLK:
+        raise DeadlockError(message, path, last_cycle())
     exc_type = _STATUS_EXCEPTIONS.get(status, ShmSliceError)
     raise exc_type(message, path)
+
+
+def last_cycle() -> tuple[CycleHop, ...]:
+    """The cycle of the calling thread's last deadlock failure (empty if it was
+    the caller's own conflicting lock)."""
+    n = lib.ss_last_cycle(ffi.NULL, 0)   # type: ignore[arg-type]
+    if n <= 0:
+        return ()
+    hops = ffi.new("ss_cycle_hop[]", n)
+    n = min(n, lib.ss_last_cycle(hops, n))
+    return tuple(CycleHop(h.pid, h.tid, h.start, h.end, _KIND_NAMES.get(h.kind, "?"),
+                          h.holder_pid, h.holder_tid, h.held_start, h.held_end,
+                          _KIND_NAMES.get(h.held_kind, "?"))
+                 for h in (hops[i] for i in range(n)))
 
 
 def check(status: int, path: str | None = None) -> int:
