@@ -182,7 +182,7 @@ static int fail_sys(const char *fmt, ...)
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 3       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter */
+#define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: upgrade requests (W_UPGRADE) */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -209,7 +209,9 @@ enum {
     W_URGENT = 1,        /* waiting entry that has waited SS_URGENT_NS: served in order */
     W_WOKEN = 2,         /* waiting entry woken and not yet run: no second wake-up */
     W_ABANDONED = 4,     /* owner gave up without the mutex: ignore, next holder removes */
-    W_ALL = 7
+    W_UPGRADE = 8,       /* waiting exclusive request that converts its owner's shared
+                          * lock on the same region (entry index in next_free) */
+    W_ALL = 15
 };
 enum { PROC_FREE = 0, PROC_USED = 1 };
 
@@ -259,7 +261,8 @@ struct ss_entry {
     uint64_t ticket;             /* arrival order (from next_ticket) */
     uint64_t since_ns;           /* CLOCK_REALTIME_COARSE granted / queued */
     uint32_t left, right;        /* treap children, SS_NIL if none */
-    uint32_t next_free;          /* free-list link while ENTRY_FREE */
+    uint32_t next_free;          /* free-list link while ENTRY_FREE; for a W_UPGRADE
+                                  * request, the shared entry it converts */
     uint32_t owner_slot;         /* process slot of the owning handle */
     uint32_t owner_gen;          /* that slot's gen when the entry was made */
     int32_t tid;                 /* owning thread (locks), for deadlock checks */
@@ -464,7 +467,7 @@ void ss_debug_set_stop_point(int point, int countdown)
     crash_countdown = countdown;
 }
 
-/* Crash points (1-8 inside the table mutex; 9 outside it):
+/* Crash points (1-8, 20-21 inside the table mutex; 9 outside it):
  *   1 after allocating an entry, before it is visible
  *   2 after an entry became visible, before it is indexed
  *   3 in the middle of unlinking an entry from the index
@@ -476,6 +479,10 @@ void ss_debug_set_stop_point(int point, int countdown)
  *     granted
  *   8 removing abandoned entries, after the first
  *   9 creating a table: built, not yet linked into place
+ *  20 converting a lock (upgrade or downgrade): out of its kind's index, its
+ *     kind not yet changed
+ *  21 an upgrade granted: the lock converted, its upgrade request not yet
+ *     removed
  * A stop point (ss_debug_set_stop_point) stops the process there instead,
  * once, with SIGSTOP: it keeps the mutex until SIGCONT. */
 static inline void maybe_crash(int point)
@@ -1084,7 +1091,7 @@ static int grant_waiting(struct ss_handle *h, uint32_t i)
     int rc = index_remove(h, i);
     if (rc) return rc;
     maybe_crash(6);
-    uint8_t flags = __atomic_fetch_and(&e->wflags, (uint8_t)~(W_URGENT | W_WOKEN),
+    uint8_t flags = __atomic_fetch_and(&e->wflags, (uint8_t)~(W_URGENT | W_WOKEN | W_UPGRADE),
                                        __ATOMIC_ACQ_REL);
     if ((flags & W_URGENT) && h->hdr->urgent) h->hdr->urgent--;
     if (h->hdr->waiting) h->hdr->waiting--;
@@ -1134,6 +1141,23 @@ struct request {
 static inline uint8_t wflags_of(const struct ss_entry *e)
 {
     return __atomic_load_n(&e->wflags, __ATOMIC_ACQUIRE);
+}
+
+/* The shared lock a W_UPGRADE request x converts: its entry index if it is
+ * still that -- granted, shared, same owner (slot, generation, thread),
+ * same region -- else SS_NIL (it does not count as x's own then). */
+static uint32_t upgrade_source(struct ss_handle *h, uint32_t x)
+{
+    const struct ss_entry *e = &h->entries[x];
+    if (!(wflags_of(e) & W_UPGRADE)) return SS_NIL;
+    uint32_t s = e->next_free;
+    if (s >= h->hdr->entry_hwm || s == x) return SS_NIL;
+    const struct ss_entry *se = &h->entries[s];
+    if (se->state != SS_GRANTED || se->kind != SS_SHARED || se->owner_slot != e->owner_slot ||
+        se->owner_gen != e->owner_gen || se->tid != e->tid || se->start != e->start ||
+        se->end != e->end)
+        return SS_NIL;
+    return s;
 }
 
 /* In a granted index: the entry counts unless its owner abandoned it. */
@@ -1285,19 +1309,21 @@ static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi)
         uint32_t c = pass.cand[k];
         struct ss_entry *e = &h->entries[c];
         int urgent = make_urgent_if_due(h, e, &now);
-        struct request r = {e->start, e->end, e->kind, c, e->ticket, now, e->tid, SS_NIL};
+        struct request r = {e->start, e->end, e->kind, c, e->ticket, now, e->tid,
+                            upgrade_source(h, c)};
         uint32_t found;
         rc = find_granted(h, &r, holds_region, &found);
         if (rc < 0) return rc;
         int blocked = rc == 1;
+        int upgrade = r.also != SS_NIL;   /* holds the region shared: waiters wait for it */
         /* Earlier candidates, in arrival order: urgent ones still blocked,
          * and ones chosen above.  (Cheap pairwise checks: candidates are
          * few; an urgent waiter elsewhere is looked up only for a handoff.) */
-        for (int j = 0; j < nahead && !blocked; j++)
+        for (int j = 0; j < nahead && !blocked && !upgrade; j++)
             blocked = regions_conflict(e, &h->entries[ahead[j]]);
         for (int j = 0; j < nchosen && !blocked; j++)
             blocked = regions_conflict(e, &h->entries[chosen[j]]);
-        if (!blocked && urgent && h->hdr->urgent > 1) {
+        if (!blocked && urgent && !upgrade && h->hdr->urgent > 1) {
             rc = tree_find(h, h->hdr->wait_root, r.start, r.end, urgent_ahead, &r, &found, 0);
             if (rc < 0) return rc;
             blocked = rc == 1;
@@ -1600,7 +1626,8 @@ static int validate_entry(struct ss_handle *h, uint32_t i)
         (e->kind == SS_PIN && e->state != SS_GRANTED) ||
         e->owner_slot >= h->hdr->proc_hwm || e->count == 0 ||
         (e->wflags & ~W_ALL) ||
-        (e->state == SS_GRANTED && (e->wflags & (W_URGENT | W_WOKEN))))
+        (e->state == SS_GRANTED && (e->wflags & (W_URGENT | W_WOKEN | W_UPGRADE))) ||
+        ((e->wflags & W_UPGRADE) && e->kind != SS_EXCLUSIVE))
         return fail(SS_ECORRUPT, "lock table %s: entry %u is malformed",
                     h->table_path, i);
     return SS_OK;
@@ -1762,7 +1789,7 @@ static int table_repair(struct ss_handle *h)
         hd->used++;
         /* Woken marks are dropped (every waiter is woken below); urgency
          * only means something on a waiting entry. */
-        uint8_t keep = e->state == SS_WAITING ? (W_URGENT | W_ABANDONED) : W_ABANDONED;
+        uint8_t keep = e->state == SS_WAITING ? (W_URGENT | W_ABANDONED | W_UPGRADE) : W_ABANDONED;
         uint8_t flags = __atomic_and_fetch(&e->wflags, keep, __ATOMIC_ACQ_REL);
         if (flags & W_ABANDONED) abandoned++;
         if (e->state == SS_WAITING) {
@@ -2788,8 +2815,9 @@ static int dl_search_run(struct ss_handle *h, struct dl_search *s, struct reques
     for (int k = 1; rc == 0 && k < s->n; k++) {
         struct ss_entry *we = &h->entries[s->node[k].wait];
         struct request rk = {we->start, we->end, we->kind, s->node[k].wait, we->ticket, 0,
-                             we->tid, SS_NIL};
-        int re = s->use_urgent ? owner_overlaps(h, s->node[k].who, we->start, we->end, SS_NIL) : 1;
+                             we->tid, upgrade_source(h, s->node[k].wait)};
+        int re = !s->use_urgent || rk.also != SS_NIL ? 1
+                 : owner_overlaps(h, s->node[k].who, we->start, we->end, SS_NIL);
         if (re < 0) return re;
         rc = dl_expand(h, s, k, &rk, re);
     }
@@ -2840,8 +2868,9 @@ static int queue_waits_for_us(struct ss_handle *h, const struct request *r, uint
     s->target = me;
     s->use_urgent = 1;
     s->node[0] = (struct dl_node){uo, u, SS_NIL, -1};
-    struct request ru = {ue->start, ue->end, ue->kind, u, ue->ticket, 0, ue->tid, SS_NIL};
-    int re = owner_overlaps(h, uo, ue->start, ue->end, SS_NIL);
+    struct request ru = {ue->start, ue->end, ue->kind, u, ue->ticket, 0, ue->tid,
+                         upgrade_source(h, u)};
+    int re = ru.also != SS_NIL ? 1 : owner_overlaps(h, uo, ue->start, ue->end, SS_NIL);
     int rc = re < 0 ? re : dl_search_run(h, s, &ru, re);
     int found = s->closing != SS_NIL;
     free(s);
@@ -2859,8 +2888,32 @@ int ss_last_cycle(ss_cycle_hop *out, uint32_t max)
 
 
 /* One step of a blocking request; see ss_lock_wait in shmslice.h. */
+/* Under the mutex: turn our shared lock si into an exclusive one in place
+ * (its reference stays), then drop the upgrade request x (SS_NIL if none).
+ * Crash-safe at every step: an entry is indexed by its kind. */
+static int64_t finish_upgrade(struct ss_handle *h, uint32_t si, uint32_t x, int64_t ref)
+{
+    struct ss_entry *se = &h->entries[si];
+    if (se->kind == SS_SHARED) {
+        int rc = index_remove(h, si);
+        if (rc) return rc;
+        maybe_crash(20);
+        se->kind = SS_EXCLUSIVE;
+        rc = index_insert(h, si);
+        if (rc) return rc;
+    }
+    if (x != SS_NIL) {
+        maybe_crash(21);
+        int rc = entry_remove(h, x);
+        if (rc) return rc;
+    }
+    return ref;
+}
+
+/* One step of a blocking request; see ss_lock_wait in shmslice.h.  up_ref >= 0:
+ * the request converts that shared lock of ours on [start, end) (ss_upgrade_wait). */
 static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int kind,
-                              int64_t timeout_ns)
+                              int64_t timeout_ns, int64_t up_ref)
 {
     int rc = check_lock_args(h, start, end, kind);
     if (rc) return rc;
@@ -2903,12 +2956,28 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
                           "[%llu, %llu)", (unsigned long long)start, (unsigned long long)end);
             break;
         }
+        uint32_t up = SS_NIL;            /* the shared lock an upgrade converts */
+        if (up_ref >= 0) {
+            int64_t si = own_entry(h, up_ref, 0);
+            if (si < 0) { result = si; break; }
+            up = (uint32_t)si;
+            if (h->entries[up].kind != SS_SHARED || h->entries[up].start != (uint64_t)start ||
+                h->entries[up].end != (uint64_t)end) {
+                result = fail(SS_EINVAL, "lock %lld is not a shared lock on [%lld, %lld)",
+                              (long long)up_ref, (long long)start, (long long)end);
+                break;
+            }
+            r.also = up;
+            r.tid = h->entries[up].tid;  /* the lock's owner, whichever thread upgrades it */
+            w->reentrant = 1;            /* waiters overlapping it wait for us */
+        }
         if (w->has_entry) {
             int state = own_wait_entry(h, w);
             if (state < 0) { w->has_entry = 0; result = state; break; }
             if (state == SS_GRANTED) {   /* a release handed it to us */
                 w->has_entry = 0;
-                result = make_ref(w->entry, w->serial);
+                result = up != SS_NIL ? finish_upgrade(h, up, w->entry, up_ref)
+                                      : make_ref(w->entry, w->serial);
                 break;
             }
             __atomic_fetch_and(&h->entries[w->entry].wflags, (uint8_t)~W_WOKEN, __ATOMIC_ACQ_REL);
@@ -2932,7 +3001,14 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
         if (w->has_entry && h->entries[w->entry].state == SS_GRANTED) {
             /* Reclaiming a dead holder above handed the region to us. */
             w->has_entry = 0;
-            result = make_ref(w->entry, w->serial);
+            result = up != SS_NIL ? finish_upgrade(h, up, w->entry, up_ref)
+                                  : make_ref(w->entry, w->serial);
+            break;
+        }
+        if (rc == 0 && up != SS_NIL) {
+            uint32_t x = w->has_entry ? w->entry : SS_NIL;
+            w->has_entry = 0;
+            result = finish_upgrade(h, up, x, up_ref);
             break;
         }
         if (rc == 0) {
@@ -2967,6 +3043,10 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
             rc = entry_alloc_sweeping(h, &i);
             if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_WAITING, hd->next_ticket++, r.tid);
             if (rc) { result = rc; break; }
+            if (up != SS_NIL) {          /* others' wake-up passes and searches see the link */
+                h->entries[i].next_free = up;
+                __atomic_fetch_or(&h->entries[i].wflags, (uint8_t)W_UPGRADE, __ATOMIC_ACQ_REL);
+            }
             w->entry = i;
             w->serial = h->entries[i].serial;
             w->has_entry = 1;
@@ -3359,7 +3439,7 @@ int64_t ss_lock_wait(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int k
 {
     if (!w) return fail(SS_EINVAL, "ss_lock_wait needs its ss_wait");
     if (!h || !handle_enter(h)) return CLOSED_STATUS();
-    int64_t rc = lock_wait_impl(h, w, start, end, kind, timeout_ns);
+    int64_t rc = lock_wait_impl(h, w, start, end, kind, timeout_ns, -1);
     handle_leave(h);
     return rc;
 }
@@ -3369,6 +3449,60 @@ int ss_lock_cancel(ss_handle *h, ss_wait *w)
     if (!w) return fail(SS_EINVAL, "ss_lock_cancel needs its ss_wait");
     if (!h || !handle_enter(h)) return SS_OK;   /* closed: ss_close removed the entry */
     int rc = lock_cancel_impl(h, w);
+    handle_leave(h);
+    return rc;
+}
+
+/* Exclusive -> shared in place, under the mutex; then wake the waiters the
+ * change lets in (readers: the region stays locked against writers). */
+static int downgrade_impl(ss_handle *h, int64_t ref)
+{
+    int rc = table_lock(h);
+    if (rc) return rc;
+    int64_t i = own_entry(h, ref, 0);
+    if (i < 0) { table_unlock(h); return (int)i; }
+    struct ss_entry *e = &h->entries[i];
+    if (e->kind != SS_EXCLUSIVE || e->state != SS_GRANTED) {
+        table_unlock(h);
+        return fail(SS_EINVAL, "lock %lld is not an exclusive lock", (long long)ref);
+    }
+    rc = index_remove(h, (uint32_t)i);
+    if (rc == SS_OK) {
+        maybe_crash(20);
+        e->kind = SS_SHARED;
+        rc = index_insert(h, (uint32_t)i);
+    }
+    if (rc == SS_OK && h->hdr->wait_root != SS_NIL) rc = wake_waiters(h, e->start, e->end);
+    table_unlock(h);
+    return rc;
+}
+
+int ss_downgrade(ss_handle *h, int64_t ref)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = downgrade_impl(h, ref);
+    handle_leave(h);
+    return rc;
+}
+
+int64_t ss_upgrade_wait(ss_handle *h, ss_wait *w, int64_t ref, int64_t timeout_ns)
+{
+    if (!w) return fail(SS_EINVAL, "ss_upgrade_wait needs its ss_wait");
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    /* Our own entry's region: only we change it, so it reads stable here;
+     * lock_wait_impl checks it again under the mutex. */
+    int64_t rc = ref < 0 ? fail(SS_EINVAL, "invalid reference %lld", (long long)ref) : SS_OK;
+    uint32_t i = (uint32_t)(ref & 0xffffffff);
+    if (rc == SS_OK && (i >= h->capacity || !h->hdr))
+        rc = fail(SS_ENOTOWNER, "reference %u is not in use", i);
+    if (rc == SS_OK) {
+        const struct ss_entry *e = &h->entries[i];
+        uint64_t start = e->start, end = e->end;
+        if (start >= end || end > (uint64_t)INT64_MAX)
+            rc = fail(SS_ENOTOWNER, "entry %u is not held by this handle", i);
+        else
+            rc = lock_wait_impl(h, w, (int64_t)start, (int64_t)end, SS_EXCLUSIVE, timeout_ns, ref);
+    }
     handle_leave(h);
     return rc;
 }

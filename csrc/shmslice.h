@@ -188,6 +188,22 @@ int ss_last_cycle(ss_cycle_hop *out, uint32_t max);
  * free soon, the entry is flagged abandoned and removed by the next holder. */
 int ss_lock_cancel(ss_handle *h, ss_wait *w);
 
+/*
+ * Convert shared lock ref (taken through this handle) into an exclusive one
+ * on the same region, in place: the reference stays.  Resumable like
+ * ss_lock_wait (zero w first; SS_EWAITING: call again, or ss_lock_cancel to
+ * give up); the lock stays shared while it waits and whenever this fails
+ * (SS_ETIMEDOUT, SS_EDEADLK: another holder of an overlapping shared lock is
+ * upgrading too, ...).  No other request is granted an exclusive lock over
+ * the region meanwhile: the shared lock keeps holding it.  Returns ref.
+ */
+int64_t ss_upgrade_wait(ss_handle *h, ss_wait *w, int64_t ref, int64_t timeout_ns);
+
+/* Convert exclusive lock ref into a shared one in place (the reference
+ * stays), in one step under the table mutex: waiting shared requests may
+ * enter, no exclusive one can come in between. */
+int ss_downgrade(ss_handle *h, int64_t ref);
+
 /* A try-lock that never sleeps, not even for the table mutex: a reference,
  * SS_ETIMEDOUT (held back), SS_EAGAIN (the mutex is busy) or an error. */
 int64_t ss_lock_try(ss_handle *h, int64_t start, int64_t end, int kind);

@@ -96,7 +96,7 @@ def _address(name: str) -> int:
 
 _fastpath.bind(*(_address(name) for name in (
     "ss_lock_try", "ss_lock_wait", "ss_lock_cancel", "ss_release_try", "ss_release",
-    "ss_pin", "ss_unpin")))
+    "ss_pin", "ss_unpin", "ss_upgrade_wait", "ss_downgrade")))
 check_manager_class = _fastpath.check_manager_class
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
@@ -302,6 +302,26 @@ class FileTableHandle(TableHandle):
             lib.ss_lock_cancel(self._cdata, wait)
             raise
         return check(ref, self.path)
+
+    def upgrade(self, ref: int, timeout_ns: int) -> None:
+        """Turn shared lock ``ref`` into an exclusive one in place (its reference stays).
+
+        Waits in resumable steps as :meth:`lock` does; on any failure (an
+        interrupt included) the lock stays shared.
+        """
+        wait = ffi.new("ss_wait *")
+        try:
+            rc = lib.ss_upgrade_wait(self._cdata, wait, ref, timeout_ns)
+            while rc == lib.SS_EWAITING:
+                rc = lib.ss_upgrade_wait(self._cdata, wait, ref, timeout_ns)
+        except BaseException:
+            lib.ss_lock_cancel(self._cdata, wait)
+            raise
+        check(rc, self.path)
+
+    def downgrade(self, ref: int) -> None:
+        """Turn exclusive lock ``ref`` into a shared one in place."""
+        check(lib.ss_downgrade(self._cdata, ref), self.path)
 
     def pin(self, start: int, end: int) -> int:
         """Add one pin on [start, end); returns its reference."""

@@ -130,3 +130,56 @@ def stress_worker(path, lock_dir, seed, seconds, units, stats, problems):
         first.release()
     stats.put((ops, deadlocks))
     mgr.close()
+
+
+def hold_shared_then_upgrade(path, lock_dir, region, ready, go, result, hold_after=0.0):
+    """Take a shared lock, say so, wait for `go`, upgrade it (bounded); report
+    (outcome, seconds, mode after); keep the lock `hold_after` seconds, release."""
+    mgr = shmslice.LockManager(path, lock_dir=lock_dir)
+    lk = mgr.lock(*region, mode="shared", timeout=10)
+    ready.set()
+    go.wait(20)
+    t0 = time.monotonic()
+    try:
+        lk.upgrade(timeout=15)
+        outcome = "upgraded"
+    except shmslice.DeadlockError:
+        outcome = "deadlock"
+    except shmslice.LockTimeout:
+        outcome = "timeout"
+    result.put((outcome, time.monotonic() - t0, lk.mode))
+    time.sleep(hold_after)
+    lk.release()
+    mgr.close()
+
+
+def crash_converting(path, lock_dir, point, upgrade):
+    """Die by SIGKILL inside the table mutex at crash point `point` while
+    upgrading (a free region: converted at once) or downgrading a lock."""
+    from shmslice._binding import lib
+
+    mgr = shmslice.LockManager(path, lock_dir=lock_dir)
+    lk = mgr.lock(0, 100, mode="shared" if upgrade else "exclusive")
+    other = mgr.lock(200, 300, mode="shared")
+    lib.ss_debug_set_crash_point(point, 1)
+    if upgrade:
+        lk.upgrade(timeout=5)
+    else:
+        lk.downgrade()
+    other.release()
+    import os
+    os._exit(3)
+
+
+def upgrade_after_waiting(path, lock_dir, point, ready):
+    """Upgrade a shared lock that another holder keeps, so the upgrade waits
+    and is granted through its waiting request; crash point `point` armed."""
+    from shmslice._binding import lib
+
+    mgr = shmslice.LockManager(path, lock_dir=lock_dir)
+    lk = mgr.lock(0, 100, mode="shared")
+    lib.ss_debug_set_crash_point(point, 1)
+    ready.set()
+    lk.upgrade(timeout=10)
+    import os
+    os._exit(3)

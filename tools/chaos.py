@@ -66,6 +66,7 @@ G_STOP, G_EXIT = 0, 4
 # (marks start at MARKS)
 R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN, R_FORKS = 0, 8, 16, 24, 32, 40, 48, 56
 R_FULL = MARKS - 8
+R_CONVERTS = ROW_BYTES - 8   # upgrades and downgrades done (after the marks)
 LOCK_TIMEOUT = 10.0
 STALE_POLL_S = 3.0
 
@@ -73,7 +74,7 @@ STALE_POLL_S = 3.0
 class Record:
     def __init__(self, path: str, rows: int, units: int, create: bool) -> None:
         size = GLOBAL_BYTES + rows * ROW_BYTES
-        assert units <= ROW_BYTES - MARKS
+        assert units <= R_CONVERTS - MARKS
         if create:
             with open(path, "wb") as f:
                 f.write(b"\0" * size)
@@ -136,7 +137,9 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
     rec.put(row + R_PID, me, "<q")
     rec.put(row + R_FROZEN, 0, "<I")
     if rng.random() < args.crash_prob:
-        lib.ss_debug_set_crash_point(rng.randint(1, 8), rng.randint(1, 40))
+        # 1-8: entries, indexes, repair; 20-21: converting a lock (upgrade, downgrade)
+        lib.ss_debug_set_crash_point(rng.choice((1, 2, 3, 4, 5, 6, 7, 8, 20, 21)),
+                                     rng.randint(1, 40))
     mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
                                _capacity=args.capacity)
     pins: list[tuple[int, int, int]] = []
@@ -190,6 +193,26 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             check(a, b, exclusive, "entry")
             if rng.random() < 0.5:
                 time.sleep(rng.random() * args.hold_ms / 1000)
+            if rng.random() < args.convert_prob and not args.sabotage:
+                # Convert in place: the mark is weakened before a downgrade (we
+                # are still exclusive) and strengthened only after an upgrade.
+                if exclusive:
+                    rec.set_marks(slot, a, b, 1)
+                    lk.downgrade()
+                    exclusive = False
+                    check(a, b, False, "downgraded")
+                else:
+                    try:
+                        lk.upgrade(timeout=LOCK_TIMEOUT)
+                    except shmslice.DeadlockError:
+                        pass   # another holder upgrades an overlapping lock: stays shared
+                    except shmslice.LockTimeout as exc:
+                        fail(f"upgrade [{a},{b}) not granted in {LOCK_TIMEOUT} s: {exc}")
+                    else:
+                        exclusive = True
+                        rec.set_marks(slot, a, b, 2)
+                        check(a, b, True, "upgraded")
+                rec.bump(row + R_CONVERTS)
             check(a, b, exclusive, "exit")
             rec.set_marks(slot, a, b, 0)
             lk.release()
@@ -481,6 +504,7 @@ def run(args: argparse.Namespace) -> dict:
         totals["count_checks"] += rec.get(r + R_COUNTS)
         totals["forked_children"] += rec.get(r + R_FORKS)
         totals["table_full"] += rec.get(r + R_FULL)
+        totals["conversions"] += rec.get(r + R_CONVERTS)
     return {
         "seed": args.seed, "workers": args.workers,
         "kills": counts["kills"], "crash_point_deaths": counts["crash_point_deaths"],
@@ -511,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-ms", type=float, default=1.0)
     p.add_argument("--kill-min-ms", type=float, default=2.0)
     p.add_argument("--kill-max-ms", type=float, default=15.0)
+    p.add_argument("--convert-prob", type=float, default=0.2,
+                   help="chance that a held lock is upgraded or downgraded in place")
     p.add_argument("--crash-prob", type=float, default=0.3,
                    help="chance that a worker arms a random crash point")
     p.add_argument("--capacity", type=int, default=0,
