@@ -85,6 +85,63 @@ typedef struct {
 
 static PyTypeObject RegionLockType;
 
+/* --- Ready: an awaitable already done (for RegionLock's async with) -------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;       /* what `await` gives; NULL once given */
+} ReadyObject;
+
+static PyTypeObject ReadyType;
+
+static PyObject *ready_new(PyObject *value)
+{
+    ReadyObject *r = PyObject_New(ReadyObject, &ReadyType);
+    if (!r) return NULL;
+    Py_INCREF(value);
+    r->value = value;
+    return (PyObject *)r;
+}
+
+static void ready_dealloc(ReadyObject *r)
+{
+    Py_CLEAR(r->value);
+    PyObject_Free(r);
+}
+
+static PyObject *ready_await(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+/* The first step ends the await with the value (StopIteration(value)). */
+static PyObject *ready_next(ReadyObject *r)
+{
+    PyObject *value = r->value ? r->value : Py_None;
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (stop) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    Py_CLEAR(r->value);
+    return NULL;
+}
+
+static PyAsyncMethods ready_async = {.am_await = ready_await};
+
+static PyTypeObject ReadyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmslice._fastpath.Ready",
+    .tp_doc = "An awaitable that is already done (RegionLock.__aenter__/__aexit__).",
+    .tp_basicsize = sizeof(ReadyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)ready_dealloc,
+    .tp_as_async = &ready_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)ready_next,
+};
+
 static PyObject *region_lock_new(ManagerBase *mgr, int64_t ref, long long start,
                                  long long end, PyObject *mode)
 {
@@ -263,6 +320,22 @@ static PyObject *region_lock_exit(RegionLockObject *self, PyObject *const *args,
     return region_lock_release(self, NULL);
 }
 
+static PyObject *region_lock_aenter(RegionLockObject *self, PyObject *unused)
+{
+    (void)unused;
+    return ready_new((PyObject *)self);
+}
+
+static PyObject *region_lock_aexit(RegionLockObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    PyObject *res = region_lock_release(self, NULL);
+    if (!res) return NULL;
+    Py_DECREF(res);
+    return ready_new(Py_None);
+}
+
 static PyObject *region_lock_reduce(RegionLockObject *self, PyObject *unused)
 {
     (void)self;
@@ -310,6 +383,8 @@ static PyMethodDef region_lock_methods[] = {
      "as it is."},
     {"__enter__", (PyCFunction)region_lock_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))region_lock_exit, METH_FASTCALL, NULL},
+    {"__aenter__", (PyCFunction)region_lock_aenter, METH_NOARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))region_lock_aexit, METH_FASTCALL, NULL},
     {"__reduce__", (PyCFunction)region_lock_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -727,7 +802,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     str_lock_slow = PyUnicode_InternFromString("_lock_slow");
     str_raise_status = PyUnicode_InternFromString("_raise_status");
     if (!str_exclusive || !str_shared || !str_lock_slow || !str_raise_status) return NULL;
-    if (PyType_Ready(&RegionLockType) < 0 || PyType_Ready(&ManagerBaseType) < 0)
+    if (PyType_Ready(&RegionLockType) < 0 || PyType_Ready(&ManagerBaseType) < 0 ||
+        PyType_Ready(&ReadyType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (!m) return NULL;

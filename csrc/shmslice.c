@@ -2545,12 +2545,13 @@ static int check_self_deadlock(struct ss_handle *h, const struct request *r)
     if (rc <= 0) return rc;
     const struct ss_entry *e = &h->entries[mine];
     tls_cycle_len = 0;
-    return fail(SS_EDEADLK, "[%llu, %llu): this thread already holds a conflicting %s "
+    return fail(SS_EDEADLK, "[%llu, %llu): this %s already holds a conflicting %s "
                 "lock on [%llu, %llu); waiting would deadlock.  A lock belongs to the thread "
                 "that took it, whichever thread releases it, so pool threads that take locks "
                 "for others (asyncio.to_thread(mgr.lock, ...)) block themselves: in asyncio "
                 "use 'await mgr.lock_async(...)'",
                 (unsigned long long)r->start, (unsigned long long)r->end,
+                r->tid < 0 ? "task" : "thread",
                 kind_name(e->kind), (unsigned long long)e->start, (unsigned long long)e->end);
 }
 
@@ -2933,6 +2934,11 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
     w->interrupted = 0;
     uint64_t slice_end = now + (uint64_t)SS_SLICE_NS;
     uint64_t mutex_by = w->deadline_ns ? min_u64(w->deadline_ns, slice_end) : slice_end;
+    if (w->poll) {                        /* a poller serves others too: never block long */
+        w->wake_word = NULL;
+        w->recall_ns = now + 1000000u;
+        mutex_by = min_u64(mutex_by, now + 1000000u);
+    }
     struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0,
                         w->owner ? w->owner : current_tid(), SS_NIL};
     int slept = 0;
@@ -3063,6 +3069,13 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
         if (w->deadline_ns) until = min_u64(until, w->deadline_ns);
         int64_t nap = until > now ? (int64_t)(until - now) : 1000;
         uint32_t seen = __atomic_load_n(&e->wake, __ATOMIC_ACQUIRE);
+        if (w->poll) {                    /* the caller sleeps, on many requests at once */
+            w->wake_word = &e->wake;
+            w->wake_seen = seen;
+            w->recall_ns = now + (uint64_t)nap;
+            table_unlock(h);
+            return SS_EWAITING;
+        }
         table_unlock(h);
         int werr = futex_wait(&e->wake, seen, nap);
         if (werr == EINTR) {
@@ -3425,6 +3438,55 @@ int ss_clean_temp_files(const char *table_dir, uint32_t *removed)
  * =================================================================== */
 
 #define CLOSED_STATUS() fail(SS_ECLOSED, "the handle is closed")
+
+int64_t ss_lock_try_as(ss_handle *h, int64_t start, int64_t end, int kind, int32_t owner)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int64_t rc = lock_try_impl(h, start, end, kind, owner);
+    handle_leave(h);
+    return rc;
+}
+
+/* One kernel wait for ss_wait_many (its own layout: older headers lack it). */
+struct waitv_entry { uint64_t val; uint64_t uaddr; uint32_t flags; uint32_t reserved; };
+#define SS_WAITV_MAX 128
+#define SS_WAITV_SIZE_U32 0x02
+
+int ss_wait_many(uint32_t **words, const uint32_t *seen, uint32_t n, int64_t timeout_ns)
+{
+    if (!words || !seen || n == 0) return fail(SS_EINVAL, "ss_wait_many needs words");
+    static int no_waitv;   /* ENOSYS seen once: the kernel lacks futex_waitv */
+    struct timespec abs;
+    uint64_t until = timeout_ns < 0 ? 0 : now_ns(CLOCK_MONOTONIC) + (uint64_t)timeout_ns;
+    if (n <= SS_WAITV_MAX && !__atomic_load_n(&no_waitv, __ATOMIC_RELAXED)) {
+#ifdef SYS_futex_waitv
+        struct waitv_entry v[SS_WAITV_MAX];
+        for (uint32_t k = 0; k < n; k++)
+            v[k] = (struct waitv_entry){seen[k], (uint64_t)(uintptr_t)words[k],
+                                        SS_WAITV_SIZE_U32, 0};
+        abs.tv_sec = (time_t)(until / 1000000000u);
+        abs.tv_nsec = (long)(until % 1000000000u);
+        long rc = syscall(SYS_futex_waitv, v, n, 0, timeout_ns < 0 ? NULL : &abs,
+                          CLOCK_MONOTONIC);
+        if (rc >= 0 || errno == EAGAIN) return SS_OK;
+        if (errno == ETIMEDOUT) return SS_ETIMEDOUT;
+        if (errno == EINTR) return SS_EINTR;
+        if (errno != ENOSYS) return fail_sys("futex_waitv failed");
+#endif
+        __atomic_store_n(&no_waitv, 1, __ATOMIC_RELAXED);
+    }
+    /* Fallback: the first word (the caller's control word), 1 ms at most. */
+    int64_t nap = timeout_ns < 0 || timeout_ns > 1000000 ? 1000000 : timeout_ns;
+    int err = futex_wait(words[0], seen[0], nap);
+    return err == EINTR ? SS_EINTR : SS_OK;
+}
+
+void ss_wake_word(uint32_t *word)
+{
+    if (!word) return;
+    __atomic_add_fetch(word, 1, __ATOMIC_RELEASE);
+    futex_wake(word, INT_MAX);
+}
 
 int64_t ss_lock_try(ss_handle *h, int64_t start, int64_t end, int kind)
 {

@@ -146,6 +146,13 @@ typedef struct ss_wait {
     int32_t interrupted;    /* the last call's sleep ended by a signal */
     int32_t owner;          /* set by the caller before the first call: the lock's owner
                              * for deadlock detection; 0 = the calling thread */
+    int32_t poll;           /* set by the caller: never sleep; on SS_EWAITING, wake_word
+                             * and wake_seen say what to sleep on (ss_wait_many) */
+    int32_t pad;
+    uint32_t *wake_word;    /* poll: the request's futex word (NULL: no entry yet) */
+    uint64_t recall_ns;     /* poll: CLOCK_MONOTONIC time by which to call again */
+    uint32_t wake_seen;     /* poll: the word's value when the call returned */
+    uint32_t pad2;
 } ss_wait;
 
 /*
@@ -203,6 +210,22 @@ int64_t ss_upgrade_wait(ss_handle *h, ss_wait *w, int64_t ref, int64_t timeout_n
  * stays), in one step under the table mutex: waiting shared requests may
  * enter, no exclusive one can come in between. */
 int ss_downgrade(ss_handle *h, int64_t ref);
+
+/* ss_lock_try for a caller-named owner (as ss_wait.owner; 0 = this thread). */
+int64_t ss_lock_try_as(ss_handle *h, int64_t start, int64_t end, int kind, int32_t owner);
+
+/*
+ * Sleep until one of the n futex words changes from its value in seen[k]
+ * (a release woke a polling request, or the caller's own control word was
+ * bumped with ss_wake_word), a signal, or timeout_ns (< 0: no limit).  With
+ * futex_waitv (Linux 5.16+) one system call waits on up to 128 words; beyond
+ * that, or on an older kernel, it waits on words[0] only and at most 1 ms.
+ * Returns 0 (woken, or a word had changed already), SS_ETIMEDOUT, SS_EINTR.
+ */
+int ss_wait_many(uint32_t **words, const uint32_t *seen, uint32_t n, int64_t timeout_ns);
+
+/* Bump *word and wake its sleepers (the control word of ss_wait_many). */
+void ss_wake_word(uint32_t *word);
 
 /* A try-lock that never sleeps, not even for the table mutex: a reference,
  * SS_ETIMEDOUT (held back), SS_EAGAIN (the mutex is busy) or an error. */

@@ -58,7 +58,7 @@ from shmslice.errors import (
 from shmslice.records import LockInfo, TableStat
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shmslice._core import _CEntryInfo, _CHandle
+    from shmslice._core import _CEntryInfo, _CHandle, _CUInt32Ptr, _CWait
 
 __all__ = [
     "ECLOSED",
@@ -323,6 +323,39 @@ class FileTableHandle(TableHandle):
         """Turn exclusive lock ``ref`` into a shared one in place."""
         check(lib.ss_downgrade(self._cdata, ref), self.path)
 
+    # -- the asyncio layer's calls (shmslice/aio.py) -----------------------------
+    def try_lock_as(self, start: int, end: int, kind: int, owner: int) -> int | None:
+        """Lock at once for ``owner`` (an owner id): the reference, or None if
+        the region is held (or the table mutex busy); raises for errors."""
+        ref = lib.ss_lock_try_as(self._cdata, start, end, kind, owner)
+        if ref in (lib.SS_ETIMEDOUT, lib.SS_EAGAIN):
+            return None
+        return check(ref, self.path)
+
+    @staticmethod
+    def new_wait(owner: int, *, poll: bool = True) -> _CWait:
+        """The state of one request of ``owner`` that a poller advances (:meth:`lock_step`)."""
+        wait = ffi.new("ss_wait *")
+        wait.owner = owner
+        wait.poll = 1 if poll else 0
+        return wait
+
+    def lock_step(self, wait: _CWait, start: int, end: int, kind: int, timeout_ns: int) -> int | None:
+        """One step of ``wait`` (never sleeps if it polls): the reference once
+        granted, None while it waits; raises for every other end."""
+        ref = lib.ss_lock_wait(self._cdata, wait, start, end, kind, timeout_ns)
+        if ref == lib.SS_EWAITING:
+            return None
+        return check(ref, self.path)
+
+    def release_ref(self, ref: int) -> None:
+        """Release lock ``ref`` (one the caller owns no RegionLock for)."""
+        lib.ss_release(self._cdata, ref)
+
+    def cancel_wait(self, wait: _CWait) -> None:
+        """Withdraw the request of ``wait`` (a lock granted meanwhile is released)."""
+        lib.ss_lock_cancel(self._cdata, wait)
+
     def pin(self, start: int, end: int) -> int:
         """Add one pin on [start, end); returns its reference."""
         return check(lib.ss_pin(self._cdata, start, end), self.path)
@@ -372,6 +405,40 @@ class FileTableHandle(TableHandle):
         if not self.closed:
             self.closed = True
             os.close(self.data_fd)
+
+
+# -- futex words for the asyncio waiter thread ---------------------------------------
+def new_control_word() -> _CUInt32Ptr:
+    """A futex word in this process's memory, for :func:`wake_word` and :func:`wait_many`."""
+    return ffi.new("uint32_t *", 0)
+
+
+def wake_word(word: _CUInt32Ptr) -> None:
+    """Bump ``word`` and wake whoever sleeps on it."""
+    lib.ss_wake_word(word)
+
+
+def word_value(word: _CUInt32Ptr) -> int:
+    return int(word[0])
+
+
+def wait_word(wait: _CWait) -> tuple[_CUInt32Ptr | None, int, int]:
+    """What a polling request said to sleep on: (futex word or None, its value,
+    CLOCK_MONOTONIC ns by which to step it again)."""
+    word = wait.wake_word
+    missing = word == ffi.NULL   # type: ignore[comparison-overlap]
+    return (None if missing else word), int(wait.wake_seen), int(wait.recall_ns)
+
+
+def wait_many(words: list[_CUInt32Ptr], seen: list[int], timeout_ns: int) -> None:
+    """Sleep until one of ``words`` differs from ``seen`` (or the timeout; see ss_wait_many)."""
+    n = len(words)
+    array = ffi.new("uint32_t *[]", n)
+    values = ffi.new("uint32_t[]", n)
+    for k in range(n):
+        array[k] = words[k]
+        values[k] = seen[k]
+    lib.ss_wait_many(array, values, min(n, 128), timeout_ns)
 
 
 def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,

@@ -183,3 +183,28 @@ def upgrade_after_waiting(path, lock_dir, point, ready):
     lk.upgrade(timeout=10)
     import os
     os._exit(3)
+
+
+def async_wait_in_child(path, lock_dir, ready, result):
+    """In a (forked) child: wait for a lock through lock_async while ticking."""
+    import asyncio
+
+    async def main():
+        mgr = shmslice.LockManager(path, lock_dir=lock_dir)
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        ready.set()
+        lk = await mgr.lock_async(0, 10, timeout=20)
+        ticker.cancel()
+        lk.release()
+        mgr.close()
+        return ticks
+
+    result.put(asyncio.run(main()))

@@ -51,7 +51,7 @@ def test_mode_follows_conversions_and_the_reference_stays(data_file, lock_dir):
         lk2 = mgr.lock(0, 10, mode="shared")
         with pytest.raises(TypeError):
             lk2.upgrade(timeout="soon")
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=">= 0"):
             lk2.upgrade(timeout=-1)
         lk2.release()
         assert mgr.locks(waiting=True) == []
@@ -63,10 +63,9 @@ def test_downgrade_lets_waiting_readers_in_and_no_writer(data_file, lock_dir):
     events: list[str] = []
 
     def take(mode: str, name: str) -> None:
-        with shmslice.LockManager(data_file, lock_dir=lock_dir) as m:
-            with m.lock(0, 100, mode=mode, timeout=10):
-                events.append(name)
-                time.sleep(0.05 if mode == "shared" else 0)
+        with shmslice.LockManager(data_file, lock_dir=lock_dir) as m, m.lock(0, 100, mode=mode, timeout=10):
+            events.append(name)
+            time.sleep(0.05 if mode == "shared" else 0)
 
     writer = threading.Thread(target=take, args=("exclusive", "writer"))
     writer.start()
@@ -91,9 +90,8 @@ def test_downgrade_admits_readers_queued_behind_it(data_file, lock_dir):
     granted: list[float] = []
 
     def read() -> None:
-        with shmslice.LockManager(data_file, lock_dir=lock_dir) as m:
-            with m.lock(10, 20, mode="shared", timeout=10):
-                granted.append(time.monotonic())
+        with shmslice.LockManager(data_file, lock_dir=lock_dir) as m, m.lock(10, 20, mode="shared", timeout=10):
+            granted.append(time.monotonic())
 
     t = threading.Thread(target=read)
     t.start()
@@ -158,10 +156,9 @@ def test_upgrade_timeout_leaves_the_lock_shared(data_file, lock_dir):
     holding, done = threading.Event(), threading.Event()
 
     def reader() -> None:
-        with shmslice.LockManager(data_file, lock_dir=lock_dir) as m:
-            with m.lock(20, 30, mode="shared"):
-                holding.set()
-                done.wait(10)
+        with shmslice.LockManager(data_file, lock_dir=lock_dir) as m, m.lock(20, 30, mode="shared"):
+            holding.set()
+            done.wait(10)
 
     t = threading.Thread(target=reader)
     t.start()

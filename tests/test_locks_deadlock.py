@@ -103,7 +103,7 @@ def _run_cycle(method, data_file, lock_dir, n):
 def test_two_process_cycle_fails_only_the_closing_request(method, data_file, lock_dir):
     outcomes, procs = _run_cycle(method, data_file, lock_dir, 2)
     assert [o[0] for o in outcomes] == ["granted", "deadlock"]
-    kind, waited, cycle = outcomes[1]
+    _, waited, cycle = outcomes[1]
     assert waited < 1.0
     assert [(h[0], h[5]) for h in cycle] == [(procs[1].pid, procs[0].pid), (procs[0].pid, procs[1].pid)]
 
