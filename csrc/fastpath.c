@@ -58,6 +58,7 @@ static ss_pin_fn core_pin;
 static ss_release_fn core_unpin;
 static ss_upgrade_wait_fn core_upgrade_wait;
 static ss_release_fn core_downgrade;   /* same signature as release */
+static ss_release_fn core_owner_died;  /* ss_lock_owner_died: same signature */
 static PyObject *str_exclusive;     /* interned "exclusive" */
 static PyObject *str_shared;        /* interned "shared" */
 static PyObject *str_lock_slow;     /* interned "_lock_slow" */
@@ -81,6 +82,7 @@ typedef struct {
     long long start;       /* region [start, end) */
     long long end;
     PyObject *mode;        /* "shared" or "exclusive" */
+    int owner_died;        /* -1 not asked yet, else the answer (asked while held) */
 } RegionLockObject;
 
 static PyTypeObject RegionLockType;
@@ -154,6 +156,7 @@ static PyObject *region_lock_new(ManagerBase *mgr, int64_t ref, long long start,
     lk->end = end;
     Py_INCREF(mode);
     lk->mode = mode;
+    lk->owner_died = -1;
     PyObject_GC_Track(lk);
     return (PyObject *)lk;
 }
@@ -351,6 +354,17 @@ static PyObject *region_lock_locked(RegionLockObject *self, void *closure)
     return PyBool_FromLong(self->ref >= 0 && self->mgr && self->mgr->handle);
 }
 
+static PyObject *region_lock_owner_died(RegionLockObject *self, void *closure)
+{
+    (void)closure;
+    if (self->owner_died < 0 && self->ref >= 0 && self->mgr && self->mgr->handle) {
+        int rc = core_owner_died(self->mgr->handle, self->ref);
+        if (rc < 0) return raise_for(self->mgr, rc);
+        self->owner_died = rc;
+    }
+    return PyBool_FromLong(self->owner_died > 0);
+}
+
 static PyObject *region_lock_get_ref(RegionLockObject *self, void *closure)
 {
     (void)closure;
@@ -400,6 +414,9 @@ static PyMemberDef region_lock_members[] = {
 static PyGetSetDef region_lock_getset[] = {
     {"locked", (getter)region_lock_locked, NULL,
      "True until released (or until its manager is closed).", NULL},
+    {"owner_died", (getter)region_lock_owner_died, NULL,
+     "True if the lock was granted over a region whose previous exclusive holder\n"
+     "died holding it (the bytes may be half-written); see the README's rule.", NULL},
     {"_ref", (getter)region_lock_get_ref, NULL, "entry reference (-1 once released)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -702,13 +719,13 @@ static PyObject *fastpath_check_manager_class(PyObject *module, PyObject *cls)
 static PyObject *fastpath_bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 9) {
+    if (nargs != 10) {
         PyErr_SetString(PyExc_TypeError, "bind(lock_try, lock_wait, lock_cancel, "
-                        "release_try, release, pin, unpin, upgrade_wait, downgrade)");
+                        "release_try, release, pin, unpin, upgrade_wait, downgrade, owner_died)");
         return NULL;
     }
-    void *address[9];
-    for (int i = 0; i < 9; i++) {
+    void *address[10];
+    for (int i = 0; i < 10; i++) {
         address[i] = PyLong_AsVoidPtr(args[i]);
         if (PyErr_Occurred()) return NULL;
         if (!address[i]) {
@@ -725,6 +742,7 @@ static PyObject *fastpath_bind(PyObject *module, PyObject *const *args, Py_ssize
     core_unpin = (ss_release_fn)address[6];
     core_upgrade_wait = (ss_upgrade_wait_fn)address[7];
     core_downgrade = (ss_release_fn)address[8];
+    core_owner_died = (ss_release_fn)address[9];
     Py_RETURN_NONE;
 }
 
@@ -776,9 +794,9 @@ static PyObject *fastpath_unpin(PyObject *module, PyObject *const *args, Py_ssiz
 static PyMethodDef fastpath_functions[] = {
     {"bind", (PyCFunction)(void (*)(void))fastpath_bind, METH_FASTCALL,
      "bind(lock_try, lock_wait, lock_cancel, release_try, release, pin, unpin,\n"
-     "upgrade_wait, downgrade): the addresses of ss_lock_try, ss_lock_wait,\n"
-     "ss_lock_cancel, ss_release_try, ss_release, ss_pin, ss_unpin,\n"
-     "ss_upgrade_wait, ss_downgrade."},
+     "upgrade_wait, downgrade, owner_died): the addresses of ss_lock_try,\n"
+     "ss_lock_wait, ss_lock_cancel, ss_release_try, ss_release, ss_pin,\n"
+     "ss_unpin, ss_upgrade_wait, ss_downgrade, ss_lock_owner_died."},
     {"check_manager_class", (PyCFunction)fastpath_check_manager_class, METH_O,
      "check_manager_class(cls): refuse a LockManager class lacking the methods\n"
      "the C fast path calls by name (_lock_slow, _raise_status)."},

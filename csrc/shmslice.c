@@ -182,7 +182,7 @@ static int fail_sys(const char *fmt, ...)
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: upgrade requests (W_UPGRADE) */
+#define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: upgrade requests (W_UPGRADE), owner-died marks (SS_ORPHAN, orphan_root) */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -202,7 +202,8 @@ static int fail_sys(const char *fmt, ...)
 #define SS_MAX_CAPACITY (1u << 24)
 
 /* Granted entries are indexed by kind; waiting ones, of either kind, in TREE_WAIT. */
-enum { TREE_SHARED = 0, TREE_EXCLUSIVE = 1, TREE_PIN = 2, TREE_WAIT = 3, TREE_COUNT = 4 };
+enum { TREE_SHARED = 0, TREE_EXCLUSIVE = 1, TREE_PIN = 2, TREE_WAIT = 3, TREE_ORPHAN = 4,
+       TREE_COUNT = 5 };
 enum { ENTRY_FREE = 0 };            /* else SS_GRANTED or SS_WAITING */
 /* ss_entry.wflags bits */
 enum {
@@ -211,7 +212,8 @@ enum {
     W_ABANDONED = 4,     /* owner gave up without the mutex: ignore, next holder removes */
     W_UPGRADE = 8,       /* waiting exclusive request that converts its owner's shared
                           * lock on the same region (entry index in next_free) */
-    W_ALL = 15
+    W_OWNER_DIED = 16,   /* granted lock: an owner-died mark overlapped it when granted */
+    W_ALL = 31
 };
 enum { PROC_FREE = 0, PROC_USED = 1 };
 
@@ -241,6 +243,7 @@ struct ss_header {
     uint64_t size_epoch;         /* bumped by every ss_resize (atomic) */
     uint32_t wait_root;          /* root of TREE_WAIT, SS_NIL if empty */
     uint32_t urgent;             /* waiting entries with W_URGENT */
+    uint32_t orphan_root;        /* root of TREE_ORPHAN (owner-died marks), SS_NIL if empty */
 };
 
 struct ss_proc {
@@ -449,6 +452,13 @@ static void install_atfork(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
+static int deadlock_detection_off;   /* benchmark hook (ss_debug_set_deadlock_detection) */
+
+void ss_debug_set_deadlock_detection(int on)
+{
+    __atomic_store_n(&deadlock_detection_off, !on, __ATOMIC_RELAXED);
+}
+
 static int crash_point;       /* test hook: which point, 0 = off */
 static int crash_countdown;
 static int crash_signal = SIGKILL;
@@ -467,7 +477,7 @@ void ss_debug_set_stop_point(int point, int countdown)
     crash_countdown = countdown;
 }
 
-/* Crash points (1-8, 20-21 inside the table mutex; 9 outside it):
+/* Crash points (1-8, 20-22 inside the table mutex; 9 outside it):
  *   1 after allocating an entry, before it is visible
  *   2 after an entry became visible, before it is indexed
  *   3 in the middle of unlinking an entry from the index
@@ -483,6 +493,8 @@ void ss_debug_set_stop_point(int point, int countdown)
  *     kind not yet changed
  *  21 an upgrade granted: the lock converted, its upgrade request not yet
  *     removed
+ *  22 turning a dead owner's exclusive lock into an owner-died mark: out of
+ *     its index, not yet a mark
  * A stop point (ss_debug_set_stop_point) stops the process there instead,
  * once, with SIGSTOP: it keeps the mutex until SIGCONT. */
 static inline void maybe_crash(int point)
@@ -501,6 +513,8 @@ static inline void maybe_crash(int point)
 static int table_repair(struct ss_handle *h);
 static int sweep_abandoned(struct ss_handle *h);
 
+static uint32_t *tree_root(struct ss_handle *h, int t);
+
 /* Header fields that index memory, checked every time the mutex is taken. */
 static int header_sane(struct ss_handle *h)
 {
@@ -510,7 +524,7 @@ static int header_sane(struct ss_handle *h)
         return fail(SS_ECORRUPT, "lock table %s: header counters out of range",
                     h->table_path);
     for (int t = 0; t < TREE_COUNT; t++) {
-        uint32_t r = t == TREE_WAIT ? hd->wait_root : hd->root[t];
+        uint32_t r = *tree_root(h, t);
         if (r != SS_NIL && r >= hd->entry_hwm)
             return fail(SS_ECORRUPT, "lock table %s: index root out of range",
                         h->table_path);
@@ -762,7 +776,8 @@ static inline int prio_above(uint32_t a, uint32_t b)
 
 static int tree_of_kind(int kind)
 {
-    return kind == SS_SHARED ? TREE_SHARED : kind == SS_EXCLUSIVE ? TREE_EXCLUSIVE : TREE_PIN;
+    return kind == SS_SHARED ? TREE_SHARED : kind == SS_EXCLUSIVE ? TREE_EXCLUSIVE
+           : kind == SS_ORPHAN ? TREE_ORPHAN : TREE_PIN;
 }
 
 /* Order of (start, end, owner_slot) of entry e against the given triple:
@@ -784,7 +799,8 @@ static int tree_of_entry(const struct ss_entry *e)
 
 static uint32_t *tree_root(struct ss_handle *h, int t)
 {
-    return t == TREE_WAIT ? &h->hdr->wait_root : &h->hdr->root[t];
+    return t == TREE_WAIT ? &h->hdr->wait_root : t == TREE_ORPHAN ? &h->hdr->orphan_root
+           : &h->hdr->root[t];
 }
 
 static inline int key_less(struct ss_handle *h, uint32_t a, uint32_t b)
@@ -1051,6 +1067,7 @@ static int entry_alloc(struct ss_handle *h, uint32_t *out)
 
 static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi);
 static int entry_alive(struct ss_handle *h, uint32_t i);
+static int note_marks(struct ss_handle *h, uint32_t i);
 
 /* Fill entry i, make it visible, then index it.  A waiting entry's since_ns
  * is precise (its age decides when it turns urgent); a granted one's is the
@@ -1097,7 +1114,9 @@ static int grant_waiting(struct ss_handle *h, uint32_t i)
     if (h->hdr->waiting) h->hdr->waiting--;
     e->since_ns = now_ns(CLOCK_REALTIME_COARSE);
     __atomic_store_n(&e->state, (uint8_t)SS_GRANTED, __ATOMIC_RELEASE);
-    return index_insert(h, i);
+    rc = index_insert(h, i);
+    if (!rc && h->hdr->orphan_root != SS_NIL) rc = note_marks(h, i);
+    return rc;
 }
 
 /* Unindex entry i, then mark it free and put it on the free list.  A granted
@@ -1111,7 +1130,8 @@ static int entry_remove(struct ss_handle *h, uint32_t i)
     maybe_crash(4);
     int was_waiting = e->state == SS_WAITING;
     uint8_t flags = __atomic_exchange_n(&e->wflags, (uint8_t)0, __ATOMIC_ACQ_REL);
-    int unblocks = e->kind != SS_PIN && (!was_waiting || (flags & (W_URGENT | W_WOKEN)));
+    int unblocks = e->kind != SS_PIN && e->kind != SS_ORPHAN &&
+                   (!was_waiting || (flags & (W_URGENT | W_WOKEN)));
     uint64_t start = e->start, end = e->end;
     __atomic_store_n(&e->state, (uint8_t)ENTRY_FREE, __ATOMIC_RELEASE);
     e->next_free = h->hdr->free_head;
@@ -1121,6 +1141,116 @@ static int entry_remove(struct ss_handle *h, uint32_t i)
     if (was_waiting && (flags & W_URGENT) && h->hdr->urgent) h->hdr->urgent--;
     if (unblocks && h->hdr->wait_root != SS_NIL)
         return wake_waiters(h, start, end);
+    return SS_OK;
+}
+
+/* ---- owner-died marks ------------------------------------------------------
+ *
+ * The rule.  When the entry of a dead process is reclaimed (found in the
+ * way, swept when the table is full, reaped) and it was a granted exclusive
+ * lock, it is not freed but turned, in place, into a mark (kind SS_ORPHAN,
+ * index TREE_ORPHAN) on the same region, remembering the dead pid: the bytes
+ * may be half-written.  A mark conflicts with nothing and no sweep or reap
+ * removes it.  Every lock granted afterwards whose region overlaps any part
+ * of a mark reports owner_died (W_OWNER_DIED on its entry); a shared lock
+ * leaves the mark as it is, an exclusive one consumes the part it covers:
+ * a mark covered whole goes, one overlapped at an end is cut back to the
+ * part outside the lock, one the lock falls inside of is split in two (if
+ * the table has no entry for the second part, the mark stays whole: the
+ * news is kept rather than lost).  Shared locks of dead processes, pins and
+ * waiting requests leave no mark.
+ * ------------------------------------------------------------------------ */
+
+static inline uint8_t wflags_of(const struct ss_entry *e);
+static int owner_pid(struct ss_handle *h, const struct ss_entry *e);
+
+/* Reclaim entry i of a dead owner: a granted exclusive lock becomes a mark
+ * (see above), anything else is removed.  Under the mutex. */
+static int reclaim_dead(struct ss_handle *h, uint32_t i)
+{
+    struct ss_entry *e = &h->entries[i];
+    if (e->state != SS_GRANTED || e->kind != SS_EXCLUSIVE || (wflags_of(e) & W_ABANDONED))
+        return entry_remove(h, i);
+    int rc = index_remove(h, i);
+    if (rc) return rc;
+    maybe_crash(22);
+    int pid = owner_pid(h, e);
+    e->count = pid > 0 ? (uint32_t)pid : 1u;
+    e->since_ns = now_ns(CLOCK_REALTIME_COARSE);   /* when the death was noticed */
+    __atomic_store_n(&e->wflags, (uint8_t)0, __ATOMIC_RELEASE);
+    e->kind = SS_ORPHAN;
+    rc = index_insert(h, i);
+    if (rc) return rc;
+    return h->hdr->wait_root != SS_NIL ? wake_waiters(h, e->start, e->end) : SS_OK;
+}
+
+struct mark_scan { uint32_t found[64]; int n; };
+
+static int collect_mark(struct ss_handle *h, uint32_t i, void *arg)
+{
+    (void)h;
+    struct mark_scan *m = arg;
+    m->found[m->n++] = i;
+    return m->n == 64;   /* full: the caller goes round again */
+}
+
+/* Mark m's region becomes [start, end) (re-indexed: the key changes). */
+static int mark_reshape(struct ss_handle *h, uint32_t m, uint64_t start, uint64_t end)
+{
+    int rc = index_remove(h, m);
+    if (rc) return rc;
+    h->entries[m].start = start;
+    h->entries[m].end = end;
+    h->entries[m].max_end = end;
+    return index_insert(h, m);
+}
+
+/* Lock i was just granted: if marks overlap it, say so on its entry, and if
+ * it is exclusive consume the parts it covers (the rule above). */
+static int note_marks(struct ss_handle *h, uint32_t i)
+{
+    struct ss_entry *e = &h->entries[i];
+    for (int round = 0; h->hdr->orphan_root != SS_NIL && round < 1 << 16; round++) {
+        struct mark_scan sc;
+        sc.n = 0;
+        int rc = tree_each(h, h->hdr->orphan_root, e->start, e->end, collect_mark, &sc, 0);
+        if (rc < 0) return rc;
+        if (sc.n == 0) return SS_OK;
+        __atomic_fetch_or(&e->wflags, (uint8_t)W_OWNER_DIED, __ATOMIC_ACQ_REL);
+        if (e->kind != SS_EXCLUSIVE) return SS_OK;
+        int kept = 0;
+        for (int k = 0; k < sc.n; k++) {
+            uint32_t m = sc.found[k];
+            struct ss_entry *me = &h->entries[m];
+            uint64_t ms = me->start, mend = me->end;
+            if (ms >= e->start && mend <= e->end) {
+                rc = entry_remove(h, m);
+            } else if (ms < e->start && mend > e->end) {
+                uint32_t j;
+                rc = entry_alloc(h, &j);
+                if (rc == SS_EFULL) { kept++; continue; }   /* keep it whole */
+                if (rc) return rc;
+                struct ss_entry *je = &h->entries[j];
+                uint32_t serial = je->serial;
+                *je = *me;
+                je->serial = (serial + 1) & 0x7fffffffu;
+                je->start = e->end;
+                je->max_end = mend;
+                je->left = je->right = SS_NIL;
+                je->state = ENTRY_FREE;
+                __atomic_store_n(&je->state, (uint8_t)SS_GRANTED, __ATOMIC_RELEASE);
+                h->hdr->used++;
+                rc = index_insert(h, j);
+                if (!rc) rc = mark_reshape(h, m, ms, e->start);
+            } else if (ms < e->start) {
+                rc = mark_reshape(h, m, ms, e->start);
+            } else {
+                rc = mark_reshape(h, m, e->end, mend);
+            }
+            if (rc) return rc;
+        }
+        if (sc.n < 64 || kept == sc.n) return SS_OK;
+    }
     return SS_OK;
 }
 
@@ -1252,7 +1382,7 @@ static int find_conflict(struct ss_handle *h, struct request *r, int ignore_wait
         int alive = entry_alive(h, found);
         if (alive < 0) return alive;
         if (alive) { *who = found; return 1; }
-        rc = entry_remove(h, found);
+        rc = reclaim_dead(h, found);
         if (rc) return rc;
     }
 }
@@ -1517,11 +1647,11 @@ static int sweep_dead(struct ss_handle *h, uint32_t *removed)
     SS_ASSERT_MUTEX_HELD(h);
     scan_begin(h);
     for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
-        if (h->entries[i].state == ENTRY_FREE) continue;
+        if (h->entries[i].state == ENTRY_FREE || h->entries[i].kind == SS_ORPHAN) continue;
         int alive = scan_entry_alive(h, i);
         if (alive < 0) return alive;
         if (!alive) {
-            int rc = entry_remove(h, i);
+            int rc = reclaim_dead(h, i);
             if (rc) return rc;
             (*removed)++;
         }
@@ -1622,8 +1752,10 @@ static int validate_entry(struct ss_handle *h, uint32_t i)
         return fail(SS_ECORRUPT, "lock table %s: entry %u has bad state %u",
                     h->table_path, i, e->state);
     if (e->start >= e->end || e->end > (uint64_t)INT64_MAX ||
-        (e->kind != SS_SHARED && e->kind != SS_EXCLUSIVE && e->kind != SS_PIN) ||
-        (e->kind == SS_PIN && e->state != SS_GRANTED) ||
+        (e->kind != SS_SHARED && e->kind != SS_EXCLUSIVE && e->kind != SS_PIN &&
+         e->kind != SS_ORPHAN) ||
+        ((e->kind == SS_PIN || e->kind == SS_ORPHAN) && e->state != SS_GRANTED) ||
+        (e->state == SS_WAITING && (e->wflags & W_OWNER_DIED)) ||
         e->owner_slot >= h->hdr->proc_hwm || e->count == 0 ||
         (e->wflags & ~W_ALL) ||
         (e->state == SS_GRANTED && (e->wflags & (W_URGENT | W_WOKEN | W_UPGRADE))) ||
@@ -1789,7 +1921,8 @@ static int table_repair(struct ss_handle *h)
         hd->used++;
         /* Woken marks are dropped (every waiter is woken below); urgency
          * only means something on a waiting entry. */
-        uint8_t keep = e->state == SS_WAITING ? (W_URGENT | W_ABANDONED | W_UPGRADE) : W_ABANDONED;
+        uint8_t keep = e->state == SS_WAITING ? (W_URGENT | W_ABANDONED | W_UPGRADE)
+                       : (W_ABANDONED | W_OWNER_DIED);
         uint8_t flags = __atomic_and_fetch(&e->wflags, keep, __ATOMIC_ACQ_REL);
         if (flags & W_ABANDONED) abandoned++;
         if (e->state == SS_WAITING) {
@@ -2012,6 +2145,7 @@ static int init_header(int fd, const char *dir, const struct stat *data, const c
     table_mutex_init(&hd->mutex);
     for (int t = 0; t < TREE_WAIT; t++) hd->root[t] = SS_NIL;
     hd->wait_root = SS_NIL;
+    hd->orphan_root = SS_NIL;
     hd->free_head = SS_NIL;
     hd->file_size = (uint64_t)data->st_size;
     munmap(map, SS_HEADER_BYTES);
@@ -2505,6 +2639,7 @@ static int64_t grant_now(struct ss_handle *h, struct request *r, int probe, uint
     rc = entry_alloc_sweeping(h, &i);
     if (rc) return rc;
     rc = entry_publish(h, i, r->start, r->end, r->kind, SS_GRANTED, h->hdr->next_ticket, r->tid);
+    if (!rc && h->hdr->orphan_root != SS_NIL) rc = note_marks(h, i);
     if (rc) return rc;
     return make_ref(i, h->entries[i].serial);
 }
@@ -2901,6 +3036,7 @@ static int64_t finish_upgrade(struct ss_handle *h, uint32_t si, uint32_t x, int6
         maybe_crash(20);
         se->kind = SS_EXCLUSIVE;
         rc = index_insert(h, si);
+        if (!rc && h->hdr->orphan_root != SS_NIL) rc = note_marks(h, si);
         if (rc) return rc;
     }
     if (x != SS_NIL) {
@@ -3027,6 +3163,7 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
             uint32_t i;
             rc = entry_alloc_sweeping(h, &i);
             if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_GRANTED, hd->next_ticket, r.tid);
+            if (!rc && hd->orphan_root != SS_NIL) rc = note_marks(h, i);
             result = rc ? rc : make_ref(i, h->entries[i].serial);
             break;
         }
@@ -3036,7 +3173,7 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
             rc = check_self_deadlock(h, &r);
             if (rc) { result = rc; break; }
         }
-        if (!try_only) {
+        if (!try_only && !__atomic_load_n(&deadlock_detection_off, __ATOMIC_RELAXED)) {
             rc = deadlock_check(h, &r);
             if (rc) { result = rc; break; }
         }
@@ -3196,8 +3333,9 @@ static void fill_info(struct ss_handle *h, uint32_t i, ss_entry_info *out, int a
     out->ref = make_ref(i, e->serial);
     out->kind = e->kind;
     out->state = e->state;
-    out->count = e->count;
-    out->pid = e->owner_slot < h->hdr->proc_hwm ? h->procs[e->owner_slot].pid : 0;
+    out->count = e->kind == SS_ORPHAN ? 1 : e->count;
+    out->pid = e->kind == SS_ORPHAN ? (int32_t)e->count   /* the pid that died */
+               : e->owner_slot < h->hdr->proc_hwm ? h->procs[e->owner_slot].pid : 0;
     out->tid = e->tid;
     out->alive = alive;
 }
@@ -3208,6 +3346,7 @@ static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
     SS_ASSERT_MUTEX_HELD(h);
     scan_begin(h);
     for (int t = 0; t < TREE_COUNT; t++) {
+        if (t == TREE_ORPHAN) continue;   /* marks hold nothing back */
         for (;;) {
             uint32_t found;
             int rc = tree_find(h, *tree_root(h, t), offset, UINT64_MAX, ends_past, &offset,
@@ -3216,7 +3355,7 @@ static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
             int alive = scan_entry_alive(h, found);
             if (alive < 0) return alive;
             if (alive) { if (who) fill_info(h, found, who, 1); return 1; }
-            rc = entry_remove(h, found);
+            rc = reclaim_dead(h, found);
             if (rc) return rc;
         }
     }
@@ -3539,6 +3678,29 @@ static int downgrade_impl(ss_handle *h, int64_t ref)
     return rc;
 }
 
+static int owner_died_impl(ss_handle *h, int64_t ref)
+{
+    /* Our own granted entry: its flags change only under the mutex, by us
+     * (at grant), so an atomic read without the mutex is exact. */
+    uint32_t i = (uint32_t)(ref & 0xffffffff);
+    if (ref < 0 || i >= h->capacity || !h->has_slot)
+        return fail(SS_ENOTOWNER, "reference %lld is not a lock of this handle", (long long)ref);
+    const struct ss_entry *e = &h->entries[i];
+    if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != SS_GRANTED ||
+        e->serial != (uint32_t)(ref >> 32) || e->owner_slot != h->slot || e->owner_gen != h->gen ||
+        e->kind == SS_PIN)
+        return fail(SS_ENOTOWNER, "entry %u is not held by this handle", i);
+    return (wflags_of(e) & W_OWNER_DIED) != 0;
+}
+
+int ss_lock_owner_died(ss_handle *h, int64_t ref)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = owner_died_impl(h, ref);
+    handle_leave(h);
+    return rc;
+}
+
 int ss_downgrade(ss_handle *h, int64_t ref)
 {
     if (!h || !handle_enter(h)) return CLOSED_STATUS();
@@ -3760,6 +3922,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "hdr", struct ss_header, size_epoch);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, wait_root);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, urgent);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, orphan_root);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, state);
@@ -3790,6 +3953,8 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_CONST(&b, "tree_shared", TREE_SHARED);
     LAYOUT_CONST(&b, "tree_exclusive", TREE_EXCLUSIVE);
     LAYOUT_CONST(&b, "tree_pin", TREE_PIN);
+    LAYOUT_CONST(&b, "tree_orphan", TREE_ORPHAN);
+    LAYOUT_CONST(&b, "kind_orphan", SS_ORPHAN);
     LAYOUT_CONST(&b, "magic", SS_MAGIC);
     LAYOUT_CONST(&b, "format", ss_format_stamp());
     LAYOUT_CONST(&b, "default_capacity", SS_DEFAULT_CAPACITY);

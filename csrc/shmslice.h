@@ -30,6 +30,9 @@
 #define SS_SHARED 1
 #define SS_EXCLUSIVE 2
 #define SS_PIN 3
+/* An owner-died mark (ss_snapshot only): the region's exclusive holder died
+ * holding it; the next lock granted over it says so (ss_lock_owner_died). */
+#define SS_ORPHAN 4
 
 /* Entry states as reported by ss_snapshot. */
 #define SS_GRANTED 1
@@ -211,6 +214,10 @@ int64_t ss_upgrade_wait(ss_handle *h, ss_wait *w, int64_t ref, int64_t timeout_n
  * enter, no exclusive one can come in between. */
 int ss_downgrade(ss_handle *h, int64_t ref);
 
+/* Was lock ref granted over a region whose previous exclusive holder died
+ * holding it (an owner-died mark, see shmslice.c)?  1, 0, or < 0. */
+int ss_lock_owner_died(ss_handle *h, int64_t ref);
+
 /* ss_lock_try for a caller-named owner (as ss_wait.owner; 0 = this thread). */
 int64_t ss_lock_try_as(ss_handle *h, int64_t start, int64_t end, int kind, int32_t owner);
 
@@ -320,6 +327,10 @@ int ss_layout(char *buf, uint32_t buflen);
  * file identity it names in *dev and *ino and return SS_OK; else SS_EINVAL.
  */
 int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino);
+
+/* Benchmark hook: on == 0 turns off the cycle search of this process's
+ * waiting requests (to measure what it costs); on by default. */
+void ss_debug_set_deadlock_detection(int on);
 
 /* Test hook: like ss_debug_set_crash_point, but the process stops itself
  * with SIGSTOP there (once), keeping the table mutex until SIGCONT. */

@@ -1750,7 +1750,7 @@ static PyObject *manager_locks(PyObject *mgr, PyObject *const *args, Py_ssize_t 
     qsort(buf, count, sizeof *buf, entry_order);
     PyObject *out = PyList_New(0);
     for (uint32_t i = 0; out && i < count; i++) {
-        if (buf[i].state == SS_WAITING && !waiting) continue;
+        if ((buf[i].state == SS_WAITING && !waiting) || buf[i].kind == SS_ORPHAN) continue;
         PyObject *info = lock_info_new(&buf[i]);
         if (!info || PyList_Append(out, info) < 0) Py_CLEAR(out);
         Py_XDECREF(info);

@@ -96,7 +96,7 @@ def _address(name: str) -> int:
 
 _fastpath.bind(*(_address(name) for name in (
     "ss_lock_try", "ss_lock_wait", "ss_lock_cancel", "ss_release_try", "ss_release",
-    "ss_pin", "ss_unpin", "ss_upgrade_wait", "ss_downgrade")))
+    "ss_pin", "ss_unpin", "ss_upgrade_wait", "ss_downgrade", "ss_lock_owner_died")))
 check_manager_class = _fastpath.check_manager_class
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
@@ -127,7 +127,7 @@ EXCLUSIVE: Final[int] = lib.SS_EXCLUSIVE
 ECLOSED: Final[int] = lib.SS_ECLOSED    # what a closed handle answers to every call
 
 _KIND_NAMES: Final[dict[int, str]] = {lib.SS_SHARED: "shared", lib.SS_EXCLUSIVE: "exclusive",
-                                      lib.SS_PIN: "pin"}
+                                      lib.SS_PIN: "pin", lib.SS_ORPHAN: "orphaned"}
 
 
 # -- statuses to exceptions -------------------------------------------------------------

@@ -67,10 +67,11 @@ def timeout_to_ns(timeout: object) -> int:
     return int(timeout * 1e9)
 
 
-def _listing(entries: list[LockInfo], waiting: bool) -> list[LockInfo]:
-    """``entries`` sorted by region, without waiting requests unless ``waiting``."""
-    if not waiting:
-        entries = [e for e in entries if not e.waiting]
+def _listing(entries: list[LockInfo], waiting: bool, orphaned: bool = False) -> list[LockInfo]:
+    """``entries`` sorted by region, without waiting requests unless ``waiting``
+    and without owner-died marks (kind ``"orphaned"``) unless ``orphaned``."""
+    entries = [e for e in entries
+               if (waiting or not e.waiting) and (orphaned or e.kind != "orphaned")]
     return sorted(entries, key=lambda info: (info.start, info.end, info.kind, info.pid))
 
 
@@ -110,12 +111,14 @@ class TableView:
         """True once :meth:`close` ran."""
         return self._handle is None or self._handle.closed
 
-    def locks(self, *, waiting: bool = False) -> list[LockInfo]:
+    def locks(self, *, waiting: bool = False, orphaned: bool = False) -> list[LockInfo]:
         """Every pin and lock in the table, sorted by region (as :meth:`LockManager.locks`).
 
-        Requests still waiting are included only with ``waiting=True``.
+        Requests still waiting are included only with ``waiting=True``; the
+        owner-died marks of regions whose exclusive holder died holding them
+        (kind ``"orphaned"``, ``pid`` the dead process) only with ``orphaned=True``.
         """
-        return _listing(self._open_handle().snapshot(), waiting)
+        return _listing(self._open_handle().snapshot(), waiting, orphaned)
 
     def stat(self) -> TableStat:
         """Table-wide figures: capacity, entries in use, waiters, attached processes."""

@@ -208,3 +208,15 @@ def async_wait_in_child(path, lock_dir, ready, result):
         return ticks
 
     result.put(asyncio.run(main()))
+
+
+def hold_and_die(path, lock_dir, start, end, mode, ready):
+    """Take a lock, say so, and kill ourselves with SIGKILL while holding it."""
+    import os
+    import signal
+
+    mgr = shmslice.LockManager(path, lock_dir=lock_dir)
+    mgr.lock(start, end, mode=mode, timeout=10)
+    ready.set()
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
