@@ -113,9 +113,9 @@ def test_threads_waiting_behind_a_dead_holder_all_see_it(data_file, lock_dir):
     seen: list[bool] = []
 
     def reader() -> None:
-        with shmslice.LockManager(data_file, lock_dir=lock_dir) as m:
-            with m.lock(0, 100, mode="shared", timeout=20) as lk:
-                seen.append(lk.owner_died)
+        with shmslice.LockManager(data_file, lock_dir=lock_dir) as m, \
+                m.lock(0, 100, mode="shared", timeout=20) as lk:
+            seen.append(lk.owner_died)
 
     threads = [threading.Thread(target=reader) for _ in range(3)]
     for t in threads:
