@@ -122,12 +122,17 @@ class _Waiter(threading.Thread):
                     self.pending.remove(req)
                     cancelled = req.cancelled
                     req.done = True
-                if cancelled:
-                    if isinstance(answer, int) and not isinstance(answer, bool):  # granted just then
+                granted = isinstance(answer, int) and not isinstance(answer, bool)
+                if cancelled and granted:     # granted just as it was cancelled
+                    req.handle.release_ref(answer)
+                try:
+                    if cancelled:
+                        req.loop.call_soon_threadsafe(_set_withdrawn, req)
+                    else:
+                        req.loop.call_soon_threadsafe(_deliver, req, answer)
+                except RuntimeError:          # the loop was closed: nobody will take it
+                    if granted and not cancelled:
                         req.handle.release_ref(answer)
-                    req.loop.call_soon_threadsafe(_set_withdrawn, req)
-                else:
-                    req.loop.call_soon_threadsafe(_deliver, req, answer)
             _binding.wait_many(words, seen, max(0, recall - time.monotonic_ns()))
 
     @staticmethod
