@@ -651,9 +651,11 @@ static PyMethodDef manager_methods[] = {
      "Lock bytes [start, end) of the file in mode 'exclusive' or 'shared'.\n\n"
      "timeout=None waits as long as it takes, 0 tries once, a positive number\n"
      "of seconds waits at most that long; when it runs out shmslice.LockTimeout\n"
-     "is raised.  A request that conflicts with a lock the calling thread\n"
-     "already holds raises shmslice.DeadlockError instead of waiting forever\n"
-     "(with timeout=0 it raises LockTimeout).  Release the returned RegionLock\n"
+     "is raised.  A request that could never be granted -- it conflicts with a\n"
+     "lock the calling thread already holds, or waiting would close a cycle of\n"
+     "threads and processes waiting for each other's locks -- raises\n"
+     "shmslice.DeadlockError at once instead of waiting forever (err.cycle names\n"
+     "the cycle; with timeout=0 it raises LockTimeout).  Release the returned RegionLock\n"
      "with release() or a with block; close() and process exit release it too.\n"
      "Dropping the RegionLock object does not."},
     {"_attach_handle", (PyCFunction)(void (*)(void))manager_attach_handle, METH_FASTCALL, NULL},

@@ -254,3 +254,34 @@ def test_death_while_an_upgrade_is_granted_from_its_queue(handoff, data_file, lo
         mgr.reap()                       # a dead waiter's request lingers until needed
         assert mgr.locks(waiting=True) == []
         assert mgr.stat().repairs >= 1
+
+
+def test_the_binding_converts_through_cffi_too(data_file, lock_dir):
+    """FileTableHandle.upgrade/downgrade (the cffi path) keep the reference."""
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        handle = mgr._handle
+        lk = mgr.lock(0, 10, mode="shared")
+        handle.upgrade(lk._ref, -1)
+        assert [e.kind for e in mgr.locks()] == ["exclusive"]
+        handle.downgrade(lk._ref)
+        assert [e.kind for e in mgr.locks()] == ["shared"]
+        with pytest.raises(ValueError, match="not an exclusive lock"):
+            handle.downgrade(lk._ref)
+        ref = lk._ref
+        lk.release()
+        with pytest.raises(shmslice.ShmSliceError, match="not held"):
+            handle.upgrade(ref, 0)
+
+
+def test_another_thread_may_upgrade_the_lock_which_stays_its_takers(data_file, lock_dir):
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        lk = mgr.lock(0, 10, mode="shared")
+        t = threading.Thread(target=lk.upgrade)
+        t.start()
+        t.join(10)
+        assert lk.mode == "exclusive"
+        [info] = mgr.locks()
+        assert info.tid == threading.get_native_id()
+        with pytest.raises(shmslice.DeadlockError):   # still this thread's own lock
+            mgr.lock(5, 6, timeout=5)
+        lk.release()
