@@ -122,17 +122,17 @@ class _Waiter(threading.Thread):
                     self.pending.remove(req)
                     cancelled = req.cancelled
                     req.done = True
-                granted = isinstance(answer, int) and not isinstance(answer, bool)
-                if cancelled and granted:     # granted just as it was cancelled
-                    req.handle.release_ref(answer)
+                ref = answer if isinstance(answer, int) and not isinstance(answer, bool) else None
+                if cancelled and ref is not None:     # granted just as it was cancelled
+                    req.handle.release_ref(ref)
                 try:
                     if cancelled:
                         req.loop.call_soon_threadsafe(_set_withdrawn, req)
                     else:
                         req.loop.call_soon_threadsafe(_deliver, req, answer)
                 except RuntimeError:          # the loop was closed: nobody will take it
-                    if granted and not cancelled:
-                        req.handle.release_ref(answer)
+                    if ref is not None and not cancelled:
+                        req.handle.release_ref(ref)
             _binding.wait_many(words, seen, max(0, recall - time.monotonic_ns()))
 
     @staticmethod
