@@ -432,13 +432,18 @@ def wait_word(wait: _CWait) -> tuple[_CUInt32Ptr | None, int, int]:
 
 def wait_many(words: list[_CUInt32Ptr], seen: list[int], timeout_ns: int) -> None:
     """Sleep until one of ``words`` differs from ``seen`` (or the timeout; see ss_wait_many)."""
-    n = len(words)
+    n = min(len(words), _WAITV_MAX)
+    if len(words) > _WAITV_MAX:   # the rest are not watched: look at them again soon
+        timeout_ns = min(timeout_ns, 1_000_000) if timeout_ns >= 0 else 1_000_000
     array = ffi.new("uint32_t *[]", n)
     values = ffi.new("uint32_t[]", n)
     for k in range(n):
         array[k] = words[k]
         values[k] = seen[k]
-    lib.ss_wait_many(array, values, min(n, 128), timeout_ns)
+    lib.ss_wait_many(array, values, n, timeout_ns)
+
+
+_WAITV_MAX: Final[int] = 128   # futex_waitv's limit (ss_wait_many)
 
 
 def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,

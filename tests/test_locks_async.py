@@ -239,3 +239,26 @@ def test_bad_arguments(mgr):
             await mgr.lock_async(0, 10, mode="both")
 
     run(main())
+
+
+def test_more_waiting_tasks_than_one_futex_waitv_watches(mgr):
+    """200 tasks wait at once (futex_waitv watches 128 words): all get the lock."""
+    order: list[int] = []
+
+    async def worker(k: int) -> None:
+        async with await mgr.lock_async(0, 10, timeout=60):
+            order.append(k)
+
+    async def main():
+        held = await mgr.lock_async(0, 10)
+        tasks = [asyncio.create_task(worker(k)) for k in range(200)]
+        deadline = time.monotonic() + 30
+        while sum(e.waiting for e in mgr.locks(waiting=True)) < 200:
+            assert time.monotonic() < deadline, "the tasks never all queued"
+            await asyncio.sleep(0.01)
+        held.release()
+        await asyncio.gather(*tasks)
+
+    run(main(), timeout=90)
+    assert sorted(order) == list(range(200))
+    assert mgr.locks(waiting=True) == []
