@@ -62,7 +62,7 @@ def timeout_to_ns(timeout: object) -> int:
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
-    if math.isinf(timeout):
+    if math.isinf(timeout) or timeout * 1e9 >= 2**63:   # beyond int64 nanoseconds: forever
         return -1
     return int(timeout * 1e9)
 
