@@ -3,8 +3,9 @@
 A request first tries the lock at once, on the event loop's thread (a free
 lock costs one core call).  A request that has to wait is handed to the one
 waiter thread of the process, which serves every pending request of every
-manager: it advances each request one non-sleeping step of the core's
-resumable wait, then sleeps on all their futex words at once
+manager (it is started when a request first has to wait, and ends after a
+second with nothing to wait for): it advances each request one non-sleeping
+step of the core's resumable wait, then sleeps on all their futex words at once
 (``futex_waitv``, one system call, up to 127 requests; beyond that it also
 re-polls every millisecond) plus a control word that new requests and
 cancellations bump.  So waiting costs no thread per waiter and never blocks
@@ -86,12 +87,17 @@ class _Waiter(threading.Thread):
         self.pid = os.getpid()
         self.guard = threading.Lock()
         self.pending: list[_Request] = []
+        self.stopped = False      # set (under guard) when it ends after idling
         self.control = _binding.new_control_word()
 
-    def submit(self, req: _Request) -> None:
+    def submit(self, req: _Request) -> bool:
+        """Take ``req``; False if this thread has ended (make a new one)."""
         with self.guard:
+            if self.stopped:
+                return False
             self.pending.append(req)
         _binding.wake_word(self.control)
+        return True
 
     def cancel(self, req: _Request) -> bool:
         """Withdraw ``req``; False if it was already answered (the caller then
@@ -104,11 +110,22 @@ class _Waiter(threading.Thread):
         return True
 
     def run(self) -> None:
+        idle_since = 0
         while True:
+            now = time.monotonic_ns()
             with self.guard:
                 requests = list(self.pending)
+                if requests:
+                    idle_since = 0
+                elif not idle_since:
+                    idle_since = now
+                elif now - idle_since >= _IDLE_NS:
+                    # Nothing to wait for: end, so that a process that used
+                    # lock_async once is not multi-threaded for good (fork).
+                    self.stopped = True
+                    return
             words, seen = [self.control], [_binding.word_value(self.control)]
-            recall = time.monotonic_ns() + 50_000_000
+            recall = now + 50_000_000
             for req in requests:
                 answer = self._step(req)
                 if answer is None:
@@ -169,18 +186,23 @@ def _deliver(req: _Request, answer: object) -> None:
 
 _waiter: _Waiter | None = None
 _waiter_guard = threading.Lock()
+_IDLE_NS = 1_000_000_000   # the waiter thread ends after this long with nothing to wait for
 
 
-def _the_waiter() -> _Waiter:
+def _submit(req: _Request) -> _Waiter:
+    """Hand ``req`` to the waiter thread (started on first use, again in a
+    forked child, where the thread did not survive, and after it ended idle)."""
     global _waiter
-    w = _waiter
-    if w is not None and w.pid == os.getpid():
-        return w
-    with _waiter_guard:   # first use, or a forked child (the thread did not survive)
-        if _waiter is None or _waiter.pid != os.getpid():
-            _waiter = _Waiter()
-            _waiter.start()
-        return _waiter
+    while True:
+        w = _waiter
+        if w is None or w.pid != os.getpid() or w.stopped:
+            with _waiter_guard:
+                if _waiter is None or _waiter.pid != os.getpid() or _waiter.stopped:
+                    _waiter = _Waiter()
+                    _waiter.start()
+                w = _waiter
+        if w.submit(req):
+            return w
 
 
 async def lock_async(manager: LockManager, handle: _binding.FileTableHandle, start: int,
@@ -198,8 +220,7 @@ async def lock_async(manager: LockManager, handle: _binding.FileTableHandle, sta
     loop = asyncio.get_running_loop()
     future: asyncio.Future[RegionLock] = loop.create_future()
     req = _Request(manager, handle, start, end, kind, mode, timeout_ns, owner, loop, future)
-    waiter = _the_waiter()
-    waiter.submit(req)
+    waiter = _submit(req)
     try:
         return await future
     except asyncio.CancelledError:

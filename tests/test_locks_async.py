@@ -262,3 +262,23 @@ def test_more_waiting_tasks_than_one_futex_waitv_watches(mgr):
     run(main(), timeout=90)
     assert sorted(order) == list(range(200))
     assert mgr.locks(waiting=True) == []
+
+
+def test_the_waiter_thread_ends_when_idle_and_comes_back(mgr):
+    def waiter_threads() -> int:
+        return sum(t.name == "shmslice-lock-waiter" for t in threading.enumerate())
+
+    async def wait_once() -> None:
+        held = await mgr.lock_async(0, 10)
+        task = asyncio.create_task(mgr.lock_async(0, 10, timeout=10))
+        await asyncio.sleep(0.05)
+        assert waiter_threads() == 1
+        held.release()
+        (await task).release()
+
+    run(wait_once())
+    deadline = time.monotonic() + 10
+    while waiter_threads():
+        assert time.monotonic() < deadline, "the idle waiter thread did not end"
+        time.sleep(0.05)
+    run(wait_once())                     # a new one serves the next wait
