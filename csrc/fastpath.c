@@ -47,6 +47,7 @@ typedef int64_t (*ss_lock_wait_fn)(ss_handle *, ss_wait *, int64_t, int64_t, int
 typedef int (*ss_lock_cancel_fn)(ss_handle *, ss_wait *);
 typedef int (*ss_release_fn)(ss_handle *, int64_t);
 typedef int64_t (*ss_pin_fn)(ss_handle *, int64_t, int64_t);
+typedef int64_t (*ss_upgrade_wait_fn)(ss_handle *, ss_wait *, int64_t, int64_t);
 
 static ss_lock_try_fn core_lock_try;   /* set once by bind() */
 static ss_lock_wait_fn core_lock_wait;
@@ -55,6 +56,9 @@ static ss_release_fn core_release_try;
 static ss_release_fn core_release;  /* also ss_unpin: same signature */
 static ss_pin_fn core_pin;
 static ss_release_fn core_unpin;
+static ss_upgrade_wait_fn core_upgrade_wait;
+static ss_release_fn core_downgrade;   /* same signature as release */
+static ss_release_fn core_owner_died;  /* ss_lock_owner_died: same signature */
 static PyObject *str_exclusive;     /* interned "exclusive" */
 static PyObject *str_shared;        /* interned "shared" */
 static PyObject *str_lock_slow;     /* interned "_lock_slow" */
@@ -78,9 +82,67 @@ typedef struct {
     long long start;       /* region [start, end) */
     long long end;
     PyObject *mode;        /* "shared" or "exclusive" */
+    int owner_died;        /* -1 not asked yet, else the answer (asked while held) */
 } RegionLockObject;
 
 static PyTypeObject RegionLockType;
+
+/* --- Ready: an awaitable already done (for RegionLock's async with) -------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;       /* what `await` gives; NULL once given */
+} ReadyObject;
+
+static PyTypeObject ReadyType;
+
+static PyObject *ready_new(PyObject *value)
+{
+    ReadyObject *r = PyObject_New(ReadyObject, &ReadyType);
+    if (!r) return NULL;
+    Py_INCREF(value);
+    r->value = value;
+    return (PyObject *)r;
+}
+
+static void ready_dealloc(ReadyObject *r)
+{
+    Py_CLEAR(r->value);
+    PyObject_Free(r);
+}
+
+static PyObject *ready_await(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+/* The first step ends the await with the value (StopIteration(value)). */
+static PyObject *ready_next(ReadyObject *r)
+{
+    PyObject *value = r->value ? r->value : Py_None;
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (stop) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    Py_CLEAR(r->value);
+    return NULL;
+}
+
+static PyAsyncMethods ready_async = {.am_await = ready_await};
+
+static PyTypeObject ReadyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmslice._fastpath.Ready",
+    .tp_doc = "An awaitable that is already done (RegionLock.__aenter__/__aexit__).",
+    .tp_basicsize = sizeof(ReadyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)ready_dealloc,
+    .tp_as_async = &ready_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)ready_next,
+};
 
 static PyObject *region_lock_new(ManagerBase *mgr, int64_t ref, long long start,
                                  long long end, PyObject *mode)
@@ -94,6 +156,7 @@ static PyObject *region_lock_new(ManagerBase *mgr, int64_t ref, long long start,
     lk->end = end;
     Py_INCREF(mode);
     lk->mode = mode;
+    lk->owner_died = -1;
     PyObject_GC_Track(lk);
     return (PyObject *)lk;
 }
@@ -147,6 +210,105 @@ static PyObject *region_lock_release(RegionLockObject *self, PyObject *unused)
     return res;   /* _raise_status raises: NULL */
 }
 
+/* Raise, through the manager's _raise_status, for a failed core call. */
+static PyObject *raise_for(ManagerBase *mgr, int64_t rc)
+{
+    PyObject *status = PyLong_FromLongLong(rc);
+    if (!status) return NULL;
+    PyObject *args[] = {(PyObject *)mgr, status};
+    PyObject *res = PyObject_VectorcallMethod(str_raise_status, args,
+                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(status);
+    Py_XDECREF(res);
+    return NULL;   /* _raise_status always raises */
+}
+
+/* timeout (None or seconds >= 0) -> nanoseconds, -1 forever; -1 return on error. */
+static int timeout_arg(PyObject *timeout, int64_t *out)
+{
+    *out = -1;
+    if (!timeout || timeout == Py_None) return 0;
+    if (PyBool_Check(timeout) || !(PyFloat_Check(timeout) || PyLong_Check(timeout))) {
+        PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds or None, not %s",
+                     Py_TYPE(timeout)->tp_name);
+        return -1;
+    }
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred()) return -1;
+    if (!(t >= 0.0)) {
+        PyErr_Format(PyExc_ValueError, "timeout must be >= 0 seconds or None, got %R", timeout);
+        return -1;
+    }
+    *out = t * 1e9 < 9.2e18 ? (int64_t)(t * 1e9) : -1;
+    return 0;
+}
+
+static int lock_is_held(RegionLockObject *self)
+{
+    if (self->ref >= 0 && self->mgr && self->mgr->handle) return 1;
+    PyErr_SetString(PyExc_ValueError, "the lock is released (or its manager closed)");
+    return 0;
+}
+
+/* upgrade(timeout=None): shared -> exclusive in place; see the method doc. */
+static PyObject *region_lock_upgrade(RegionLockObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *timeout = nargs > 0 ? args[0] : NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 1 || nkw > 1 || (nkw == 1 && (nargs == 1 ||
+        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "timeout") != 0))) {
+        PyErr_SetString(PyExc_TypeError, "upgrade() takes one optional argument, timeout");
+        return NULL;
+    }
+    if (nkw == 1) timeout = args[nargs];
+    int64_t timeout_ns;
+    if (timeout_arg(timeout, &timeout_ns) < 0 || !lock_is_held(self)) return NULL;
+    if (self->mode == str_exclusive) Py_RETURN_NONE;   /* already */
+    if (!self->mgr->writable) {
+        PyErr_SetString(PyExc_PermissionError, "the file was opened read-only: exclusive locks "
+                        "(and upgrades) need write permission on the data file");
+        return NULL;
+    }
+    ss_handle *h = self->mgr->handle;
+    ss_wait w;
+    memset(&w, 0, sizeof w);
+    int64_t rc;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = core_upgrade_wait(h, &w, self->ref, timeout_ns);
+        Py_END_ALLOW_THREADS
+        if (rc != SS_EWAITING) break;
+        if (PyErr_CheckSignals() < 0) {
+            Py_BEGIN_ALLOW_THREADS
+            (void)core_lock_cancel(h, &w);
+            Py_END_ALLOW_THREADS
+            return NULL;
+        }
+    }
+    if (rc < 0) return raise_for(self->mgr, rc);
+    Py_INCREF(str_exclusive);
+    Py_SETREF(self->mode, str_exclusive);
+    Py_RETURN_NONE;
+}
+
+/* downgrade(): exclusive -> shared in place. */
+static PyObject *region_lock_downgrade(RegionLockObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!lock_is_held(self)) return NULL;
+    if (self->mode == str_shared) Py_RETURN_NONE;
+    ss_handle *h = self->mgr->handle;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = core_downgrade(h, self->ref);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) return raise_for(self->mgr, rc);
+    Py_INCREF(str_shared);
+    Py_SETREF(self->mode, str_shared);
+    Py_RETURN_NONE;
+}
+
 static PyObject *region_lock_enter(RegionLockObject *self, PyObject *unused)
 {
     (void)unused;
@@ -159,6 +321,22 @@ static PyObject *region_lock_exit(RegionLockObject *self, PyObject *const *args,
     (void)args;
     (void)nargs;
     return region_lock_release(self, NULL);
+}
+
+static PyObject *region_lock_aenter(RegionLockObject *self, PyObject *unused)
+{
+    (void)unused;
+    return ready_new((PyObject *)self);
+}
+
+static PyObject *region_lock_aexit(RegionLockObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    PyObject *res = region_lock_release(self, NULL);
+    if (!res) return NULL;
+    Py_DECREF(res);
+    return ready_new(Py_None);
 }
 
 static PyObject *region_lock_reduce(RegionLockObject *self, PyObject *unused)
@@ -174,6 +352,17 @@ static PyObject *region_lock_locked(RegionLockObject *self, void *closure)
 {
     (void)closure;
     return PyBool_FromLong(self->ref >= 0 && self->mgr && self->mgr->handle);
+}
+
+static PyObject *region_lock_owner_died(RegionLockObject *self, void *closure)
+{
+    (void)closure;
+    if (self->owner_died < 0 && self->ref >= 0 && self->mgr && self->mgr->handle) {
+        int rc = core_owner_died(self->mgr->handle, self->ref);
+        if (rc < 0) return raise_for(self->mgr, rc);
+        self->owner_died = rc;
+    }
+    return PyBool_FromLong(self->owner_died > 0);
 }
 
 static PyObject *region_lock_get_ref(RegionLockObject *self, void *closure)
@@ -194,8 +383,22 @@ static PyMethodDef region_lock_methods[] = {
      "release()\n--\n\nRelease the lock.  Releasing twice is harmless.  In a forked\n"
      "child, releasing a lock inherited from the parent only forgets it here:\n"
      "the parent still holds it."},
+    {"upgrade", (PyCFunction)(void (*)(void))region_lock_upgrade, METH_FASTCALL | METH_KEYWORDS,
+     "upgrade(timeout=None)\n--\n\nTurn this shared lock into an exclusive one, atomically: it\n"
+     "waits for the other holders of overlapping locks to leave, and no other\n"
+     "writer is granted the region in between (the lock keeps holding it).\n"
+     "On timeout shmslice.LockTimeout is raised and the lock stays shared.  Two\n"
+     "holders upgrading overlapping shared locks would wait for each other: the\n"
+     "second gets shmslice.DeadlockError at once (still shared), the first\n"
+     "proceeds when it lets go.  An exclusive lock is left as it is."},
+    {"downgrade", (PyCFunction)region_lock_downgrade, METH_NOARGS,
+     "downgrade()\n--\n\nTurn this exclusive lock into a shared one, atomically: waiting\n"
+     "readers may enter, no writer can come in between.  A shared lock is left\n"
+     "as it is."},
     {"__enter__", (PyCFunction)region_lock_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))region_lock_exit, METH_FASTCALL, NULL},
+    {"__aenter__", (PyCFunction)region_lock_aenter, METH_NOARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))region_lock_aexit, METH_FASTCALL, NULL},
     {"__reduce__", (PyCFunction)region_lock_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -203,13 +406,17 @@ static PyMethodDef region_lock_methods[] = {
 static PyMemberDef region_lock_members[] = {
     {"start", T_LONGLONG, offsetof(RegionLockObject, start), READONLY, "first byte of the region"},
     {"end", T_LONGLONG, offsetof(RegionLockObject, end), READONLY, "one past the last byte"},
-    {"mode", T_OBJECT, offsetof(RegionLockObject, mode), READONLY, "'shared' or 'exclusive'"},
+    {"mode", T_OBJECT, offsetof(RegionLockObject, mode), READONLY,
+     "'shared' or 'exclusive': the current mode (upgrade() and downgrade() change it)"},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef region_lock_getset[] = {
     {"locked", (getter)region_lock_locked, NULL,
      "True until released (or until its manager is closed).", NULL},
+    {"owner_died", (getter)region_lock_owner_died, NULL,
+     "True if the lock was granted over a region whose previous exclusive holder\n"
+     "died holding it (the bytes may be half-written); see the README's rule.", NULL},
     {"_ref", (getter)region_lock_get_ref, NULL, "entry reference (-1 once released)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -444,9 +651,11 @@ static PyMethodDef manager_methods[] = {
      "Lock bytes [start, end) of the file in mode 'exclusive' or 'shared'.\n\n"
      "timeout=None waits as long as it takes, 0 tries once, a positive number\n"
      "of seconds waits at most that long; when it runs out shmslice.LockTimeout\n"
-     "is raised.  A request that conflicts with a lock the calling thread\n"
-     "already holds raises shmslice.DeadlockError instead of waiting forever\n"
-     "(with timeout=0 it raises LockTimeout).  Release the returned RegionLock\n"
+     "is raised.  A request that could never be granted -- it conflicts with a\n"
+     "lock the calling thread already holds, or waiting would close a cycle of\n"
+     "threads and processes waiting for each other's locks -- raises\n"
+     "shmslice.DeadlockError at once instead of waiting forever (err.cycle names\n"
+     "the cycle; with timeout=0 it raises LockTimeout).  Release the returned RegionLock\n"
      "with release() or a with block; close() and process exit release it too.\n"
      "Dropping the RegionLock object does not."},
     {"_attach_handle", (PyCFunction)(void (*)(void))manager_attach_handle, METH_FASTCALL, NULL},
@@ -512,13 +721,13 @@ static PyObject *fastpath_check_manager_class(PyObject *module, PyObject *cls)
 static PyObject *fastpath_bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 7) {
+    if (nargs != 10) {
         PyErr_SetString(PyExc_TypeError, "bind(lock_try, lock_wait, lock_cancel, "
-                        "release_try, release, pin, unpin)");
+                        "release_try, release, pin, unpin, upgrade_wait, downgrade, owner_died)");
         return NULL;
     }
-    void *address[7];
-    for (int i = 0; i < 7; i++) {
+    void *address[10];
+    for (int i = 0; i < 10; i++) {
         address[i] = PyLong_AsVoidPtr(args[i]);
         if (PyErr_Occurred()) return NULL;
         if (!address[i]) {
@@ -533,6 +742,9 @@ static PyObject *fastpath_bind(PyObject *module, PyObject *const *args, Py_ssize
     core_release = (ss_release_fn)address[4];
     core_pin = (ss_pin_fn)address[5];
     core_unpin = (ss_release_fn)address[6];
+    core_upgrade_wait = (ss_upgrade_wait_fn)address[7];
+    core_downgrade = (ss_release_fn)address[8];
+    core_owner_died = (ss_release_fn)address[9];
     Py_RETURN_NONE;
 }
 
@@ -583,9 +795,10 @@ static PyObject *fastpath_unpin(PyObject *module, PyObject *const *args, Py_ssiz
 
 static PyMethodDef fastpath_functions[] = {
     {"bind", (PyCFunction)(void (*)(void))fastpath_bind, METH_FASTCALL,
-     "bind(lock_try, lock_wait, lock_cancel, release_try, release, pin, unpin): the\n"
-     "addresses of ss_lock_try, ss_lock_wait, ss_lock_cancel, ss_release_try,\n"
-     "ss_release, ss_pin, ss_unpin."},
+     "bind(lock_try, lock_wait, lock_cancel, release_try, release, pin, unpin,\n"
+     "upgrade_wait, downgrade, owner_died): the addresses of ss_lock_try,\n"
+     "ss_lock_wait, ss_lock_cancel, ss_release_try, ss_release, ss_pin,\n"
+     "ss_unpin, ss_upgrade_wait, ss_downgrade, ss_lock_owner_died."},
     {"check_manager_class", (PyCFunction)fastpath_check_manager_class, METH_O,
      "check_manager_class(cls): refuse a LockManager class lacking the methods\n"
      "the C fast path calls by name (_lock_slow, _raise_status)."},
@@ -609,7 +822,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     str_lock_slow = PyUnicode_InternFromString("_lock_slow");
     str_raise_status = PyUnicode_InternFromString("_raise_status");
     if (!str_exclusive || !str_shared || !str_lock_slow || !str_raise_status) return NULL;
-    if (PyType_Ready(&RegionLockType) < 0 || PyType_Ready(&ManagerBaseType) < 0)
+    if (PyType_Ready(&RegionLockType) < 0 || PyType_Ready(&ManagerBaseType) < 0 ||
+        PyType_Ready(&ReadyType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (!m) return NULL;

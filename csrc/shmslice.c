@@ -188,7 +188,8 @@ static int fail_sys(const char *fmt, ...)
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
 #define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
-                                   * attached processes hold the guard byte */
+                                   * attached processes hold the guard byte, upgrade requests (W_UPGRADE),
+                                   * owner-died marks (SS_ORPHAN, orphan_root) */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -211,14 +212,18 @@ static int fail_sys(const char *fmt, ...)
 #define SS_MAX_CAPACITY (1u << 24)
 
 /* Granted entries are indexed by kind; waiting ones, of either kind, in TREE_WAIT. */
-enum { TREE_SHARED = 0, TREE_EXCLUSIVE = 1, TREE_PIN = 2, TREE_WAIT = 3, TREE_COUNT = 4 };
+enum { TREE_SHARED = 0, TREE_EXCLUSIVE = 1, TREE_PIN = 2, TREE_WAIT = 3, TREE_ORPHAN = 4,
+       TREE_COUNT = 5 };
 enum { ENTRY_FREE = 0 };            /* else SS_GRANTED or SS_WAITING */
 /* ss_entry.wflags bits */
 enum {
     W_URGENT = 1,        /* waiting entry that has waited SS_URGENT_NS: served in order */
     W_WOKEN = 2,         /* waiting entry woken and not yet run: no second wake-up */
     W_ABANDONED = 4,     /* owner gave up without the mutex: ignore, next holder removes */
-    W_ALL = 7
+    W_UPGRADE = 8,       /* waiting exclusive request that converts its owner's shared
+                          * lock on the same region (entry index in next_free) */
+    W_OWNER_DIED = 16,   /* granted lock: an owner-died mark overlapped it when granted */
+    W_ALL = 31
 };
 enum { PROC_FREE = 0, PROC_USED = 1 };
 
@@ -249,6 +254,7 @@ struct ss_header {
     uint64_t size_epoch;         /* bumped by every ss_resize (atomic) */
     uint32_t wait_root;          /* root of TREE_WAIT, SS_NIL if empty */
     uint32_t urgent;             /* waiting entries with W_URGENT */
+    uint32_t orphan_root;        /* root of TREE_ORPHAN (owner-died marks), SS_NIL if empty */
 };
 
 struct ss_proc {
@@ -270,7 +276,8 @@ struct ss_entry {
     uint64_t ticket;             /* arrival order (from next_ticket) */
     uint64_t since_ns;           /* CLOCK_REALTIME_COARSE granted / queued */
     uint32_t left, right;        /* treap children, SS_NIL if none */
-    uint32_t next_free;          /* free-list link while ENTRY_FREE */
+    uint32_t next_free;          /* free-list link while ENTRY_FREE; for a W_UPGRADE
+                                  * request, the shared entry it converts */
     uint32_t owner_slot;         /* process slot of the owning handle */
     uint32_t owner_gen;          /* that slot's gen when the entry was made */
     int32_t tid;                 /* owning thread (locks), for deadlock checks */
@@ -473,6 +480,13 @@ static void install_atfork(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
+static int deadlock_detection_off;   /* benchmark hook (ss_debug_set_deadlock_detection) */
+
+void ss_debug_set_deadlock_detection(int on)
+{
+    __atomic_store_n(&deadlock_detection_off, !on, __ATOMIC_RELAXED);
+}
+
 static int crash_point;       /* test hook: which point, 0 = off */
 static int crash_countdown;
 static int crash_signal = SIGKILL;
@@ -491,7 +505,7 @@ void ss_debug_set_stop_point(int point, int countdown)
     crash_countdown = countdown;
 }
 
-/* Crash points (1-8 inside the table mutex; 9 outside it):
+/* Crash points (1-8, 20-22 inside the table mutex; 9 outside it):
  *   1 after allocating an entry, before it is visible
  *   2 after an entry became visible, before it is indexed
  *   3 in the middle of unlinking an entry from the index
@@ -503,6 +517,12 @@ void ss_debug_set_stop_point(int point, int countdown)
  *     granted
  *   8 removing abandoned entries, after the first
  *   9 creating a table: built, not yet linked into place
+ *  20 converting a lock (upgrade or downgrade): out of its kind's index, its
+ *     kind not yet changed
+ *  21 an upgrade granted: the lock converted, its upgrade request not yet
+ *     removed
+ *  22 turning a dead owner's exclusive lock into an owner-died mark: out of
+ *     its index, not yet a mark
  * A stop point (ss_debug_set_stop_point) stops the process there instead,
  * once, with SIGSTOP: it keeps the mutex until SIGCONT. */
 static inline void maybe_crash(int point)
@@ -521,6 +541,8 @@ static inline void maybe_crash(int point)
 static int table_repair(struct ss_handle *h);
 static int sweep_abandoned(struct ss_handle *h);
 
+static uint32_t *tree_root(struct ss_handle *h, int t);
+
 /* Header fields that index memory, checked every time the mutex is taken. */
 static int header_sane(struct ss_handle *h)
 {
@@ -530,7 +552,7 @@ static int header_sane(struct ss_handle *h)
         return fail(SS_ECORRUPT, "lock table %s: header counters out of range",
                     h->table_path);
     for (int t = 0; t < TREE_COUNT; t++) {
-        uint32_t r = t == TREE_WAIT ? hd->wait_root : hd->root[t];
+        uint32_t r = *tree_root(h, t);
         if (r != SS_NIL && r >= hd->entry_hwm)
             return fail(SS_ECORRUPT, "lock table %s: index root out of range",
                         h->table_path);
@@ -782,7 +804,8 @@ static inline int prio_above(uint32_t a, uint32_t b)
 
 static int tree_of_kind(int kind)
 {
-    return kind == SS_SHARED ? TREE_SHARED : kind == SS_EXCLUSIVE ? TREE_EXCLUSIVE : TREE_PIN;
+    return kind == SS_SHARED ? TREE_SHARED : kind == SS_EXCLUSIVE ? TREE_EXCLUSIVE
+           : kind == SS_ORPHAN ? TREE_ORPHAN : TREE_PIN;
 }
 
 /* Order of (start, end, owner_slot) of entry e against the given triple:
@@ -804,7 +827,8 @@ static int tree_of_entry(const struct ss_entry *e)
 
 static uint32_t *tree_root(struct ss_handle *h, int t)
 {
-    return t == TREE_WAIT ? &h->hdr->wait_root : &h->hdr->root[t];
+    return t == TREE_WAIT ? &h->hdr->wait_root : t == TREE_ORPHAN ? &h->hdr->orphan_root
+           : &h->hdr->root[t];
 }
 
 static inline int key_less(struct ss_handle *h, uint32_t a, uint32_t b)
@@ -1071,12 +1095,13 @@ static int entry_alloc(struct ss_handle *h, uint32_t *out)
 
 static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi);
 static int entry_alive(struct ss_handle *h, uint32_t i);
+static int note_marks(struct ss_handle *h, uint32_t i);
 
 /* Fill entry i, make it visible, then index it.  A waiting entry's since_ns
  * is precise (its age decides when it turns urgent); a granted one's is the
  * coarse clock (display only: no precise clock read on an uncontended lock). */
 static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64_t end,
-                         int kind, int state, uint64_t ticket)
+                         int kind, int state, uint64_t ticket, int32_t tid)
 {
     struct ss_entry *e = &h->entries[i];
     e->start = start;
@@ -1088,7 +1113,7 @@ static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64
     e->next_free = SS_NIL;
     e->owner_slot = h->slot;
     e->owner_gen = h->gen;
-    e->tid = kind == SS_PIN ? 0 : current_tid();
+    e->tid = kind == SS_PIN ? 0 : tid;
     e->count = 1;
     e->serial = (e->serial + 1) & 0x7fffffffu;
     e->kind = (uint8_t)kind;
@@ -1111,13 +1136,15 @@ static int grant_waiting(struct ss_handle *h, uint32_t i)
     int rc = index_remove(h, i);
     if (rc) return rc;
     maybe_crash(6);
-    uint8_t flags = __atomic_fetch_and(&e->wflags, (uint8_t)~(W_URGENT | W_WOKEN),
+    uint8_t flags = __atomic_fetch_and(&e->wflags, (uint8_t)~(W_URGENT | W_WOKEN | W_UPGRADE),
                                        __ATOMIC_ACQ_REL);
     if ((flags & W_URGENT) && h->hdr->urgent) h->hdr->urgent--;
     if (h->hdr->waiting) h->hdr->waiting--;
     e->since_ns = now_ns(CLOCK_REALTIME_COARSE);
     __atomic_store_n(&e->state, (uint8_t)SS_GRANTED, __ATOMIC_RELEASE);
-    return index_insert(h, i);
+    rc = index_insert(h, i);
+    if (!rc && h->hdr->orphan_root != SS_NIL) rc = note_marks(h, i);
+    return rc;
 }
 
 /* Unindex entry i, then mark it free and put it on the free list.  A granted
@@ -1131,7 +1158,8 @@ static int entry_remove(struct ss_handle *h, uint32_t i)
     maybe_crash(4);
     int was_waiting = e->state == SS_WAITING;
     uint8_t flags = __atomic_exchange_n(&e->wflags, (uint8_t)0, __ATOMIC_ACQ_REL);
-    int unblocks = e->kind != SS_PIN && (!was_waiting || (flags & (W_URGENT | W_WOKEN)));
+    int unblocks = e->kind != SS_PIN && e->kind != SS_ORPHAN &&
+                   (!was_waiting || (flags & (W_URGENT | W_WOKEN)));
     uint64_t start = e->start, end = e->end;
     __atomic_store_n(&e->state, (uint8_t)ENTRY_FREE, __ATOMIC_RELEASE);
     e->next_free = h->hdr->free_head;
@@ -1144,6 +1172,116 @@ static int entry_remove(struct ss_handle *h, uint32_t i)
     return SS_OK;
 }
 
+/* ---- owner-died marks ------------------------------------------------------
+ *
+ * The rule.  When the entry of a dead process is reclaimed (found in the
+ * way, swept when the table is full, reaped) and it was a granted exclusive
+ * lock, it is not freed but turned, in place, into a mark (kind SS_ORPHAN,
+ * index TREE_ORPHAN) on the same region, remembering the dead pid: the bytes
+ * may be half-written.  A mark conflicts with nothing and no sweep or reap
+ * removes it.  Every lock granted afterwards whose region overlaps any part
+ * of a mark reports owner_died (W_OWNER_DIED on its entry); a shared lock
+ * leaves the mark as it is, an exclusive one consumes the part it covers:
+ * a mark covered whole goes, one overlapped at an end is cut back to the
+ * part outside the lock, one the lock falls inside of is split in two (if
+ * the table has no entry for the second part, the mark stays whole: the
+ * news is kept rather than lost).  Shared locks of dead processes, pins and
+ * waiting requests leave no mark.
+ * ------------------------------------------------------------------------ */
+
+static inline uint8_t wflags_of(const struct ss_entry *e);
+static int owner_pid(struct ss_handle *h, const struct ss_entry *e);
+
+/* Reclaim entry i of a dead owner: a granted exclusive lock becomes a mark
+ * (see above), anything else is removed.  Under the mutex. */
+static int reclaim_dead(struct ss_handle *h, uint32_t i)
+{
+    struct ss_entry *e = &h->entries[i];
+    if (e->state != SS_GRANTED || e->kind != SS_EXCLUSIVE || (wflags_of(e) & W_ABANDONED))
+        return entry_remove(h, i);
+    int rc = index_remove(h, i);
+    if (rc) return rc;
+    maybe_crash(22);
+    int pid = owner_pid(h, e);
+    e->count = pid > 0 ? (uint32_t)pid : 1u;
+    e->since_ns = now_ns(CLOCK_REALTIME_COARSE);   /* when the death was noticed */
+    __atomic_store_n(&e->wflags, (uint8_t)0, __ATOMIC_RELEASE);
+    e->kind = SS_ORPHAN;
+    rc = index_insert(h, i);
+    if (rc) return rc;
+    return h->hdr->wait_root != SS_NIL ? wake_waiters(h, e->start, e->end) : SS_OK;
+}
+
+struct mark_scan { uint32_t found[64]; int n; };
+
+static int collect_mark(struct ss_handle *h, uint32_t i, void *arg)
+{
+    (void)h;
+    struct mark_scan *m = arg;
+    m->found[m->n++] = i;
+    return m->n == 64;   /* full: the caller goes round again */
+}
+
+/* Mark m's region becomes [start, end) (re-indexed: the key changes). */
+static int mark_reshape(struct ss_handle *h, uint32_t m, uint64_t start, uint64_t end)
+{
+    int rc = index_remove(h, m);
+    if (rc) return rc;
+    h->entries[m].start = start;
+    h->entries[m].end = end;
+    h->entries[m].max_end = end;
+    return index_insert(h, m);
+}
+
+/* Lock i was just granted: if marks overlap it, say so on its entry, and if
+ * it is exclusive consume the parts it covers (the rule above). */
+static int note_marks(struct ss_handle *h, uint32_t i)
+{
+    struct ss_entry *e = &h->entries[i];
+    for (int round = 0; h->hdr->orphan_root != SS_NIL && round < 1 << 16; round++) {
+        struct mark_scan sc;
+        sc.n = 0;
+        int rc = tree_each(h, h->hdr->orphan_root, e->start, e->end, collect_mark, &sc, 0);
+        if (rc < 0) return rc;
+        if (sc.n == 0) return SS_OK;
+        __atomic_fetch_or(&e->wflags, (uint8_t)W_OWNER_DIED, __ATOMIC_ACQ_REL);
+        if (e->kind != SS_EXCLUSIVE) return SS_OK;
+        int kept = 0;
+        for (int k = 0; k < sc.n; k++) {
+            uint32_t m = sc.found[k];
+            struct ss_entry *me = &h->entries[m];
+            uint64_t ms = me->start, mend = me->end;
+            if (ms >= e->start && mend <= e->end) {
+                rc = entry_remove(h, m);
+            } else if (ms < e->start && mend > e->end) {
+                uint32_t j;
+                rc = entry_alloc(h, &j);
+                if (rc == SS_EFULL) { kept++; continue; }   /* keep it whole */
+                if (rc) return rc;
+                struct ss_entry *je = &h->entries[j];
+                uint32_t serial = je->serial;
+                *je = *me;
+                je->serial = (serial + 1) & 0x7fffffffu;
+                je->start = e->end;
+                je->max_end = mend;
+                je->left = je->right = SS_NIL;
+                je->state = ENTRY_FREE;
+                __atomic_store_n(&je->state, (uint8_t)SS_GRANTED, __ATOMIC_RELEASE);
+                h->hdr->used++;
+                rc = index_insert(h, j);
+                if (!rc) rc = mark_reshape(h, m, ms, e->start);
+            } else if (ms < e->start) {
+                rc = mark_reshape(h, m, ms, e->start);
+            } else {
+                rc = mark_reshape(h, m, e->end, mend);
+            }
+            if (rc) return rc;
+        }
+        if (sc.n < 64 || kept == sc.n) return SS_OK;
+    }
+    return SS_OK;
+}
+
 /* ---- conflicts --------------------------------------------------------- */
 
 /* A request, as the conflict predicates see it. */
@@ -1153,6 +1291,9 @@ struct request {
     uint32_t self;        /* the request's own waiting entry, or SS_NIL */
     uint64_t ticket;      /* its arrival ticket; UINT64_MAX until it waits */
     uint64_t now;         /* CLOCK_REALTIME, read when first needed (0: not yet) */
+    int32_t tid;          /* its owner: a thread id, or a caller's owner id (ss_wait.owner) */
+    uint32_t also;        /* a granted entry of ours that does not count as a conflict
+                           * (the shared lock an upgrade converts), or SS_NIL */
 };
 
 static inline uint8_t wflags_of(const struct ss_entry *e)
@@ -1160,11 +1301,28 @@ static inline uint8_t wflags_of(const struct ss_entry *e)
     return __atomic_load_n(&e->wflags, __ATOMIC_ACQUIRE);
 }
 
+/* The shared lock a W_UPGRADE request x converts: its entry index if it is
+ * still that -- granted, shared, same owner (slot, generation, thread),
+ * same region -- else SS_NIL (it does not count as x's own then). */
+static uint32_t upgrade_source(struct ss_handle *h, uint32_t x)
+{
+    const struct ss_entry *e = &h->entries[x];
+    if (!(wflags_of(e) & W_UPGRADE)) return SS_NIL;
+    uint32_t s = e->next_free;
+    if (s >= h->hdr->entry_hwm || s == x) return SS_NIL;
+    const struct ss_entry *se = &h->entries[s];
+    if (se->state != SS_GRANTED || se->kind != SS_SHARED || se->owner_slot != e->owner_slot ||
+        se->owner_gen != e->owner_gen || se->tid != e->tid || se->start != e->start ||
+        se->end != e->end)
+        return SS_NIL;
+    return s;
+}
+
 /* In a granted index: the entry counts unless its owner abandoned it. */
 static int holds_region(struct ss_handle *h, uint32_t i, void *arg)
 {
-    (void)arg;
-    return !(wflags_of(&h->entries[i]) & W_ABANDONED);
+    const struct request *r = arg;
+    return i != r->also && !(wflags_of(&h->entries[i]) & W_ABANDONED);
 }
 
 /* Mark waiting entry e urgent if it has waited SS_URGENT_NS (by *now, read
@@ -1195,12 +1353,13 @@ static int urgent_ahead(struct ss_handle *h, uint32_t i, void *varg)
     return make_urgent_if_due(h, e, &r->now);
 }
 
-/* A granted entry of the calling thread, through any handle of this process. */
+/* A granted entry of the request's owner (the calling thread, or the owner id
+ * it named), through any handle of this process. */
 static int held_by_caller(struct ss_handle *h, uint32_t i, void *arg)
 {
-    (void)arg;
+    const struct request *r = arg;
     const struct ss_entry *e = &h->entries[i];
-    if ((wflags_of(e) & W_ABANDONED) || e->tid != current_tid()) return 0;
+    if (i == r->also || (wflags_of(e) & W_ABANDONED) || e->tid != r->tid) return 0;
     if (e->owner_slot >= h->hdr->proc_hwm) return 0;   /* untrusted index */
     const struct ss_proc *p = &h->procs[e->owner_slot];
     return p->state == PROC_USED && p->gen == e->owner_gen && p->token == my_token();
@@ -1210,10 +1369,11 @@ static int held_by_caller(struct ss_handle *h, uint32_t i, void *arg)
 static int find_granted(struct ss_handle *h, const struct request *r, entry_pred pred,
                         uint32_t *found)
 {
-    int rc = tree_find(h, h->hdr->root[TREE_EXCLUSIVE], r->start, r->end, pred, NULL,
+    void *arg = (void *)r;
+    int rc = tree_find(h, h->hdr->root[TREE_EXCLUSIVE], r->start, r->end, pred, arg,
                        found, 0);
     if (rc == 0 && r->kind == SS_EXCLUSIVE)
-        rc = tree_find(h, h->hdr->root[TREE_SHARED], r->start, r->end, pred, NULL, found, 0);
+        rc = tree_find(h, h->hdr->root[TREE_SHARED], r->start, r->end, pred, arg, found, 0);
     return rc;
 }
 
@@ -1225,6 +1385,17 @@ static int find_granted(struct ss_handle *h, const struct request *r, entry_pred
  * it is being woken by releases -- a live holder's release is what it waits
  * for -- and probes every SS_RECHECK_NS, and on try-locks, which must reclaim
  * a dead holder at once. */
+static int queue_waits_for_us(struct ss_handle *h, const struct request *r, uint32_t u);
+
+/* In the wait index: an urgent waiter ahead that holds the request back --
+ * unless it waits (through granted conflicts and queueing) for the request's
+ * owner: queueing behind it would close a cycle, so the request passes it. */
+static int urgent_blocking(struct ss_handle *h, uint32_t i, void *varg)
+{
+    if (!urgent_ahead(h, i, varg)) return 0;
+    return queue_waits_for_us(h, varg, i) == 0;   /* an error: keep the queue order */
+}
+
 static int find_conflict(struct ss_handle *h, struct request *r, int ignore_waiters,
                          int probe, uint32_t *who)
 {
@@ -1232,14 +1403,14 @@ static int find_conflict(struct ss_handle *h, struct request *r, int ignore_wait
         uint32_t found = SS_NIL;
         int rc = find_granted(h, r, holds_region, &found);
         if (rc == 0 && !ignore_waiters && h->hdr->urgent != 0)
-            rc = tree_find(h, h->hdr->wait_root, r->start, r->end, urgent_ahead, r,
+            rc = tree_find(h, h->hdr->wait_root, r->start, r->end, urgent_blocking, r,
                            &found, 0);
         if (rc <= 0) return rc;
         if (!probe) { *who = found; return 1; }
         int alive = entry_alive(h, found);
         if (alive < 0) return alive;
         if (alive) { *who = found; return 1; }
-        rc = entry_remove(h, found);
+        rc = reclaim_dead(h, found);
         if (rc) return rc;
     }
 }
@@ -1296,19 +1467,21 @@ static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi)
         uint32_t c = pass.cand[k];
         struct ss_entry *e = &h->entries[c];
         int urgent = make_urgent_if_due(h, e, &now);
-        struct request r = {e->start, e->end, e->kind, c, e->ticket, now};
+        struct request r = {e->start, e->end, e->kind, c, e->ticket, now, e->tid,
+                            upgrade_source(h, c)};
         uint32_t found;
         rc = find_granted(h, &r, holds_region, &found);
         if (rc < 0) return rc;
         int blocked = rc == 1;
+        int upgrade = r.also != SS_NIL;   /* holds the region shared: waiters wait for it */
         /* Earlier candidates, in arrival order: urgent ones still blocked,
          * and ones chosen above.  (Cheap pairwise checks: candidates are
          * few; an urgent waiter elsewhere is looked up only for a handoff.) */
-        for (int j = 0; j < nahead && !blocked; j++)
+        for (int j = 0; j < nahead && !blocked && !upgrade; j++)
             blocked = regions_conflict(e, &h->entries[ahead[j]]);
         for (int j = 0; j < nchosen && !blocked; j++)
             blocked = regions_conflict(e, &h->entries[chosen[j]]);
-        if (!blocked && urgent && h->hdr->urgent > 1) {
+        if (!blocked && urgent && !upgrade && h->hdr->urgent > 1) {
             rc = tree_find(h, h->hdr->wait_root, r.start, r.end, urgent_ahead, &r, &found, 0);
             if (rc < 0) return rc;
             blocked = rc == 1;
@@ -1502,11 +1675,11 @@ static int sweep_dead(struct ss_handle *h, uint32_t *removed)
     SS_ASSERT_MUTEX_HELD(h);
     scan_begin(h);
     for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
-        if (h->entries[i].state == ENTRY_FREE) continue;
+        if (h->entries[i].state == ENTRY_FREE || h->entries[i].kind == SS_ORPHAN) continue;
         int alive = scan_entry_alive(h, i);
         if (alive < 0) return alive;
         if (!alive) {
-            int rc = entry_remove(h, i);
+            int rc = reclaim_dead(h, i);
             if (rc) return rc;
             (*removed)++;
         }
@@ -1607,11 +1780,14 @@ static int validate_entry(struct ss_handle *h, uint32_t i)
         return fail(SS_ECORRUPT, "lock table %s: entry %u has bad state %u",
                     h->table_path, i, e->state);
     if (e->start >= e->end || e->end > (uint64_t)INT64_MAX ||
-        (e->kind != SS_SHARED && e->kind != SS_EXCLUSIVE && e->kind != SS_PIN) ||
-        (e->kind == SS_PIN && e->state != SS_GRANTED) ||
+        (e->kind != SS_SHARED && e->kind != SS_EXCLUSIVE && e->kind != SS_PIN &&
+         e->kind != SS_ORPHAN) ||
+        ((e->kind == SS_PIN || e->kind == SS_ORPHAN) && e->state != SS_GRANTED) ||
+        (e->state == SS_WAITING && (e->wflags & W_OWNER_DIED)) ||
         e->owner_slot >= h->hdr->proc_hwm || e->count == 0 ||
         (e->wflags & ~W_ALL) ||
-        (e->state == SS_GRANTED && (e->wflags & (W_URGENT | W_WOKEN))))
+        (e->state == SS_GRANTED && (e->wflags & (W_URGENT | W_WOKEN | W_UPGRADE))) ||
+        ((e->wflags & W_UPGRADE) && e->kind != SS_EXCLUSIVE))
         return fail(SS_ECORRUPT, "lock table %s: entry %u is malformed",
                     h->table_path, i);
     return SS_OK;
@@ -1773,7 +1949,8 @@ static int table_repair(struct ss_handle *h)
         hd->used++;
         /* Woken marks are dropped (every waiter is woken below); urgency
          * only means something on a waiting entry. */
-        uint8_t keep = e->state == SS_WAITING ? (W_URGENT | W_ABANDONED) : W_ABANDONED;
+        uint8_t keep = e->state == SS_WAITING ? (W_URGENT | W_ABANDONED | W_UPGRADE)
+                       : (W_ABANDONED | W_OWNER_DIED);
         uint8_t flags = __atomic_and_fetch(&e->wflags, keep, __ATOMIC_ACQ_REL);
         if (flags & W_ABANDONED) abandoned++;
         if (e->state == SS_WAITING) {
@@ -2000,6 +2177,7 @@ static int init_header(int fd, const char *dir, const struct stat *data, uint64_
     table_mutex_init(&hd->mutex);
     for (int t = 0; t < TREE_WAIT; t++) hd->root[t] = SS_NIL;
     hd->wait_root = SS_NIL;
+    hd->orphan_root = SS_NIL;
     hd->free_head = SS_NIL;
     hd->file_size = (uint64_t)data->st_size;
     munmap(map, SS_HEADER_BYTES);
@@ -2801,14 +2979,15 @@ static int64_t grant_now(struct ss_handle *h, struct request *r, int probe, uint
     uint32_t i;
     rc = entry_alloc_sweeping(h, &i);
     if (rc) return rc;
-    rc = entry_publish(h, i, r->start, r->end, r->kind, SS_GRANTED, h->hdr->next_ticket);
+    rc = entry_publish(h, i, r->start, r->end, r->kind, SS_GRANTED, h->hdr->next_ticket, r->tid);
+    if (!rc && h->hdr->orphan_root != SS_NIL) rc = note_marks(h, i);
     if (rc) return rc;
     return make_ref(i, h->entries[i].serial);
 }
 
 /* The GIL-held fast path: never sleeps (a short spin on a busy mutex, then
  * SS_EAGAIN), never queues. */
-static int64_t lock_try_impl(ss_handle *h, int64_t start, int64_t end, int kind)
+static int64_t lock_try_impl(ss_handle *h, int64_t start, int64_t end, int kind, int32_t owner)
 {
     int rc = check_lock_args(h, start, end, kind);
     if (rc) return rc;
@@ -2816,13 +2995,21 @@ static int64_t lock_try_impl(ss_handle *h, int64_t start, int64_t end, int kind)
     if (rc) return rc;
     rc = table_trylock(h);
     if (rc) return rc;
-    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0};
+    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0,
+                        owner ? owner : current_tid(), SS_NIL};
     uint32_t who = SS_NIL;
     int64_t result = grant_now(h, &r, 1, &who);
     if (result == SS_ETIMEDOUT) result = blocked_status(h, &r, who);
     table_unlock(h);
     return result;
 }
+
+#define SS_DEADLOCK_MAX_OWNERS 64     /* owners a deadlock search explores (see below) */
+#define SS_DEADLOCK_MAX_WAITERS 1024  /* waiting requests it considers */
+
+/* The cycle of this thread's last SS_EDEADLK (ss_last_cycle). */
+static __thread ss_cycle_hop tls_cycle[SS_DEADLOCK_MAX_OWNERS];
+static __thread int tls_cycle_len;
 
 /* Under the mutex, for a blocked request: does the calling thread hold a
  * granted conflict itself (through any handle of this process)?  Then
@@ -2833,9 +3020,14 @@ static int check_self_deadlock(struct ss_handle *h, const struct request *r)
     int rc = find_granted(h, r, held_by_caller, &mine);
     if (rc <= 0) return rc;
     const struct ss_entry *e = &h->entries[mine];
-    return fail(SS_EDEADLK, "[%llu, %llu): this thread already holds a conflicting %s "
-                "lock on [%llu, %llu); waiting would deadlock",
+    tls_cycle_len = 0;
+    return fail(SS_EDEADLK, "[%llu, %llu): this %s already holds a conflicting %s "
+                "lock on [%llu, %llu); waiting would deadlock.  A lock belongs to the thread "
+                "that took it, whichever thread releases it, so pool threads that take locks "
+                "for others (asyncio.to_thread(mgr.lock, ...)) block themselves: in asyncio "
+                "use 'await mgr.lock_async(...)'",
                 (unsigned long long)r->start, (unsigned long long)r->end,
+                r->tid < 0 ? "task" : "thread",
                 kind_name(e->kind), (unsigned long long)e->start, (unsigned long long)e->end);
 }
 
@@ -2850,9 +3042,356 @@ static int caller_overlaps(struct ss_handle *h, const struct request *r)
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
+/* ---- deadlock detection ------------------------------------------------
+ *
+ * The wait-for graph.  Its nodes are lock owners: the thread that took a
+ * lock (or made a request), or an owner id its caller named (ss_wait.owner;
+ * the asyncio layer names one per task), told apart across processes by the
+ * process token.  Who releases a lock does not matter: a lock handed to
+ * another thread to release still belongs to the thread that took it.  A
+ * waiting request of owner A has an edge to owner B when an entry of B holds
+ * it back *now*: a granted entry of B that conflicts with it, or an urgent
+ * request of B that arrived earlier and conflicts with it (A queues behind
+ * it).  Edges are computed at walk time from the table as it stands under
+ * the mutex, so a lock that barged in, urgency gained since, and resumable
+ * waits that stay queued between two ss_lock_wait calls count as they are.
+ * An owner waits in its latest request (a signal handler may make a second
+ * request while the first stays queued; the latest is the one it is blocked
+ * in).
+ *
+ * Two rules use it, both under the mutex, on every step in which a request
+ * is held back:
+ *   - Queueing never closes a cycle: a request is not held back by an
+ *     urgent request that waits (by any path of the graph) for the
+ *     request's owner (queue_waits_for_us; it generalises the rule that a
+ *     thread holding an overlapping lock is not queued).  It passes it,
+ *     as that one waits for it anyway.
+ *   - Hold and wait: if the granted conflicts alone lead from the request
+ *     back to a lock of its own owner, waiting would never end: SS_EDEADLK
+ *     naming the shortest such cycle (deadlock_check, ss_last_cycle).  The
+ *     request whose arrival closes the cycle is the one that fails, and it
+ *     withdraws at once, which opens the cycle for the others.
+ * Owners of dead processes end a path, and a cycle found is confirmed by
+ * probing the liveness of every other owner on it.  Bounds: a search
+ * explores at most SS_DEADLOCK_MAX_OWNERS owners (so cycles of up to that
+ * many owners are found) and considers at most SS_DEADLOCK_MAX_WAITERS
+ * waiting requests; a cycle beyond them is not reported (only timeouts end
+ * it).  A cycle that is not there is never reported.
+ * ------------------------------------------------------------------------ */
+struct owner_id { uint64_t token; int32_t tid; };
+
+static inline int owner_eq(struct owner_id a, struct owner_id b)
+{
+    return a.tid == b.tid && a.token == b.token;
+}
+
+/* The owner of entry e, if its process slot is in use at e's generation. */
+static int entry_owner(struct ss_handle *h, const struct ss_entry *e, struct owner_id *o)
+{
+    if (e->owner_slot >= h->hdr->proc_hwm) return 0;
+    const struct ss_proc *p = &h->procs[e->owner_slot];
+    if (p->state != PROC_USED || p->gen != e->owner_gen) return 0;
+    o->token = p->token;
+    o->tid = e->tid;
+    return 1;
+}
+
+struct dl_node {
+    struct owner_id who;
+    uint32_t wait;       /* the request it waits in (for node 0: r->self, maybe SS_NIL) */
+    uint32_t via;        /* its entry the parent's request is held back by */
+    int parent;          /* -1 for node 0, the requester */
+};
+
+struct dl_search {
+    struct dl_node node[SS_DEADLOCK_MAX_OWNERS];
+    int n;
+    uint32_t waiter[SS_DEADLOCK_MAX_WAITERS];   /* waiting requests, collected once */
+    int nwaiters;
+    int collected;
+    int node_k;          /* the node being expanded */
+    const struct request *r;   /* its request */
+    struct owner_id target;   /* whose entry ends the search */
+    int use_urgent;      /* follow queueing behind urgent requests too */
+    uint32_t closing;    /* the entry of the target found, SS_NIL if none */
+    int closing_node;
+};
+
+
+static int collect_all_waiters(struct ss_handle *h, uint32_t i, void *arg)
+{
+    struct dl_search *s = arg;
+    const struct ss_entry *e = &h->entries[i];
+    if (e->state != SS_WAITING || (wflags_of(e) & W_ABANDONED)) return 0;
+    if (s->nwaiters == SS_DEADLOCK_MAX_WAITERS) return 1;   /* bound: stop collecting */
+    s->waiter[s->nwaiters++] = i;
+    return 0;
+}
+
+/* The request owner o waits in (its latest), or SS_NIL if it waits in none. */
+static uint32_t waiting_request_of(struct ss_handle *h, struct dl_search *s, struct owner_id o)
+{
+    if (!s->collected) {
+        s->collected = 1;
+        int rc = tree_each(h, h->hdr->wait_root, 0, UINT64_MAX, collect_all_waiters, s, 0);
+        if (rc < 0) s->nwaiters = 0;   /* a corrupt index is reported by the next real use */
+    }
+    uint32_t best = SS_NIL;
+    for (int k = 0; k < s->nwaiters; k++) {
+        const struct ss_entry *e = &h->entries[s->waiter[k]];
+        struct owner_id eo;
+        if (e->tid != o.tid || e->state != SS_WAITING || !entry_owner(h, e, &eo) ||
+            !owner_eq(eo, o))
+            continue;
+        if (best == SS_NIL || e->ticket > h->entries[best].ticket) best = s->waiter[k];
+    }
+    return best;
+}
+
+/* Entry i holds back the request of the node being expanded: follow it. */
+static int dl_follow(struct ss_handle *h, struct dl_search *s, uint32_t i)
+{
+    const struct ss_entry *e = &h->entries[i];
+    struct owner_id o;
+    if (!entry_owner(h, e, &o)) return 0;                 /* its process is gone */
+    if (owner_eq(o, s->target)) {                         /* back at the requester */
+        s->closing = i;
+        s->closing_node = s->node_k;
+        return 1;
+    }
+    if (owner_eq(o, s->node[s->node_k].who)) return 0;   /* its own lock: not an edge */
+    for (int k = 0; k < s->n; k++)
+        if (owner_eq(o, s->node[k].who)) return 0;        /* reached already */
+    if (s->n == SS_DEADLOCK_MAX_OWNERS) return 0;         /* bound */
+    uint32_t wait = waiting_request_of(h, s, o);
+    if (wait == SS_NIL) return 0;                         /* running: it will release */
+    s->node[s->n++] = (struct dl_node){o, wait, i, s->node_k};
+    return 0;
+}
+
+static int dl_visit_granted(struct ss_handle *h, uint32_t i, void *arg)
+{
+    struct dl_search *s = arg;
+    if (!holds_region(h, i, (void *)s->r)) return 0;
+    return dl_follow(h, s, i);
+}
+
+static int dl_visit_urgent(struct ss_handle *h, uint32_t i, void *arg)
+{
+    struct dl_search *s = arg;
+    struct request *r = (struct request *)s->r;
+    if (!urgent_ahead(h, i, r)) return 0;
+    return dl_follow(h, s, i);
+}
+
+/* A granted entry of the owner in arg (a struct request naming it by tid,
+ * the token compared by the caller's filter below). */
+struct owner_probe { struct owner_id o; uint32_t also; };
+
+static int held_by_owner(struct ss_handle *h, uint32_t i, void *arg)
+{
+    const struct owner_probe *p = arg;
+    const struct ss_entry *e = &h->entries[i];
+    struct owner_id eo;
+    return i != p->also && !(wflags_of(e) & W_ABANDONED) && e->tid == p->o.tid &&
+           entry_owner(h, e, &eo) && owner_eq(eo, p->o);
+}
+
+/* Does owner o hold a granted lock overlapping [start, end)?  (Then its
+ * request is not held back by urgent waiters.) */
+static int owner_overlaps(struct ss_handle *h, struct owner_id o, uint64_t start, uint64_t end,
+                          uint32_t also)
+{
+    struct owner_probe p = {o, also};
+    uint32_t found;
+    int rc = tree_find(h, h->hdr->root[TREE_EXCLUSIVE], start, end, held_by_owner, &p, &found, 0);
+    if (rc == 0)
+        rc = tree_find(h, h->hdr->root[TREE_SHARED], start, end, held_by_owner, &p, &found, 0);
+    return rc;
+}
+
+/* Expand node k: every entry that holds its request back now. */
+static int dl_expand(struct ss_handle *h, struct dl_search *s, int k, struct request *r,
+                     int reentrant)
+{
+    reentrant |= !s->use_urgent;
+    s->node_k = k;
+    s->r = r;
+    int rc = tree_each(h, h->hdr->root[TREE_EXCLUSIVE], r->start, r->end, dl_visit_granted, s, 0);
+    if (rc == 0 && r->kind == SS_EXCLUSIVE)
+        rc = tree_each(h, h->hdr->root[TREE_SHARED], r->start, r->end, dl_visit_granted, s, 0);
+    if (rc == 0 && !reentrant && h->hdr->urgent != 0)
+        rc = tree_each(h, h->hdr->wait_root, r->start, r->end, dl_visit_urgent, s, 0);
+    return rc;
+}
+
+static int owner_pid_of(struct ss_handle *h, uint32_t i)
+{
+    return owner_pid(h, &h->entries[i]);
+}
+
+/* Fill tls_cycle from the search's path and write the SS_EDEADLK detail. */
+static int report_cycle(struct ss_handle *h, struct dl_search *s, const struct request *root)
+{
+    int path[SS_DEADLOCK_MAX_OWNERS], len = 0;
+    for (int k = s->closing_node; k >= 0 && len < SS_DEADLOCK_MAX_OWNERS; k = s->node[k].parent)
+        path[len++] = k;
+    /* path[len-1] is node 0; hop j: owner path[len-1-j] waits, held back by
+     * the next owner's entry (the last one by the requester's `closing`). */
+    tls_cycle_len = len;
+    for (int j = 0; j < len; j++) {
+        const struct dl_node *nd = &s->node[path[len - 1 - j]];
+        uint32_t held = j + 1 < len ? s->node[path[len - 2 - j]].via : s->closing;
+        ss_cycle_hop *hop = &tls_cycle[j];
+        memset(hop, 0, sizeof *hop);
+        if (j == 0) {
+            hop->start = root->start; hop->end = root->end; hop->kind = (uint32_t)root->kind;
+            hop->pid = (int32_t)getpid();
+        } else {
+            const struct ss_entry *we = &h->entries[nd->wait];
+            hop->start = we->start; hop->end = we->end; hop->kind = we->kind;
+            hop->pid = owner_pid(h, we);
+        }
+        hop->tid = nd->who.tid;
+        const struct ss_entry *he = &h->entries[held];
+        hop->held_start = he->start; hop->held_end = he->end;
+        hop->held_kind = he->kind;
+        hop->holder_pid = owner_pid_of(h, held);
+        hop->holder_tid = he->tid;
+    }
+    char msg[sizeof tls_detail];
+    int n = snprintf(msg, sizeof msg, "[%llu, %llu) %s: waiting would deadlock, a cycle of %d "
+                     "lock owner%s:", (unsigned long long)root->start,
+                     (unsigned long long)root->end, kind_name(root->kind), len,
+                     len == 1 ? "" : "s");
+    for (int j = 0; j < len && n > 0 && (size_t)n < sizeof msg; j++) {
+        const ss_cycle_hop *hop = &tls_cycle[j];
+        n += snprintf(msg + n, sizeof msg - (size_t)n, "%s pid %d %s %d wants [%llu, %llu) "
+                      "%s, %s by pid %d %s %d on [%llu, %llu)", j ? ";" : "", hop->pid,
+                      hop->tid < 0 ? "owner" : "thread", hop->tid,
+                      (unsigned long long)hop->start, (unsigned long long)hop->end,
+                      kind_name((int)hop->kind),
+                      hop->held_kind == SS_EXCLUSIVE ? "held exclusive" : "held shared",
+                      hop->holder_pid, hop->holder_tid < 0 ? "owner" : "thread",
+                      hop->holder_tid, (unsigned long long)hop->held_start,
+                      (unsigned long long)hop->held_end);
+    }
+    return fail(SS_EDEADLK, "%s", msg);
+}
+
+/* Breadth-first search of the wait-for graph from node 0 (already set) for
+ * an entry of s->target; s->closing says whether one was found.  Node 0's
+ * request is r, with reentrant as for deadlock_check. */
+static int dl_search_run(struct ss_handle *h, struct dl_search *s, struct request *r, int reentrant)
+{
+    s->n = 1;
+    s->nwaiters = 0;
+    s->collected = 0;
+    s->closing = SS_NIL;
+    int rc = dl_expand(h, s, 0, r, reentrant == 1);
+    for (int k = 1; rc == 0 && k < s->n; k++) {
+        struct ss_entry *we = &h->entries[s->node[k].wait];
+        struct request rk = {we->start, we->end, we->kind, s->node[k].wait, we->ticket, 0,
+                             we->tid, upgrade_source(h, s->node[k].wait)};
+        int re = !s->use_urgent || rk.also != SS_NIL ? 1
+                 : owner_overlaps(h, s->node[k].who, we->start, we->end, SS_NIL);
+        if (re < 0) return re;
+        rc = dl_expand(h, s, k, &rk, re);
+    }
+    return rc < 0 ? rc : SS_OK;
+}
+
+/* Under the mutex, for a request held back: would waiting close a cycle of
+ * granted conflicts (hold and wait)?  SS_EDEADLK (detail and ss_last_cycle
+ * set), SS_OK, or < 0.  Queueing behind urgent requests does not count here:
+ * it never closes a cycle (queue_waits_for_us below lets a request pass an
+ * urgent request that waits for it). */
+static int deadlock_check(struct ss_handle *h, struct request *r)
+{
+    /* A cycle needs another owner that waits. */
+    if (h->hdr->waiting <= (r->self != SS_NIL ? 1u : 0u)) return SS_OK;
+    struct dl_search *s = malloc(sizeof *s);
+    if (!s) return SS_OK;   /* no memory to look: wait as if there were no cycle */
+    s->target = (struct owner_id){my_token(), r->tid};
+    s->use_urgent = 0;
+    s->node[0] = (struct dl_node){s->target, r->self, SS_NIL, -1};
+    int rc = dl_search_run(h, s, r, 1);
+    if (rc < 0 || s->closing == SS_NIL) { free(s); return rc; }
+    /* Confirm: every other owner on the cycle is alive (a dead one's entries
+     * are reclaimed, not waited for). */
+    for (int k = s->closing_node; k > 0; k = s->node[k].parent) {
+        const struct ss_entry *v = &h->entries[s->node[k].via];
+        int alive = slot_alive(h, v->owner_slot, v->owner_gen);
+        if (alive <= 0) { free(s); return alive < 0 ? alive : SS_OK; }
+    }
+    rc = report_cycle(h, s, r);
+    free(s);
+    return rc;
+}
+
+/* Does waiting entry u (an urgent request ahead of r) wait, through granted
+ * conflicts and queueing, for r's owner?  Then r queueing behind u would
+ * close a cycle: r is not held back by u (see the fairness rule).  1, 0 or
+ * < 0.  Under the mutex. */
+static int queue_waits_for_us(struct ss_handle *h, const struct request *r, uint32_t u)
+{
+    struct ss_entry *ue = &h->entries[u];
+    struct owner_id uo;
+    if (!entry_owner(h, ue, &uo)) return 0;
+    struct owner_id me = {my_token(), r->tid};
+    if (owner_eq(uo, me)) return 1;   /* our own earlier request (a signal handler's) */
+    struct dl_search *s = malloc(sizeof *s);
+    if (!s) return 0;
+    s->target = me;
+    s->use_urgent = 1;
+    s->node[0] = (struct dl_node){uo, u, SS_NIL, -1};
+    struct request ru = {ue->start, ue->end, ue->kind, u, ue->ticket, 0, ue->tid,
+                         upgrade_source(h, u)};
+    int re = ru.also != SS_NIL ? 1 : owner_overlaps(h, uo, ue->start, ue->end, SS_NIL);
+    int rc = re < 0 ? re : dl_search_run(h, s, &ru, re);
+    int found = s->closing != SS_NIL;
+    free(s);
+    return rc < 0 ? rc : found;
+}
+
+/* Public: see shmslice.h. */
+int ss_last_cycle(ss_cycle_hop *out, uint32_t max)
+{
+    int n = tls_cycle_len;
+    if (out)
+        for (int k = 0; k < n && (uint32_t)k < max; k++) out[k] = tls_cycle[k];
+    return n;
+}
+
+
 /* One step of a blocking request; see ss_lock_wait in shmslice.h. */
+/* Under the mutex: turn our shared lock si into an exclusive one in place
+ * (its reference stays), then drop the upgrade request x (SS_NIL if none).
+ * Crash-safe at every step: an entry is indexed by its kind. */
+static int64_t finish_upgrade(struct ss_handle *h, uint32_t si, uint32_t x, int64_t ref)
+{
+    struct ss_entry *se = &h->entries[si];
+    if (se->kind == SS_SHARED) {
+        int rc = index_remove(h, si);
+        if (rc) return rc;
+        maybe_crash(20);
+        se->kind = SS_EXCLUSIVE;
+        rc = index_insert(h, si);
+        if (!rc && h->hdr->orphan_root != SS_NIL) rc = note_marks(h, si);
+        if (rc) return rc;
+    }
+    if (x != SS_NIL) {
+        maybe_crash(21);
+        int rc = entry_remove(h, x);
+        if (rc) return rc;
+    }
+    return ref;
+}
+
+/* One step of a blocking request; see ss_lock_wait in shmslice.h.  up_ref >= 0:
+ * the request converts that shared lock of ours on [start, end) (ss_upgrade_wait). */
 static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int kind,
-                              int64_t timeout_ns)
+                              int64_t timeout_ns, int64_t up_ref)
 {
     int rc = check_lock_args(h, start, end, kind);
     if (rc) return rc;
@@ -2872,7 +3411,13 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
     w->interrupted = 0;
     uint64_t slice_end = now + (uint64_t)SS_SLICE_NS;
     uint64_t mutex_by = w->deadline_ns ? min_u64(w->deadline_ns, slice_end) : slice_end;
-    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0};
+    if (w->poll) {                        /* a poller serves others too: never block long */
+        w->wake_word = NULL;
+        w->recall_ns = now + 1000000u;
+        mutex_by = min_u64(mutex_by, now + 1000000u);
+    }
+    struct request r = {(uint64_t)start, (uint64_t)end, kind, SS_NIL, UINT64_MAX, 0,
+                        w->owner ? w->owner : current_tid(), SS_NIL};
     int slept = 0;
     int64_t result;
     for (;;) {
@@ -2894,12 +3439,28 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
                           "[%llu, %llu)", (unsigned long long)start, (unsigned long long)end);
             break;
         }
+        uint32_t up = SS_NIL;            /* the shared lock an upgrade converts */
+        if (up_ref >= 0) {
+            int64_t si = own_entry(h, up_ref, 0);
+            if (si < 0) { result = si; break; }
+            up = (uint32_t)si;
+            if (h->entries[up].kind != SS_SHARED || h->entries[up].start != (uint64_t)start ||
+                h->entries[up].end != (uint64_t)end) {
+                result = fail(SS_EINVAL, "lock %lld is not a shared lock on [%lld, %lld)",
+                              (long long)up_ref, (long long)start, (long long)end);
+                break;
+            }
+            r.also = up;
+            r.tid = h->entries[up].tid;  /* the lock's owner, whichever thread upgrades it */
+            w->reentrant = 1;            /* waiters overlapping it wait for us */
+        }
         if (w->has_entry) {
             int state = own_wait_entry(h, w);
             if (state < 0) { w->has_entry = 0; result = state; break; }
             if (state == SS_GRANTED) {   /* a release handed it to us */
                 w->has_entry = 0;
-                result = make_ref(w->entry, w->serial);
+                result = up != SS_NIL ? finish_upgrade(h, up, w->entry, up_ref)
+                                      : make_ref(w->entry, w->serial);
                 break;
             }
             __atomic_fetch_and(&h->entries[w->entry].wflags, (uint8_t)~W_WOKEN, __ATOMIC_ACQ_REL);
@@ -2923,7 +3484,14 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
         if (w->has_entry && h->entries[w->entry].state == SS_GRANTED) {
             /* Reclaiming a dead holder above handed the region to us. */
             w->has_entry = 0;
-            result = make_ref(w->entry, w->serial);
+            result = up != SS_NIL ? finish_upgrade(h, up, w->entry, up_ref)
+                                  : make_ref(w->entry, w->serial);
+            break;
+        }
+        if (rc == 0 && up != SS_NIL) {
+            uint32_t x = w->has_entry ? w->entry : SS_NIL;
+            w->has_entry = 0;
+            result = finish_upgrade(h, up, x, up_ref);
             break;
         }
         if (rc == 0) {
@@ -2935,7 +3503,8 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
             }
             uint32_t i;
             rc = entry_alloc_sweeping(h, &i);
-            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_GRANTED, hd->next_ticket);
+            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_GRANTED, hd->next_ticket, r.tid);
+            if (!rc && hd->orphan_root != SS_NIL) rc = note_marks(h, i);
             result = rc ? rc : make_ref(i, h->entries[i].serial);
             break;
         }
@@ -2945,6 +3514,10 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
             rc = check_self_deadlock(h, &r);
             if (rc) { result = rc; break; }
         }
+        if (!try_only && !__atomic_load_n(&deadlock_detection_off, __ATOMIC_RELAXED)) {
+            rc = deadlock_check(h, &r);
+            if (rc) { result = rc; break; }
+        }
         if (try_only || (w->deadline_ns && now >= w->deadline_ns)) {
             result = blocked_status(h, &r, who);
             break;
@@ -2952,8 +3525,12 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
         if (!w->has_entry) {
             uint32_t i;
             rc = entry_alloc_sweeping(h, &i);
-            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_WAITING, hd->next_ticket++);
+            if (!rc) rc = entry_publish(h, i, r.start, r.end, kind, SS_WAITING, hd->next_ticket++, r.tid);
             if (rc) { result = rc; break; }
+            if (up != SS_NIL) {          /* others' wake-up passes and searches see the link */
+                h->entries[i].next_free = up;
+                __atomic_fetch_or(&h->entries[i].wflags, (uint8_t)W_UPGRADE, __ATOMIC_ACQ_REL);
+            }
             w->entry = i;
             w->serial = h->entries[i].serial;
             w->has_entry = 1;
@@ -2970,6 +3547,13 @@ static int64_t lock_wait_impl(ss_handle *h, ss_wait *w, int64_t start, int64_t e
         if (w->deadline_ns) until = min_u64(until, w->deadline_ns);
         int64_t nap = until > now ? (int64_t)(until - now) : 1000;
         uint32_t seen = __atomic_load_n(&e->wake, __ATOMIC_ACQUIRE);
+        if (w->poll) {                    /* the caller sleeps, on many requests at once */
+            w->wake_word = &e->wake;
+            w->wake_seen = seen;
+            w->recall_ns = now + (uint64_t)nap;
+            table_unlock(h);
+            return SS_EWAITING;
+        }
         table_unlock(h);
         int werr = futex_wait(&e->wake, seen, nap);
         if (werr == EINTR) {
@@ -3053,7 +3637,7 @@ static int64_t pin_impl(ss_handle *h, int64_t start_arg, int64_t end_arg)
         result = rc;
     } else {
         rc = entry_alloc_sweeping(h, &i);
-        if (!rc) rc = entry_publish(h, i, start, end, SS_PIN, SS_GRANTED, 0);
+        if (!rc) rc = entry_publish(h, i, start, end, SS_PIN, SS_GRANTED, 0, 0);
         result = rc ? rc : make_ref(i, h->entries[i].serial);
     }
     table_unlock(h);
@@ -3090,8 +3674,9 @@ static void fill_info(struct ss_handle *h, uint32_t i, ss_entry_info *out, int a
     out->ref = make_ref(i, e->serial);
     out->kind = e->kind;
     out->state = e->state;
-    out->count = e->count;
-    out->pid = slot_pid(h, e->owner_slot);
+    out->count = e->kind == SS_ORPHAN ? 1 : e->count;
+    out->pid = e->kind == SS_ORPHAN ? (int32_t)e->count   /* the pid that died */
+               : slot_pid(h, e->owner_slot);
     out->tid = e->tid;
     out->alive = alive;
 }
@@ -3102,6 +3687,7 @@ static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
     SS_ASSERT_MUTEX_HELD(h);
     scan_begin(h);
     for (int t = 0; t < TREE_COUNT; t++) {
+        if (t == TREE_ORPHAN) continue;   /* marks hold nothing back */
         for (;;) {
             uint32_t found;
             int rc = tree_find(h, *tree_root(h, t), offset, UINT64_MAX, ends_past, &offset,
@@ -3110,7 +3696,7 @@ static int find_beyond(struct ss_handle *h, uint64_t offset, ss_entry_info *who)
             int alive = scan_entry_alive(h, found);
             if (alive < 0) return alive;
             if (alive) { if (who) fill_info(h, found, who, 1); return 1; }
-            rc = entry_remove(h, found);
+            rc = reclaim_dead(h, found);
             if (rc) return rc;
         }
     }
@@ -3419,10 +4005,59 @@ int ss_clean_temp_files(const char *table_dir, uint32_t *removed)
 
 #define CLOSED_STATUS() fail(SS_ECLOSED, "the handle is closed")
 
+int64_t ss_lock_try_as(ss_handle *h, int64_t start, int64_t end, int kind, int32_t owner)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int64_t rc = lock_try_impl(h, start, end, kind, owner);
+    handle_leave(h);
+    return rc;
+}
+
+/* One kernel wait for ss_wait_many (its own layout: older headers lack it). */
+struct waitv_entry { uint64_t val; uint64_t uaddr; uint32_t flags; uint32_t reserved; };
+#define SS_WAITV_MAX 128
+#define SS_WAITV_SIZE_U32 0x02
+
+int ss_wait_many(uint32_t **words, const uint32_t *seen, uint32_t n, int64_t timeout_ns)
+{
+    if (!words || !seen || n == 0) return fail(SS_EINVAL, "ss_wait_many needs words");
+    static int no_waitv;   /* ENOSYS seen once: the kernel lacks futex_waitv */
+    struct timespec abs;
+    uint64_t until = timeout_ns < 0 ? 0 : now_ns(CLOCK_MONOTONIC) + (uint64_t)timeout_ns;
+    if (n <= SS_WAITV_MAX && !__atomic_load_n(&no_waitv, __ATOMIC_RELAXED)) {
+#ifdef SYS_futex_waitv
+        struct waitv_entry v[SS_WAITV_MAX];
+        for (uint32_t k = 0; k < n; k++)
+            v[k] = (struct waitv_entry){seen[k], (uint64_t)(uintptr_t)words[k],
+                                        SS_WAITV_SIZE_U32, 0};
+        abs.tv_sec = (time_t)(until / 1000000000u);
+        abs.tv_nsec = (long)(until % 1000000000u);
+        long rc = syscall(SYS_futex_waitv, v, n, 0, timeout_ns < 0 ? NULL : &abs,
+                          CLOCK_MONOTONIC);
+        if (rc >= 0 || errno == EAGAIN) return SS_OK;
+        if (errno == ETIMEDOUT) return SS_ETIMEDOUT;
+        if (errno == EINTR) return SS_EINTR;
+        if (errno != ENOSYS) return fail_sys("futex_waitv failed");
+#endif
+        __atomic_store_n(&no_waitv, 1, __ATOMIC_RELAXED);
+    }
+    /* Fallback: the first word (the caller's control word), 1 ms at most. */
+    int64_t nap = timeout_ns < 0 || timeout_ns > 1000000 ? 1000000 : timeout_ns;
+    int err = futex_wait(words[0], seen[0], nap);
+    return err == EINTR ? SS_EINTR : SS_OK;
+}
+
+void ss_wake_word(uint32_t *word)
+{
+    if (!word) return;
+    __atomic_add_fetch(word, 1, __ATOMIC_RELEASE);
+    futex_wake(word, INT_MAX);
+}
+
 int64_t ss_lock_try(ss_handle *h, int64_t start, int64_t end, int kind)
 {
     if (!h || !handle_enter(h)) return CLOSED_STATUS();
-    int64_t rc = lock_try_impl(h, start, end, kind);
+    int64_t rc = lock_try_impl(h, start, end, kind, 0);
     handle_leave(h);
     return rc;
 }
@@ -3432,7 +4067,7 @@ int64_t ss_lock_wait(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int k
 {
     if (!w) return fail(SS_EINVAL, "ss_lock_wait needs its ss_wait");
     if (!h || !handle_enter(h)) return CLOSED_STATUS();
-    int64_t rc = lock_wait_impl(h, w, start, end, kind, timeout_ns);
+    int64_t rc = lock_wait_impl(h, w, start, end, kind, timeout_ns, -1);
     handle_leave(h);
     return rc;
 }
@@ -3442,6 +4077,83 @@ int ss_lock_cancel(ss_handle *h, ss_wait *w)
     if (!w) return fail(SS_EINVAL, "ss_lock_cancel needs its ss_wait");
     if (!h || !handle_enter(h)) return SS_OK;   /* closed: ss_close removed the entry */
     int rc = lock_cancel_impl(h, w);
+    handle_leave(h);
+    return rc;
+}
+
+/* Exclusive -> shared in place, under the mutex; then wake the waiters the
+ * change lets in (readers: the region stays locked against writers). */
+static int downgrade_impl(ss_handle *h, int64_t ref)
+{
+    int rc = table_lock(h);
+    if (rc) return rc;
+    int64_t i = own_entry(h, ref, 0);
+    if (i < 0) { table_unlock(h); return (int)i; }
+    struct ss_entry *e = &h->entries[i];
+    if (e->kind != SS_EXCLUSIVE || e->state != SS_GRANTED) {
+        table_unlock(h);
+        return fail(SS_EINVAL, "lock %lld is not an exclusive lock", (long long)ref);
+    }
+    rc = index_remove(h, (uint32_t)i);
+    if (rc == SS_OK) {
+        maybe_crash(20);
+        e->kind = SS_SHARED;
+        rc = index_insert(h, (uint32_t)i);
+    }
+    if (rc == SS_OK && h->hdr->wait_root != SS_NIL) rc = wake_waiters(h, e->start, e->end);
+    table_unlock(h);
+    return rc;
+}
+
+static int owner_died_impl(ss_handle *h, int64_t ref)
+{
+    /* Our own granted entry: its flags change only under the mutex, by us
+     * (at grant), so an atomic read without the mutex is exact. */
+    uint32_t i = (uint32_t)(ref & 0xffffffff);
+    if (ref < 0 || i >= h->capacity || !h->has_slot)
+        return fail(SS_ENOTOWNER, "reference %lld is not a lock of this handle", (long long)ref);
+    const struct ss_entry *e = &h->entries[i];
+    if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != SS_GRANTED ||
+        e->serial != (uint32_t)(ref >> 32) || e->owner_slot != h->slot || e->owner_gen != h->gen ||
+        e->kind == SS_PIN)
+        return fail(SS_ENOTOWNER, "entry %u is not held by this handle", i);
+    return (wflags_of(e) & W_OWNER_DIED) != 0;
+}
+
+int ss_lock_owner_died(ss_handle *h, int64_t ref)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = owner_died_impl(h, ref);
+    handle_leave(h);
+    return rc;
+}
+
+int ss_downgrade(ss_handle *h, int64_t ref)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = downgrade_impl(h, ref);
+    handle_leave(h);
+    return rc;
+}
+
+int64_t ss_upgrade_wait(ss_handle *h, ss_wait *w, int64_t ref, int64_t timeout_ns)
+{
+    if (!w) return fail(SS_EINVAL, "ss_upgrade_wait needs its ss_wait");
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    /* Our own entry's region: only we change it, so it reads stable here;
+     * lock_wait_impl checks it again under the mutex. */
+    int64_t rc = ref < 0 ? fail(SS_EINVAL, "invalid reference %lld", (long long)ref) : SS_OK;
+    uint32_t i = (uint32_t)(ref & 0xffffffff);
+    if (rc == SS_OK && (i >= h->capacity || !h->hdr))
+        rc = fail(SS_ENOTOWNER, "reference %u is not in use", i);
+    if (rc == SS_OK) {
+        const struct ss_entry *e = &h->entries[i];
+        uint64_t start = e->start, end = e->end;
+        if (start >= end || end > (uint64_t)INT64_MAX)
+            rc = fail(SS_ENOTOWNER, "entry %u is not held by this handle", i);
+        else
+            rc = lock_wait_impl(h, w, (int64_t)start, (int64_t)end, SS_EXCLUSIVE, timeout_ns, ref);
+    }
     handle_leave(h);
     return rc;
 }
@@ -3646,6 +4358,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "hdr", struct ss_header, size_epoch);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, wait_root);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, urgent);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, orphan_root);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, state);
@@ -3677,6 +4390,8 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_CONST(&b, "tree_shared", TREE_SHARED);
     LAYOUT_CONST(&b, "tree_exclusive", TREE_EXCLUSIVE);
     LAYOUT_CONST(&b, "tree_pin", TREE_PIN);
+    LAYOUT_CONST(&b, "tree_orphan", TREE_ORPHAN);
+    LAYOUT_CONST(&b, "kind_orphan", SS_ORPHAN);
     LAYOUT_CONST(&b, "magic", SS_MAGIC);
     LAYOUT_CONST(&b, "format", ss_format_stamp());
     LAYOUT_CONST(&b, "default_capacity", SS_DEFAULT_CAPACITY);

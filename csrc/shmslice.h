@@ -30,6 +30,9 @@
 #define SS_SHARED 1
 #define SS_EXCLUSIVE 2
 #define SS_PIN 3
+/* An owner-died mark (ss_snapshot only): the region's exclusive holder died
+ * holding it; the next lock granted over it says so (ss_lock_owner_died). */
+#define SS_ORPHAN 4
 
 /* Entry states as reported by ss_snapshot. */
 #define SS_GRANTED 1
@@ -161,7 +164,15 @@ typedef struct ss_wait {
     int32_t checked;        /* the self-deadlock check was made */
     int32_t reentrant;      /* -1 unknown, 1: the caller holds an overlapping lock */
     int32_t interrupted;    /* the last call's sleep ended by a signal */
+    int32_t owner;          /* set by the caller before the first call: the lock's owner
+                             * for deadlock detection; 0 = the calling thread */
+    int32_t poll;           /* set by the caller: never sleep; on SS_EWAITING, wake_word
+                             * and wake_seen say what to sleep on (ss_wait_many) */
     int32_t pad;
+    uint32_t *wake_word;    /* poll: the request's futex word (NULL: no entry yet) */
+    uint64_t recall_ns;     /* poll: CLOCK_MONOTONIC time by which to call again */
+    uint32_t wake_seen;     /* poll: the word's value when the call returned */
+    uint32_t pad2;
 } ss_wait;
 
 /*
@@ -176,10 +187,69 @@ typedef struct ss_wait {
 int64_t ss_lock_wait(ss_handle *h, ss_wait *w, int64_t start, int64_t end, int kind,
                      int64_t timeout_ns);
 
+/* One hop of a deadlock cycle, as ss_last_cycle reports it: owner (pid,
+ * tid) waits for [start, end) and is held back by the entry [held_start,
+ * held_end) that owner (holder_pid, holder_tid) holds, the next hop's
+ * waiter; the last hop's holder is the first hop's owner.  tid is a thread
+ * id, or (negative) an owner id a caller named in ss_wait.owner. */
+typedef struct ss_cycle_hop {
+    uint64_t start;       /* the region this owner waits for */
+    uint64_t end;
+    uint64_t held_start;  /* the entry holding it back */
+    uint64_t held_end;
+    int32_t pid;          /* the waiting owner */
+    int32_t tid;
+    int32_t holder_pid;   /* the owner of that entry */
+    int32_t holder_tid;
+    uint32_t kind;        /* kind requested */
+    uint32_t held_kind;   /* kind of the (granted) entry holding it back */
+} ss_cycle_hop;
+
+/* The cycle of the calling thread's last SS_EDEADLK: copies up to max hops
+ * into out (may be NULL) and returns the number of hops (0 if that error
+ * was the caller's own conflicting lock, not a cycle of several owners). */
+int ss_last_cycle(ss_cycle_hop *out, uint32_t max);
+
 /* Withdraw a request ss_lock_wait left waiting; a lock it was handed
  * meanwhile is released.  Never blocks for long: if the table mutex is not
  * free soon, the entry is flagged abandoned and removed by the next holder. */
 int ss_lock_cancel(ss_handle *h, ss_wait *w);
+
+/*
+ * Convert shared lock ref (taken through this handle) into an exclusive one
+ * on the same region, in place: the reference stays.  Resumable like
+ * ss_lock_wait (zero w first; SS_EWAITING: call again, or ss_lock_cancel to
+ * give up); the lock stays shared while it waits and whenever this fails
+ * (SS_ETIMEDOUT, SS_EDEADLK: another holder of an overlapping shared lock is
+ * upgrading too, ...).  No other request is granted an exclusive lock over
+ * the region meanwhile: the shared lock keeps holding it.  Returns ref.
+ */
+int64_t ss_upgrade_wait(ss_handle *h, ss_wait *w, int64_t ref, int64_t timeout_ns);
+
+/* Convert exclusive lock ref into a shared one in place (the reference
+ * stays), in one step under the table mutex: waiting shared requests may
+ * enter, no exclusive one can come in between. */
+int ss_downgrade(ss_handle *h, int64_t ref);
+
+/* Was lock ref granted over a region whose previous exclusive holder died
+ * holding it (an owner-died mark, see shmslice.c)?  1, 0, or < 0. */
+int ss_lock_owner_died(ss_handle *h, int64_t ref);
+
+/* ss_lock_try for a caller-named owner (as ss_wait.owner; 0 = this thread). */
+int64_t ss_lock_try_as(ss_handle *h, int64_t start, int64_t end, int kind, int32_t owner);
+
+/*
+ * Sleep until one of the n futex words changes from its value in seen[k]
+ * (a release woke a polling request, or the caller's own control word was
+ * bumped with ss_wake_word), a signal, or timeout_ns (< 0: no limit).  With
+ * futex_waitv (Linux 5.16+) one system call waits on up to 128 words; beyond
+ * that, or on an older kernel, it waits on words[0] only and at most 1 ms.
+ * Returns 0 (woken, or a word had changed already), SS_ETIMEDOUT, SS_EINTR.
+ */
+int ss_wait_many(uint32_t **words, const uint32_t *seen, uint32_t n, int64_t timeout_ns);
+
+/* Bump *word and wake its sleepers (the control word of ss_wait_many). */
+void ss_wake_word(uint32_t *word);
 
 /* A try-lock that never sleeps, not even for the table mutex: a reference,
  * SS_ETIMEDOUT (held back), SS_EAGAIN (the mutex is busy) or an error. */
@@ -306,6 +376,10 @@ int ss_table_name_parse(const char *name, uint64_t *dev, uint64_t *ino, uint64_t
  * the guard (see shmslice.c), as code without it would: only for tests that
  * show the race the guard prevents. */
 void ss_debug_set_unguarded(int on);
+
+/* Benchmark hook: on == 0 turns off the cycle search of this process's
+ * waiting requests (to measure what it costs); on by default. */
+void ss_debug_set_deadlock_detection(int on);
 
 /* Test hook: like ss_debug_set_crash_point, but the process stops itself
  * with SIGSTOP there (once), keeping the table mutex until SIGCONT. */

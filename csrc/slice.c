@@ -63,7 +63,7 @@ static PyObject *array_helper;     /* shmslice.arrays.asarray, set by bind_slice
 static PyObject *rebuild_helper;   /* shmslice.slices._rebuild */
 
 static PyObject *str_slice_slow, *str_byte_at, *str_refresh, *str_finish_close,
-    *str_raise_status, *str_lock, *str_hex;
+    *str_raise_status, *str_lock, *str_hex, *str_lock_async;
 
 /* Bumped in every forked child: a slice whose generation differs was
  * inherited and its pin is the parent's. */
@@ -725,8 +725,9 @@ static PyObject *slice_flush(SliceObject *s, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *slice_lock(SliceObject *s, PyObject *const *args, Py_ssize_t nargs,
-                            PyObject *kwnames)
+/* lock() and lock_async(): the manager's method `method` on exactly [start, end). */
+static PyObject *slice_lock_via(SliceObject *s, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames, PyObject *method)
 {
     static const char *const names[] = {"mode", "timeout"};
     PyObject *given[2] = {NULL, NULL};
@@ -762,15 +763,28 @@ static PyObject *slice_lock(SliceObject *s, PyObject *const *args, Py_ssize_t na
         if (!mode) {
             mode = PyUnicode_FromString("exclusive");
             call[3] = mode;
-            if (mode) res = PyObject_VectorcallMethod(str_lock, call, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (mode) res = PyObject_VectorcallMethod(method, call, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             Py_XDECREF(mode);
         } else {
-            res = PyObject_VectorcallMethod(str_lock, call, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            res = PyObject_VectorcallMethod(method, call, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         }
     }
     Py_XDECREF(a);
     Py_XDECREF(b);
     return res;
+}
+
+static PyObject *slice_lock(SliceObject *s, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    return slice_lock_via(s, args, nargs, kwnames, str_lock);
+}
+
+/* lock_async(mode, timeout): the manager's coroutine, to be awaited. */
+static PyObject *slice_lock_async(SliceObject *s, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    return slice_lock_via(s, args, nargs, kwnames, str_lock_async);
 }
 
 /* hex(sep, bytes_per_sep): memoryview.hex over an export, no copy. */
@@ -1272,6 +1286,9 @@ static PyMethodDef slice_methods[] = {
     {"lock", (PyCFunction)(void (*)(void))slice_lock, METH_FASTCALL | METH_KEYWORDS,
      "lock(mode='exclusive', timeout=None)\n--\n\n"
      "Lock exactly [start, end) of the file; see LockManager.lock."},
+    {"lock_async", (PyCFunction)(void (*)(void))slice_lock_async, METH_FASTCALL | METH_KEYWORDS,
+     "lock_async(mode='exclusive', timeout=None)\n--\n\n"
+     "Coroutine: lock exactly [start, end) of the file; see LockManager.lock_async."},
     {"asarray", (PyCFunction)(void (*)(void))slice_asarray, METH_VARARGS | METH_KEYWORDS,
      "asarray(dtype='u1', shape=None, order='C')\n--\n\n"
      "A numpy array over the region's bytes, reinterpreted as dtype (no copy).\n\n"
@@ -1883,7 +1900,7 @@ static PyObject *manager_locks(PyObject *mgr, PyObject *const *args, Py_ssize_t 
     qsort(buf, count, sizeof *buf, entry_order);
     PyObject *out = PyList_New(0);
     for (uint32_t i = 0; out && i < count; i++) {
-        if (buf[i].state == SS_WAITING && !waiting) continue;
+        if ((buf[i].state == SS_WAITING && !waiting) || buf[i].kind == SS_ORPHAN) continue;
         PyObject *info = lock_info_new(&buf[i]);
         if (!info || PyList_Append(out, info) < 0) Py_CLEAR(out);
         Py_XDECREF(info);
@@ -1979,6 +1996,7 @@ int ss_fp_slice_init(PyObject *module)
     INTERN(str_finish_close, "_finish_close");
     INTERN(str_raise_status, "_raise_status");
     INTERN(str_lock, "lock");
+    INTERN(str_lock_async, "lock_async");
     INTERN(str_hex, "hex");
 #undef INTERN
     if (PyType_Ready(&MapHoldType) < 0 || PyType_Ready(&SliceType) < 0 ||

@@ -6,6 +6,7 @@ the same file; see :class:`LockManager`.
 
 from shmslice.errors import (
     CorruptLockTable,
+    CycleHop,
     DeadlockError,
     LockTableFull,
     LockTimeout,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ByteBufferSlice",
     "CorruptLockTable",
+    "CycleHop",
     "DeadlockError",
     "LockInfo",
     "LockManager",

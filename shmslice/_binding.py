@@ -50,6 +50,7 @@ from shmslice import _fastpath
 from shmslice._core import ffi, lib
 from shmslice.errors import (
     CorruptLockTable,
+    CycleHop,
     DeadlockError,
     LockTableFull,
     LockTimeout,
@@ -59,7 +60,7 @@ from shmslice.errors import (
 from shmslice.records import FileIdentity, LockInfo, TableStat
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shmslice._core import _CEntryInfo, _CEntryInfoArray, _CHandle
+    from shmslice._core import _CEntryInfo, _CEntryInfoArray, _CHandle, _CUInt32Ptr, _CWait
 
 __all__ = [
     "ECLOSED",
@@ -104,7 +105,7 @@ def _address(name: str) -> int:
 
 _fastpath.bind(*(_address(name) for name in (
     "ss_lock_try", "ss_lock_wait", "ss_lock_cancel", "ss_release_try", "ss_release",
-    "ss_pin", "ss_unpin")))
+    "ss_pin", "ss_unpin", "ss_upgrade_wait", "ss_downgrade", "ss_lock_owner_died")))
 check_manager_class = _fastpath.check_manager_class
 ManagerBase = _fastpath.ManagerBase
 RegionLock = _fastpath.RegionLock
@@ -135,7 +136,7 @@ EXCLUSIVE: Final[int] = lib.SS_EXCLUSIVE
 ECLOSED: Final[int] = lib.SS_ECLOSED    # what a closed handle answers to every call
 
 _KIND_NAMES: Final[dict[int, str]] = {lib.SS_SHARED: "shared", lib.SS_EXCLUSIVE: "exclusive",
-                                      lib.SS_PIN: "pin"}
+                                      lib.SS_PIN: "pin", lib.SS_ORPHAN: "orphaned"}
 
 
 # -- statuses to exceptions -------------------------------------------------------------
@@ -165,8 +166,24 @@ def raise_status(status: int, path: str | None = None) -> NoReturn:
         raise ValueError(message)
     if status == lib.SS_ECLOSED:
         raise ValueError("the lock manager is closed")
+    if status == lib.SS_EDEADLK:
+        raise DeadlockError(message, path, last_cycle())
     exc_type = _STATUS_EXCEPTIONS.get(status, ShmSliceError)
     raise exc_type(message, path)
+
+
+def last_cycle() -> tuple[CycleHop, ...]:
+    """The cycle of the calling thread's last deadlock failure (empty if it was
+    the caller's own conflicting lock)."""
+    n = lib.ss_last_cycle(ffi.NULL, 0)   # type: ignore[arg-type]
+    if n <= 0:
+        return ()
+    hops = ffi.new("ss_cycle_hop[]", n)
+    n = min(n, lib.ss_last_cycle(hops, n))
+    return tuple(CycleHop(h.pid, h.tid, h.start, h.end, _KIND_NAMES.get(h.kind, "?"),
+                          h.holder_pid, h.holder_tid, h.held_start, h.held_end,
+                          _KIND_NAMES.get(h.held_kind, "?"))
+                 for h in (hops[i] for i in range(n)))
 
 
 def check(status: int, path: str | None = None) -> int:
@@ -396,6 +413,59 @@ class FileTableHandle(TableHandle):
             raise
         return check(ref, self.path)
 
+    def upgrade(self, ref: int, timeout_ns: int) -> None:
+        """Turn shared lock ``ref`` into an exclusive one in place (its reference stays).
+
+        Waits in resumable steps as :meth:`lock` does; on any failure (an
+        interrupt included) the lock stays shared.
+        """
+        wait = ffi.new("ss_wait *")
+        try:
+            rc = lib.ss_upgrade_wait(self._cdata, wait, ref, timeout_ns)
+            while rc == lib.SS_EWAITING:
+                rc = lib.ss_upgrade_wait(self._cdata, wait, ref, timeout_ns)
+        except BaseException:
+            lib.ss_lock_cancel(self._cdata, wait)
+            raise
+        check(rc, self.path)
+
+    def downgrade(self, ref: int) -> None:
+        """Turn exclusive lock ``ref`` into a shared one in place."""
+        check(lib.ss_downgrade(self._cdata, ref), self.path)
+
+    # -- the asyncio layer's calls (shmslice/aio.py) -----------------------------
+    def try_lock_as(self, start: int, end: int, kind: int, owner: int) -> int | None:
+        """Lock at once for ``owner`` (an owner id): the reference, or None if
+        the region is held (or the table mutex busy); raises for errors."""
+        ref = lib.ss_lock_try_as(self._cdata, start, end, kind, owner)
+        if ref in (lib.SS_ETIMEDOUT, lib.SS_EAGAIN):
+            return None
+        return check(ref, self.path)
+
+    @staticmethod
+    def new_wait(owner: int, *, poll: bool = True) -> _CWait:
+        """The state of one request of ``owner`` that a poller advances (:meth:`lock_step`)."""
+        wait = ffi.new("ss_wait *")
+        wait.owner = owner
+        wait.poll = 1 if poll else 0
+        return wait
+
+    def lock_step(self, wait: _CWait, start: int, end: int, kind: int, timeout_ns: int) -> int | None:
+        """One step of ``wait`` (never sleeps if it polls): the reference once
+        granted, None while it waits; raises for every other end."""
+        ref = lib.ss_lock_wait(self._cdata, wait, start, end, kind, timeout_ns)
+        if ref == lib.SS_EWAITING:
+            return None
+        return check(ref, self.path)
+
+    def release_ref(self, ref: int) -> None:
+        """Release lock ``ref`` (one the caller owns no RegionLock for)."""
+        lib.ss_release(self._cdata, ref)
+
+    def cancel_wait(self, wait: _CWait) -> None:
+        """Withdraw the request of ``wait`` (a lock granted meanwhile is released)."""
+        lib.ss_lock_cancel(self._cdata, wait)
+
     def pin(self, start: int, end: int) -> int:
         """Add one pin on [start, end); returns its reference."""
         return check(lib.ss_pin(self._cdata, start, end), self.path)
@@ -450,6 +520,45 @@ class FileTableHandle(TableHandle):
         if not self.closed:
             self.closed = True
             os.close(self.data_fd)
+
+
+# -- futex words for the asyncio waiter thread ---------------------------------------
+def new_control_word() -> _CUInt32Ptr:
+    """A futex word in this process's memory, for :func:`wake_word` and :func:`wait_many`."""
+    return ffi.new("uint32_t *", 0)
+
+
+def wake_word(word: _CUInt32Ptr) -> None:
+    """Bump ``word`` and wake whoever sleeps on it."""
+    lib.ss_wake_word(word)
+
+
+def word_value(word: _CUInt32Ptr) -> int:
+    return int(word[0])
+
+
+def wait_word(wait: _CWait) -> tuple[_CUInt32Ptr | None, int, int]:
+    """What a polling request said to sleep on: (futex word or None, its value,
+    CLOCK_MONOTONIC ns by which to step it again)."""
+    word = wait.wake_word
+    missing = word == ffi.NULL   # type: ignore[comparison-overlap]
+    return (None if missing else word), int(wait.wake_seen), int(wait.recall_ns)
+
+
+def wait_many(words: list[_CUInt32Ptr], seen: list[int], timeout_ns: int) -> None:
+    """Sleep until one of ``words`` differs from ``seen`` (or the timeout; see ss_wait_many)."""
+    n = min(len(words), _WAITV_MAX)
+    if len(words) > _WAITV_MAX:   # the rest are not watched: look at them again soon
+        timeout_ns = min(timeout_ns, 1_000_000) if timeout_ns >= 0 else 1_000_000
+    array = ffi.new("uint32_t *[]", n)
+    values = ffi.new("uint32_t[]", n)
+    for k in range(n):
+        array[k] = words[k]
+        values[k] = seen[k]
+    lib.ss_wait_many(array, values, n, timeout_ns)
+
+
+_WAITV_MAX: Final[int] = 128   # futex_waitv's limit (ss_wait_many)
 
 
 def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,

@@ -9,8 +9,11 @@ catch either.  All of them pickle, so they cross process boundaries intact
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 __all__ = [
     "CorruptLockTable",
+    "CycleHop",
     "DeadlockError",
     "LockTableFull",
     "LockTimeout",
@@ -58,8 +61,42 @@ class CorruptLockTable(ShmSliceError):
     """
 
 
+class CycleHop(NamedTuple):
+    """One hop of a deadlock cycle: owner ``(pid, tid)`` wants ``[start, end)``
+    in ``mode`` and is held back by the lock on ``[held_start, held_end)``
+    that owner ``(holder_pid, holder_tid)`` holds in ``held_mode``.  The
+    holder is the next hop's owner; the last hop's holder is the first hop's
+    owner.  ``tid`` is a thread id, or a negative owner id of a
+    ``lock_async`` task."""
+
+    pid: int
+    tid: int
+    start: int
+    end: int
+    mode: str
+    holder_pid: int
+    holder_tid: int
+    held_start: int
+    held_end: int
+    held_mode: str
+
+
 class DeadlockError(ShmSliceError, RuntimeError):
-    """The request can never be granted: the calling thread holds a conflicting lock."""
+    """Waiting could never end, so the request fails at once instead.
+
+    Either the caller (the thread, or the ``lock_async`` task) already holds a
+    conflicting lock itself (``cycle`` is empty), or waiting would close a
+    cycle of the wait-for graph across threads and processes: ``cycle`` lists
+    its hops (:class:`CycleHop`), starting with this request.
+    """
+
+    def __init__(self, message: str, path: str | None = None,
+                 cycle: tuple[CycleHop, ...] = ()) -> None:
+        super().__init__(message, path)
+        self.cycle = tuple(cycle)
+
+    def __reduce__(self) -> tuple[type[DeadlockError], tuple[str, str | None, tuple[CycleHop, ...]]]:  # type: ignore[override]
+        return (type(self), (self.message, self.path, self.cycle))
 
 
 class UnsafeLockTable(ShmSliceError, PermissionError):

@@ -16,7 +16,7 @@ import os
 import weakref
 from typing import TYPE_CHECKING, NoReturn, SupportsIndex
 
-from shmslice import _binding
+from shmslice import _binding, aio
 from shmslice._binding import (
     EXCLUSIVE,
     SHARED,
@@ -81,10 +81,11 @@ def timeout_to_ns(timeout: object) -> int:
     return int(timeout * 1e9)
 
 
-def _listing(entries: list[LockInfo], waiting: bool) -> list[LockInfo]:
-    """``entries`` sorted by region, without waiting requests unless ``waiting``."""
-    if not waiting:
-        entries = [e for e in entries if not e.waiting]
+def _listing(entries: list[LockInfo], waiting: bool, orphaned: bool = False) -> list[LockInfo]:
+    """``entries`` sorted by region, without waiting requests unless ``waiting``
+    and without owner-died marks (kind ``"orphaned"``) unless ``orphaned``."""
+    entries = [e for e in entries
+               if (waiting or not e.waiting) and (orphaned or e.kind != "orphaned")]
     return sorted(entries, key=lambda info: (info.start, info.end, info.kind, info.pid))
 
 
@@ -124,12 +125,14 @@ class TableView:
         """True once :meth:`close` ran."""
         return self._handle is None or self._handle.closed
 
-    def locks(self, *, waiting: bool = False) -> list[LockInfo]:
+    def locks(self, *, waiting: bool = False, orphaned: bool = False) -> list[LockInfo]:
         """Every pin and lock in the table, sorted by region (as :meth:`LockManager.locks`).
 
-        Requests still waiting are included only with ``waiting=True``.
+        Requests still waiting are included only with ``waiting=True``; the
+        owner-died marks of regions whose exclusive holder died holding them
+        (kind ``"orphaned"``, ``pid`` the dead process) only with ``orphaned=True``.
         """
-        return _listing(self._open_handle().snapshot(), waiting)
+        return _listing(self._open_handle().snapshot(), waiting, orphaned)
 
     def packed_entries(self) -> _binding.PackedEntries:
         """Every entry (waiting requests included), in table order, without an object per entry.
@@ -263,6 +266,32 @@ class LockManager(ManagerBase):
         timeout_ns = timeout_to_ns(timeout)
         ref = self._open_handle().lock(start_i, end_i, kind, timeout_ns)
         return self._make_lock(ref, start_i, end_i, "exclusive" if kind == EXCLUSIVE else "shared")
+
+    async def lock_async(self, start: int, end: int, mode: Mode = "exclusive",
+                         timeout: float | None = None) -> RegionLock:
+        """Lock bytes [start, end) from asyncio code, without blocking the event loop.
+
+        As :meth:`lock` (``timeout``, ``LockTimeout``, ``DeadlockError``), but the
+        owner is the running *task*: two tasks of one loop conflict like two
+        threads, and a task that asks again for a region it holds gets
+        ``DeadlockError``.  A free lock is taken at once; a request that must
+        wait is served by one waiter thread per process (no thread per
+        waiter).  Cancelling the task withdraws the request and leaves nothing
+        in the table.  The result works with ``async with`` as well as
+        ``with``; releasing is synchronous and may happen on any thread.
+        """
+        if type(start) is int and type(end) is int and 0 <= start < end <= _MAX_OFFSET:
+            start_i, end_i = start, end        # the common case, without the protocol checks
+        else:
+            start_i, end_i = check_region(start, end)
+        if mode == "exclusive" and self._handle.writable:
+            kind = EXCLUSIVE
+        elif mode == "shared":
+            kind = SHARED
+        else:
+            self._mode_error(mode)
+        timeout_ns = -1 if timeout is None else timeout_to_ns(timeout)
+        return await aio.lock_async(self, self._open_handle(), start_i, end_i, kind, timeout_ns)
 
     def _raise_status(self, status: int) -> NoReturn:
         _binding.raise_status(status, self.path)

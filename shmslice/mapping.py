@@ -406,6 +406,13 @@ class MappedFile(FileBase):
         self._check_open()
         return self._mgr.lock(start, end, mode, timeout)  # type: ignore[no-any-return]
 
+    async def lock_async(self, start: int, end: int,
+                         mode: Literal["shared", "exclusive"] = "exclusive",
+                         timeout: float | None = None) -> RegionLock:
+        """Lock bytes [start, end) from asyncio code; see :meth:`LockManager.lock_async`."""
+        self._check_open()
+        return await self._mgr.lock_async(start, end, mode, timeout)  # type: ignore[no-any-return]
+
     def locks(self) -> list[LockInfo]:
         """Every pin and lock on this file, from all processes (see :meth:`LockManager.locks`)."""
         self._check_open()

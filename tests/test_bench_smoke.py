@@ -67,3 +67,11 @@ def test_locks_handoff_quick_verifies_alternation() -> None:
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout[-4000:]}\nstderr:\n{r.stderr[-4000:]}"
     assert "alternation verified in every run used" in r.stdout
     assert "ratio shmslice / Semaphore" in r.stdout or "COULD NOT MEASURE A VALID HANDOFF" in r.stdout
+
+
+def test_semantics_quick_reports_its_three_figures() -> None:
+    r = _run(str(ROOT / "bench" / "bench_semantics.py"), "--quick", timeout=120)
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout[-4000:]}\nstderr:\n{r.stderr[-4000:]}"
+    for figure in ("uncontended on/off:", "detection adds to a request that waits",
+                   "lock_async free + release:"):
+        assert figure in r.stdout, r.stdout[-3000:]

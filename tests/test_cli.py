@@ -345,12 +345,14 @@ def test_sigkilled_owner_shows_dead_then_reap_removes_it(data: Path, locks: Path
 
         r = shmslice("reap", data, "--lock-dir", locks)
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == f"{data}: removed 2 dead entries, 1 remaining"
+        # the dead exclusive lock leaves its region's owner-died mark, which stays
+        assert r.stdout.strip() == f"{data}: removed 2 dead entries, 2 remaining"
         doc = ok_json("locks", data, "--lock-dir", locks)
-        assert [(e["start"], e["pid"], e["alive"]) for e in doc["entries"]] == \
-            [(0, live.pid, True)]
+        assert [(e["start"], e["pid"], e["alive"], e["kind"]) for e in doc["entries"]] == \
+            [(0, live.pid, True, "shared"), (1000, victim.pid, False, "orphaned")]
+        assert doc["summary"]["dead_entries"] == 0
         again = ok_json("reap", data, "--lock-dir", locks)
-        assert again["removed"] == 0 and again["tables"][0]["remaining"] == 1
+        assert again["removed"] == 0 and again["tables"][0]["remaining"] == 2
 
 
 def test_watch_redraws_until_interrupted(data: Path, locks: Path) -> None:
@@ -428,7 +430,7 @@ def test_reap_all(tmp_path: Path, data: Path, locks: Path) -> None:
         doc = ok_json("reap", "--all", "--lock-dir", locks)
         assert doc["removed"] == 4 and doc["errors"] == []
         assert sorted((t["data_path"], t["removed"], t["remaining"]) for t in doc["tables"]) == \
-            sorted([(str(data), 2, 1), (str(other), 2, 0)])
+            sorted([(str(data), 2, 2), (str(other), 2, 1)])   # + each owner-died mark
         r = shmslice("reap", "--all", "--lock-dir", locks)
         assert r.returncode == 0
         assert r.stdout.splitlines()[-1] == "removed 0 dead entries from 2 lock tables"

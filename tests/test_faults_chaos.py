@@ -38,6 +38,7 @@ def _check(summary: dict[str, Any], stderr: str, deaths: int) -> None:
     assert summary["crash_point_deaths"] > 0, "no worker died inside the C core"
     assert summary["lock_ops_checked"] > 10 * summary["workers"]
     assert summary["count_checks"] > 0
+    assert summary["conversions"] > 0, "no lock was upgraded or downgraded"
 
 
 def test_chaos_kills_keep_exclusion_progress_and_an_exact_table(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def take_snapshot(target: Target) -> Snapshot:
             raise CommandError(f"{target.table_path}: the lock table no longer exists") from None
         return Snapshot(target, None, [], time.time())
     try:
-        entries = view.locks(waiting=True)
+        entries = view.locks(waiting=True, orphaned=True)
         st = view.stat()
     finally:
         view.close()
@@ -78,7 +78,7 @@ def summarize(snap: Snapshot) -> Summary:
     """
     entries = snap.entries
     waiting = sum(1 for e in entries if e.waiting)
-    dead = [e for e in entries if not e.alive]
+    dead = [e for e in entries if not e.alive and e.kind != "orphaned"]   # marks stay: news, not entries to reap
     return Summary(
         entries=len(entries), held=len(entries) - waiting, waiting=waiting,
         capacity=snap.stat.capacity if snap.stat else 0,
