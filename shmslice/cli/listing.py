@@ -33,10 +33,11 @@ __all__ = ["GROUPINGS", "KINDS", "LOCK_HEADERS", "SORT_KEYS", "Census", "Filters
            "PackedSnapshot", "census", "group_table", "render_groups", "take_packed_snapshot",
            "write_entries_json", "write_entry_table", "write_groups_json"]
 
-KINDS = ("shared", "exclusive", "pin")
+KINDS = ("shared", "exclusive", "pin", "orphaned")
 _KIND_CODE = {name: code for code, name in _binding.KIND_NAMES.items()}
 _KIND_NAME = _binding.KIND_NAMES
 _WAITING = _binding.STATE_WAITING
+_ORPHAN = _KIND_CODE["orphaned"]
 
 #: ``--group-by`` choices.
 GROUPINGS = ("pid", "kind", "region")
@@ -82,13 +83,13 @@ class Census:
         entries = waiting = dead = 0
         dead_pids: set[int] = set()
         live_pids: set[int] = set()
-        for (pid, alive, _kind, state), g in self.groups.items():
+        for (pid, alive, kind, state), g in self.groups.items():
             entries += g[0]
             if state == _WAITING:
                 waiting += g[0]
             if alive:
                 live_pids.add(pid)
-            else:
+            elif kind != _ORPHAN:   # a mark is news to keep, not an entry to reap
                 dead += g[0]
                 dead_pids.add(pid)
         return Summary(entries=entries, held=entries - waiting, waiting=waiting, capacity=capacity,

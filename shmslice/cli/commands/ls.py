@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             "data_status": data_file_status(table, st.data_path),
             "file_size": st.file_size, "entries": len(entries),
             "waiting": sum(1 for e in entries if e.waiting),
-            "dead_entries": sum(1 for e in entries if not e.alive),
+            "dead_entries": sum(1 for e in entries if not e.alive and e.kind != "orphaned"),
             "live_processes": len(live), "live_pids": live,
             "attached_processes": st.procs, "capacity": st.capacity,
             "table_bytes": footprint[0], "allocated_bytes": footprint[1],
