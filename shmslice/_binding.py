@@ -571,7 +571,6 @@ def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,
     table (0: the default).
     """
     try:
-        table_path = os.path.join(table_dir, table_name(*file_identity(data_fd)))
         out = ffi.new("ss_handle **")
         # (os.fsencode: file names need not be UTF-8; undecodable bytes arrive
         # as surrogate escapes and go back as the same bytes.)
@@ -579,8 +578,11 @@ def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,
                            capacity, 0, out)
         if rc == lib.SS_EINVAL:
             raise ValueError(f"{path}: {detail()}")
-        check(rc, table_path)
+        if rc < 0:
+            # (A successful core call leaves the failure's detail and errno as they are.)
+            raise_status(rc, os.path.join(table_dir, table_name(*file_identity(data_fd))))
         cdata = ffi.gc(out[0], lib.ss_free)   # owned at once: an interrupt cannot leak it
+        table_path = os.fsdecode(ffi.string(lib.ss_table_path(cdata)))
     except BaseException:
         os.close(data_fd)
         raise

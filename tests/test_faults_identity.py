@@ -234,5 +234,6 @@ def test_other_errors_serving_a_descriptor_are_deferred_too(path: Path, lock_dir
         bytes(s)
     with pytest.raises(shmslice.CorruptLockTable, match="bad magic"):
         s.view()
-    with multiprocessing.get_context("spawn").Pool(1) as pool, pytest.raises(shmslice.CorruptLockTable):
+    with multiprocessing.get_context("spawn").Pool(1) as pool, \
+            pytest.raises(shmslice.CorruptLockTable):
         pool.apply_async(_stale_task, (s,)).get(timeout=60)
