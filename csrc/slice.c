@@ -59,6 +59,8 @@ typedef int64_t (*epoch_fn)(ss_handle *);
 static pin_fn core_pin;        /* set once by bind_slices() */
 static unpin_fn core_unpin;
 static epoch_fn core_size_epoch;
+static epoch_fn core_note_write;   /* set by bind_write_gen(); NULL: writes are not counted */
+static PyObject *tokenize_helper;  /* shmslice.slices._tokenize, set by bind_write_gen() */
 static PyObject *array_helper;     /* shmslice.arrays.asarray, set by bind_slices() */
 static PyObject *rebuild_helper;   /* shmslice.slices._rebuild */
 
@@ -117,6 +119,10 @@ typedef struct {
     Py_ssize_t exports[EXPORT_KINDS];   /* live buffer exports, by kind */
     SliceObject *live;      /* live pinned slices (doubly linked, borrowed) */
     Py_ssize_t nlive;
+    char trim;              /* drop released pages from this process (see "Trimming") */
+    long long trim_lo, trim_hi;   /* pending small released ranges: their hull in `map` */
+    long long trim_pending;       /* bytes released into [trim_lo, trim_hi) since the last drop */
+    long long trim_calls, trim_bytes, trim_failures;   /* madvise calls, bytes, failures */
     PyObject *weakrefs;
 } FileBase;
 
@@ -181,6 +187,92 @@ static void live_unlink(FileBase *f, SliceObject *s)
     assert(f->nlive >= 0);
 }
 
+/* --- Trimming -------------------------------------------------------------
+ *
+ * Every page of a MAP_SHARED file mapping that this process touched counts
+ * in its RSS for as long as it stays mapped, and memory guards (dask's
+ * nanny, loky's leak check) read RSS.  So when the last user of a region in
+ * this process goes -- a slice released with no export alive, or the last
+ * export of a released slice -- its pages are dropped from this process's
+ * page tables with madvise(MADV_DONTNEED).  For a shared file mapping that
+ * loses nothing: the data stays in the page cache, dirty pages stay dirty
+ * and are written back (msync/flush work as before), and the next touch
+ * maps the page again (a minor fault).  A page shared with a slice that is
+ * still alive is dropped too (its range is widened to whole pages); that
+ * costs that slice one refault, never data.
+ *
+ * A madvise call costs more than a slice, so ranges of at least TRIM_AT_ONCE
+ * bytes are dropped at once, and smaller ones are gathered into one hull (no
+ * wider than TRIM_HULL_MAX) and dropped together once TRIM_BATCH bytes were
+ * released into it: at most that much released memory stays counted.  The
+ * hull is kept in offsets of the current mapping; it is dropped before that
+ * mapping is replaced.  Every mapping here is MAP_SHARED (MappedFile._remap):
+ * on a private mapping MADV_DONTNEED would discard the process's copies. */
+
+#define TRIM_AT_ONCE (256LL * 1024)
+#define TRIM_BATCH (4LL * 1024 * 1024)
+#define TRIM_HULL_MAX (64LL * 1024 * 1024)
+
+static long page_size;   /* set by ss_fp_slice_init */
+
+/* Drop [a, b) of hold's mapping, widened to whole pages, from this process. */
+static void trim_range(FileBase *f, MapHold *hold, long long a, long long b)
+{
+    if (b > (long long)hold->view.len) b = hold->view.len;
+    long long first = a - a % page_size;
+    if (first >= b) return;
+    assert((uintptr_t)hold->view.buf % (uintptr_t)page_size == 0);
+    /* Advice only: on failure the pages stay counted, nothing else changes. */
+    if (madvise((char *)hold->view.buf + first, (size_t)(b - first), MADV_DONTNEED) == 0) {
+        f->trim_calls++;
+        f->trim_bytes += b - first;
+    } else {
+        f->trim_failures++;
+    }
+}
+
+/* Drop the gathered hull now (if any). */
+static void trim_flush(FileBase *f)
+{
+    if (f->trim_hi > f->trim_lo && f->map) trim_range(f, f->map, f->trim_lo, f->trim_hi);
+    f->trim_lo = f->trim_hi = f->trim_pending = 0;
+}
+
+/* Nothing in this process uses [a, b) of hold's mapping through this slice
+ * any more: drop its pages, now or with the next batch. */
+static void trim_released(FileBase *f, MapHold *hold, long long a, long long b)
+{
+    if (!f->trim || f->closed || !hold || b <= a) return;
+    if (hold != f->map || b - a >= TRIM_AT_ONCE) {
+        trim_range(f, hold, a, b);
+        return;
+    }
+    if (f->trim_hi > f->trim_lo) {
+        long long lo = a < f->trim_lo ? a : f->trim_lo, hi = b > f->trim_hi ? b : f->trim_hi;
+        if (hi - lo > TRIM_HULL_MAX) {   /* too far from the hull: drop it, start a new one */
+            trim_flush(f);
+            f->trim_lo = a;
+            f->trim_hi = b;
+        } else {
+            f->trim_lo = lo;
+            f->trim_hi = hi;
+        }
+    } else {
+        f->trim_lo = a;
+        f->trim_hi = b;
+    }
+    f->trim_pending += b - a;
+    if (f->trim_pending >= TRIM_BATCH) trim_flush(f);
+}
+
+/* A write through shmslice may have changed the file: bump its write
+ * generation (the cache keys of slices and arrays include it). */
+static inline void note_write(FileBase *f)
+{
+    ss_handle *h = file_handle(f);
+    if (h && core_note_write) (void)core_note_write(h);
+}
+
 /* A new slice of [a, b) owning pin ref (REF_EMPTY: none).  On failure the pin
  * is dropped: nothing else could ever drop it. */
 static PyObject *slice_new(FileBase *f, MapHold *map, long long a, long long b, int64_t ref)
@@ -234,6 +326,7 @@ static int slice_release_impl(SliceObject *s)
         live_unlink(s->file, s);
         ss_handle *h = file_handle(s->file);
         if (s->gen == fork_generation && h) rc = core_unpin(h, ref);
+        if (s->exports == 0) trim_released(s->file, s->map, s->start, s->end);
     }
     if (s->exports == 0) Py_CLEAR(s->map);
     if (rc < 0 && rc != SS_ECLOSED && rc != SS_ENOTOWNER) {
@@ -409,10 +502,14 @@ static void slice_releasebuffer(SliceObject *s, Py_buffer *view)
     /* In a forked child an inherited export's pin is the parent's: the core
      * refuses to drop it (SS_ENOTOWNER), as it must. */
     int rc = h ? core_unpin(h, ref) : SS_ECLOSED;
+    if (!f->readonly && h) note_write(f);   /* the consumer may have written through it */
     s->exports--;
     f->exports[kind]--;
     assert(s->exports >= 0 && f->exports[kind] >= 0);
-    if (s->exports == 0 && s->ref == REF_RELEASED) Py_CLEAR(s->map);
+    if (s->exports == 0 && s->ref == REF_RELEASED) {
+        trim_released(f, s->map, s->start, s->end);
+        Py_CLEAR(s->map);
+    }
     if (rc < 0 && rc != SS_ECLOSED && rc != SS_ENOTOWNER) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -681,6 +778,15 @@ static PyObject *slice_reduce(SliceObject *s, PyObject *unused)
     return Py_BuildValue("O(OOOLLOLO)", rebuild_helper, PyTuple_GET_ITEM(d, 0),
                          PyTuple_GET_ITEM(d, 1), PyTuple_GET_ITEM(d, 2), s->start, s->end,
                          PyTuple_GET_ITEM(d, 3), f->size, PyTuple_GET_ITEM(d, 4));
+}
+
+static PyObject *slice_dask_tokenize(SliceObject *s, PyObject *unused)
+{
+    if (!tokenize_helper) {
+        PyErr_SetString(PyExc_RuntimeError, "shmslice slices are not set up for tokenizing");
+        return NULL;
+    }
+    return PyObject_CallOneArg(tokenize_helper, (PyObject *)s);
 }
 
 static PyObject *slice_flush(SliceObject *s, PyObject *unused)
@@ -1079,6 +1185,7 @@ static int slice_ass_subscript(SliceObject *s, PyObject *key, PyObject *value)
             rc = -1;
         } else if (b > a) {
             memmove(s->buf + a, vb.buf, (size_t)(b - a));
+            note_write(f);
         }
         PyBuffer_Release(&vb);
         return rc;
@@ -1111,6 +1218,7 @@ static int slice_ass_subscript(SliceObject *s, PyObject *key, PyObject *value)
     }
     if (slice_usable(s) < 0) return -1;
     s->buf[i] = (char)v;
+    note_write(f);
     return 0;
 }
 
@@ -1258,6 +1366,9 @@ static PyMethodDef slice_methods[] = {
      "fit dtype and shape."},
     {"__reduce__", (PyCFunction)slice_reduce, METH_NOARGS,
      "Pickle as a descriptor (path, identity, region, writability, size): never the bytes."},
+    {"__dask_tokenize__", (PyCFunction)slice_dask_tokenize, METH_NOARGS,
+     "__dask_tokenize__()\n--\n\nA cache key that changes whenever the region's bytes may have "
+     "changed (see shmslice.slices)."},
     {"__copy__", (PyCFunction)slice_copy, METH_NOARGS, NULL},
     {"__deepcopy__", (PyCFunction)slice_deepcopy, METH_O, NULL},
     {NULL, NULL, 0, NULL},
@@ -1399,8 +1510,10 @@ static PyObject *file_subscript(FileBase *f, PyObject *key)
                 int64_t ref = core_pin(h, i, i + 1);   /* pinned while we read it */
                 if (ref >= 0) {
                     long v = -1;
-                    if (core_size_epoch(h) == f->epoch)
+                    if (core_size_epoch(h) == f->epoch) {
                         v = ((unsigned char *)f->map->view.buf)[i];
+                        trim_released(f, f->map, i, i + 1);
+                    }
                     (void)core_unpin(h, ref);
                     if (v >= 0) return PyLong_FromLong(v);
                 }
@@ -1420,6 +1533,9 @@ static PyMappingMethods file_as_mapping = {
  * from the previous one keep it (and so its mapping) alive. */
 static PyObject *file_set_mapping(FileBase *f, PyObject *mm)
 {
+    /* The hull is in offsets of the current mapping: drop it while it is. */
+    if (f->closed) f->trim_lo = f->trim_hi = f->trim_pending = 0;   /* unmapped soon anyway */
+    else trim_flush(f);
     if (mm == Py_None) {
         Py_CLEAR(f->map);
         Py_RETURN_NONE;
@@ -1527,6 +1643,19 @@ static PyObject *file_get_map(FileBase *f, void *c)
 
 static PyObject *file_get_nlive(FileBase *f, void *c) { return PyLong_FromSsize_t(f->nlive); }
 
+static PyObject *file_get_trim_stats(FileBase *f, void *c)
+{
+    return Py_BuildValue("(LLLL)", f->trim_calls, f->trim_bytes, f->trim_failures,
+                         f->trim_pending);
+}
+
+/* _drop_released() -> None: drop the gathered small released ranges now. */
+static PyObject *file_drop_released(FileBase *f, PyObject *unused)
+{
+    if (!f->closed) trim_flush(f);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef file_methods[] = {
     {"_try_slice", (PyCFunction)(void (*)(void))file_try_slice, METH_FASTCALL,
      "_try_slice(start, end) -> slice, or None if the file was resized meanwhile"},
@@ -1536,6 +1665,8 @@ static PyMethodDef file_methods[] = {
     {"_exports", (PyCFunction)file_exports, METH_NOARGS, "(buffers, views, arrays) alive"},
     {"_defer_close", (PyCFunction)file_defer_close, METH_NOARGS,
      "True (and finish at the last export) if exports are alive"},
+    {"_drop_released", (PyCFunction)file_drop_released, METH_NOARGS,
+     "drop the pages of released small slices gathered so far (madvise) now"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1547,6 +1678,8 @@ static PyMemberDef file_members[] = {
     {"_readonly", T_BOOL, offsetof(FileBase, readonly), 0, "mapped read-only"},
     {"_closed", T_BOOL, offsetof(FileBase, closed), 0, "closed: no new slices"},
     {"_closing", T_BOOL, offsetof(FileBase, closing), READONLY, "close deferred to the last export"},
+    {"_trim", T_BOOL, offsetof(FileBase, trim), 0,
+     "drop released slices' pages from this process (madvise MADV_DONTNEED)"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1554,6 +1687,8 @@ static PyGetSetDef file_getset[] = {
     {"_mgr", (getter)file_get_mgr, (setter)file_set_mgr, "the LockManager", NULL},
     {"_mmap", (getter)file_get_map, NULL, "the current mmap, or None", NULL},
     {"_live_slices", (getter)file_get_nlive, NULL, "slices holding pins", NULL},
+    {"_trim_stats", (getter)file_get_trim_stats, NULL,
+     "(madvise calls, bytes dropped, failed calls, bytes gathered and not yet dropped)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1562,6 +1697,7 @@ static PyObject *file_tp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     FileBase *f = (FileBase *)type->tp_alloc(type, 0);
     if (!f) return NULL;
     f->epoch = -1;
+    f->trim = 1;
     Py_INCREF(Py_None);
     f->path = Py_None;
     return (PyObject *)f;
@@ -1812,7 +1948,28 @@ static PyObject *fastpath_bind_slices(PyObject *module, PyObject *const *args, P
     Py_RETURN_NONE;
 }
 
+/* bind_write_gen(note_write, tokenize): the core's ss_note_write (address
+ * from cffi) and the Python helper behind ByteBufferSlice.__dask_tokenize__. */
+static PyObject *fastpath_bind_write_gen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "bind_write_gen(note_write, tokenize)");
+        return NULL;
+    }
+    void *address = PyLong_AsVoidPtr(args[0]);
+    if (!address) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function address");
+        return NULL;
+    }
+    core_note_write = (epoch_fn)address;
+    Py_INCREF(args[1]);
+    Py_XSETREF(tokenize_helper, args[1]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef slice_module_functions[] = {
+    {"bind_write_gen", (PyCFunction)(void (*)(void))fastpath_bind_write_gen, METH_FASTCALL,
+     "bind_write_gen(note_write, tokenize)"},
     {"bind_slices", (PyCFunction)(void (*)(void))fastpath_bind_slices, METH_FASTCALL,
      "bind_slices(pin, unpin, size_epoch, asarray, rebuild)"},
     {"bind_lock_info", (PyCFunction)(void (*)(void))fastpath_bind_lock_info, METH_FASTCALL,
@@ -1835,6 +1992,8 @@ int ss_fp_slice_init(PyObject *module)
         PyType_Ready(&FileBaseType) < 0 || PyType_Ready(&WithDescrType) < 0 ||
         PyType_Ready(&BoundWithType) < 0 || add_with_methods() < 0)
         return -1;
+    page_size = sysconf(_SC_PAGESIZE);
+    if (page_size <= 0) page_size = 4096;
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
         return -1;
