@@ -191,10 +191,13 @@ static void live_unlink(FileBase *f, SliceObject *s)
  *
  * Every page of a MAP_SHARED file mapping that this process touched counts
  * in its RSS for as long as it stays mapped, and memory guards (dask's
- * nanny, loky's leak check) read RSS.  So when the last user of a region in
- * this process goes -- a slice released with no export alive, or the last
- * export of a released slice -- its pages are dropped from this process's
- * page tables with madvise(MADV_DONTNEED).  For a shared file mapping that
+ * nanny, loky's leak check) read RSS.  So when a slice stops being used --
+ * it is released with no buffer exported from it alive, or the last buffer
+ * exported from it (a memoryview, an array, zlib's or hashlib's export) is
+ * released, even while the slice itself lives on -- its pages are dropped
+ * from this process's page tables with madvise(MADV_DONTNEED).  (Engines keep
+ * a task's arguments alive until the client forgets its result, so a live
+ * slice that nothing reads must not hold pages.)  For a shared file mapping that
  * loses nothing: the data stays in the page cache, dirty pages stay dirty
  * and are written back (msync/flush work as before), and the next touch
  * maps the page again (a minor fault).  A page shared with a slice that is
@@ -506,9 +509,12 @@ static void slice_releasebuffer(SliceObject *s, Py_buffer *view)
     s->exports--;
     f->exports[kind]--;
     assert(s->exports >= 0 && f->exports[kind] >= 0);
-    if (s->exports == 0 && s->ref == REF_RELEASED) {
+    if (s->exports == 0) {
+        /* The last buffer of the region is gone: drop its pages even if the
+         * slice lives on (an engine may keep a task's arguments alive long
+         * after the task ran); a later use maps them again. */
         trim_released(f, s->map, s->start, s->end);
-        Py_CLEAR(s->map);
+        if (s->ref == REF_RELEASED) Py_CLEAR(s->map);
     }
     if (rc < 0 && rc != SS_ECLOSED && rc != SS_ENOTOWNER) {
         PyObject *type, *value, *tb;
