@@ -25,7 +25,7 @@ WAIT = 120   # seconds any one batch of tasks may take
 
 
 def cluster(**kwargs):
-    kw = dict(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    kw = dict(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
               silence_logs=40, worker_class=distributed.Nanny)
     kw.update(kwargs)
     return distributed.LocalCluster(**kw)
