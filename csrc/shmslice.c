@@ -3150,6 +3150,15 @@ int64_t ss_write_gen(ss_handle *h)
     return gen;
 }
 
+int ss_unpin_written(ss_handle *h, int64_t ref)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = unpin_impl(h, ref);
+    (void)note_write_impl(h);
+    handle_leave(h);
+    return rc;
+}
+
 int64_t ss_note_write(ss_handle *h)
 {
     if (!h || !handle_enter(h)) return CLOSED_STATUS();

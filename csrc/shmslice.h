@@ -212,6 +212,9 @@ int64_t ss_size_epoch(ss_handle *h);
 int64_t ss_write_gen(ss_handle *h);
 int64_t ss_note_write(ss_handle *h);
 
+/* ss_unpin and ss_note_write in one call (the release of a writable buffer). */
+int ss_unpin_written(ss_handle *h, int64_t ref);
+
 /*
  * Copy up to max entries into out; *count receives the number of entries
  * seen (which may exceed max: call again with a larger buffer).  Entries are

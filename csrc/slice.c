@@ -60,6 +60,7 @@ static pin_fn core_pin;        /* set once by bind_slices() */
 static unpin_fn core_unpin;
 static epoch_fn core_size_epoch;
 static epoch_fn core_note_write;   /* set by bind_write_gen(); NULL: writes are not counted */
+static unpin_fn core_unpin_written;   /* unpin + note_write, set by bind_write_gen() */
 static PyObject *tokenize_helper;  /* shmslice.slices._tokenize, set by bind_write_gen() */
 static PyObject *array_helper;     /* shmslice.arrays.asarray, set by bind_slices() */
 static PyObject *rebuild_helper;   /* shmslice.slices._rebuild */
@@ -504,8 +505,9 @@ static void slice_releasebuffer(SliceObject *s, Py_buffer *view)
     ss_handle *h = file_handle(f);
     /* In a forked child an inherited export's pin is the parent's: the core
      * refuses to drop it (SS_ENOTOWNER), as it must. */
-    int rc = h ? core_unpin(h, ref) : SS_ECLOSED;
-    if (!f->readonly && h) note_write(f);   /* the consumer may have written through it */
+    /* A writable buffer's consumer may have written through it: count a write. */
+    int rc = !h ? SS_ECLOSED
+           : (!f->readonly && core_unpin_written) ? core_unpin_written(h, ref) : core_unpin(h, ref);
     s->exports--;
     f->exports[kind]--;
     assert(s->exports >= 0 && f->exports[kind] >= 0);
@@ -1954,28 +1956,33 @@ static PyObject *fastpath_bind_slices(PyObject *module, PyObject *const *args, P
     Py_RETURN_NONE;
 }
 
-/* bind_write_gen(note_write, tokenize): the core's ss_note_write (address
- * from cffi) and the Python helper behind ByteBufferSlice.__dask_tokenize__. */
+/* bind_write_gen(note_write, unpin_written, tokenize): the core's
+ * ss_note_write and ss_unpin_written (addresses from cffi) and the Python
+ * helper behind ByteBufferSlice.__dask_tokenize__. */
 static PyObject *fastpath_bind_write_gen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "bind_write_gen(note_write, tokenize)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "bind_write_gen(note_write, unpin_written, tokenize)");
         return NULL;
     }
-    void *address = PyLong_AsVoidPtr(args[0]);
-    if (!address) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function address");
-        return NULL;
+    void *address[2];
+    for (int i = 0; i < 2; i++) {
+        address[i] = PyLong_AsVoidPtr(args[i]);
+        if (!address[i]) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function address");
+            return NULL;
+        }
     }
-    core_note_write = (epoch_fn)address;
-    Py_INCREF(args[1]);
-    Py_XSETREF(tokenize_helper, args[1]);
+    core_note_write = (epoch_fn)address[0];
+    core_unpin_written = (unpin_fn)address[1];
+    Py_INCREF(args[2]);
+    Py_XSETREF(tokenize_helper, args[2]);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef slice_module_functions[] = {
     {"bind_write_gen", (PyCFunction)(void (*)(void))fastpath_bind_write_gen, METH_FASTCALL,
-     "bind_write_gen(note_write, tokenize)"},
+     "bind_write_gen(note_write, unpin_written, tokenize)"},
     {"bind_slices", (PyCFunction)(void (*)(void))fastpath_bind_slices, METH_FASTCALL,
      "bind_slices(pin, unpin, size_epoch, asarray, rebuild)"},
     {"bind_lock_info", (PyCFunction)(void (*)(void))fastpath_bind_lock_info, METH_FASTCALL,

@@ -118,7 +118,7 @@ def bind_slice_helpers(asarray: object, rebuild: object) -> None:
 def bind_tokenizer(tokenize: object) -> None:
     """Count writes through slices in the table's write generation (``ss_note_write``) and
     hand ``ByteBufferSlice.__dask_tokenize__`` its Python helper."""
-    _fastpath.bind_write_gen(_address("ss_note_write"), tokenize)
+    _fastpath.bind_write_gen(_address("ss_note_write"), _address("ss_unpin_written"), tokenize)
 
 
 def bind_lock_info(lock_info: type) -> None:
