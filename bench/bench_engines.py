@@ -157,7 +157,7 @@ def dask_bench(tmp: str, repeats: int, quick: bool) -> tuple[dict[str, Stats], t
         if not quick:
             big = os.path.join(tmp, "dask-1g.bin")
             write_file(big, 1024 * MiB)
-            value, before, after = cl.submit(read_all, big, lock_dir, 32 * MiB,
+            _, before, after = cl.submit(read_all, big, lock_dir, 32 * MiB,
                                              pure=False).result(timeout=600)
             measured = (before, after)
             os.unlink(big)
@@ -218,8 +218,8 @@ def pool_bench(tmp: str, repeats: int) -> dict[str, Stats]:
             "tuples": lambda: pool.map(crc_tuple, tuples, chunksize=1),
             "kept": lambda: kept.map(crc_any, chunks, chunksize=1),
         }
-        for name in runs:   # warm-up
-            assert runs[name]() == expected
+        for name, run in runs.items():   # warm-up
+            assert run() == expected, name
         for i in range(repeats):
             for name in rotate(list(runs), i):
                 t0 = time.perf_counter()
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             reps = args.repeats or (1 if quick else 5)
             d, measured = dask_bench(tmp, reps, quick)
-            print(f"dask client.map, 16 x 32 MiB: " + ", ".join(f"{k} {v.fmt('s')}" for k, v in d.items()))
+            print("dask client.map, 16 x 32 MiB: " + ", ".join(f"{k} {v.fmt('s')}" for k, v in d.items()))
             rows.append(["dask `client.map`, 16 x 32 MiB: slices", d["slices"].fmt("s"), "", ""])
             for other in ("bytes", "memmap"):
                 if other in d:

@@ -242,14 +242,6 @@ class TableHandle:
             self.closed = True
             self._detach()
 
-    def write_gen(self) -> int:
-        """The write generation: bumped after every write through shmslice, in any process."""
-        return check(lib.ss_write_gen(self._cdata), self.path)
-
-    def note_write(self) -> int:
-        """Bump the write generation (a write was made); returns the new value."""
-        return check(lib.ss_note_write(self._cdata), self.path)
-
     def _detach(self) -> None:
         check(lib.ss_close(self._cdata), self.table_path)
 
@@ -334,6 +326,14 @@ class FileTableHandle(TableHandle):
     def size_epoch(self) -> int:
         """The resize counter: bumped by every :meth:`resize`, in any process."""
         return check(lib.ss_size_epoch(self._cdata), self.path)
+
+    def write_gen(self) -> int:
+        """The write generation: bumped after every write through shmslice, in any process."""
+        return check(lib.ss_write_gen(self._cdata), self.path)
+
+    def note_write(self) -> int:
+        """Bump the write generation (a write was made); returns the new value."""
+        return check(lib.ss_note_write(self._cdata), self.path)
 
     def _detach(self) -> None:
         manager = self._served() if self._served is not None else None

@@ -19,6 +19,7 @@ object of a type it does not know), so numpy is not imported for them.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from typing import Any
 
@@ -42,12 +43,15 @@ def register(sizeof: Any) -> None:
         except ImportError:   # no numpy: there are no arrays to size
             return
         sizeof.register(MappedArray)(descriptor_size)
-        from dask.tokenize import normalize_token
-        normalize_token.register(MappedArray)(lambda a: a.__dask_tokenize__())
+        if normalize_token is not None:
+            normalize_token.register(MappedArray)(lambda a: a.__dask_tokenize__())
 
-    sizeof.register_lazy("shmslice")(register_arrays)
+    # (dask is untyped: its dispatchers are Any here, imported by name.)
+    normalize_token: Any
     try:
-        from dask.tokenize import normalize_token
+        normalize_token = importlib.import_module("dask.tokenize").normalize_token
     except ImportError:   # a dask without dask.tokenize: sizes only
-        return
-    normalize_token.register_lazy("shmslice")(register_arrays)
+        normalize_token = None
+    sizeof.register_lazy("shmslice")(register_arrays)
+    if normalize_token is not None:
+        normalize_token.register_lazy("shmslice")(register_arrays)

@@ -54,8 +54,9 @@ class MappedArray(np.ndarray):
         memory are keyed by their content, as dask keys plain arrays."""
         origin = _origin(self)
         if origin is None:
-            from dask.tokenize import normalize_token
-            return normalize_token(self.view(np.ndarray))
+            import importlib
+            tokenize: Any = importlib.import_module("dask.tokenize")   # (dask is untyped)
+            return tokenize.normalize_token(self.view(np.ndarray))
         s = origin[1]
         offset = self.__array_interface__["data"][0] - s._address
         return ("shmslice.MappedArray", s.__dask_tokenize__(), self.dtype.str, self.shape,

@@ -25,8 +25,8 @@ WAIT = 120   # seconds any one batch of tasks may take
 
 
 def cluster(**kwargs):
-    kw = dict(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-              silence_logs=40, worker_class=distributed.Nanny)
+    kw = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
+          "silence_logs": 40, "worker_class": distributed.Nanny}
     kw.update(kwargs)
     return distributed.LocalCluster(**kw)
 
@@ -136,7 +136,7 @@ def test_memory_limit_three_passes_no_worker_restarted(tmp_path: Path, lock_dir:
         for addr, before in rss_before.items():
             assert rss_after[addr] - before < 64 * eh.MiB, (rss_before, rss_after)
         # One task that reads the whole file through slices in the worker.
-        value, before, _, after = cl.submit(eh.read_all, str(path), str(lock_dir),
+        _, before, _, after = cl.submit(eh.read_all, str(path), str(lock_dir),
                                             pure=False).result(timeout=WAIT)
         assert after - before < 64 * eh.MiB, (before, after)
         assert cl.run(os.getpid) == pids

@@ -164,5 +164,5 @@ def test_release_pages_setting(tmp_path: Path, lock_dir: Path) -> None:
 def test_engine_helpers_read_all_reports_rss(tmp_path: Path, lock_dir: Path) -> None:
     path = tmp_path / "e.bin"
     write_random(path, 64 * MiB)
-    value, before, peak, after = eh.read_all(str(path), str(lock_dir), chunk=8 * MiB)
+    _, before, peak, after = eh.read_all(str(path), str(lock_dir), chunk=8 * MiB)
     assert peak >= before and after - before < 16 * MiB
