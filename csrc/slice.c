@@ -120,6 +120,8 @@ typedef struct {
     Py_ssize_t exports[EXPORT_KINDS];   /* live buffer exports, by kind */
     SliceObject *live;      /* live pinned slices (doubly linked, borrowed) */
     Py_ssize_t nlive;
+    SliceObject *busy;      /* slices with buffer exports alive (doubly linked, borrowed) */
+    Py_ssize_t nbusy;
     char trim;              /* drop released pages from this process (see "Trimming") */
     long long trim_lo, trim_hi;   /* pending small released ranges: their hull in `map` */
     long long trim_pending;       /* bytes released into [trim_lo, trim_hi) since the last drop */
@@ -140,6 +142,7 @@ struct SliceObject {
     Py_ssize_t exports;     /* live buffer exports of this slice */
     int export_kind;        /* kind the next export counts as (our own methods set it) */
     SliceObject *prev, *next;   /* in file->live while ref >= 0 */
+    SliceObject *bprev, *bnext; /* in file->busy while exports > 0 */
     PyObject *weakrefs;
 };
 
@@ -201,21 +204,24 @@ static void live_unlink(FileBase *f, SliceObject *s)
  * slice that nothing reads must not hold pages.)  For a shared file mapping that
  * loses nothing: the data stays in the page cache, dirty pages stay dirty
  * and are written back (msync/flush work as before), and the next touch
- * maps the page again (a minor fault).  A page shared with a slice that is
- * still alive is dropped too (its range is widened to whole pages); that
- * costs that slice one refault, never data.
+ * maps the page again (a minor fault).  So dropping a page that something
+ * in the process still uses is safe too: it costs a refault, never data.
  *
  * A madvise call costs more than a slice, so ranges of at least TRIM_AT_ONCE
- * bytes are dropped at once, and smaller ones are gathered into one hull (no
- * wider than TRIM_HULL_MAX) and dropped together once TRIM_BATCH bytes were
- * released into it: at most that much released memory stays counted.  The
- * hull is kept in offsets of the current mapping; it is dropped before that
- * mapping is replaced.  Every mapping here is MAP_SHARED (MappedFile._remap):
+ * bytes are dropped at once, and smaller ones are gathered into one hull and
+ * dropped together once TRIM_BATCH bytes were released into it: at most that
+ * much released memory stays counted.  Pages under buffers still in use (of
+ * slices on the file's busy list) are left out of a drop, when at most
+ * TRIM_BUSY_MAX slices are busy; beyond that their users may fault pages
+ * back in.  A live slice that has no buffer in use may have its pages
+ * dropped by a neighbour's release and fault them back in if read again.
+ * The hull is kept in offsets of the current mapping; it is dropped before
+ * that mapping is replaced.  Every mapping here is MAP_SHARED (MappedFile._remap):
  * on a private mapping MADV_DONTNEED would discard the process's copies. */
 
 #define TRIM_AT_ONCE (256LL * 1024)
 #define TRIM_BATCH (4LL * 1024 * 1024)
-#define TRIM_HULL_MAX (64LL * 1024 * 1024)
+#define TRIM_BUSY_MAX 32
 
 static long page_size;   /* set by ss_fp_slice_init */
 
@@ -236,10 +242,42 @@ static void trim_range(FileBase *f, MapHold *hold, long long a, long long b)
 }
 
 /* Drop the gathered hull now (if any). */
+typedef struct { long long start, end; } Span;
+
+static int span_order(const void *pa, const void *pb)
+{
+    const Span *a = pa, *b = pb;
+    return (a->start > b->start) - (a->start < b->start);
+}
+
+/* Drop [lo, hi) of the current mapping, widened to whole pages, except the
+ * pages under buffers still in use (if at most TRIM_BUSY_MAX slices have some). */
+static void trim_except_busy(FileBase *f, long long lo, long long hi)
+{
+    Span keep[TRIM_BUSY_MAX];
+    int n = 0;
+    if (f->nbusy <= TRIM_BUSY_MAX) {
+        for (SliceObject *s = f->busy; s; s = s->bnext)
+            if (s->map == f->map && s->start < hi && s->end > lo && n < TRIM_BUSY_MAX)
+                keep[n++] = (Span){s->start - s->start % page_size, s->end};
+        if (n > 1) qsort(keep, (size_t)n, sizeof *keep, span_order);
+    }
+    long long at = lo;   /* the next byte that may be dropped */
+    for (int i = 0; i < n && at < hi; i++) {
+        /* keep[i].start is page-aligned, so widening `at` down stays clear of it */
+        if (keep[i].start > at) trim_range(f, f->map, at, keep[i].start < hi ? keep[i].start : hi);
+        long long past = (keep[i].end + page_size - 1) / page_size * page_size;
+        if (past > at) at = past;
+    }
+    if (at < hi) trim_range(f, f->map, at, hi);
+}
+
+/* Drop the gathered hull now (if any). */
 static void trim_flush(FileBase *f)
 {
-    if (f->trim_hi > f->trim_lo && f->map) trim_range(f, f->map, f->trim_lo, f->trim_hi);
+    long long lo = f->trim_lo, hi = f->trim_hi;
     f->trim_lo = f->trim_hi = f->trim_pending = 0;
+    if (hi > lo && f->map) trim_except_busy(f, lo, hi);
 }
 
 /* Nothing in this process uses [a, b) of hold's mapping through this slice
@@ -247,20 +285,17 @@ static void trim_flush(FileBase *f)
 static void trim_released(FileBase *f, MapHold *hold, long long a, long long b)
 {
     if (!f->trim || f->closed || !hold || b <= a) return;
-    if (hold != f->map || b - a >= TRIM_AT_ONCE) {
+    if (hold != f->map) {   /* a mapping from before a resize: nothing else is gathered there */
         trim_range(f, hold, a, b);
         return;
     }
+    if (b - a >= TRIM_AT_ONCE) {
+        trim_except_busy(f, a, b);
+        return;
+    }
     if (f->trim_hi > f->trim_lo) {
-        long long lo = a < f->trim_lo ? a : f->trim_lo, hi = b > f->trim_hi ? b : f->trim_hi;
-        if (hi - lo > TRIM_HULL_MAX) {   /* too far from the hull: drop it, start a new one */
-            trim_flush(f);
-            f->trim_lo = a;
-            f->trim_hi = b;
-        } else {
-            f->trim_lo = lo;
-            f->trim_hi = hi;
-        }
+        if (a < f->trim_lo) f->trim_lo = a;
+        if (b > f->trim_hi) f->trim_hi = b;
     } else {
         f->trim_lo = a;
         f->trim_hi = b;
@@ -275,6 +310,29 @@ static inline void note_write(FileBase *f)
 {
     ss_handle *h = file_handle(f);
     if (h && core_note_write) (void)core_note_write(h);
+}
+
+/* The file's busy list: slices whose buffers are in use, whose pages a drop
+ * leaves alone.  A slice with exports holds no reference of its own here;
+ * each export (its memoryview) keeps it alive while it is listed. */
+static void busy_push(FileBase *f, SliceObject *s)
+{
+    s->bprev = NULL;
+    s->bnext = f->busy;
+    if (f->busy) f->busy->bprev = s;
+    f->busy = s;
+    f->nbusy++;
+}
+
+static void busy_unlink(FileBase *f, SliceObject *s)
+{
+    if (s->bprev) s->bprev->bnext = s->bnext;
+    else if (f->busy == s) f->busy = s->bnext;
+    else return;
+    if (s->bnext) s->bnext->bprev = s->bprev;
+    s->bprev = s->bnext = NULL;
+    f->nbusy--;
+    assert(f->nbusy >= 0);
 }
 
 /* A new slice of [a, b) owning pin ref (REF_EMPTY: none).  On failure the pin
@@ -301,6 +359,7 @@ static PyObject *slice_new(FileBase *f, MapHold *map, long long a, long long b, 
     s->export_kind = EXPORT_BUFFER;
     s->weakrefs = NULL;
     s->prev = s->next = NULL;
+    s->bprev = s->bnext = NULL;
     if (ref >= 0) live_push(f, s);
     PyObject_GC_Track(s);
     return (PyObject *)s;
@@ -459,7 +518,7 @@ static int slice_getbuffer(SliceObject *s, Py_buffer *view, int flags)
         return -1;
     }
     view->internal = internal;
-    s->exports++;
+    if (s->exports++ == 0) busy_push(f, s);
     f->exports[kind]++;
     return 0;
 }
@@ -512,6 +571,7 @@ static void slice_releasebuffer(SliceObject *s, Py_buffer *view)
     f->exports[kind]--;
     assert(s->exports >= 0 && f->exports[kind] >= 0);
     if (s->exports == 0) {
+        busy_unlink(f, s);
         /* The last buffer of the region is gone: drop its pages even if the
          * slice lives on (an engine may keep a task's arguments alive long
          * after the task ran); a later use maps them again. */

@@ -166,3 +166,21 @@ def test_engine_helpers_read_all_reports_rss(tmp_path: Path, lock_dir: Path) -> 
     write_random(path, 64 * MiB)
     _, before, peak, after = eh.read_all(str(path), str(lock_dir), chunk=8 * MiB)
     assert peak >= before and after - before < 16 * MiB
+
+
+def test_pages_under_buffers_in_use_are_kept(tmp_path: Path, lock_dir: Path) -> None:
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "b.bin"
+    write_random(path, 16 * MiB)
+    with shmslice.open(path, "r", lock_dir=lock_dir) as mf:
+        base = rss()
+        a = mf.ndarray("u8", (MiB,))          # 8 MiB, in use while it lives
+        a.sum()
+        for off in range(0, 16 * MiB, 4096):   # small slices over it and beyond: dropped in batches
+            with mf[off:off + 4096] as s:
+                zlib.crc32(s)
+        mf._drop_released()
+        kept = rss() - base
+        assert 7 * MiB < kept < 12 * MiB, kept   # the array's pages, not the small slices'
+        del a
+        assert rss() - base < 2 * MiB
