@@ -223,15 +223,17 @@ static void live_unlink(FileBase *f, SliceObject *s)
 #define TRIM_BATCH (4LL * 1024 * 1024)
 #define TRIM_BUSY_MAX 32
 
-static long page_size;   /* set by ss_fp_slice_init */
+static long long page_mask = 4095;   /* page size - 1 (a power of two), set by ss_fp_slice_init */
+#define PAGE_DOWN(x) ((x) & ~page_mask)
+#define PAGE_UP(x) (((x) + page_mask) & ~page_mask)
 
 /* Drop [a, b) of hold's mapping, widened to whole pages, from this process. */
 static void trim_range(FileBase *f, MapHold *hold, long long a, long long b)
 {
     if (b > (long long)hold->view.len) b = hold->view.len;
-    long long first = a - a % page_size;
+    long long first = PAGE_DOWN(a);
     if (first >= b) return;
-    assert((uintptr_t)hold->view.buf % (uintptr_t)page_size == 0);
+    assert(((uintptr_t)hold->view.buf & (uintptr_t)page_mask) == 0);
     /* Advice only: on failure the pages stay counted, nothing else changes. */
     if (madvise((char *)hold->view.buf + first, (size_t)(b - first), MADV_DONTNEED) == 0) {
         f->trim_calls++;
@@ -259,14 +261,14 @@ static void trim_except_busy(FileBase *f, long long lo, long long hi)
     if (f->nbusy <= TRIM_BUSY_MAX) {
         for (SliceObject *s = f->busy; s; s = s->bnext)
             if (s->map == f->map && s->start < hi && s->end > lo && n < TRIM_BUSY_MAX)
-                keep[n++] = (Span){s->start - s->start % page_size, s->end};
+                keep[n++] = (Span){PAGE_DOWN(s->start), s->end};
         if (n > 1) qsort(keep, (size_t)n, sizeof *keep, span_order);
     }
     long long at = lo;   /* the next byte that may be dropped */
     for (int i = 0; i < n && at < hi; i++) {
         /* keep[i].start is page-aligned, so widening `at` down stays clear of it */
         if (keep[i].start > at) trim_range(f, f->map, at, keep[i].start < hi ? keep[i].start : hi);
-        long long past = (keep[i].end + page_size - 1) / page_size * page_size;
+        long long past = PAGE_UP(keep[i].end);
         if (past > at) at = past;
     }
     if (at < hi) trim_range(f, f->map, at, hi);
@@ -282,7 +284,7 @@ static void trim_flush(FileBase *f)
 
 /* Nothing in this process uses [a, b) of hold's mapping through this slice
  * any more: drop its pages, now or with the next batch. */
-static void trim_released(FileBase *f, MapHold *hold, long long a, long long b)
+static inline void trim_released(FileBase *f, MapHold *hold, long long a, long long b)
 {
     if (!f->trim || f->closed || !hold || b <= a) return;
     if (hold != f->map) {   /* a mapping from before a resize: nothing else is gathered there */
@@ -300,7 +302,8 @@ static void trim_released(FileBase *f, MapHold *hold, long long a, long long b)
         f->trim_lo = a;
         f->trim_hi = b;
     }
-    f->trim_pending += b - a;
+    /* Counted in whole pages: a one-byte read maps (at least) a page. */
+    f->trim_pending += PAGE_UP(b) - PAGE_DOWN(a);
     if (f->trim_pending >= TRIM_BATCH) trim_flush(f);
 }
 
@@ -2065,8 +2068,12 @@ int ss_fp_slice_init(PyObject *module)
         PyType_Ready(&FileBaseType) < 0 || PyType_Ready(&WithDescrType) < 0 ||
         PyType_Ready(&BoundWithType) < 0 || add_with_methods() < 0)
         return -1;
-    page_size = sysconf(_SC_PAGESIZE);
-    if (page_size <= 0) page_size = 4096;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || (page & (page - 1))) {
+        PyErr_Format(PyExc_OSError, "unexpected page size %ld", page);
+        return -1;
+    }
+    page_mask = page - 1;
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
         return -1;
