@@ -169,7 +169,7 @@ def test_engine_helpers_read_all_reports_rss(tmp_path: Path, lock_dir: Path) -> 
 
 
 def test_pages_under_buffers_in_use_are_kept(tmp_path: Path, lock_dir: Path) -> None:
-    np = pytest.importorskip("numpy")
+    pytest.importorskip("numpy")
     path = tmp_path / "b.bin"
     write_random(path, 16 * MiB)
     with shmslice.open(path, "r", lock_dir=lock_dir) as mf:
