@@ -45,25 +45,41 @@ def test_loky_six_rounds_same_two_workers_no_warning(tmp_path: Path, lock_dir: P
     assert not stopped, stopped
 
 
-def test_multiprocessing_backend_and_arrays(path: Path, lock_dir: Path, content: bytes,
-                                            tmp_path: Path) -> None:
-    with shmslice.open(path, "r", lock_dir=lock_dir) as mf:
-        parts = mf.split(8192)
-        out = joblib.Parallel(n_jobs=2, backend="multiprocessing", timeout=TIMEOUT)(
-            joblib.delayed(eh.crc)(s) for s in parts)
-        assert out == [zlib.crc32(content[p.start:p.end]) for p in parts]
-        for p in parts:
-            p.release()
+MULTIPROCESSING_CHILD = """
+import sys, zlib
+import joblib, numpy as np
+import shmslice
+from tests import _enginehelpers as eh
+path, f8, lock_dir = sys.argv[1:4]
+with shmslice.open(path, "r", lock_dir=lock_dir) as mf:
+    parts = mf.split(8192)
+    out = joblib.Parallel(n_jobs=2, backend="multiprocessing", timeout=120)(
+        joblib.delayed(eh.crc)(s) for s in parts)
+    data = open(path, "rb").read()
+    assert out == [zlib.crc32(data[p.start:p.end]) for p in parts], out
+    for p in parts:
+        p.release()
+with shmslice.open(f8, "r", lock_dir=lock_dir) as mf:
+    a = mf.ndarray("f8", (64, 64))
+    cases = [a, a[5], a[:, 3], a[::2, ::3]]
+    for backend in ("loky", "multiprocessing"):
+        out = joblib.Parallel(n_jobs=2, backend=backend, timeout=120)(
+            joblib.delayed(eh.array_sum)(x) for x in cases)
+        assert out == [(float(np.asarray(x).sum()), "MappedArray", True) for x in cases], out
+    del a, cases
+print("ok")
+"""
+
+
+def test_multiprocessing_backend_and_arrays(path: Path, lock_dir: Path, tmp_path: Path) -> None:
+    """The multiprocessing backend forks: it runs in a fresh interpreter, which has no threads
+    of the other engines' tests (forking a threaded process may deadlock the child)."""
+    from tests.support import run_python
     f8 = tmp_path / "f8.bin"
     f8.write_bytes(np.arange(4096, dtype="f8").tobytes())
-    with shmslice.open(f8, "r", lock_dir=lock_dir) as mf:
-        a = mf.ndarray("f8", (64, 64))
-        cases = [a, a[5], a[:, 3], a[::2, ::3]]
-        for backend in ("loky", "multiprocessing"):
-            out = joblib.Parallel(n_jobs=2, backend=backend, timeout=TIMEOUT)(
-                joblib.delayed(eh.array_sum)(x) for x in cases)
-            assert out == [(float(np.asarray(x).sum()), "MappedArray", True) for x in cases]
-        del a, cases
+    done = run_python("-W", "error::DeprecationWarning", "-c", MULTIPROCESSING_CHILD, path, f8,
+                      lock_dir, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.stdout, done.stderr[-3000:])
 
 
 def test_loky_worker_killed_holding_slices(path: Path, lock_dir: Path, content: bytes) -> None:
