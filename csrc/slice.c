@@ -243,8 +243,7 @@ static void trim_range(FileBase *f, MapHold *hold, long long a, long long b)
     }
 }
 
-/* Drop the gathered hull now (if any). */
-typedef struct { long long start, end; } Span;
+typedef struct { long long start, end; } Span;   /* pages to keep */
 
 static int span_order(const void *pa, const void *pb)
 {
