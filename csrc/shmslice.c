@@ -180,8 +180,9 @@ static int fail_sys(const char *fmt, ...)
  * is read and written only while holding hdr->mutex, with these exceptions,
  * all accessed with atomics: abandoned and an entry's wflags (set by an owner
  * that cannot get the mutex), an entry's wake (futex word, read by its
- * sleeper) and file_size/size_epoch (read lock-free by ss_file_size; written
- * under the mutex).
+ * sleeper), file_size/size_epoch (read lock-free by ss_file_size; written
+ * under the mutex) and write_gen (read and bumped lock-free, never under the
+ * mutex).
  * Fields above that line are written once, before the table file is linked
  * into its final name, and never change.
  * =================================================================== */
@@ -189,7 +190,7 @@ static int fail_sys(const char *fmt, ...)
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
 #define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
                                    * attached processes hold the guard byte, upgrade requests (W_UPGRADE),
-                                   * owner-died marks (SS_ORPHAN, orphan_root) */
+                                   * owner-died marks (SS_ORPHAN, orphan_root), write_gen */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -255,6 +256,7 @@ struct ss_header {
     uint32_t wait_root;          /* root of TREE_WAIT, SS_NIL if empty */
     uint32_t urgent;             /* waiting entries with W_URGENT */
     uint32_t orphan_root;        /* root of TREE_ORPHAN (owner-died marks), SS_NIL if empty */
+    uint64_t write_gen;          /* atomic, no mutex: bumped after writes through shmslice (ss_note_write) */
 };
 
 struct ss_proc {
@@ -3780,6 +3782,10 @@ static int resize_impl(ss_handle *h, int data_fd, uint64_t new_size, ss_entry_in
 
 static int64_t file_size_impl(ss_handle *h) { return (int64_t)__atomic_load_n(&h->hdr->file_size, __ATOMIC_ACQUIRE); }
 static int64_t size_epoch_impl(ss_handle *h) { return (int64_t)__atomic_load_n(&h->hdr->size_epoch, __ATOMIC_ACQUIRE); }
+/* The counter is only ever compared for equality (cache keys), so it may wrap;
+ * the top bit is masked off so it is never mistaken for a status. */
+static int64_t write_gen_impl(ss_handle *h) { return (int64_t)(__atomic_load_n(&h->hdr->write_gen, __ATOMIC_ACQUIRE) & INT64_MAX); }
+static int64_t note_write_impl(ss_handle *h) { return (int64_t)(__atomic_add_fetch(&h->hdr->write_gen, 1, __ATOMIC_RELEASE) & INT64_MAX); }
 
 /* ===================================================================
  * 9. Inspection
@@ -4282,6 +4288,31 @@ int64_t ss_size_epoch(ss_handle *h)
     return epoch;
 }
 
+int64_t ss_write_gen(ss_handle *h)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int64_t gen = write_gen_impl(h);
+    handle_leave(h);
+    return gen;
+}
+
+int ss_unpin_written(ss_handle *h, int64_t ref)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = unpin_impl(h, ref);
+    (void)note_write_impl(h);
+    handle_leave(h);
+    return rc;
+}
+
+int64_t ss_note_write(ss_handle *h)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int64_t gen = note_write_impl(h);
+    handle_leave(h);
+    return gen;
+}
+
 /* ===================================================================
  * 11. Layout served to tools and tests
  *
@@ -4359,6 +4390,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "hdr", struct ss_header, wait_root);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, urgent);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, orphan_root);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, write_gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, state);

@@ -291,6 +291,18 @@ int64_t ss_file_size(ss_handle *h);
 int64_t ss_size_epoch(ss_handle *h);
 
 /*
+ * The data file's write generation (or SS_ECLOSED): a counter in the table
+ * that ss_note_write bumps after every write made through shmslice, in any
+ * process.  Equal values mean no such write finished in between; writes made
+ * without shmslice do not move it.  ss_note_write returns the new value.
+ */
+int64_t ss_write_gen(ss_handle *h);
+int64_t ss_note_write(ss_handle *h);
+
+/* ss_unpin and ss_note_write in one call (the release of a writable buffer). */
+int ss_unpin_written(ss_handle *h, int64_t ref);
+
+/*
  * Copy up to max entries into out; *count receives the number of entries
  * seen (which may exceed max: call again with a larger buffer).  Entries are
  * copied in chunks, with the table mutex released between chunks, and

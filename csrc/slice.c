@@ -59,6 +59,9 @@ typedef int64_t (*epoch_fn)(ss_handle *);
 static pin_fn core_pin;        /* set once by bind_slices() */
 static unpin_fn core_unpin;
 static epoch_fn core_size_epoch;
+static epoch_fn core_note_write;   /* set by bind_write_gen(); NULL: writes are not counted */
+static unpin_fn core_unpin_written;   /* unpin + note_write, set by bind_write_gen() */
+static PyObject *tokenize_helper;  /* shmslice.slices._tokenize, set by bind_write_gen() */
 static PyObject *array_helper;     /* shmslice.arrays.asarray, set by bind_slices() */
 static PyObject *rebuild_helper;   /* shmslice.slices._rebuild */
 
@@ -118,6 +121,12 @@ typedef struct {
     Py_ssize_t exports[EXPORT_KINDS];   /* live buffer exports, by kind */
     SliceObject *live;      /* live pinned slices (doubly linked, borrowed) */
     Py_ssize_t nlive;
+    SliceObject *busy;      /* slices with buffer exports alive (doubly linked, borrowed) */
+    Py_ssize_t nbusy;
+    char trim;              /* drop released pages from this process (see "Trimming") */
+    long long trim_lo, trim_hi;   /* pending small released ranges: their hull in `map` */
+    long long trim_pending;       /* bytes released into [trim_lo, trim_hi) since the last drop */
+    long long trim_calls, trim_bytes, trim_failures;   /* madvise calls, bytes, failures */
     PyObject *weakrefs;
 } FileBase;
 
@@ -134,6 +143,7 @@ struct SliceObject {
     Py_ssize_t exports;     /* live buffer exports of this slice */
     int export_kind;        /* kind the next export counts as (our own methods set it) */
     SliceObject *prev, *next;   /* in file->live while ref >= 0 */
+    SliceObject *bprev, *bnext; /* in file->busy while exports > 0 */
     PyObject *weakrefs;
 };
 
@@ -182,6 +192,152 @@ static void live_unlink(FileBase *f, SliceObject *s)
     assert(f->nlive >= 0);
 }
 
+/* --- Trimming -------------------------------------------------------------
+ *
+ * Every page of a MAP_SHARED file mapping that this process touched counts
+ * in its RSS for as long as it stays mapped, and memory guards (dask's
+ * nanny, loky's leak check) read RSS.  So when a slice stops being used --
+ * it is released with no buffer exported from it alive, or the last buffer
+ * exported from it (a memoryview, an array, zlib's or hashlib's export) is
+ * released, even while the slice itself lives on -- its pages are dropped
+ * from this process's page tables with madvise(MADV_DONTNEED).  (Engines keep
+ * a task's arguments alive until the client forgets its result, so a live
+ * slice that nothing reads must not hold pages.)  For a shared file mapping that
+ * loses nothing: the data stays in the page cache, dirty pages stay dirty
+ * and are written back (msync/flush work as before), and the next touch
+ * maps the page again (a minor fault).  So dropping a page that something
+ * in the process still uses is safe too: it costs a refault, never data.
+ *
+ * A madvise call costs more than a slice, so ranges of at least TRIM_AT_ONCE
+ * bytes are dropped at once, and smaller ones are gathered into one hull and
+ * dropped together once TRIM_BATCH bytes were released into it: at most that
+ * much released memory stays counted.  Pages under buffers still in use (of
+ * slices on the file's busy list) are left out of a drop, when at most
+ * TRIM_BUSY_MAX slices are busy; beyond that their users may fault pages
+ * back in.  A live slice that has no buffer in use may have its pages
+ * dropped by a neighbour's release and fault them back in if read again.
+ * The hull is kept in offsets of the current mapping; it is dropped before
+ * that mapping is replaced.  Every mapping here is MAP_SHARED (MappedFile._remap):
+ * on a private mapping MADV_DONTNEED would discard the process's copies. */
+
+#define TRIM_AT_ONCE (256LL * 1024)
+#define TRIM_BATCH (4LL * 1024 * 1024)
+#define TRIM_BUSY_MAX 32
+
+static long long page_mask = 4095;   /* page size - 1 (a power of two), set by ss_fp_slice_init */
+#define PAGE_DOWN(x) ((x) & ~page_mask)
+#define PAGE_UP(x) (((x) + page_mask) & ~page_mask)
+
+/* Drop [a, b) of hold's mapping, widened to whole pages, from this process. */
+static void trim_range(FileBase *f, MapHold *hold, long long a, long long b)
+{
+    if (b > (long long)hold->view.len) b = hold->view.len;
+    long long first = PAGE_DOWN(a);
+    if (first >= b) return;
+    assert(((uintptr_t)hold->view.buf & (uintptr_t)page_mask) == 0);
+    /* Advice only: on failure the pages stay counted, nothing else changes. */
+    if (madvise((char *)hold->view.buf + first, (size_t)(b - first), MADV_DONTNEED) == 0) {
+        f->trim_calls++;
+        f->trim_bytes += b - first;
+    } else {
+        f->trim_failures++;
+    }
+}
+
+typedef struct { long long start, end; } Span;   /* pages to keep */
+
+static int span_order(const void *pa, const void *pb)
+{
+    const Span *a = pa, *b = pb;
+    return (a->start > b->start) - (a->start < b->start);
+}
+
+/* Drop [lo, hi) of the current mapping, widened to whole pages, except the
+ * pages under buffers still in use (if at most TRIM_BUSY_MAX slices have some). */
+static void trim_except_busy(FileBase *f, long long lo, long long hi)
+{
+    Span keep[TRIM_BUSY_MAX];
+    int n = 0;
+    if (f->nbusy <= TRIM_BUSY_MAX) {
+        for (SliceObject *s = f->busy; s; s = s->bnext)
+            if (s->map == f->map && s->start < hi && s->end > lo && n < TRIM_BUSY_MAX)
+                keep[n++] = (Span){PAGE_DOWN(s->start), s->end};
+        if (n > 1) qsort(keep, (size_t)n, sizeof *keep, span_order);
+    }
+    long long at = lo;   /* the next byte that may be dropped */
+    for (int i = 0; i < n && at < hi; i++) {
+        /* keep[i].start is page-aligned, so widening `at` down stays clear of it */
+        if (keep[i].start > at) trim_range(f, f->map, at, keep[i].start < hi ? keep[i].start : hi);
+        long long past = PAGE_UP(keep[i].end);
+        if (past > at) at = past;
+    }
+    if (at < hi) trim_range(f, f->map, at, hi);
+}
+
+/* Drop the gathered hull now (if any). */
+static void trim_flush(FileBase *f)
+{
+    long long lo = f->trim_lo, hi = f->trim_hi;
+    f->trim_lo = f->trim_hi = f->trim_pending = 0;
+    if (hi > lo && f->map) trim_except_busy(f, lo, hi);
+}
+
+/* Nothing in this process uses [a, b) of hold's mapping through this slice
+ * any more: drop its pages, now or with the next batch. */
+static inline void trim_released(FileBase *f, MapHold *hold, long long a, long long b)
+{
+    if (!f->trim || f->closed || !hold || b <= a) return;
+    if (hold != f->map) {   /* a mapping from before a resize: nothing else is gathered there */
+        trim_range(f, hold, a, b);
+        return;
+    }
+    if (b - a >= TRIM_AT_ONCE) {
+        trim_except_busy(f, a, b);
+        return;
+    }
+    if (f->trim_hi > f->trim_lo) {
+        if (a < f->trim_lo) f->trim_lo = a;
+        if (b > f->trim_hi) f->trim_hi = b;
+    } else {
+        f->trim_lo = a;
+        f->trim_hi = b;
+    }
+    /* Counted in whole pages: a one-byte read maps (at least) a page. */
+    f->trim_pending += PAGE_UP(b) - PAGE_DOWN(a);
+    if (f->trim_pending >= TRIM_BATCH) trim_flush(f);
+}
+
+/* A write through shmslice may have changed the file: bump its write
+ * generation (the cache keys of slices and arrays include it). */
+static inline void note_write(FileBase *f)
+{
+    ss_handle *h = file_handle(f);
+    if (h && core_note_write) (void)core_note_write(h);
+}
+
+/* The file's busy list: slices whose buffers are in use, whose pages a drop
+ * leaves alone.  A slice with exports holds no reference of its own here;
+ * each export (its memoryview) keeps it alive while it is listed. */
+static void busy_push(FileBase *f, SliceObject *s)
+{
+    s->bprev = NULL;
+    s->bnext = f->busy;
+    if (f->busy) f->busy->bprev = s;
+    f->busy = s;
+    f->nbusy++;
+}
+
+static void busy_unlink(FileBase *f, SliceObject *s)
+{
+    if (s->bprev) s->bprev->bnext = s->bnext;
+    else if (f->busy == s) f->busy = s->bnext;
+    else return;
+    if (s->bnext) s->bnext->bprev = s->bprev;
+    s->bprev = s->bnext = NULL;
+    f->nbusy--;
+    assert(f->nbusy >= 0);
+}
+
 /* A new slice of [a, b) owning pin ref (REF_EMPTY: none).  On failure the pin
  * is dropped: nothing else could ever drop it. */
 static PyObject *slice_new(FileBase *f, MapHold *map, long long a, long long b, int64_t ref)
@@ -206,6 +362,7 @@ static PyObject *slice_new(FileBase *f, MapHold *map, long long a, long long b, 
     s->export_kind = EXPORT_BUFFER;
     s->weakrefs = NULL;
     s->prev = s->next = NULL;
+    s->bprev = s->bnext = NULL;
     if (ref >= 0) live_push(f, s);
     PyObject_GC_Track(s);
     return (PyObject *)s;
@@ -257,6 +414,7 @@ static int slice_release_impl(SliceObject *s)
         live_unlink(s->file, s);
         ss_handle *h = file_handle(s->file);
         if (s->gen == fork_generation && h) rc = core_unpin(h, ref);
+        if (s->exports == 0) trim_released(s->file, s->map, s->start, s->end);
     }
     if (s->exports == 0) Py_CLEAR(s->map);
     if (rc < 0 && rc != SS_ECLOSED && rc != SS_ENOTOWNER) {
@@ -385,7 +543,7 @@ static int slice_getbuffer(SliceObject *s, Py_buffer *view, int flags)
         return -1;
     }
     view->internal = internal;
-    s->exports++;
+    if (s->exports++ == 0) busy_push(f, s);
     f->exports[kind]++;
     return 0;
 }
@@ -431,11 +589,20 @@ static void slice_releasebuffer(SliceObject *s, Py_buffer *view)
     ss_handle *h = file_handle(f);
     /* In a forked child an inherited export's pin is the parent's: the core
      * refuses to drop it (SS_ENOTOWNER), as it must. */
-    int rc = h ? core_unpin(h, ref) : SS_ECLOSED;
+    /* A writable buffer's consumer may have written through it: count a write. */
+    int rc = !h ? SS_ECLOSED
+           : (!f->readonly && core_unpin_written) ? core_unpin_written(h, ref) : core_unpin(h, ref);
     s->exports--;
     f->exports[kind]--;
     assert(s->exports >= 0 && f->exports[kind] >= 0);
-    if (s->exports == 0 && s->ref == REF_RELEASED) Py_CLEAR(s->map);
+    if (s->exports == 0) {
+        busy_unlink(f, s);
+        /* The last buffer of the region is gone: drop its pages even if the
+         * slice lives on (an engine may keep a task's arguments alive long
+         * after the task ran); a later use maps them again. */
+        trim_released(f, s->map, s->start, s->end);
+        if (s->ref == REF_RELEASED) Py_CLEAR(s->map);
+    }
     if (rc < 0 && rc != SS_ECLOSED && rc != SS_ENOTOWNER) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -704,6 +871,15 @@ static PyObject *slice_reduce(SliceObject *s, PyObject *unused)
     return Py_BuildValue("O(OOOLLOLO)", rebuild_helper, PyTuple_GET_ITEM(d, 0),
                          PyTuple_GET_ITEM(d, 1), PyTuple_GET_ITEM(d, 2), s->start, s->end,
                          PyTuple_GET_ITEM(d, 3), f->size, PyTuple_GET_ITEM(d, 4));
+}
+
+static PyObject *slice_dask_tokenize(SliceObject *s, PyObject *unused)
+{
+    if (!tokenize_helper) {
+        PyErr_SetString(PyExc_RuntimeError, "shmslice slices are not set up for tokenizing");
+        return NULL;
+    }
+    return PyObject_CallOneArg(tokenize_helper, (PyObject *)s);
 }
 
 static PyObject *slice_flush(SliceObject *s, PyObject *unused)
@@ -1116,6 +1292,7 @@ static int slice_ass_subscript(SliceObject *s, PyObject *key, PyObject *value)
             rc = -1;
         } else if (b > a) {
             memmove(s->buf + a, vb.buf, (size_t)(b - a));
+            note_write(f);
         }
         PyBuffer_Release(&vb);
         return rc;
@@ -1148,6 +1325,7 @@ static int slice_ass_subscript(SliceObject *s, PyObject *key, PyObject *value)
     }
     if (slice_usable(s) < 0) return -1;
     s->buf[i] = (char)v;
+    note_write(f);
     return 0;
 }
 
@@ -1298,6 +1476,9 @@ static PyMethodDef slice_methods[] = {
      "fit dtype and shape."},
     {"__reduce__", (PyCFunction)slice_reduce, METH_NOARGS,
      "Pickle as a descriptor (path, identity, region, writability, size): never the bytes."},
+    {"__dask_tokenize__", (PyCFunction)slice_dask_tokenize, METH_NOARGS,
+     "__dask_tokenize__()\n--\n\nA cache key that changes whenever the region's bytes may have "
+     "changed (see shmslice.slices)."},
     {"__copy__", (PyCFunction)slice_copy, METH_NOARGS, NULL},
     {"__deepcopy__", (PyCFunction)slice_deepcopy, METH_O, NULL},
     {NULL, NULL, 0, NULL},
@@ -1439,8 +1620,10 @@ static PyObject *file_subscript(FileBase *f, PyObject *key)
                 int64_t ref = core_pin(h, i, i + 1);   /* pinned while we read it */
                 if (ref >= 0) {
                     long v = -1;
-                    if (core_size_epoch(h) == f->epoch)
+                    if (core_size_epoch(h) == f->epoch) {
                         v = ((unsigned char *)f->map->view.buf)[i];
+                        trim_released(f, f->map, i, i + 1);
+                    }
                     (void)core_unpin(h, ref);
                     if (v >= 0) return PyLong_FromLong(v);
                 }
@@ -1460,6 +1643,9 @@ static PyMappingMethods file_as_mapping = {
  * from the previous one keep it (and so its mapping) alive. */
 static PyObject *file_set_mapping(FileBase *f, PyObject *mm)
 {
+    /* The hull is in offsets of the current mapping: drop it while it is. */
+    if (f->closed) f->trim_lo = f->trim_hi = f->trim_pending = 0;   /* unmapped soon anyway */
+    else trim_flush(f);
     if (mm == Py_None) {
         Py_CLEAR(f->map);
         Py_RETURN_NONE;
@@ -1589,6 +1775,19 @@ static PyObject *file_stale_slice(FileBase *f, PyObject *const *args, Py_ssize_t
     return slice_new(f, NULL, a, b, REF_RELEASED);
 }
 
+static PyObject *file_get_trim_stats(FileBase *f, void *c)
+{
+    return Py_BuildValue("(LLLL)", f->trim_calls, f->trim_bytes, f->trim_failures,
+                         f->trim_pending);
+}
+
+/* _drop_released() -> None: drop the gathered small released ranges now. */
+static PyObject *file_drop_released(FileBase *f, PyObject *unused)
+{
+    if (!f->closed) trim_flush(f);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef file_methods[] = {
     {"_stale_slice", (PyCFunction)(void (*)(void))file_stale_slice, METH_FASTCALL,
      "_stale_slice(start, end) -> a slice that raises _desc at every use"},
@@ -1600,6 +1799,8 @@ static PyMethodDef file_methods[] = {
     {"_exports", (PyCFunction)file_exports, METH_NOARGS, "(buffers, views, arrays) alive"},
     {"_defer_close", (PyCFunction)file_defer_close, METH_NOARGS,
      "True (and finish at the last export) if exports are alive"},
+    {"_drop_released", (PyCFunction)file_drop_released, METH_NOARGS,
+     "drop the pages of released small slices gathered so far (madvise) now"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1611,6 +1812,8 @@ static PyMemberDef file_members[] = {
     {"_readonly", T_BOOL, offsetof(FileBase, readonly), 0, "mapped read-only"},
     {"_closed", T_BOOL, offsetof(FileBase, closed), 0, "closed: no new slices"},
     {"_closing", T_BOOL, offsetof(FileBase, closing), READONLY, "close deferred to the last export"},
+    {"_trim", T_BOOL, offsetof(FileBase, trim), 0,
+     "drop released slices' pages from this process (madvise MADV_DONTNEED)"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1618,6 +1821,8 @@ static PyGetSetDef file_getset[] = {
     {"_mgr", (getter)file_get_mgr, (setter)file_set_mgr, "the LockManager", NULL},
     {"_mmap", (getter)file_get_map, NULL, "the current mmap, or None", NULL},
     {"_live_slices", (getter)file_get_nlive, NULL, "slices holding pins", NULL},
+    {"_trim_stats", (getter)file_get_trim_stats, NULL,
+     "(madvise calls, bytes dropped, failed calls, bytes gathered and not yet dropped)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1626,6 +1831,7 @@ static PyObject *file_tp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     FileBase *f = (FileBase *)type->tp_alloc(type, 0);
     if (!f) return NULL;
     f->epoch = -1;
+    f->trim = 1;
     Py_INCREF(Py_None);
     f->path = Py_None;
     return (PyObject *)f;
@@ -1979,7 +2185,33 @@ static PyObject *fastpath_bind_slices(PyObject *module, PyObject *const *args, P
     Py_RETURN_NONE;
 }
 
+/* bind_write_gen(note_write, unpin_written, tokenize): the core's
+ * ss_note_write and ss_unpin_written (addresses from cffi) and the Python
+ * helper behind ByteBufferSlice.__dask_tokenize__. */
+static PyObject *fastpath_bind_write_gen(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "bind_write_gen(note_write, unpin_written, tokenize)");
+        return NULL;
+    }
+    void *address[2];
+    for (int i = 0; i < 2; i++) {
+        address[i] = PyLong_AsVoidPtr(args[i]);
+        if (!address[i]) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null function address");
+            return NULL;
+        }
+    }
+    core_note_write = (epoch_fn)address[0];
+    core_unpin_written = (unpin_fn)address[1];
+    Py_INCREF(args[2]);
+    Py_XSETREF(tokenize_helper, args[2]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef slice_module_functions[] = {
+    {"bind_write_gen", (PyCFunction)(void (*)(void))fastpath_bind_write_gen, METH_FASTCALL,
+     "bind_write_gen(note_write, unpin_written, tokenize)"},
     {"bind_slices", (PyCFunction)(void (*)(void))fastpath_bind_slices, METH_FASTCALL,
      "bind_slices(pin, unpin, size_epoch, asarray, rebuild)"},
     {"bind_lock_info", (PyCFunction)(void (*)(void))fastpath_bind_lock_info, METH_FASTCALL,
@@ -2003,6 +2235,12 @@ int ss_fp_slice_init(PyObject *module)
         PyType_Ready(&FileBaseType) < 0 || PyType_Ready(&WithDescrType) < 0 ||
         PyType_Ready(&BoundWithType) < 0 || add_with_methods() < 0)
         return -1;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || (page & (page - 1))) {
+        PyErr_Format(PyExc_OSError, "unexpected page size %ld", page);
+        return -1;
+    }
+    page_mask = page - 1;
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
         return -1;

@@ -125,6 +125,12 @@ def bind_slice_helpers(asarray: object, rebuild: object) -> None:
                           asarray, rebuild)
 
 
+def bind_tokenizer(tokenize: object) -> None:
+    """Count writes through slices in the table's write generation (``ss_note_write``) and
+    hand ``ByteBufferSlice.__dask_tokenize__`` its Python helper."""
+    _fastpath.bind_write_gen(_address("ss_note_write"), _address("ss_unpin_written"), tokenize)
+
+
 def bind_lock_info(lock_info: type) -> None:
     """Let ``LockManager.locks`` (C) build ``lock_info`` objects straight from the snapshot."""
     _fastpath.bind_lock_info(lock_info, _address("ss_snapshot"))
@@ -505,6 +511,14 @@ class FileTableHandle(TableHandle):
     def size_epoch(self) -> int:
         """The resize counter: bumped by every :meth:`resize`, in any process."""
         return check(lib.ss_size_epoch(self._cdata), self.path)
+
+    def write_gen(self) -> int:
+        """The write generation: bumped after every write through shmslice, in any process."""
+        return check(lib.ss_write_gen(self._cdata), self.path)
+
+    def note_write(self) -> int:
+        """Bump the write generation (a write was made); returns the new value."""
+        return check(lib.ss_note_write(self._cdata), self.path)
 
     def _detach(self) -> None:
         manager = self._served() if self._served is not None else None

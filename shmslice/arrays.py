@@ -49,6 +49,20 @@ class MappedArray(np.ndarray):
             return arr.view(np.ndarray)
         return arr
 
+    def __dask_tokenize__(self) -> Any:
+        """dask's cache key: the region's key (see :mod:`shmslice.slices`, "Cache keys")
+        and this view's dtype, shape, strides and offset; arrays that are not file
+        memory are keyed by their content, as dask keys plain arrays."""
+        origin = _origin(self)
+        if origin is None:
+            import importlib
+            tokenize: Any = importlib.import_module("dask.tokenize")   # (dask is untyped)
+            return tokenize.normalize_token(self.view(np.ndarray))
+        s = origin[1]
+        offset = self.__array_interface__["data"][0] - s._address
+        return ("shmslice.MappedArray", s.__dask_tokenize__(), self.dtype.str, self.shape,
+                self.strides, offset)
+
     def __reduce__(self) -> Any:
         origin = _origin(self)
         if origin is None:

@@ -236,6 +236,8 @@ class MappedFile(FileBase):
         if size == 0:
             self._set_mapping(None)
         else:
+            # MAP_SHARED either way (never ACCESS_COPY): slices drop released pages
+            # with MADV_DONTNEED, which on a private mapping would discard writes.
             access = mmap.ACCESS_READ if self._readonly else mmap.ACCESS_WRITE
             if self._allocate and size > self._size:
                 # Holes here (a sparse file, or one grown by another program) would be
@@ -282,6 +284,30 @@ class MappedFile(FileBase):
     def __len__(self) -> int:
         self._refresh()
         return int(self._size)
+
+    @property
+    def release_pages(self) -> bool:
+        """Whether released slices' pages leave this process (True, the default).
+
+        When a slice is released, or the last buffer exported from it (a
+        memoryview, a numpy array, what ``zlib.crc32(s)`` takes) is, its pages
+        are dropped from this process with ``madvise(MADV_DONTNEED)``, so they stop
+        counting in its RSS, which memory guards (dask's nanny, loky) watch.
+        Nothing is lost: the data stays in the page cache, written pages are
+        still written back, and the next read maps them again (a minor fault).
+        Slices under 256 KiB are gathered and dropped 4 MiB at a time.  Set it
+        to False to keep pages mapped (a single process re-reading the same
+        large slices saves the refaults).
+        """
+        return bool(self._trim)
+
+    @release_pages.setter
+    def release_pages(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"release_pages must be True or False, not {type(value).__name__}")
+        if not value:
+            self._drop_released()   # what was gathered so far still goes
+        self._trim = value
 
     # -- slicing ----------------------------------------------------------------------
     # mf[a:b] and mf[i] are FileBase's (C); they come here for everything but

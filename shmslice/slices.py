@@ -26,6 +26,29 @@ buffer's pin when the buffer is released or dies.  Every export also holds the
 ``mmap`` it reads, so the memory stays mapped for as long as it is used, even
 after the slice is released or its file closed.
 
+Cache keys
+----------
+``s.__dask_tokenize__()`` (and :class:`~shmslice.arrays.MappedArray`'s) is the
+key dask caches results by.  It changes whenever the bytes may have changed:
+
+* for a file mapped read-only here, it is the file's identity and region,
+  the table's resize epoch and *write generation* -- a counter every write
+  through shmslice bumps, in any process: ``s[a:b] = data``, ``mf[a:b] =
+  data``, and the release of every buffer exported from a writable mapping
+  (a memoryview or numpy array may have written through it) -- plus the
+  file's ``st_mtime_ns``, ``st_ctime_ns`` and size, which writes made without
+  shmslice (``write()``, ``numpy.memmap``) change;
+* for a file mapped writable in this process, or read-only while this
+  process holds live slices or buffers of a writable mapping of it, a fresh
+  random token each time: nothing cheap can tell whether the bytes were
+  written through a live buffer, so such results are never reused.
+
+What is not covered: writes through a writable buffer that is still alive in
+*another* process are counted when it is released (mtime catches only the
+first write to a page after it was last written back), and writes made
+without shmslice within the filesystem's timestamp granularity.  Hold a
+region lock around such writers, or tokenize after they finish.
+
 Fork
 ----
 A forked child inherits slices and buffers whose pins belong to the parent.
@@ -36,9 +59,11 @@ region), and the child's own slices pin under the child's pid.
 
 from __future__ import annotations
 
+import os
+import uuid
 from typing import TYPE_CHECKING, Any
 
-from shmslice._binding import ByteBufferSlice, bind_slice_helpers
+from shmslice._binding import ByteBufferSlice, bind_slice_helpers, bind_tokenizer
 from shmslice.errors import ShmSliceError, StaleDescriptor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,4 +115,33 @@ def _asarray(s: ByteBufferSlice, dtype: Any = "u1", shape: Any = None, order: st
     return slice_asarray(s, dtype, shape, order)
 
 
+def _writers_here(mf: MappedFile) -> bool:
+    """True if this process has a writable mapping of ``mf``'s file with slices or buffers alive."""
+    from shmslice.mapping import _descriptor_files, _user_files
+    key = (mf._identity, True, mf._lock_dir)
+    for other in (_user_files.get(key), _descriptor_files.get(key)):
+        if other is not None and not other._closed and (other._live_slices or sum(other._exports())):
+            return True
+    return False
+
+
+def file_token(mf: MappedFile) -> tuple[Any, ...]:
+    """The part of a cache key that says which file and which version of its bytes.
+
+    A fresh random value whenever the bytes may change unseen (see the module
+    docstring, "Cache keys")."""
+    if not mf._readonly or mf._closed or mf._handle.closed or _writers_here(mf):
+        return ("fresh", uuid.uuid4().hex)
+    h = mf._handle
+    st = os.fstat(h.data_fd)
+    return (mf._abspath, *mf._identity, mf._lock_dir, h.size_epoch(), h.write_gen(),
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _tokenize(s: ByteBufferSlice) -> tuple[Any, ...]:
+    """``ByteBufferSlice.__dask_tokenize__``: see "Cache keys" above."""
+    return ("shmslice.ByteBufferSlice", s.start, s.end, *file_token(s.base))
+
+
 bind_slice_helpers(_asarray, _rebuild)
+bind_tokenizer(_tokenize)

@@ -17,6 +17,17 @@ import pytest
 import shmslice
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The engine tests start dask's and Ray's runtimes in this process, and some of their
+    # threads outlive them (Ray's gRPC threads stay after ray.shutdown()).  Many other tests
+    # fork; forking a process with threads can deadlock the child (Python 3.12+ warns).  So
+    # the engine tests run last, in the order they were collected.
+    engines = [item for item in items if item.path.name.startswith("test_engines_")]
+    if engines:
+        rest = [item for item in items if not item.path.name.startswith("test_engines_")]
+        items[:] = rest + engines
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("slow") is not None and not os.environ.get("SHMSLICE_SLOW"):
         pytest.skip("slow: set SHMSLICE_SLOW=1 to run it")

@@ -1,4 +1,5 @@
-"""Smoke runs of the lock benchmarks: they start, measure every section and exit 0.
+"""Smoke runs of the lock benchmarks and of bench_rss.py: they start, measure every section
+and exit 0.
 
 Speed is measured in bench/, not asserted here: these tests only prove that
 ``bench/bench_contention.py --quick`` (about 15 s on 2 idle cores) and the
@@ -75,3 +76,11 @@ def test_semantics_quick_reports_its_three_figures() -> None:
     for figure in ("uncontended on/off:", "detection adds to a request that waits",
                    "lock_async free + release:"):
         assert figure in r.stdout, r.stdout[-3000:]
+
+
+def test_rss_bench_quick_reports_every_strategy() -> None:
+    """``bench/bench_rss.py --quick`` runs to the end and reports each way of giving pages back."""
+    r = _run(str(ROOT / "bench" / "bench_rss.py"), "--quick", "--repeats", "1", timeout=240)
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout[-4000:]}\nstderr:\n{r.stderr[-4000:]}"
+    for strategy in ("| released", "| kept", "| window", "| remap"):
+        assert strategy in r.stdout, r.stdout[-4000:]
