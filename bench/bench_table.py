@@ -61,7 +61,7 @@ def _owner_process(data: str, lock_dir: str, capacity: int, owners: int, per_own
                    ready, stop) -> None:
     import shmslice
 
-    mgrs = [shmslice.LockManager(data, lock_dir=lock_dir, _capacity=capacity)
+    mgrs = [shmslice.LockManager(data, lock_dir=lock_dir, max_entries=capacity)
             for _ in range(owners)]
     for r in range(per_owner):
         for k, m in enumerate(mgrs):
@@ -117,9 +117,9 @@ def bench_pin(work: str, repeats: int) -> None:
 
     print(f"\n== pin+unpin with {OVERLAPS} overlapping pins vs 1 (us per pair)")
     crowded = shmslice.LockManager(_data(work, "crowded.bin"), lock_dir=work + "/locks",
-                                   _capacity=OVERLAPS + 64)
+                                   max_entries=OVERLAPS + 64)
     sparse = shmslice.LockManager(_data(work, "sparse.bin"), lock_dir=work + "/locks",
-                                  _capacity=64)
+                                  max_entries=64)
     base = 1 << 19
     for k in range(1, OVERLAPS + 1):
         crowded.pin(base - k, base + 1)     # every one covers `base`

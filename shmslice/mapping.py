@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from shmslice._binding import FileBase
 from shmslice.errors import StaleDescriptor
-from shmslice.locks import LockInfo, LockManager, RegionLock
+from shmslice.locks import LockInfo, LockManager, RegionLock, check_max_entries
 from shmslice.slices import ByteBufferSlice
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +61,8 @@ _MAX_SIZE = 2**63 - 1
 
 
 def open(path: str | os.PathLike[str], mode: OpenMode = "r", *, size: int | None = None,
-         lock_dir: str | os.PathLike[str] | None = None) -> MappedFile:
+         lock_dir: str | os.PathLike[str] | None = None,
+         max_entries: int | None = None) -> MappedFile:
     """Map the file at ``path`` and return a :class:`MappedFile`.
 
     ``mode``:
@@ -72,6 +73,9 @@ def open(path: str | os.PathLike[str], mode: OpenMode = "r", *, size: int | None
 
     ``lock_dir`` (or ``$SHMSLICE_DIR``) chooses where the shared lock table
     lives; every process that maps the file must use the same one.
+    ``max_entries`` (or ``$SHMSLICE_MAX_ENTRIES``) is the entry ceiling of the
+    lock table if this call creates it (see :class:`LockManager`); each live
+    slice holds one entry.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
@@ -90,7 +94,8 @@ def open(path: str | os.PathLike[str], mode: OpenMode = "r", *, size: int | None
     elif size is not None:
         raise ValueError(f"size= is only for mode 'w+' (creating or truncating); with mode "
                          f"{mode!r} the file keeps its size (use mf.resize(n) to change it)")
-    return MappedFile._open(os.fsdecode(os.fspath(path)), mode, size, lock_dir)
+    check_max_entries(max_entries)   # a bad value fails before the file is touched
+    return MappedFile._open(os.fsdecode(os.fspath(path)), mode, size, lock_dir, max_entries)
 
 
 def _open_checked(path: str, mode: str) -> tuple[int, os.stat_result]:
@@ -143,10 +148,11 @@ class MappedFile(FileBase):
 
     @classmethod
     def _open(cls, path: str, mode: str, size: int | None,
-              lock_dir: str | os.PathLike[str] | None) -> MappedFile:
+              lock_dir: str | os.PathLike[str] | None,
+              max_entries: int | None = None) -> MappedFile:
         fd, st = _open_checked(path, mode)
         try:
-            mgr = LockManager(path, lock_dir)
+            mgr = LockManager(path, lock_dir, max_entries=max_entries)
             try:
                 # LockManager opened the path again: make sure it is the same file
                 # (the path could have been replaced in between).

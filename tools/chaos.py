@@ -6,7 +6,11 @@ overlapping regions of one file at random.  A controller SIGKILLs a random
 worker every few milliseconds and forks a replacement; some workers also arm
 the C core's crash-point hook (ss_debug_set_crash_point) so that they kill
 themselves *inside* the table mutex (allocating, publishing, unlinking or
-freeing an entry, or half way through a repair).
+freeing an entry, half way through a repair, or growing the entry or
+process-slot table between allocating the new range and publishing it).
+Now and then a worker takes a burst of hundreds of pins at once (and drops
+them again), so the entry table keeps growing through its doublings while
+the others lock and check.
 
 What is checked, and by whom:
 
@@ -66,6 +70,9 @@ G_STOP, G_EXIT = 0, 4
 # (marks start at MARKS)
 R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN, R_FORKS = 0, 8, 16, 24, 32, 40, 48, 56
 R_FULL = MARKS - 8
+# Crash points of the C core (csrc/shmslice.c lists them); 9 is table creation,
+# outside the mutex, exercised by the lifecycle tests.
+CRASH_POINTS = [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
 LOCK_TIMEOUT = 10.0
 STALE_POLL_S = 3.0
 
@@ -136,9 +143,11 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
     rec.put(row + R_PID, me, "<q")
     rec.put(row + R_FROZEN, 0, "<I")
     if rng.random() < args.crash_prob:
-        lib.ss_debug_set_crash_point(rng.randint(1, 8), rng.randint(1, 40))
+        point = rng.choice(CRASH_POINTS)
+        # Growth happens a few times per run, so its points fire on the first pass.
+        lib.ss_debug_set_crash_point(point, 1 if point >= 10 else rng.randint(1, 40))
     mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
-                               _capacity=args.capacity)
+                               max_entries=args.capacity or None)
     pins: list[tuple[int, int, int]] = []
 
     def fail(msg: str) -> None:
@@ -217,8 +226,11 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             if got != dict(want) or others:
                 fail(f"locks() shows {got} pins and {others} locks; this worker holds {dict(want)}")
             rec.bump(row + R_COUNTS)
-        elif r < 0.995:
+        elif r < 0.99:
             mgr.reap()
+        elif r < 0.995:
+            burst(mgr, rng, fail, args.units)
+            rec.bump(row + R_PINS)
         else:
             forked_child(mgr, rng, pins, fail)
             rec.bump(row + R_FORKS)
@@ -237,6 +249,25 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             fail("never told to exit")
         time.sleep(0.005)
     mgr.close()
+
+
+def burst(mgr, rng: random.Random, fail, units: int) -> None:
+    """Take a few hundred pins on distinct regions at once, then drop them:
+    the table grows while the other workers go on."""
+    import shmslice
+
+    base = (units + 1 + rng.randrange(1 << 20)) * UNIT   # past every other pin and lock
+    refs = []
+    try:
+        for k in range(rng.randint(200, 1200)):
+            refs.append(mgr.pin(base + k, base + k + 1))
+    except shmslice.LockTableFull:
+        pass   # only with a small --capacity
+    mine = sum(1 for e in mgr.locks() if e.pid == os.getpid() and base <= e.start < base + 1200)
+    if mine != len(refs):
+        fail(f"a burst of {len(refs)} pins shows {mine} entries in locks()")
+    for ref in refs:
+        mgr.unpin(ref)
 
 
 def _die_with_parent() -> None:
@@ -514,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crash-prob", type=float, default=0.3,
                    help="chance that a worker arms a random crash point")
     p.add_argument("--capacity", type=int, default=0,
-                   help="entries in the table (default: the library's); a small one makes "
+                   help="the table's entry ceiling (default: the library's); a small one makes "
                    "it fill up, so allocation must reclaim dead owners' entries")
     p.add_argument("--stall", type=float, default=5.0, help="seconds without progress = deadlock")
     p.add_argument("--max-seconds", type=float, default=3600)

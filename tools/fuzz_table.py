@@ -509,7 +509,7 @@ def build_bases(work: str) -> list[str]:
     os.mkdir(lock_dir, 0o700)
     flags = os.path.join(work, "flags")
     os.mkdir(flags)
-    mgr = shmslice.LockManager(data, lock_dir=lock_dir, _capacity=CAPACITY)
+    mgr = shmslice.LockManager(data, lock_dir=lock_dir, max_entries=CAPACITY)
     table = mgr.table_path
     mgr.close()
     saved: list[str] = []
@@ -624,7 +624,7 @@ def verify_layout(work: str) -> None:
         f.write(b"\0" * 4096)
     lock_dir = os.path.join(work, "layout-locks")
     os.mkdir(lock_dir, 0o700)
-    with shmslice.LockManager(data, lock_dir=lock_dir, _capacity=CAPACITY) as mgr:
+    with shmslice.LockManager(data, lock_dir=lock_dir, max_entries=CAPACITY) as mgr:
         st = os.stat(data)
         lk = mgr.lock(4096, 8192, "exclusive")
         ref = mgr.pin(100, 200)
