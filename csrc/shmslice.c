@@ -2148,6 +2148,10 @@ static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct s
         return fail(SS_ECORRUPT, "lock table %s: recorded path not terminated", h->table_path);
     h->max_capacity = max_cap;
     h->max_procs = max_procs;
+    if (__atomic_load_n(&hd->capacity, __ATOMIC_ACQUIRE) == 0 ||
+        __atomic_load_n(&hd->proc_capacity, __ATOMIC_ACQUIRE) == 0)
+        return fail(SS_ECORRUPT, "lock table %s: capacity of zero entries or slots",
+                    h->table_path);
     h->capacity = h->proc_capacity = 0;
     int rc = adopt_capacity(h);   /* the current capacities, checked against the size */
     if (rc) return rc;
