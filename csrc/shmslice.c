@@ -968,7 +968,10 @@ static int tree_insert_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t 
     else
         rc = tree_insert_at(h, en->right, x, &en->right, depth + 1);
     if (rc) return rc;
-    refresh(h, n);
+    /* x went below n, whose subtree only gained it: its max end can only
+     * rise to x's (no need to read n's children, which on a big table are
+     * cache misses). */
+    if (ex->end > en->max_end) en->max_end = ex->end;
     *out = n;
     return SS_OK;
 }
@@ -992,7 +995,9 @@ static int tree_remove_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t 
     else
         rc = tree_remove_at(h, en->right, x, &en->right, depth + 1);
     if (rc) return rc;
-    refresh(h, n);
+    /* n's max end changes only if x's end was it (another node's end is the
+     * max otherwise, and it is still there). */
+    if (h->entries[x].end >= en->max_end) refresh(h, n);
     *out = n;
     return SS_OK;
 }
