@@ -2308,7 +2308,8 @@ static uint32_t default_ceiling(int dir_fd, uint32_t *source)
     struct statvfs vfs;
     if (fstatvfs(dir_fd, &vfs) != 0 || vfs.f_frsize == 0) return SS_DEFAULT_MAX_ENTRIES;
     uint64_t room = (uint64_t)vfs.f_bavail * vfs.f_frsize;
-    uint64_t fixed = ss_entries_offset(SS_MAX_PROCS);
+    /* The slot area is a hole but for the slots in use: count the first ones. */
+    uint64_t fixed = SS_HEADER_BYTES + (uint64_t)SS_INITIAL_PROCS * sizeof(struct ss_proc);
     uint64_t fits = room > fixed ? (room - fixed) / sizeof(struct ss_entry) : 0;
     if (fits >= SS_DEFAULT_MAX_ENTRIES) return SS_DEFAULT_MAX_ENTRIES;
     *source = CEILING_FILESYSTEM;
