@@ -279,10 +279,14 @@ def test_full_filesystem_is_an_error_at_growth_never_sigbus(tmp_path: Path,
         with open(filler, "wb") as f:                       # leave the table ~100 KiB of room
             room = os.statvfs(small_tmpfs).f_bavail * os.statvfs(small_tmpfs).f_frsize
             f.write(bytes(max(0, room - 100 * 1024)))
-        refs = []
-        with pytest.raises(shmslice.LockTableFull, match="no space left on its filesystem"):
+        refs: list[int] = []
+
+        def pin_until_refused() -> None:
             while len(refs) < 1 << 20:
                 refs.append(mgr.pin(len(refs), len(refs) + 1))
+
+        with pytest.raises(shmslice.LockTableFull, match="no space left on its filesystem"):
+            pin_until_refused()
         assert 0 < len(refs) < 1 << 20
         filler.unlink()
         refs.append(mgr.pin(len(refs), len(refs) + 1))     # room again: it grows

@@ -61,15 +61,15 @@ from _children import wait_pid
 
 UNIT = 4096
 GLOBAL_BYTES = 4096
-ROW_BYTES = 256               # row header 64 bytes, marks from offset 64
-MARKS = 64
+ROW_BYTES = 256               # row header 72 bytes, marks from offset 72
+MARKS = 72
 # Global fields
 G_STOP, G_EXIT = 0, 4
 # Row fields: pid q@0, incarnation Q@8, heartbeat Q@16, lock ops checked Q@24,
 # pin ops Q@32, count checks Q@40, frozen I@48, forked children Q@56, table full Q@64
 # (marks start at MARKS)
 R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN, R_FORKS = 0, 8, 16, 24, 32, 40, 48, 56
-R_FULL = MARKS - 8
+R_FULL = 64
 # Crash points of the C core (csrc/shmslice.c lists them); 9 is table creation,
 # outside the mutex, exercised by the lifecycle tests.
 CRASH_POINTS = [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
