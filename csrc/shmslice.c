@@ -942,63 +942,72 @@ static int tree_merge(struct ss_handle *h, uint32_t a, uint32_t b, uint32_t *out
     return SS_OK;
 }
 
+/* Insert x into the subtree n hanging from *out (*out == n): walk down to the
+ * first node x's priority outranks, raising the max end of every node passed
+ * (x will sit below it, and only x is added), then split that subtree around
+ * x.  A loop, one visit per level: on a table of a million entries this path
+ * is ~28 levels deep on every lock. */
 static int tree_insert_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t *out,
                           int depth)
 {
-    DEPTH_CHECK(h, depth);
     struct ss_entry *ex = &h->entries[x];
-    if (n == SS_NIL) {
-        ex->left = ex->right = SS_NIL;
-        ex->max_end = ex->end;
-        *out = x;
-        return SS_OK;
-    }
-    int rc = check_links(h, n);
-    if (rc) return rc;
-    if (prio_above(x, n)) {
-        rc = tree_split(h, n, x, &ex->left, &ex->right, depth + 1);
+    uint32_t *link = out;
+    for (;; depth++) {
+        DEPTH_CHECK(h, depth);
+        if (n == SS_NIL) {
+            ex->left = ex->right = SS_NIL;
+            ex->max_end = ex->end;
+            *link = x;
+            return SS_OK;
+        }
+        int rc = check_links(h, n);
         if (rc) return rc;
-        refresh(h, x);
-        *out = x;
-        return SS_OK;
+        if (prio_above(x, n)) {
+            rc = tree_split(h, n, x, &ex->left, &ex->right, depth + 1);
+            if (rc) return rc;
+            refresh(h, x);
+            *link = x;
+            return SS_OK;
+        }
+        struct ss_entry *en = &h->entries[n];
+        if (ex->end > en->max_end) en->max_end = ex->end;
+        link = key_less(h, x, n) ? &en->left : &en->right;
+        n = *link;
     }
-    struct ss_entry *en = &h->entries[n];
-    if (key_less(h, x, n))
-        rc = tree_insert_at(h, en->left, x, &en->left, depth + 1);
-    else
-        rc = tree_insert_at(h, en->right, x, &en->right, depth + 1);
-    if (rc) return rc;
-    /* x went below n, whose subtree only gained it: its max end can only
-     * rise to x's (no need to read n's children, which on a big table are
-     * cache misses). */
-    if (ex->end > en->max_end) en->max_end = ex->end;
-    *out = n;
-    return SS_OK;
 }
 
+/* Remove x from the subtree n hanging from *out (*out == n): walk down to it
+ * (a loop, remembering the path), merge its children in its place, then
+ * recompute the max end of the nodes passed, bottom up, where x's end was
+ * it (another node's end is the max otherwise, and it is still there). */
 static int tree_remove_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t *out,
                           int depth)
 {
-    DEPTH_CHECK(h, depth);
-    if (n == SS_NIL)
-        return fail(SS_ECORRUPT, "lock table %s: entry %u missing from its index",
-                    h->table_path, x);
-    int rc = check_links(h, n);
-    if (rc) return rc;
-    struct ss_entry *en = &h->entries[n];
-    if (n == x) {
-        maybe_crash(3);
-        return tree_merge(h, en->left, en->right, out, depth + 1);
+    uint32_t path[SS_MAX_DEPTH + 2];
+    int len = 0;
+    uint32_t *link = out;
+    uint64_t x_end = h->entries[x].end;
+    for (;; depth++) {
+        DEPTH_CHECK(h, depth);
+        if (n == SS_NIL)
+            return fail(SS_ECORRUPT, "lock table %s: entry %u missing from its index",
+                        h->table_path, x);
+        int rc = check_links(h, n);
+        if (rc) return rc;
+        struct ss_entry *en = &h->entries[n];
+        if (n == x) {
+            maybe_crash(3);
+            rc = tree_merge(h, en->left, en->right, link, depth + 1);
+            if (rc) return rc;
+            break;
+        }
+        SS_ASSERT(len < (int)(sizeof path / sizeof path[0]));
+        path[len++] = n;
+        link = key_less(h, x, n) ? &en->left : &en->right;
+        n = *link;
     }
-    if (key_less(h, x, n))
-        rc = tree_remove_at(h, en->left, x, &en->left, depth + 1);
-    else
-        rc = tree_remove_at(h, en->right, x, &en->right, depth + 1);
-    if (rc) return rc;
-    /* n's max end changes only if x's end was it (another node's end is the
-     * max otherwise, and it is still there). */
-    if (h->entries[x].end >= en->max_end) refresh(h, n);
-    *out = n;
+    while (len-- > 0)
+        if (x_end >= h->entries[path[len]].max_end) refresh(h, path[len]);
     return SS_OK;
 }
 
@@ -1015,8 +1024,14 @@ static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
     if (rc) return rc;
     const struct ss_entry *e = &h->entries[n];
     if (e->max_end <= lo) return 0;
-    rc = tree_find(h, e->left, lo, hi, pred, arg, found, depth + 1);
-    if (rc) return rc;
+    /* The left child is pruned here rather than by a call (check_links
+     * vouched for its index): most levels of a search on a big table end
+     * there. */
+    uint32_t l = e->left;
+    if (l != SS_NIL && h->entries[l].max_end > lo) {
+        rc = tree_find(h, l, lo, hi, pred, arg, found, depth + 1);
+        if (rc) return rc;
+    }
     if (e->start >= hi) return 0;
     if (e->end > lo && pred(h, n, arg)) { *found = n; return 1; }
     return tree_find(h, e->right, lo, hi, pred, arg, found, depth + 1);
