@@ -61,15 +61,17 @@ from _children import wait_pid
 
 UNIT = 4096
 GLOBAL_BYTES = 4096
-ROW_BYTES = 256               # row header 72 bytes, marks from offset 72
-MARKS = 72
+ROW_BYTES = 256               # row header 80 bytes, marks from offset 80
+MARKS = 80
 # Global fields
 G_STOP, G_EXIT = 0, 4
 # Row fields: pid q@0, incarnation Q@8, heartbeat Q@16, lock ops checked Q@24,
-# pin ops Q@32, count checks Q@40, frozen I@48, forked children Q@56, table full Q@64
+# pin ops Q@32, count checks Q@40, frozen I@48, forked children Q@56, table full Q@64,
+# armed crash point I@72
 # (marks start at MARKS)
 R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN, R_FORKS = 0, 8, 16, 24, 32, 40, 48, 56
 R_FULL = 64
+R_POINT = 72
 # Crash points of the C core (csrc/shmslice.c lists them); 9 is table creation,
 # outside the mutex, exercised by the lifecycle tests.
 CRASH_POINTS = [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
@@ -142,13 +144,18 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
     rec.put(row + R_INC, incarnation)
     rec.put(row + R_PID, me, "<q")
     rec.put(row + R_FROZEN, 0, "<I")
+    rec.put(row + R_POINT, 0, "<I")
+    point_armed = 0
     if rng.random() < args.crash_prob:
-        point = rng.choice(CRASH_POINTS)
+        point = point_armed = rng.choice(CRASH_POINTS)
+        rec.put(row + R_POINT, point, "<I")
         # Growth happens a few times per run, so its points fire on the first pass.
         lib.ss_debug_set_crash_point(point, 1 if point >= 10 else rng.randint(1, 40))
     mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
                                max_entries=args.capacity or None)
     pins: list[tuple[int, int, int]] = []
+    if point_armed >= 10:
+        grow_now(mgr, point_armed, args.units, paths)
 
     def fail(msg: str) -> None:
         sys.stderr.write(f"chaos worker slot {slot} pid {me}: VIOLATION {msg}\n")
@@ -249,6 +256,24 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             fail("never told to exit")
         time.sleep(0.005)
     mgr.close()
+
+
+def grow_now(mgr, point: int, units: int, paths: dict) -> None:
+    """A worker armed with a growth crash point makes the table grow at once
+    (so it dies growing while the others go on): pins past the entries left,
+    or handles past the process slots left.  Bounded, so the table stays small."""
+    import shmslice
+
+    st = mgr.stat()
+    if point == 10 and st.capacity < 1 << 16:
+        base = (units + 1 + (1 << 21) + os.getpid() * 65536) * UNIT
+        for k in range(st.capacity - st.used + 1):
+            mgr.pin(base + k, base + k + 1)
+    elif point == 11 and st.proc_capacity < 1024:
+        extra = [shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"])
+                 for _ in range(st.proc_capacity - st.procs + 1)]
+        for m in extra:
+            m.close()
 
 
 def burst(mgr, rng: random.Random, fail, units: int) -> None:
@@ -396,6 +421,8 @@ def run(args: argparse.Namespace) -> dict:
             killed.discard(pid)
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
                 counts["kills" if was_killed else "crash_point_deaths"] += 1
+                if not was_killed and rec.get(rec.row(slot) + R_POINT, "<I") >= 10:
+                    counts["growth_crash_deaths"] += 1
             elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and stopping:
                 counts["clean_exits"] += 1
             elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3:
@@ -515,6 +542,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "seed": args.seed, "workers": args.workers,
         "kills": counts["kills"], "crash_point_deaths": counts["crash_point_deaths"],
+        "growth_crash_deaths": counts["growth_crash_deaths"],
         "deaths_survived": counts["kills"] + counts["crash_point_deaths"],
         "repairs": counts["repairs"], **totals, **leftover_report,
         "chaos_seconds": round(chaos_elapsed, 2), "failures": failures[:20],
