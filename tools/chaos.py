@@ -265,10 +265,16 @@ def grow_now(mgr, point: int, units: int, paths: dict) -> None:
     import shmslice
 
     st = mgr.stat()
-    if point == 10 and st.capacity < 1 << 16:
+    if point == 10 and st.capacity < min(st.max_capacity, 1 << 16):
         base = (units + 1 + (1 << 21) + os.getpid() * 65536) * UNIT
-        for k in range(st.capacity - st.used + 1):
-            mgr.pin(base + k, base + k + 1)
+        refs = []
+        try:
+            for k in range(st.capacity - st.used + 1):
+                refs.append(mgr.pin(base + k, base + k + 1))
+        except shmslice.LockTableFull:
+            pass   # others took the room first; the point stays armed
+        for ref in refs:    # not dead: the table had grown already (or was full)
+            mgr.unpin(ref)
     elif point == 11 and st.proc_capacity < 1024:
         extra = [shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"])
                  for _ in range(st.proc_capacity - st.procs + 1)]
