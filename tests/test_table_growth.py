@@ -318,3 +318,16 @@ def test_a_million_live_slices_of_one_file(tmp_path: Path, lock_dir: Path) -> No
         for s in parts[::2]:
             s.release()
         assert mf.lock_manager.stat().used == 500_000
+
+
+def test_a_process_share_counts_all_its_handles(tmp_path: Path, lock_dir: Path) -> None:
+    """The reserve binds a process, not a handle: two managers of one process
+    together stop at the ceiling less 1/16."""
+    data = _data(tmp_path)
+    with shmslice.LockManager(data, lock_dir=lock_dir, max_entries=64) as a, \
+            shmslice.LockManager(data, lock_dir=lock_dir) as b:
+        refs = [a.pin(k, k + 1) for k in range(30)] + [b.pin(100 + k, 101 + k) for k in range(30)]
+        with pytest.raises(shmslice.LockTableFull, match="holds 60 entries, the most one process"):
+            b.lock(1000, 1001)
+        a.unpin(refs[0])
+        b.lock(1000, 1001).release()
