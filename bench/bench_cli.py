@@ -43,7 +43,7 @@ from _common import Spread, add_common_args, settings_from_args
 _HOLDER = r"""
 import os, sys, shmslice
 path, lock_dir, which, n, capacity = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-mgr = shmslice.LockManager(path, lock_dir, _capacity=capacity)
+mgr = shmslice.LockManager(path, lock_dir, max_entries=capacity)
 held = []
 base = which * n * 16
 for i in range(n):

@@ -14,7 +14,11 @@ What it measures, each case beside its own baseline in the same run:
   table, and while another process loops attach+close on it (interleaved
   rounds);
 * ``full``: a failed lock (table full, every owner alive) on that table;
-* ``attach``: attach+close of the big table.
+* ``attach``: attach+close of the big table;
+* ``held``: lock+release of a free region by a process that holds 1,000,000
+  entries (disjoint exclusive locks, so the table grew to hold them) against
+  the same process holding 10 (two tables, measured interleaved); also the
+  time to take the million (growth included) and the table's memory.
 
 The 64 owners are 64 handles (each its own process slot and liveness lock)
 held by one helper process: liveness is decided per slot, so that costs the
@@ -61,7 +65,7 @@ def _owner_process(data: str, lock_dir: str, capacity: int, owners: int, per_own
                    ready, stop) -> None:
     import shmslice
 
-    mgrs = [shmslice.LockManager(data, lock_dir=lock_dir, _capacity=capacity)
+    mgrs = [shmslice.LockManager(data, lock_dir=lock_dir, max_entries=capacity)
             for _ in range(owners)]
     for r in range(per_owner):
         for k, m in enumerate(mgrs):
@@ -117,9 +121,9 @@ def bench_pin(work: str, repeats: int) -> None:
 
     print(f"\n== pin+unpin with {OVERLAPS} overlapping pins vs 1 (us per pair)")
     crowded = shmslice.LockManager(_data(work, "crowded.bin"), lock_dir=work + "/locks",
-                                   _capacity=OVERLAPS + 64)
+                                   max_entries=OVERLAPS + 64)
     sparse = shmslice.LockManager(_data(work, "sparse.bin"), lock_dir=work + "/locks",
-                                  _capacity=64)
+                                  max_entries=64)
     base = 1 << 19
     for k in range(1, OVERLAPS + 1):
         crowded.pin(base - k, base + 1)     # every one covers `base`
@@ -254,10 +258,51 @@ def bench_big_table(work: str, repeats: int, seconds: float) -> None:
                 p.kill()
 
 
+def bench_held(work: str, repeats: int, held: int = 1_000_000) -> None:
+    import shmslice
+
+    print(f"\n== lock+release of a free region, {held} entries held vs 10 (us per pair)")
+    lock_dir = work + "/locks"
+    many = shmslice.LockManager(_data(work, "held-many.bin"), lock_dir=lock_dir)
+    few = shmslice.LockManager(_data(work, "held-few.bin"), lock_dir=lock_dir)
+    t0 = time.perf_counter()
+    keep = [many.lock(i * 16, i * 16 + 8) for i in range(held)]
+    took = time.perf_counter() - t0
+    keep += [few.lock(i * 16, i * 16 + 8) for i in range(10)]
+    st = many.stat()
+    print(f"  taking {held} locks: {took:.2f} s ({took / held * 1e6:.2f} us each, growth "
+          f"included; {st.growths} growths to {st.capacity} entries, "
+          f"{st.allocated_bytes / 2**20:.1f} MiB, {st.allocated_bytes / held:.0f} B per entry)")
+    results: dict[str, list[float]] = {"10 held": [], f"{held} held": []}
+    n = 2000
+    for _ in range(repeats):
+        for name, mgr, where in (("10 held", few, 160 * 16 + 4096),
+                                 (f"{held} held", many, held * 8 + 4)):
+            # A free region: between two held locks (the middle of the big table's index).
+            a = where if name == "10 held" else (held // 2) * 16 + 8
+            t_start = time.perf_counter_ns()
+            for _ in range(n):
+                mgr.lock(a, a + 8).release()
+            results[name].append((time.perf_counter_ns() - t_start) / n / 1000)
+    for name, xs in results.items():
+        print(f"  {name:>16}: {_spread(xs)}")
+    ratio = statistics.median(results[f"{held} held"]) / statistics.median(results["10 held"])
+    moved = max(results[f"{held} held"]) / min(results[f"{held} held"])
+    print(f"  ratio {ratio:.2f}x  (target <= 2x: {'PASS' if ratio <= 2 else 'MISS'}; "
+          f"the {held}-held figure moved {moved:.2f}x across repeats)")
+    t0 = time.perf_counter()
+    for lk in keep:
+        lk.release()
+    print(f"  releasing them: {time.perf_counter() - t0:.2f} s")
+    many.close()
+    few.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    ap.add_argument("--only", choices=["pin", "big"], help="run one part")
+    ap.add_argument("--only", choices=["pin", "big", "held"], help="run one part")
+    ap.add_argument("--held", type=int, default=1_000_000, help="entries held in the 'held' part")
     args = ap.parse_args()
     repeats = 5 if args.quick else 11
     seconds = 0.5 if args.quick else 1.0
@@ -271,6 +316,8 @@ def main() -> None:
             bench_pin(work, repeats)
         if args.only in (None, "big"):
             bench_big_table(work, repeats, seconds)
+        if args.only in (None, "held"):
+            bench_held(work, repeats, args.held)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -174,7 +175,20 @@ static int fail_sys(const char *fmt, ...)
 /* ===================================================================
  * 2. Layout of the shared table
  *
- *    [ header | padding to 4 KiB ][ proc slots ][ entries ]
+ *    [ header | padding to 4 KiB ][ proc slots ... ][ entries ... ]
+ *
+ * The file is laid out for its ceilings (max_procs slots, max_capacity
+ * entries; fixed at creation) and every process maps that whole length, so
+ * the mapping's addresses never move.  Only the current extents are
+ * allocated: slots [0, proc_capacity) and entries [0, capacity); the rest is
+ * a hole or past the end of the file, and no code touches it.  Growth
+ * (grow_entries, grow_procs; under the mutex) allocates the added range with
+ * posix_fallocate first and only then publishes the larger capacity, so a
+ * full filesystem is an error at growth time, never SIGBUS later, and a
+ * process killed in between leaves a table whose capacity word is still
+ * true.  Each handle keeps the capacities it validated (h->capacity,
+ * h->proc_capacity) and bounds every index by them; header_sane adopts a
+ * larger published capacity after checking it against the file's size.
  *
  * Mutex rules: every field below the "guarded by mutex" line of each struct
  * is read and written only while holding hdr->mutex, with these exceptions,
@@ -190,7 +204,8 @@ static int fail_sys(const char *fmt, ...)
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
 #define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
                                    * attached processes hold the guard byte, upgrade requests (W_UPGRADE),
-                                   * owner-died marks (SS_ORPHAN, orphan_root), write_gen */
+                                   * owner-died marks (SS_ORPHAN, orphan_root), write_gen,
+                                   * growing capacities under fixed ceilings, entries held per slot */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -211,6 +226,11 @@ static int fail_sys(const char *fmt, ...)
 #define SS_MUTEX_PATIENCE_S 10     /* table mutex held longer than this: report */
 #define SS_DATA_PATH_MAX 1024
 #define SS_MAX_CAPACITY (1u << 24)
+#define SS_MAX_PROCS (1u << 16)       /* process-slot ceiling of every table */
+#define SS_INITIAL_CAPACITY 512u      /* entries of a new table (40 KiB) */
+#define SS_INITIAL_PROCS 128u         /* process slots of a new table (4 KiB) */
+#define SS_GROW_MAX_STEP (1u << 20)   /* a growth adds at most this many entries (80 MiB) */
+#define SS_RESERVE_SHIFT 4            /* one process holds at most ceiling - ceiling/16 entries */
 
 /* Granted entries are indexed by kind; waiting ones, of either kind, in TREE_WAIT. */
 enum { TREE_SHARED = 0, TREE_EXCLUSIVE = 1, TREE_PIN = 2, TREE_WAIT = 3, TREE_ORPHAN = 4,
@@ -227,18 +247,23 @@ enum {
     W_ALL = 31
 };
 enum { PROC_FREE = 0, PROC_USED = 1 };
+/* ss_header.ceiling_source */
+enum { CEILING_GIVEN = 1, CEILING_DEFAULT = 2, CEILING_FILESYSTEM = 3 };
 
 struct ss_header {
     uint64_t magic;              /* SS_MAGIC */
     uint64_t format;             /* ss_format_stamp(): version and struct sizes */
-    uint32_t capacity;           /* number of entry slots */
-    uint32_t proc_capacity;      /* number of process slots */
-    uint64_t table_bytes;        /* total file size; must equal fstat size */
+    uint32_t max_capacity;       /* entry ceiling */
+    uint32_t max_procs;          /* process-slot ceiling */
+    uint64_t table_bytes;        /* length of the ceiling layout: the mapping's length; the
+                                  * file is never larger */
     uint64_t data_dev;           /* identity of the data file this table serves */
     uint64_t data_ino;
     uint64_t data_birth;         /* and its birth stamp (ss_file_identity) */
     uint64_t created_ns;         /* CLOCK_REALTIME at creation */
     char data_path[SS_DATA_PATH_MAX]; /* path given at creation (display only) */
+    uint32_t ceiling_source;     /* CEILING_*: how max_capacity was chosen (display only) */
+    uint32_t reserve;            /* entries no single process may take (see reserve_reached) */
     /* ---- guarded by mutex (except the atomics noted) ---- */
     pthread_mutex_t mutex __attribute__((aligned(64))); /* robust, process-shared */
     uint32_t abandoned;          /* atomic: entries flagged W_ABANDONED since the last sweep */
@@ -257,6 +282,10 @@ struct ss_header {
     uint32_t urgent;             /* waiting entries with W_URGENT */
     uint32_t orphan_root;        /* root of TREE_ORPHAN (owner-died marks), SS_NIL if empty */
     uint64_t write_gen;          /* atomic, no mutex: bumped after writes through shmslice (ss_note_write) */
+    uint32_t capacity;           /* entries [0, capacity) are allocated; only grows; written
+                                  * under the mutex (release) after the allocation */
+    uint32_t proc_capacity;      /* process slots [0, proc_capacity) are allocated; likewise */
+    uint32_t growths;            /* growths of either table (display) */
 };
 
 struct ss_proc {
@@ -266,6 +295,8 @@ struct ss_proc {
     uint32_t state;              /* PROC_FREE or PROC_USED */
     uint32_t pidns;              /* low 32 bits of the pid namespace's inode, 0 unknown:
                                   * pid means nothing to a process of another namespace */
+    uint32_t held;               /* entries in use whose owner_slot is this slot (any gen) */
+    uint32_t spare;              /* zero; keeps the 64-bit fields aligned */
     uint64_t attached_ns;        /* CLOCK_REALTIME at attach */
     uint64_t token;              /* random per process (new after fork): same process? */
 };
@@ -295,7 +326,7 @@ struct ss_entry {
 _Static_assert(sizeof(struct ss_header) <= SS_HEADER_BYTES, "header too large");
 _Static_assert(offsetof(struct ss_entry, wake) % 4 == 0, "futex word must be aligned");
 _Static_assert(sizeof(struct ss_entry) == 80, "entry layout changed: bump format");
-_Static_assert(sizeof(struct ss_proc) == 32, "proc layout changed: bump format");
+_Static_assert(sizeof(struct ss_proc) == 40, "proc layout changed: bump format");
 
 static uint64_t ss_format_stamp(void)
 {
@@ -305,10 +336,23 @@ static uint64_t ss_format_stamp(void)
            (uint64_t)sizeof(struct ss_proc);
 }
 
-static uint64_t ss_table_bytes(uint32_t capacity, uint32_t proc_capacity)
+/* Offset of entry 0: past the slot ceiling, rounded up to a page. */
+static uint64_t ss_entries_offset(uint32_t max_procs)
 {
-    return SS_HEADER_BYTES + (uint64_t)proc_capacity * sizeof(struct ss_proc) +
-           (uint64_t)capacity * sizeof(struct ss_entry);
+    uint64_t off = SS_HEADER_BYTES + (uint64_t)max_procs * sizeof(struct ss_proc);
+    return (off + 4095) & ~(uint64_t)4095;
+}
+
+/* Length of the layout for entry and slot ceilings (the mapping's length). */
+static uint64_t ss_table_bytes(uint32_t max_capacity, uint32_t max_procs)
+{
+    return ss_entries_offset(max_procs) + (uint64_t)max_capacity * sizeof(struct ss_entry);
+}
+
+/* The file must reach at least this far while capacity entries are in use. */
+static uint64_t ss_extent_bytes(uint32_t capacity, uint32_t max_procs)
+{
+    return ss_entries_offset(max_procs) + (uint64_t)capacity * sizeof(struct ss_entry);
 }
 
 /* Process-private handle. */
@@ -317,8 +361,11 @@ struct ss_handle {
     struct ss_proc *procs;
     struct ss_entry *entries;
     size_t map_bytes;
-    uint32_t capacity;           /* copied from the validated header */
-    uint32_t proc_capacity;
+    uint32_t capacity;           /* entries allocated, as last validated (atomic: read
+                                  * without the mutex by the abandon path) */
+    uint32_t proc_capacity;      /* process slots allocated, as last validated */
+    uint32_t max_capacity;       /* ceilings, from the header checked at attach */
+    uint32_t max_procs;
     int table_fd;                /* -1 after fork until re-attached, or inspect-only */
     int probe_fd;                /* the table file through a description that never holds a
                                   * lock: liveness probes use it, and a forked child keeps it */
@@ -508,6 +555,7 @@ void ss_debug_set_stop_point(int point, int countdown)
 }
 
 /* Crash points (1-8, 20-22 inside the table mutex; 9 outside it):
+/* Crash points (1-8, 10, 11 inside the table mutex; 9 outside it):
  *   1 after allocating an entry, before it is visible
  *   2 after an entry became visible, before it is indexed
  *   3 in the middle of unlinking an entry from the index
@@ -525,6 +573,9 @@ void ss_debug_set_stop_point(int point, int countdown)
  *     removed
  *  22 turning a dead owner's exclusive lock into an owner-died mark: out of
  *     its index, not yet a mark
+ *  10 growing the entry table: the range allocated, the capacity not yet
+ *     published
+ *  11 growing the process-slot table: likewise
  * A stop point (ss_debug_set_stop_point) stops the process there instead,
  * once, with SIGSTOP: it keeps the mutex until SIGCONT. */
 static inline void maybe_crash(int point)
@@ -542,6 +593,36 @@ static inline void maybe_crash(int point)
 
 static int table_repair(struct ss_handle *h);
 static int sweep_abandoned(struct ss_handle *h);
+static int remove_slot_entries(struct ss_handle *h, uint32_t s);
+
+/* Adopt the header's capacities if they grew since this handle last
+ * looked: only once the file is found to reach as far as they say, so no
+ * index below them can fault.  Capacities never shrink.  Under the mutex, or
+ * at attach before the handle is in use.  Costs two loads when nothing grew. */
+static int adopt_capacity(struct ss_handle *h)
+{
+    struct ss_header *hd = h->hdr;
+    uint32_t cap = __atomic_load_n(&hd->capacity, __ATOMIC_ACQUIRE);
+    uint32_t pcap = __atomic_load_n(&hd->proc_capacity, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(cap == h->capacity && pcap == h->proc_capacity, 1)) return SS_OK;
+    if (cap < h->capacity || pcap < h->proc_capacity || cap == 0 || pcap == 0 ||
+        cap > h->max_capacity || pcap > h->max_procs)
+        return fail(SS_ECORRUPT, "lock table %s: capacity of %u entries and %u process "
+                    "slots out of range (ceilings %u and %u)", h->table_path, cap, pcap,
+                    h->max_capacity, h->max_procs);
+    /* The size is read after the capacities: a growth allocates before it
+     * publishes, so a true capacity is always covered by the size seen here. */
+    struct stat st;
+    if (fstat(h->probe_fd, &st) != 0)
+        return fail_sys("lock table %s: cannot stat it", h->table_path);
+    if ((uint64_t)st.st_size < ss_extent_bytes(cap, h->max_procs) ||
+        (uint64_t)st.st_size > h->map_bytes)
+        return fail(SS_ECORRUPT, "lock table %s claims %u entries but the file is %lld "
+                    "bytes long", h->table_path, cap, (long long)st.st_size);
+    __atomic_store_n(&h->capacity, cap, __ATOMIC_RELAXED);
+    h->proc_capacity = pcap;
+    return SS_OK;
+}
 
 static uint32_t *tree_root(struct ss_handle *h, int t);
 
@@ -549,6 +630,8 @@ static uint32_t *tree_root(struct ss_handle *h, int t);
 static int header_sane(struct ss_handle *h)
 {
     struct ss_header *hd = h->hdr;
+    int rc = adopt_capacity(h);
+    if (rc) return rc;
     if (hd->entry_hwm > h->capacity || hd->proc_hwm > h->proc_capacity ||
         (hd->free_head != SS_NIL && hd->free_head >= hd->entry_hwm))
         return fail(SS_ECORRUPT, "lock table %s: header counters out of range",
@@ -915,58 +998,72 @@ static int tree_merge(struct ss_handle *h, uint32_t a, uint32_t b, uint32_t *out
     return SS_OK;
 }
 
+/* Insert x into the subtree n hanging from *out (*out == n): walk down to the
+ * first node x's priority outranks, raising the max end of every node passed
+ * (x will sit below it, and only x is added), then split that subtree around
+ * x.  A loop, one visit per level: on a table of a million entries this path
+ * is ~28 levels deep on every lock. */
 static int tree_insert_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t *out,
                           int depth)
 {
-    DEPTH_CHECK(h, depth);
     struct ss_entry *ex = &h->entries[x];
-    if (n == SS_NIL) {
-        ex->left = ex->right = SS_NIL;
-        ex->max_end = ex->end;
-        *out = x;
-        return SS_OK;
-    }
-    int rc = check_links(h, n);
-    if (rc) return rc;
-    if (prio_above(x, n)) {
-        rc = tree_split(h, n, x, &ex->left, &ex->right, depth + 1);
+    uint32_t *link = out;
+    for (;; depth++) {
+        DEPTH_CHECK(h, depth);
+        if (n == SS_NIL) {
+            ex->left = ex->right = SS_NIL;
+            ex->max_end = ex->end;
+            *link = x;
+            return SS_OK;
+        }
+        int rc = check_links(h, n);
         if (rc) return rc;
-        refresh(h, x);
-        *out = x;
-        return SS_OK;
+        if (prio_above(x, n)) {
+            rc = tree_split(h, n, x, &ex->left, &ex->right, depth + 1);
+            if (rc) return rc;
+            refresh(h, x);
+            *link = x;
+            return SS_OK;
+        }
+        struct ss_entry *en = &h->entries[n];
+        if (ex->end > en->max_end) en->max_end = ex->end;
+        link = key_less(h, x, n) ? &en->left : &en->right;
+        n = *link;
     }
-    struct ss_entry *en = &h->entries[n];
-    if (key_less(h, x, n))
-        rc = tree_insert_at(h, en->left, x, &en->left, depth + 1);
-    else
-        rc = tree_insert_at(h, en->right, x, &en->right, depth + 1);
-    if (rc) return rc;
-    refresh(h, n);
-    *out = n;
-    return SS_OK;
 }
 
+/* Remove x from the subtree n hanging from *out (*out == n): walk down to it
+ * (a loop, remembering the path), merge its children in its place, then
+ * recompute the max end of the nodes passed, bottom up, where x's end was
+ * it (another node's end is the max otherwise, and it is still there). */
 static int tree_remove_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t *out,
                           int depth)
 {
-    DEPTH_CHECK(h, depth);
-    if (n == SS_NIL)
-        return fail(SS_ECORRUPT, "lock table %s: entry %u missing from its index",
-                    h->table_path, x);
-    int rc = check_links(h, n);
-    if (rc) return rc;
-    struct ss_entry *en = &h->entries[n];
-    if (n == x) {
-        maybe_crash(3);
-        return tree_merge(h, en->left, en->right, out, depth + 1);
+    uint32_t path[SS_MAX_DEPTH + 2];
+    int len = 0;
+    uint32_t *link = out;
+    uint64_t x_end = h->entries[x].end;
+    for (;; depth++) {
+        DEPTH_CHECK(h, depth);
+        if (n == SS_NIL)
+            return fail(SS_ECORRUPT, "lock table %s: entry %u missing from its index",
+                        h->table_path, x);
+        int rc = check_links(h, n);
+        if (rc) return rc;
+        struct ss_entry *en = &h->entries[n];
+        if (n == x) {
+            maybe_crash(3);
+            rc = tree_merge(h, en->left, en->right, link, depth + 1);
+            if (rc) return rc;
+            break;
+        }
+        SS_ASSERT(len < (int)(sizeof path / sizeof path[0]));
+        path[len++] = n;
+        link = key_less(h, x, n) ? &en->left : &en->right;
+        n = *link;
     }
-    if (key_less(h, x, n))
-        rc = tree_remove_at(h, en->left, x, &en->left, depth + 1);
-    else
-        rc = tree_remove_at(h, en->right, x, &en->right, depth + 1);
-    if (rc) return rc;
-    refresh(h, n);
-    *out = n;
+    while (len-- > 0)
+        if (x_end >= h->entries[path[len]].max_end) refresh(h, path[len]);
     return SS_OK;
 }
 
@@ -983,8 +1080,14 @@ static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
     if (rc) return rc;
     const struct ss_entry *e = &h->entries[n];
     if (e->max_end <= lo) return 0;
-    rc = tree_find(h, e->left, lo, hi, pred, arg, found, depth + 1);
-    if (rc) return rc;
+    /* The left child is pruned here rather than by a call (check_links
+     * vouched for its index): most levels of a search on a big table end
+     * there. */
+    uint32_t l = e->left;
+    if (l != SS_NIL && h->entries[l].max_end > lo) {
+        rc = tree_find(h, l, lo, hi, pred, arg, found, depth + 1);
+        if (rc) return rc;
+    }
     if (e->start >= hi) return 0;
     if (e->end > lo && pred(h, n, arg)) { *found = n; return 1; }
     return tree_find(h, e->right, lo, hi, pred, arg, found, depth + 1);
@@ -1066,11 +1169,174 @@ static int64_t make_ref(uint32_t index, uint32_t serial)
     return (int64_t)(((uint64_t)(serial & 0x7fffffffu) << 32) | index);
 }
 
-/* Take a free entry (not yet visible: state stays ENTRY_FREE). */
+/* ---- capacity: growth, the ceiling, the reserve ---------------------- */
+
+/* One process's share of the entries, for messages. */
+struct holder { int32_t pid; uint32_t held; int gone; };
+
+static int holder_by_pid(const void *a, const void *b)
+{
+    const struct holder *x = a, *y = b;
+    return x->pid != y->pid ? (x->pid < y->pid ? -1 : 1) : x->gone - y->gone;
+}
+
+/* Write "pid P (NAME): N entries, ..." for the (at most) three processes
+ * holding the most entries into buf.  Under the mutex; error paths only. */
+static void describe_holders(struct ss_handle *h, char *buf, size_t len)
+{
+    uint32_t phwm = h->hdr->proc_hwm, n = 0;
+    buf[0] = 0;
+    struct holder *all = malloc(sizeof *all * (phwm ? phwm : 1));
+    if (!all) return;
+    for (uint32_t s = 0; s < phwm; s++) {
+        const struct ss_proc *p = &h->procs[s];
+        if (p->held == 0) continue;
+        all[n].pid = p->pid;
+        all[n].held = p->held;
+        all[n].gone = p->state != PROC_USED;
+        n++;
+    }
+    qsort(all, n, sizeof *all, holder_by_pid);
+    uint32_t m = 0;   /* merge the slots of one process (several handles) */
+    for (uint32_t k = 0; k < n; k++) {
+        if (m && all[m - 1].pid == all[k].pid && all[m - 1].gone == all[k].gone)
+            all[m - 1].held += all[k].held;
+        else all[m++] = all[k];
+    }
+    size_t used = 0;
+    for (int rank = 0; rank < 3 && m; rank++) {
+        uint32_t best = 0;
+        for (uint32_t k = 1; k < m; k++)
+            if (all[k].held > all[best].held) best = k;
+        char name[64] = "exited", path[64];
+        if (!all[best].gone) {
+            snprintf(path, sizeof path, "/proc/%d/comm", (int)all[best].pid);
+            FILE *f = fopen(path, "re");
+            if (f && fgets(name, sizeof name, f)) name[strcspn(name, "\n")] = 0;
+            else snprintf(name, sizeof name, "?");
+            if (f) fclose(f);
+        }
+        int w = snprintf(buf + used, len - used, "%spid %d (%s): %u entries", rank ? ", " : "",
+                         (int)all[best].pid, name, all[best].held);
+        if (w < 0 || (size_t)w >= len - used) break;
+        used += (size_t)w;
+        all[best] = all[--m];
+    }
+    free(all);
+}
+
+/* SS_EFULL at the ceiling, naming the biggest holders. */
+static int ceiling_status(struct ss_handle *h)
+{
+    char who[240];
+    describe_holders(h, who, sizeof who);
+    return fail(SS_EFULL, "lock table %s is at its ceiling of %u entries (set when it was "
+                "created: SHMSLICE_MAX_ENTRIES or max_entries=); most held by %s; release "
+                "locks or pins, or end those processes", h->table_path, h->max_capacity,
+                who[0] ? who : "nobody");
+}
+
+/* Entries held by the calling process (every handle of it on this table:
+ * slots with our token).  Under the mutex; O(process slots). */
+static uint64_t held_by_this_process(struct ss_handle *h)
+{
+    uint64_t token = h->procs[h->slot].token, total = 0;
+    for (uint32_t s = 0; s < h->hdr->proc_hwm; s++) {
+        const struct ss_proc *p = &h->procs[s];
+        if (p->state == PROC_USED && p->token == token) total += p->held;
+    }
+    return total;
+}
+
+/* The reserve: no process may hold more than max_capacity - reserve
+ * entries, so others can always lock and pin.  Checked only once the table
+ * as a whole is that full (only then can one process be).  SS_OK or
+ * SS_EFULL. */
+static int reserve_reached(struct ss_handle *h)
+{
+    uint32_t share = h->max_capacity - h->hdr->reserve;
+    if (__builtin_expect(h->hdr->used < share, 1) || !h->has_slot) return SS_OK;
+    uint64_t mine = held_by_this_process(h);
+    if (mine < share) return SS_OK;
+    return fail(SS_EFULL, "lock table %s: this process (pid %d) holds %llu entries, the most "
+                "one process may hold: the ceiling of %u less a reserve of %u kept for other "
+                "processes; release locks or pins (or create the table with a larger "
+                "max_entries=)", h->table_path, (int)getpid(), (unsigned long long)mine,
+                h->max_capacity, h->hdr->reserve);
+}
+
+/* posix_fallocate, retried when a signal interrupts it; 0 or an errno. */
+static int allocate_range(int fd, uint64_t from, uint64_t len)
+{
+    int err;
+    do err = posix_fallocate(fd, (off_t)from, (off_t)len); while (err == EINTR);
+    return err;
+}
+
+/* The status for a growth the filesystem refused. */
+static int growth_failed(struct ss_handle *h, int err, const char *what, uint32_t from,
+                         uint32_t to)
+{
+    if (err == ENOSPC || err == EDQUOT)
+        return fail(SS_EFULL, "lock table %s cannot grow from %u to %u %s: no space left "
+                    "on its filesystem (%s); free memory there (shmslice prune, remove "
+                    "files) or use a lock directory with room", h->table_path, from, to,
+                    what, strerror(err));
+    errno = err;
+    return fail_sys("lock table %s cannot grow from %u to %u %s", h->table_path, from, to,
+                    what);
+}
+
+/* Grow the entry table: allocate the next range (double, at most
+ * SS_GROW_MAX_STEP entries, at most to the ceiling), then publish it.  New
+ * entries need no initialising: entries at and above entry_hwm are
+ * initialised as they are first taken.  A process killed in between leaves
+ * an allocated range the old capacity does not cover: harmless, the next
+ * growth allocates it again.  Under the mutex. */
+static int grow_entries(struct ss_handle *h)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    uint32_t cap = h->capacity;
+    if (cap >= h->max_capacity) return ceiling_status(h);
+    uint32_t add = cap < SS_GROW_MAX_STEP ? cap : SS_GROW_MAX_STEP;
+    if (add > h->max_capacity - cap) add = h->max_capacity - cap;
+    int err = allocate_range(h->probe_fd, ss_extent_bytes(cap, h->max_procs),
+                             (uint64_t)add * sizeof(struct ss_entry));
+    if (err) return growth_failed(h, err, "entries", cap, cap + add);
+    maybe_crash(10);
+    __atomic_store_n(&h->hdr->capacity, cap + add, __ATOMIC_RELEASE);
+    __atomic_store_n(&h->capacity, cap + add, __ATOMIC_RELAXED);
+    h->hdr->growths++;
+    return SS_OK;
+}
+
+/* Grow the process-slot table likewise (double, at most to SS_MAX_PROCS). */
+static int grow_procs(struct ss_handle *h)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    uint32_t cap = h->proc_capacity;
+    if (cap >= h->max_procs)
+        return fail(SS_EFULL, "lock table %s: all %u process slots are in use",
+                    h->table_path, h->max_procs);
+    uint32_t add = cap < h->max_procs - cap ? cap : h->max_procs - cap;
+    int err = allocate_range(h->probe_fd, SS_HEADER_BYTES + (uint64_t)cap * sizeof(struct ss_proc),
+                             (uint64_t)add * sizeof(struct ss_proc));
+    if (err) return growth_failed(h, err, "process slots", cap, cap + add);
+    maybe_crash(11);
+    __atomic_store_n(&h->hdr->proc_capacity, cap + add, __ATOMIC_RELEASE);
+    h->proc_capacity = cap + add;
+    h->hdr->growths++;
+    return SS_OK;
+}
+
+/* Take a free entry (not yet visible: state stays ENTRY_FREE), growing the
+ * table if it has none; SS_EFULL at the ceiling or the caller's share. */
 static int entry_alloc(struct ss_handle *h, uint32_t *out)
 {
     struct ss_header *hd = h->hdr;
     uint32_t i;
+    int rc = reserve_reached(h);
+    if (rc) return rc;
     if (hd->free_head != SS_NIL) {
         i = hd->free_head;
         if (h->entries[i].state != ENTRY_FREE)
@@ -1081,14 +1347,14 @@ static int entry_alloc(struct ss_handle *h, uint32_t *out)
             return fail(SS_ECORRUPT, "lock table %s: free list link out of range",
                         h->table_path);
         hd->free_head = next;
-    } else if (hd->entry_hwm < h->capacity) {
+    } else {
+        if (hd->entry_hwm >= h->capacity && (rc = grow_entries(h)) != SS_OK) return rc;
         i = hd->entry_hwm;
+        SS_ASSERT(i < h->capacity);
         h->entries[i].state = ENTRY_FREE;
         h->entries[i].next_free = SS_NIL;
+        h->entries[i].serial = 0;
         hd->entry_hwm = i + 1;
-    } else {
-        return fail(SS_EFULL, "lock table %s is full (%u entries); release locks "
-                    "or pins, or reap dead processes", h->table_path, h->capacity);
     }
     maybe_crash(1);
     *out = i;
@@ -1122,6 +1388,7 @@ static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64
     __atomic_store_n(&e->wflags, (uint8_t)0, __ATOMIC_RELAXED);
     __atomic_store_n(&e->state, (uint8_t)state, __ATOMIC_RELEASE);
     h->hdr->used++;
+    h->procs[h->slot].held++;
     if (state == SS_WAITING) h->hdr->waiting++;
     maybe_crash(2);
     return index_insert(h, i);
@@ -1167,6 +1434,9 @@ static int entry_remove(struct ss_handle *h, uint32_t i)
     e->next_free = h->hdr->free_head;
     h->hdr->free_head = i;
     if (h->hdr->used) h->hdr->used--;
+    if (e->kind != SS_ORPHAN && e->owner_slot < h->hdr->proc_hwm &&
+        h->procs[e->owner_slot].held)   /* a mark counts for no slot (reclaim_dead) */
+        h->procs[e->owner_slot].held--;
     if (was_waiting && h->hdr->waiting) h->hdr->waiting--;
     if (was_waiting && (flags & W_URGENT) && h->hdr->urgent) h->hdr->urgent--;
     if (unblocks && h->hdr->wait_root != SS_NIL)
@@ -1204,6 +1474,11 @@ static int reclaim_dead(struct ss_handle *h, uint32_t i)
     int rc = index_remove(h, i);
     if (rc) return rc;
     maybe_crash(22);
+    /* The mark is news about the region, not an entry of the dead slot: it
+     * leaves the slot's count, so the slot can be reused and reclaim sweeps
+     * never walk the table for it again. */
+    if (e->owner_slot < h->hdr->proc_hwm && h->procs[e->owner_slot].held)
+        h->procs[e->owner_slot].held--;
     int pid = owner_pid(h, e);
     e->count = pid > 0 ? (uint32_t)pid : 1u;
     e->since_ns = now_ns(CLOCK_REALTIME_COARSE);   /* when the death was noticed */
@@ -1671,22 +1946,40 @@ static int scan_entry_alive(struct ss_handle *h, uint32_t i)
 }
 
 /* Remove every entry whose owner is dead; *removed counts them.  Under the
- * mutex; one probe per process slot. */
+ * mutex.  The slots' held counts say who holds entries at all, so only
+ * those slots are probed (once each), and the entries are walked only if
+ * one of them is dead: a table full of live owners costs O(slots), not a
+ * pass over every entry. */
 static int sweep_dead(struct ss_handle *h, uint32_t *removed)
 {
     SS_ASSERT_MUTEX_HELD(h);
     scan_begin(h);
-    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
-        if (h->entries[i].state == ENTRY_FREE || h->entries[i].kind == SS_ORPHAN) continue;
-        int alive = scan_entry_alive(h, i);
-        if (alive < 0) return alive;
-        if (!alive) {
-            int rc = reclaim_dead(h, i);
-            if (rc) return rc;
-            (*removed)++;
-        }
+    struct ss_header *hd = h->hdr;
+    uint32_t phwm = hd->proc_hwm, dead = 0;
+    uint8_t *gone = calloc(phwm ? phwm : 1, 1);
+    if (!gone) return fail_sys("out of memory sweeping %s", h->table_path);
+    int rc = SS_OK;
+    for (uint32_t s = 0; s < phwm; s++) {
+        struct ss_proc *p = &h->procs[s];
+        if (p->held == 0) continue;
+        int alive = p->state == PROC_USED ? scan_alive(h, s, p->gen) : 0;
+        if (alive < 0) { rc = alive; goto out; }
+        if (!alive) { gone[s] = 1; dead++; }
     }
-    return SS_OK;
+    for (uint32_t i = 0; dead && i < hd->entry_hwm; i++) {
+        const struct ss_entry *e = &h->entries[i];
+        if (e->state == ENTRY_FREE || e->owner_slot >= phwm || e->kind == SS_ORPHAN) continue;
+        const struct ss_proc *p = &h->procs[e->owner_slot];
+        /* Also entries of an older generation of a live slot (dead by
+         * definition; claim_slot removes them, so only after a crash). */
+        if (!gone[e->owner_slot] && p->state == PROC_USED && p->gen == e->owner_gen) continue;
+        rc = reclaim_dead(h, i);   /* an exclusive lock leaves an owner-died mark */
+        if (rc) goto out;
+        (*removed)++;
+    }
+out:
+    free(gone);
+    return rc;
 }
 
 /* entry_alloc, but when the table is full sweep once for dead owners first.
@@ -1808,16 +2101,26 @@ static int validate_entries(struct ss_handle *h, uint32_t *used)
             return fail(SS_ECORRUPT, "lock table %s: process slot %u malformed",
                         h->table_path, p);
     }
+    uint32_t *held = calloc(hd->proc_hwm ? hd->proc_hwm : 1, sizeof *held);
+    if (!held) return fail_sys("out of memory validating %s", h->table_path);
     for (uint32_t i = 0; i < hd->entry_hwm; i++) {
         if (h->entries[i].state == ENTRY_FREE) continue;
         int rc = validate_entry(h, i);
-        if (rc) return rc;
+        if (rc) { free(held); return rc; }
+        if (h->entries[i].kind != SS_ORPHAN) held[h->entries[i].owner_slot]++;
         (*used)++;
         if (h->entries[i].state == SS_WAITING) {
             waiting++;
             if (wflags_of(&h->entries[i]) & W_URGENT) urgent++;
         }
     }
+    uint32_t bad_slot = SS_NIL;
+    for (uint32_t p = 0; p < hd->proc_hwm && bad_slot == SS_NIL; p++)
+        if (held[p] != h->procs[p].held) bad_slot = p;
+    free(held);
+    if (bad_slot != SS_NIL)
+        return fail(SS_ECORRUPT, "lock table %s: process slot %u's entry count disagrees "
+                    "with its entries", h->table_path, bad_slot);
     if (*used != hd->used || waiting != hd->waiting || procs != hd->procs_used ||
         urgent != hd->urgent)
         return fail(SS_ECORRUPT, "lock table %s: counters disagree with entries (used %u/%u, "
@@ -1929,6 +2232,10 @@ static int table_repair(struct ss_handle *h)
     SS_ASSERT_MUTEX_HELD(h);
     struct ss_header *hd = h->hdr;
     hd->repairs++;
+    /* The dead holder may have been growing the table: adopt what it
+     * published (only what the file's size bears out). */
+    int grown = adopt_capacity(h);
+    if (grown) return grown;
     if (hd->entry_hwm > h->capacity || hd->proc_hwm > h->proc_capacity)
         return fail(SS_ECORRUPT, "lock table %s: header counters out of range",
                     h->table_path);
@@ -1936,8 +2243,10 @@ static int table_repair(struct ss_handle *h)
     hd->free_head = SS_NIL;
     hd->used = hd->waiting = hd->procs_used = hd->urgent = 0;
     uint32_t abandoned = 0;
-    for (uint32_t p = 0; p < hd->proc_hwm; p++)
+    for (uint32_t p = 0; p < hd->proc_hwm; p++) {
         if (h->procs[p].state == PROC_USED) hd->procs_used++;
+        h->procs[p].held = 0;
+    }
     for (uint32_t k = hd->entry_hwm; k-- > 0;) {
         struct ss_entry *e = &h->entries[k];
         if (k == hd->entry_hwm / 2) maybe_crash(5);
@@ -1949,6 +2258,8 @@ static int table_repair(struct ss_handle *h)
         int rc = validate_entry(h, k);
         if (rc) return rc;
         hd->used++;
+        if (e->kind != SS_ORPHAN)   /* marks count for no slot */
+            h->procs[e->owner_slot].held++;   /* owner_slot < proc_hwm: validate_entry */
         /* Woken marks are dropped (every waiter is woken below); urgency
          * only means something on a waiting entry. */
         uint8_t keep = e->state == SS_WAITING ? (W_URGENT | W_ABANDONED | W_UPGRADE)
@@ -1976,6 +2287,12 @@ static int claim_slot(struct ss_handle *h, uint32_t s)
 {
     SS_ASSERT_MUTEX_HELD(h);
     SS_ASSERT(s < h->hdr->proc_hwm && h->procs[s].state != PROC_USED && !h->has_slot);
+    if (h->procs[s].held) {
+        /* Entries of the slot's dead previous owner: removed first, so a
+         * used slot's held count is its owner's. */
+        int rc = remove_slot_entries(h, s);
+        if (rc) return rc;
+    }
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
                        .l_start = SS_SLOT_LOCK_BASE + s, .l_len = 1};
     if (fcntl(h->table_fd, F_OFD_SETLK, &fl) != 0) {
@@ -1997,13 +2314,18 @@ static int claim_slot(struct ss_handle *h, uint32_t s)
 }
 
 /* Take a process slot: a free one if any (pass 0), else one whose owner
- * is found dead (pass 1).  Under the mutex. */
+ * is found dead (pass 1), else one the slot table grows by (pass 2, to the
+ * ceiling).  Under the mutex. */
 static int take_slot(struct ss_handle *h)
 {
     SS_ASSERT_MUTEX_HELD(h);
     struct ss_header *hd = h->hdr;
     scan_begin(h);
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 3; pass++) {
+        if (pass == 2) {
+            int rc = grow_procs(h);
+            if (rc) return rc;
+        }
         for (uint32_t s = 0; s < h->proc_capacity; s++) {
             if (s >= hd->proc_hwm) {
                 memset(&h->procs[s], 0, sizeof h->procs[s]);
@@ -2025,6 +2347,22 @@ static int take_slot(struct ss_handle *h)
                 h->table_path, h->proc_capacity);
 }
 
+/* Remove every entry of free slot s (its owner is gone).  Under the mutex. */
+static int remove_slot_entries(struct ss_handle *h, uint32_t s)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    SS_ASSERT(h->procs[s].state != PROC_USED);
+    for (uint32_t i = 0; h->procs[s].held && i < h->hdr->entry_hwm; i++) {
+        if (h->entries[i].state == ENTRY_FREE || h->entries[i].owner_slot != s ||
+            h->entries[i].kind == SS_ORPHAN)
+            continue;
+        int rc = reclaim_dead(h, i);   /* its owner died: an exclusive lock leaves a mark */
+        if (rc) return rc;
+    }
+    h->procs[s].held = 0;   /* a count the entries did not bear out is dropped */
+    return SS_OK;
+}
+
 /* Check the header of a mapped table before anything else is read, and set
  * the handle's view (capacities, slot and entry arrays) from it. */
 static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct stat *data,
@@ -2037,23 +2375,31 @@ static int check_header(struct ss_handle *h, uint64_t file_bytes, const struct s
         return fail(SS_ECORRUPT, "lock table %s has format %#llx, this build expects %#llx",
                     h->table_path, (unsigned long long)hd->format,
                     (unsigned long long)ss_format_stamp());
-    if (hd->capacity == 0 || hd->capacity > SS_MAX_CAPACITY || hd->proc_capacity == 0 ||
-        hd->proc_capacity > SS_MAX_CAPACITY ||
-        hd->table_bytes != ss_table_bytes(hd->capacity, hd->proc_capacity) ||
-        hd->table_bytes != file_bytes)
-        return fail(SS_ECORRUPT, "lock table %s: capacity fields do not match its size",
+    (void)file_bytes;
+    uint32_t max_cap = hd->max_capacity, max_procs = hd->max_procs;
+    if (max_cap == 0 || max_cap > SS_MAX_CAPACITY || max_procs == 0 ||
+        max_procs > SS_MAX_PROCS || hd->table_bytes != ss_table_bytes(max_cap, max_procs) ||
+        hd->table_bytes != h->map_bytes || hd->reserve >= max_cap)
+        return fail(SS_ECORRUPT, "lock table %s: ceiling fields do not match its layout",
                     h->table_path);
     if (data && (hd->data_dev != (uint64_t)data->st_dev || hd->data_ino != (uint64_t)data->st_ino ||
                  hd->data_birth != birth))
         return fail(SS_ECORRUPT, "lock table %s belongs to another file", h->table_path);
     if (memchr(hd->data_path, 0, sizeof hd->data_path) == NULL)
         return fail(SS_ECORRUPT, "lock table %s: recorded path not terminated", h->table_path);
-    h->capacity = hd->capacity;
-    h->proc_capacity = hd->proc_capacity;
-    if (!h->scan && !(h->scan = verdicts_new(hd->proc_capacity)))
+    h->max_capacity = max_cap;
+    h->max_procs = max_procs;
+    if (__atomic_load_n(&hd->capacity, __ATOMIC_ACQUIRE) == 0 ||
+        __atomic_load_n(&hd->proc_capacity, __ATOMIC_ACQUIRE) == 0)
+        return fail(SS_ECORRUPT, "lock table %s: capacity of zero entries or slots",
+                    h->table_path);
+    h->capacity = h->proc_capacity = 0;
+    int rc = adopt_capacity(h);   /* the current capacities, checked against the size */
+    if (rc) return rc;
+    if (!h->scan && !(h->scan = verdicts_new(max_procs)))
         return fail_sys("out of memory attaching %s", h->table_path);
     h->procs = (struct ss_proc *)((char *)hd + SS_HEADER_BYTES);
-    h->entries = (struct ss_entry *)(h->procs + hd->proc_capacity);
+    h->entries = (struct ss_entry *)((char *)hd + ss_entries_offset(max_procs));
     return SS_OK;
 }
 
@@ -2159,18 +2505,23 @@ static int new_table_file(int dir_fd, const char *name, const char *dir, char *t
     return fd;
 }
 
-/* Fill in the header of a new table of `bytes` bytes in fd. */
+/* Fill in the header of a new table in fd whose ceiling is max_capacity. */
 static int init_header(int fd, const char *dir, const struct stat *data, uint64_t birth,
-                       const char *data_path, uint32_t capacity, uint64_t bytes)
+                       const char *data_path, uint32_t max_capacity, uint32_t source)
 {
     void *map = mmap(NULL, SS_HEADER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) return fail_sys("cannot map new lock table in %s", dir);
     struct ss_header *hd = map;
     hd->magic = SS_MAGIC;
     hd->format = ss_format_stamp();
-    hd->capacity = capacity;
-    hd->proc_capacity = SS_DEFAULT_PROC_CAPACITY;
-    hd->table_bytes = bytes;
+    hd->max_capacity = max_capacity;
+    hd->max_procs = SS_MAX_PROCS;
+    hd->table_bytes = ss_table_bytes(max_capacity, SS_MAX_PROCS);
+    hd->ceiling_source = source;
+    hd->reserve = max_capacity >> SS_RESERVE_SHIFT;
+    if (hd->reserve == 0 && max_capacity > 1) hd->reserve = 1;
+    hd->capacity = max_capacity < SS_INITIAL_CAPACITY ? max_capacity : SS_INITIAL_CAPACITY;
+    hd->proc_capacity = SS_INITIAL_PROCS;
     hd->data_dev = (uint64_t)data->st_dev;
     hd->data_ino = (uint64_t)data->st_ino;
     hd->data_birth = birth;
@@ -2186,31 +2537,54 @@ static int init_header(int fd, const char *dir, const struct stat *data, uint64_
     return SS_OK;
 }
 
+/* The ceiling of a new table given none: SS_DEFAULT_MAX_ENTRIES, or as many
+ * entries as the lock directory's filesystem has room for now if that is
+ * fewer (*source says which). */
+static uint32_t default_ceiling(int dir_fd, uint32_t *source)
+{
+    *source = CEILING_DEFAULT;
+    struct statvfs vfs;
+    if (fstatvfs(dir_fd, &vfs) != 0 || vfs.f_frsize == 0) return SS_DEFAULT_MAX_ENTRIES;
+    uint64_t room = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    /* The slot area is a hole but for the slots in use: count the first ones. */
+    uint64_t fixed = SS_HEADER_BYTES + (uint64_t)SS_INITIAL_PROCS * sizeof(struct ss_proc);
+    uint64_t fits = room > fixed ? (room - fixed) / sizeof(struct ss_entry) : 0;
+    if (fits >= SS_DEFAULT_MAX_ENTRIES) return SS_DEFAULT_MAX_ENTRIES;
+    *source = CEILING_FILESYSTEM;
+    return fits > SS_INITIAL_CAPACITY ? (uint32_t)fits : SS_INITIAL_CAPACITY;
+}
+
 /* Create and initialise a table, then link it into place under `name`;
  * whoever links first wins, so two creators never both initialise the
  * visible table.  Returns SS_OK (created), 1 (someone else won: open
  * theirs) or < 0. */
 static int create_table(int dir_fd, const char *name, const char *dir,
                         const struct stat *data, uint64_t birth, const char *data_path,
-                        uint32_t capacity)
+                        uint32_t max_capacity)
 {
+    uint32_t source = max_capacity ? CEILING_GIVEN : CEILING_DEFAULT;
+    if (!max_capacity) max_capacity = default_ceiling(dir_fd, &source);
     char tmp[256];
     int fd = new_table_file(dir_fd, name, dir, tmp, sizeof tmp);
     if (fd < 0) return fd;
-    uint64_t bytes = ss_table_bytes(capacity, SS_DEFAULT_PROC_CAPACITY);
+    uint32_t cap = max_capacity < SS_INITIAL_CAPACITY ? max_capacity : SS_INITIAL_CAPACITY;
+    uint64_t head = SS_HEADER_BYTES + (uint64_t)SS_INITIAL_PROCS * sizeof(struct ss_proc);
     int rc = SS_OK;
     if (fchmod(fd, table_mode(data->st_mode)) != 0) {
         rc = fail_sys("cannot set mode of lock table in %s", dir);
         goto out;
     }
-    int err = posix_fallocate(fd, 0, (off_t)bytes);
+    /* Only the first extents are allocated: header and first slots, then the
+     * first entries (past the hole left for the slot ceiling). */
+    int err = allocate_range(fd, 0, head);
+    if (!err) err = allocate_range(fd, ss_entries_offset(SS_MAX_PROCS),
+                                   (uint64_t)cap * sizeof(struct ss_entry));
     if (err != 0) {
         errno = err;
-        rc = fail_sys("cannot allocate %llu bytes for a lock table in %s",
-                      (unsigned long long)bytes, dir);
+        rc = fail_sys("cannot allocate a new lock table in %s", dir);
         goto out;
     }
-    rc = init_header(fd, dir, data, birth, data_path, capacity, bytes);
+    rc = init_header(fd, dir, data, birth, data_path, max_capacity, source);
     if (rc) goto out;
     maybe_crash(9);
     if (tmp[0]) {
@@ -2375,10 +2749,25 @@ static int map_table(struct ss_handle *h, int fd, const struct stat *st)
     h->probe_fd = fd;
     h->table_dev = st->st_dev;
     h->table_ino = st->st_ino;
-    void *map = mmap(NULL, (size_t)st->st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED) return fail_sys("cannot map lock table %s", h->table_path);
+    /* The mapping spans the ceiling layout, so it never moves while the
+     * table grows; its length is in the header, read through a first,
+     * header-sized mapping. */
+    struct ss_header *first = mmap(NULL, SS_HEADER_BYTES, PROT_READ, MAP_SHARED, fd, 0);
+    if (first == MAP_FAILED) return fail_sys("cannot map lock table %s", h->table_path);
+    uint64_t bytes = first->magic == SS_MAGIC ? first->table_bytes : (uint64_t)st->st_size;
+    munmap(first, SS_HEADER_BYTES);
+    if (bytes < SS_HEADER_BYTES ||
+        bytes > ss_table_bytes(SS_MAX_CAPACITY, SS_MAX_PROCS) || bytes < (uint64_t)st->st_size)
+        return fail(SS_ECORRUPT, "lock table %s: its recorded length (%llu bytes) does not "
+                    "fit its size (%lld bytes)", h->table_path, (unsigned long long)bytes,
+                    (long long)st->st_size);
+    void *map = mmap(NULL, (size_t)bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+                     fd, 0);
+    if (map == MAP_FAILED)
+        return fail_sys("cannot map lock table %s (%llu bytes of address space for its "
+                        "ceiling)", h->table_path, (unsigned long long)bytes);
     h->hdr = map;
-    h->map_bytes = (size_t)st->st_size;
+    h->map_bytes = (size_t)bytes;
     char self_fd[64];
     snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", fd);
     /* Opened and recorded under the registry lock, which fork waits for: a
@@ -2632,7 +3021,6 @@ int ss_attach(const char *table_dir, int data_fd, const char *data_path,
 {
     pthread_once(&atfork_once, install_atfork);
     if (!table_dir || !out) return fail(SS_EINVAL, "table_dir and out are required");
-    if (capacity == 0) capacity = SS_DEFAULT_CAPACITY;
     if (capacity > SS_MAX_CAPACITY)
         return fail(SS_EINVAL, "capacity %u exceeds the maximum %u", capacity, SS_MAX_CAPACITY);
     struct stat data;
@@ -2741,9 +3129,13 @@ static int ensure_slot(struct ss_handle *h)
 static int remove_owned(struct ss_handle *h, uint32_t slot, uint32_t gen, uint32_t *removed)
 {
     SS_ASSERT_MUTEX_HELD(h);
-    for (uint32_t i = 0; i < h->hdr->entry_hwm; i++) {
+    SS_ASSERT(slot < h->hdr->proc_hwm);
+    /* A used slot's entries all carry its generation (claim_slot), so the
+     * walk ends as soon as its count does. */
+    for (uint32_t i = 0; h->procs[slot].held && i < h->hdr->entry_hwm; i++) {
         struct ss_entry *e = &h->entries[i];
-        if (e->state != ENTRY_FREE && e->owner_slot == slot && e->owner_gen == gen) {
+        if (e->state != ENTRY_FREE && e->owner_slot == slot && e->owner_gen == gen &&
+            e->kind != SS_ORPHAN) {
             int rc = entry_remove(h, i);
             if (rc) return rc;
             if (removed) (*removed)++;
@@ -3813,7 +4205,7 @@ static int snapshot_impl(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_
     if (!count || (max && !out)) return fail(SS_EINVAL, "output buffer required");
     uint32_t cap = max < h->capacity ? max : h->capacity;
     uint32_t *owner = malloc(2 * sizeof(uint32_t) * (cap ? cap : 1));
-    struct verdicts *v = verdicts_new(h->proc_capacity);
+    struct verdicts *v = verdicts_new(h->max_procs);   /* slots may grow meanwhile */
     int rc = owner && v ? SS_OK : fail_sys("out of memory taking a snapshot of %s",
                                           h->table_path);
     uint32_t n = 0;
@@ -3876,8 +4268,57 @@ static int stat_impl(ss_handle *h, ss_table_stat *out)
     out->proc_capacity = hd->proc_capacity;
     out->procs = hd->procs_used;
     out->repairs = hd->repairs;
+    out->max_capacity = h->max_capacity;
+    out->max_procs = h->max_procs;
+    out->reserve = hd->reserve;
+    out->ceiling_source = hd->ceiling_source;
+    out->growths = hd->growths;
+    out->pad = 0;
     table_unlock(h);
+    struct stat st;
+    if (fstat(h->probe_fd, &st) != 0) return fail_sys("cannot stat %s", h->table_path);
+    out->allocated_bytes = (uint64_t)st.st_blocks * 512u;
     return SS_OK;
+}
+
+/* The process slots in use or holding entries; see ss_holders. */
+static int holders_impl(ss_handle *h, ss_holder_info *out, uint32_t max, uint32_t *count)
+{
+    if (!count || (max && !out)) return fail(SS_EINVAL, "output buffer required");
+    uint32_t *slot = malloc(2 * sizeof(uint32_t) * (max ? max : 1));
+    struct verdicts *v = verdicts_new(h->max_procs);
+    int rc = slot && v ? SS_OK : fail_sys("out of memory listing holders of %s", h->table_path);
+    uint32_t n = 0;
+    if (rc == SS_OK) rc = table_lock(h);
+    if (rc == SS_OK) {
+        for (uint32_t s = 0; s < h->hdr->proc_hwm; s++) {
+            const struct ss_proc *p = &h->procs[s];
+            if (p->state != PROC_USED && p->held == 0) continue;
+            if (n < max) {
+                out[n].pid = p->pid;
+                out[n].entries = p->held;
+                out[n].attached_ns = p->attached_ns;
+                out[n].alive = 0;
+                out[n].pad = 0;
+                slot[2 * n] = p->state == PROC_USED ? s : OWNER_GONE;
+                slot[2 * n + 1] = p->gen;
+            }
+            n++;
+        }
+        table_unlock(h);
+    }
+    for (uint32_t k = 0; rc == SS_OK && k < n && k < max; k++) {
+        uint32_t s = slot[2 * k];
+        if (s == OWNER_GONE) continue;
+        if ((h->has_slot && s == h->slot) || h->probe_fd < 0) { out[k].alive = 1; continue; }
+        int alive = verdict(h, v, s);
+        if (alive < 0) { rc = alive; break; }
+        out[k].alive = alive && __atomic_load_n(&h->procs[s].gen, __ATOMIC_RELAXED) == slot[2 * k + 1];
+    }
+    free(slot);
+    free(v);
+    *count = n;
+    return rc;
 }
 
 static int reap_impl(ss_handle *h, uint32_t *removed)
@@ -4248,6 +4689,14 @@ int ss_stat(ss_handle *h, ss_table_stat *out)
     return rc;
 }
 
+int ss_holders(ss_handle *h, ss_holder_info *out, uint32_t max, uint32_t *count)
+{
+    if (!h || !handle_enter(h)) return CLOSED_STATUS();
+    int rc = holders_impl(h, out, max, count);
+    handle_leave(h);
+    return rc;
+}
+
 int ss_reap(ss_handle *h, uint32_t *removed)
 {
     if (!h || !handle_enter(h)) return CLOSED_STATUS();
@@ -4354,14 +4803,16 @@ int ss_layout(char *buf, uint32_t buflen)
     struct layout_buf b = {buf, buflen, 0};
     LAYOUT_FIELD(&b, "hdr", struct ss_header, magic);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, format);
-    LAYOUT_FIELD(&b, "hdr", struct ss_header, capacity);
-    LAYOUT_FIELD(&b, "hdr", struct ss_header, proc_capacity);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, max_capacity);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, max_procs);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, table_bytes);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, data_dev);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, data_ino);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, data_birth);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, created_ns);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, data_path);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, ceiling_source);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, reserve);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, mutex);
 #ifdef __GLIBC__
     /* The words of glibc's mutex the fault tools garble on purpose. */
@@ -4395,6 +4846,13 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, state);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, pidns);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, capacity);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, proc_capacity);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, growths);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, state);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, held);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, attached_ns);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, token);
     LAYOUT_FIELD(&b, "entry", struct ss_entry, start);
@@ -4426,8 +4884,12 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_CONST(&b, "kind_orphan", SS_ORPHAN);
     LAYOUT_CONST(&b, "magic", SS_MAGIC);
     LAYOUT_CONST(&b, "format", ss_format_stamp());
-    LAYOUT_CONST(&b, "default_capacity", SS_DEFAULT_CAPACITY);
-    LAYOUT_CONST(&b, "default_proc_capacity", SS_DEFAULT_PROC_CAPACITY);
+    LAYOUT_CONST(&b, "default_max_entries", SS_DEFAULT_MAX_ENTRIES);
+    LAYOUT_CONST(&b, "max_procs", SS_MAX_PROCS);
+    LAYOUT_CONST(&b, "initial_capacity", SS_INITIAL_CAPACITY);
+    LAYOUT_CONST(&b, "initial_procs", SS_INITIAL_PROCS);
+    LAYOUT_CONST(&b, "entries_offset", ss_entries_offset(SS_MAX_PROCS));
+    LAYOUT_CONST(&b, "reserve_shift", SS_RESERVE_SHIFT);
     LAYOUT_CONST(&b, "max_capacity", SS_MAX_CAPACITY);
     LAYOUT_CONST(&b, "nil", SS_NIL);
     LAYOUT_CONST(&b, "entry_free", ENTRY_FREE);

@@ -41,8 +41,9 @@
 /* ss_attach flags. */
 #define SS_ATTACH_NOCREATE 1
 
-#define SS_DEFAULT_CAPACITY 65536
-#define SS_DEFAULT_PROC_CAPACITY 4096
+/* Entry ceiling of a table created without one (lowered to what the lock
+ * directory's filesystem has room for, if that is less). */
+#define SS_DEFAULT_MAX_ENTRIES 16777216
 
 typedef struct ss_handle ss_handle;
 
@@ -70,13 +71,31 @@ typedef struct ss_table_stat {
     uint64_t file_size;       /* data file size as last recorded through shmslice */
     uint64_t size_epoch;      /* bumped on every ss_resize */
     uint64_t created_ns;      /* CLOCK_REALTIME when the table was created */
-    uint32_t capacity;        /* entry capacity */
+    uint32_t capacity;        /* entries allocated now (the table grows to max_capacity) */
     uint32_t used;            /* entries in use (granted and waiting) */
     uint32_t waiting;         /* entries waiting */
-    uint32_t proc_capacity;   /* attached-process capacity */
+    uint32_t proc_capacity;   /* process slots allocated now */
     uint32_t procs;           /* process slots in use (some may belong to dead processes) */
     uint32_t repairs;         /* times the table was repaired after a holder died */
+    uint32_t max_capacity;    /* entry ceiling, fixed at creation */
+    uint32_t max_procs;       /* process-slot ceiling */
+    uint32_t reserve;         /* entries one process can never take (max_capacity - reserve
+                               * is the most one process may hold) */
+    uint32_t ceiling_source;  /* 1 given at creation, 2 the default, 3 lowered to what the
+                               * lock directory's filesystem had room for */
+    uint32_t growths;         /* times either table grew */
+    uint32_t pad;
+    uint64_t allocated_bytes; /* bytes the table file occupies (st_blocks * 512) */
 } ss_table_stat;
+
+/* One process slot in use, as copied out by ss_holders. */
+typedef struct ss_holder_info {
+    int32_t pid;              /* pid recorded at attach */
+    uint32_t entries;         /* entries (locks, pins, waiting requests) it holds */
+    uint64_t attached_ns;     /* CLOCK_REALTIME at attach */
+    int32_t alive;            /* 1 if it still holds the table open */
+    int32_t pad;
+} ss_holder_info;
 
 /* Name ("SS_ETIMEDOUT") and message of a status code; never NULL. */
 const char *ss_status_name(int status);
@@ -107,12 +126,13 @@ int ss_file_identity(int fd, uint64_t *dev, uint64_t *ino, uint64_t *birth);
 /*
  * Attach to the lock table of the open data file data_fd, creating it in the
  * directory table_dir if needed (unless SS_ATTACH_NOCREATE).  data_path is
- * recorded in a new table for display only.  capacity is used only when the
- * table is created (0 means SS_DEFAULT_CAPACITY).  On success *out is a new
- * handle; close it with ss_close.
+ * recorded in a new table for display only.  max_entries is the entry
+ * ceiling of a table created here (1 .. 2**24; 0: SS_DEFAULT_MAX_ENTRIES or
+ * what table_dir's filesystem has room for, if less); an existing table
+ * keeps its own.  On success *out is a new handle; close it with ss_close.
  */
 int ss_attach(const char *table_dir, int data_fd, const char *data_path,
-              uint32_t capacity, uint32_t flags, ss_handle **out);
+              uint32_t max_entries, uint32_t flags, ss_handle **out);
 
 /*
  * Open an existing table file by its path, without a data file, for
@@ -315,6 +335,13 @@ int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
 
 /* Copy the table-wide figures into *out. */
 int ss_stat(ss_handle *h, ss_table_stat *out);
+
+/*
+ * Copy up to max of the process slots in use, or holding entries, into out
+ * (one mutex hold; liveness probed after it); *count receives how many
+ * there are (call again with a larger buffer if more than max).
+ */
+int ss_holders(ss_handle *h, ss_holder_info *out, uint32_t max, uint32_t *count);
 
 /*
  * Remove every entry of a dead process; *removed receives how many.  Also

@@ -57,7 +57,10 @@ from shmslice.errors import (
     ShmSliceError,
     UnsafeLockTable,
 )
-from shmslice.records import FileIdentity, LockInfo, TableStat
+from shmslice.records import FileIdentity, Holder, LockInfo, TableStat
+
+#: ss_table_stat.ceiling_source
+_CEILING_SOURCES = {1: "given", 2: "default", 3: "filesystem"}
 
 if TYPE_CHECKING:  # pragma: no cover
     from shmslice._core import _CEntryInfo, _CEntryInfoArray, _CHandle, _CUInt32Ptr, _CWait
@@ -335,7 +338,26 @@ class TableHandle:
             data_path=os.fsdecode(ffi.string(path)),
             format=st.format, table_bytes=st.table_bytes, capacity=st.capacity, used=st.used,
             waiting=st.waiting, proc_capacity=st.proc_capacity, procs=st.procs,
-            repairs=st.repairs, file_size=st.file_size, created=st.created_ns / 1e9)
+            repairs=st.repairs, file_size=st.file_size, created=st.created_ns / 1e9,
+            max_capacity=st.max_capacity, max_procs=st.max_procs, reserve=st.reserve,
+            ceiling_source=_CEILING_SOURCES.get(st.ceiling_source, "unknown"),
+            growths=st.growths, allocated_bytes=st.allocated_bytes, holders=self.holders())
+
+    def holders(self) -> tuple[Holder, ...]:
+        """Every attached process, and every dead one still holding entries, most entries first."""
+        count = ffi.new("uint32_t *")
+        size = 64
+        while True:
+            buf = ffi.new("ss_holder_info[]", size)
+            check(lib.ss_holders(self._cdata, buf, size, count))
+            if count[0] <= size:
+                break
+            size = count[0] + 64   # more attached meanwhile: again, with room to spare
+        rows = (buf[i] for i in range(count[0]))
+        found = [Holder(pid=r.pid, entries=r.entries, alive=bool(r.alive),
+                        attached=r.attached_ns / 1e9) for r in rows]
+        found.sort(key=lambda h: (-h.entries, h.pid))
+        return tuple(found)
 
     def reap(self) -> int:
         """Remove every entry of a dead process; returns how many."""
@@ -576,20 +598,20 @@ _WAITV_MAX: Final[int] = 128   # futex_waitv's limit (ss_wait_many)
 
 
 def attach(table_dir: str, data_fd: int, path: str, *, writable: bool,
-           capacity: int = 0) -> FileTableHandle:
+           max_entries: int = 0) -> FileTableHandle:
     """Attach to the lock table in ``table_dir`` of the data file open as ``data_fd``, creating it if needed.
 
     The returned handle owns ``data_fd``; if attaching fails it is closed here.
     ``path`` is the data file's path as the user gave it (for messages, and,
-    made absolute, recorded in a new table).  ``capacity`` applies only to a new
-    table (0: the default).
+    made absolute, recorded in a new table).  ``max_entries`` is the entry
+    ceiling of a table created here (0: the default); an existing table keeps its own.
     """
     try:
         out = ffi.new("ss_handle **")
         # (os.fsencode: file names need not be UTF-8; undecodable bytes arrive
         # as surrogate escapes and go back as the same bytes.)
         rc = lib.ss_attach(os.fsencode(table_dir), data_fd, os.fsencode(os.path.abspath(path)),
-                           capacity, 0, out)
+                           max_entries, 0, out)
         if rc == lib.SS_EINVAL:
             raise ValueError(f"{path}: {detail()}")
         if rc < 0:
@@ -673,7 +695,8 @@ def table_layout() -> dict[str, tuple[int, int]]:
 def table_constants() -> dict[str, int]:
     """The table's constants: ``magic``, ``format``, ``header_bytes`` (the
     header page), ``header_size`` (the struct), ``proc_bytes``,
-    ``entry_bytes``, ``default_capacity``, ``default_proc_capacity``,
+    ``entry_bytes``, ``default_max_entries``, ``max_procs``, ``initial_capacity``,
+    ``initial_procs``, ``entries_offset`` (offset of entry 0), ``reserve_shift``,
     ``max_capacity``, ``nil`` (the null index), ``tree_count`` and the tree
     numbers, the free/used state values, ``slot_lock_base`` and
     ``mutex_patience_s``."""

@@ -119,6 +119,27 @@ class _CTableStat(_CData):
     proc_capacity: int
     procs: int
     repairs: int
+    max_capacity: int
+    max_procs: int
+    reserve: int
+    ceiling_source: int
+    growths: int
+    pad: int
+    allocated_bytes: int
+
+@type_check_only
+class _CHolderInfo(_CData):
+    """``ss_holder_info``."""
+    pid: int
+    entries: int
+    attached_ns: int
+    alive: int
+    pad: int
+
+@type_check_only
+class _CHolderInfoArray(_CData):
+    """``ss_holder_info[]``."""
+    def __getitem__(self, index: int) -> _CHolderInfo: ...
 
 @type_check_only
 class _CUIntPtr(_CData):
@@ -161,6 +182,8 @@ class _FFI:
     def new(self, cdecl: Literal["ss_entry_info *"]) -> _CEntryInfo: ...
     @overload
     def new(self, cdecl: Literal["ss_entry_info[]"], init: int) -> _CEntryInfoArray: ...
+    @overload
+    def new(self, cdecl: Literal["ss_holder_info[]"], init: int) -> _CHolderInfoArray: ...
     @overload
     def new(self, cdecl: Literal["ss_table_stat *"]) -> _CTableStat: ...
     @overload
@@ -210,8 +233,7 @@ class _Lib:
     SS_WAITING: int
     SS_ATTACH_NOCREATE: int
     SS_REMOVE_DRY_RUN: int
-    SS_DEFAULT_CAPACITY: int
-    SS_DEFAULT_PROC_CAPACITY: int
+    SS_DEFAULT_MAX_ENTRIES: int
     SS_TABLE_NAME_MAX: int
     SS_BIRTH_LEGACY: int
     # Functions of csrc/shmslice.h, in its order.
@@ -222,7 +244,7 @@ class _Lib:
     def ss_table_name(self, dev: int, ino: int, birth: int, buf: _CChars, buflen: int, /) -> int: ...
     def ss_file_identity(self, fd: int, dev: _CUInt64Out, ino: _CUInt64Out, birth: _CUInt64Out,
                          /) -> int: ...
-    def ss_attach(self, table_dir: bytes, data_fd: int, data_path: bytes, capacity: int,
+    def ss_attach(self, table_dir: bytes, data_fd: int, data_path: bytes, max_entries: int,
                   flags: int, out: _CHandleOut, /) -> int: ...
     def ss_attach_table(self, table_path: bytes, out: _CHandleOut, /) -> int: ...
     def ss_close(self, h: _CHandle, /) -> int: ...
@@ -255,6 +277,7 @@ class _Lib:
     def ss_unpin_written(self, h: _CHandle, ref: int, /) -> int: ...
     def ss_snapshot(self, h: _CHandle, out: _CEntryInfoArray, max: int, count: _CUInt32Out, /) -> int: ...
     def ss_stat(self, h: _CHandle, out: _CTableStat, /) -> int: ...
+    def ss_holders(self, h: _CHandle, out: _CHolderInfoArray, max: int, count: _CUInt32Out, /) -> int: ...
     def ss_reap(self, h: _CHandle, removed: _CUInt32Out, /) -> int: ...
     def ss_clean_temp_files(self, table_dir: bytes, removed: _CUInt32Out, /) -> int: ...
     def ss_allocate_holes(self, data_fd: int, start: int, end: int, /) -> int: ...

@@ -38,6 +38,32 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["LockInfo", "LockManager", "Mode", "RegionLock", "TableStat", "TableView", "table_path_for"]
 
 _MAX_OFFSET = 2**63 - 1
+#: The largest entry ceiling a table can have (``max_entries=``).
+MAX_ENTRIES_LIMIT = 2**24
+_MAX_ENTRIES_ENV = "SHMSLICE_MAX_ENTRIES"
+
+
+def check_max_entries(max_entries: object) -> int:
+    """The entry ceiling for a table this process may create: ``max_entries``
+    if given, else ``$SHMSLICE_MAX_ENTRIES``, else 0 (the core's default:
+    16,777,216, or what the lock directory's filesystem has room for if less)."""
+    source = "max_entries"
+    if max_entries is None:
+        env = os.environ.get(_MAX_ENTRIES_ENV)
+        if env is None or env.strip() == "":
+            return 0
+        source = f"${_MAX_ENTRIES_ENV}"
+        try:
+            max_entries = int(env.strip().replace("_", ""), 10)
+        except ValueError:
+            raise ValueError(f"{source} must be a whole number of entries (1 to "
+                             f"{MAX_ENTRIES_LIMIT}), got {env!r}") from None
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int):
+        raise TypeError(f"max_entries must be an int or None, not {type(max_entries).__name__}")
+    if not 1 <= max_entries <= MAX_ENTRIES_LIMIT:
+        raise ValueError(f"{source} must be between 1 and {MAX_ENTRIES_LIMIT} (2**24) entries, "
+                         f"got {max_entries}")
+    return max_entries
 
 
 def check_region(start: object, end: object) -> tuple[int, int]:
@@ -191,6 +217,12 @@ class LockManager(ManagerBase):
 
     A manager pickles as its path and lock directory: the copy a worker process
     unpickles attaches to the same table (its locks are its own).
+
+    The table grows on demand up to its ceiling, fixed by whoever creates it:
+    ``max_entries`` (or ``$SHMSLICE_MAX_ENTRIES``; default 16,777,216, or what
+    the lock directory's filesystem has room for if less), 1 to 2**24 entries.
+    An existing table keeps its own ceiling.  No process may hold more than
+    the ceiling less a reserve of 1/16 of it, so others can always lock and pin.
     """
 
     _handle: FileTableHandle   # the table and the data file; its closed/writable are ours
@@ -198,7 +230,7 @@ class LockManager(ManagerBase):
 
     def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
                  lock_dir: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
-                 *, _capacity: int = 0) -> None:
+                 *, max_entries: int | None = None) -> None:
         if "_handle" in self.__dict__:
             # Re-attaching in place would swap the C handle under threads and
             # RegionLocks that still use the old one.
@@ -207,6 +239,7 @@ class LockManager(ManagerBase):
             raise TypeError(f"path must be a str, bytes or os.PathLike, not {type(path).__name__}")
         self.path = os.fsdecode(os.fspath(path))
         self._pins: dict[int, int] = {}   # see pin()
+        ceiling = check_max_entries(max_entries)
         directory = resolve_lock_dir(lock_dir)
         writable = True
         try:
@@ -216,7 +249,8 @@ class LockManager(ManagerBase):
                 raise
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             writable = False
-        self._handle = _binding.attach(directory, fd, self.path, writable=writable, capacity=_capacity)
+        self._handle = _binding.attach(directory, fd, self.path, writable=writable,
+                                       max_entries=ceiling)
         self._handle.serve(self)
 
     # -- properties -------------------------------------------------------------

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from shmslice._binding import FileBase, file_identity
 from shmslice.errors import StaleDescriptor
-from shmslice.locks import LockInfo, LockManager, RegionLock
+from shmslice.locks import LockInfo, LockManager, RegionLock, check_max_entries
 from shmslice.slices import ByteBufferSlice
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,7 +72,8 @@ _MAX_SIZE = 2**63 - 1
 
 
 def open(path: str | os.PathLike[str], mode: OpenMode = "r", *, size: int | None = None,
-         lock_dir: str | os.PathLike[str] | None = None, allocate: bool = True) -> MappedFile:
+         lock_dir: str | os.PathLike[str] | None = None, allocate: bool = True,
+         max_entries: int | None = None) -> MappedFile:
     """Map the file at ``path`` and return a :class:`MappedFile`.
 
     ``mode``:
@@ -88,6 +89,9 @@ def open(path: str | os.PathLike[str], mode: OpenMode = "r", *, size: int | None
     unwritten ranges) now, so that a full filesystem is an
     ``OSError(ENOSPC)`` here rather than SIGBUS at the first write into a
     hole.  ``allocate=False`` keeps a sparse file sparse, at that risk.
+    ``max_entries`` (or ``$SHMSLICE_MAX_ENTRIES``) is the entry ceiling of the
+    lock table if this call creates it (see :class:`LockManager`); each live
+    slice holds one entry.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
@@ -108,7 +112,8 @@ def open(path: str | os.PathLike[str], mode: OpenMode = "r", *, size: int | None
                          f"{mode!r} the file keeps its size (use mf.resize(n) to change it)")
     if not isinstance(allocate, bool):
         raise TypeError(f"allocate must be a bool, not {type(allocate).__name__}")
-    return MappedFile._open(os.fsdecode(os.fspath(path)), mode, size, lock_dir, allocate)
+    check_max_entries(max_entries)   # a bad value fails before the file is touched
+    return MappedFile._open(os.fsdecode(os.fspath(path)), mode, size, lock_dir, allocate, max_entries)
 
 
 def _open_checked(path: str, mode: str) -> tuple[int, os.stat_result]:
@@ -161,10 +166,11 @@ class MappedFile(FileBase):
 
     @classmethod
     def _open(cls, path: str, mode: str, size: int | None,
-              lock_dir: str | os.PathLike[str] | None, allocate: bool = True) -> MappedFile:
+              lock_dir: str | os.PathLike[str] | None, allocate: bool = True,
+              max_entries: int | None = None) -> MappedFile:
         fd, st = _open_checked(path, mode)
         try:
-            mgr = LockManager(path, lock_dir)
+            mgr = LockManager(path, lock_dir, max_entries=max_entries)
             try:
                 # LockManager opened the path again: make sure it is the same file
                 # (the path could have been replaced in between).

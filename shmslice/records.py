@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-__all__ = ["FileIdentity", "LockInfo", "Mode", "TableStat"]
+__all__ = ["FileIdentity", "Holder", "LockInfo", "Mode", "TableStat"]
 
 #: The two lock modes :meth:`LockManager.lock` takes.
 Mode = Literal["shared", "exclusive"]
@@ -50,8 +50,26 @@ class LockInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Holder:
+    """One attached process (or a dead one whose entries await reaping) and its entries."""
+
+    pid: int           #: process id as recorded when it attached
+    entries: int       #: entries it holds: locks, pins (one per region) and waiting requests
+    alive: bool        #: False if it died and its entries await reaping
+    attached: float    #: time.time() when it attached
+
+
+@dataclass(frozen=True, slots=True)
 class TableStat:
-    """Table-wide figures (see :meth:`LockManager.stat`)."""
+    """Table-wide figures (see :meth:`LockManager.stat`).
+
+    The table grows on demand: ``capacity`` entries (and ``proc_capacity``
+    process slots) are allocated now, up to ``max_capacity`` (``max_procs``),
+    fixed when the table was created.  One process may hold at most
+    ``max_capacity - reserve`` entries.  ``allocated_bytes`` is the memory the
+    table file occupies; ``table_bytes`` the address space it is mapped with
+    (its ceiling layout), not memory.
+    """
 
     table_path: str
     data_path: str
@@ -65,3 +83,13 @@ class TableStat:
     repairs: int
     file_size: int
     created: float
+    max_capacity: int = 0
+    max_procs: int = 0
+    reserve: int = 0
+    #: how ``max_capacity`` was chosen: "given" (``max_entries=`` or
+    #: ``$SHMSLICE_MAX_ENTRIES``), "default", or "filesystem" (lowered to what
+    #: the lock directory's filesystem had room for at creation)
+    ceiling_source: str = "default"
+    growths: int = 0
+    allocated_bytes: int = 0
+    holders: tuple[Holder, ...] = ()   #: by entries held, most first

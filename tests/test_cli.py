@@ -279,7 +279,7 @@ def test_locks_shows_entries_of_live_processes(data: Path, locks: Path) -> None:
         s = doc["summary"]
         assert (s["entries"], s["held"], s["waiting"], s["dead_owners"], s["dead_entries"]) == \
             (4, 3, 1, 0, 0)
-        assert s["capacity"] == 65536 and s["used"] == 4
+        assert s["capacity"] == table_constants()["default_max_entries"] and s["used"] == 4
         assert s["live_pids"] == sorted([a.pid, b.pid])
 
         r = shmslice("locks", data, "--lock-dir", locks)
@@ -294,7 +294,7 @@ def test_locks_shows_entries_of_live_processes(data: Path, locks: Path) -> None:
         # Columns line up: every row puts its pid where the header says PID.
         pid_col = lines[0].index("PID") + len("PID")
         assert all(line[:pid_col].rstrip().endswith(line.split()[7]) for line in lines[2:4])
-        assert lines[-1] == ("entries: 4 (3 held, 1 waiting), capacity: 4/65536 used (0.01%), "
+        assert lines[-1] == ("entries: 4 (3 held, 1 waiting), capacity: 4/16777216 used (0.00%), "
                              "waiters: 1, dead owners: 0")
 
         # Filters and sorting.
@@ -443,8 +443,16 @@ def test_info(data: Path, locks: Path) -> None:
         assert (doc["data_path"], doc["data_status"], doc["file_size"]) == (str(data), "ok", 1 << 16)
         version = table_constants()["format"] >> 48
         assert doc["format_version"] == version and doc["format"] >> 48 == version
-        assert (doc["capacity"], doc["used"], doc["waiting"], doc["dead_entries"]) == (65536, 2, 0, 0)
-        assert doc["attached_processes"] == 1 and doc["table_bytes"] > 65536 * 64
+        const = table_constants()
+        assert (doc["capacity"], doc["used"], doc["waiting"], doc["dead_entries"]) == \
+            (const["initial_capacity"], 2, 0, 0)
+        assert (doc["max_capacity"], doc["ceiling_source"]) == (const["default_max_entries"], "default")
+        assert doc["reserve"] == const["default_max_entries"] >> const["reserve_shift"]
+        assert 0 < doc["allocated_bytes"] <= 64 * 1024
+        assert doc["table_bytes"] > const["default_max_entries"] * const["entry_bytes"]
+        assert doc["attached_processes"] == 1 and doc["max_procs"] == const["max_procs"]
+        [h] = doc["holders"]
+        assert (h["entries"], h["alive"]) == (2, True)
         assert abs(doc["created"] - time.time()) < TIMEOUT
         r = shmslice("info", data, "--lock-dir", locks)
         assert r.returncode == 0, r.stderr
@@ -455,8 +463,10 @@ def test_info(data: Path, locks: Path) -> None:
         assert fields["file_size"].startswith("64.0 KiB (65536 bytes)")
         assert fields["lock_table"].startswith(table_path_for(data, locks))
         assert fields["format"].startswith(f"version {version}")
-        assert fields["entries"].startswith("2 of 65536 used (0.00%), 0 waiting")
+        assert fields["entries"].startswith("2 of 16777216 used (0.00%), 0 waiting")
+        assert fields["capacity"].startswith("512 entries allocated, growing on demand to 16777216")
         assert fields["processes"].startswith("1 attached")
+        assert fields["holders"].startswith(f"pid {h['pid']} (") and "2 entries" in fields["holders"]
 
 
 # ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ BIG = 65_536
 _FILL = r"""
 import sys, shmslice
 path, lock_dir, n, capacity = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-mgr = shmslice.LockManager(path, lock_dir, _capacity=capacity)
+mgr = shmslice.LockManager(path, lock_dir, max_entries=capacity)
 held = []
 for i in range(n):
     a = i * 16

@@ -136,8 +136,8 @@ def test_killed_while_dropping_last_pin_leaves_repairable_table(point: int, data
         assert mgr.stat().repairs >= 1
 
 
-# The header page, then SS_DEFAULT_PROC_CAPACITY process slots, then the entries.
-ENTRIES_OFFSET = CONST["header_bytes"] + CONST["default_proc_capacity"] * CONST["proc_bytes"]
+# The header page, then room for the process-slot ceiling, then the entries.
+ENTRIES_OFFSET = CONST["entries_offset"]
 ENTRY_BYTES = CONST["entry_bytes"]
 NEXT_FREE = LAYOUT["entry.next_free"][0]
 
@@ -147,7 +147,7 @@ def test_free_list_link_out_of_range_is_corrupt_not_segv(target: int, data_file:
                                                          lock_dir: Path) -> None:
     """table_validate followed a free-list link in the loop's step before the
     body had rejected it: a far out-of-range next_free was dereferenced (SIGSEGV)."""
-    with shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=64) as mgr:
+    with shmslice.LockManager(data_file, lock_dir=lock_dir, max_entries=64) as mgr:
         refs = [mgr.pin(i * 10, i * 10 + 5) for i in range(8)]
         for ref in refs[::2]:
             mgr.unpin(ref)                     # entries 6, 4, 2, 0 on the free list

@@ -328,15 +328,18 @@ def test_foreign_table_is_refused(data_file, lock_dir, tmp_path):
 
 
 def test_table_full(data_file, lock_dir):
-    m = shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=16)
-    held = [m.lock(i * 10, i * 10 + 5, mode="shared") for i in range(16)]
-    with pytest.raises(shmslice.LockTableFull, match="full"):
+    """One process reaches its share (the ceiling less the reserve) with
+    locks; then neither a lock nor a pin is granted until it releases one."""
+    m = shmslice.LockManager(data_file, lock_dir=lock_dir, max_entries=16)
+    assert m.stat().reserve == 1
+    held = [m.lock(i * 10, i * 10 + 5, mode="shared") for i in range(15)]
+    with pytest.raises(shmslice.LockTableFull, match="holds 15 entries, the most one process"):
         m.lock(1000, 1001)
     with pytest.raises(shmslice.LockTableFull):
         m.pin(1000, 1001)
     held.pop().release()
     m.lock(1000, 1001).release()
-    assert len(m.locks()) == 15
+    assert len(m.locks()) == 14
     m.close()
 
 

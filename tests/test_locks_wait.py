@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import shmslice
+from shmslice import _binding
 from tests import _lockhelpers as helpers
 
 FORK = mp.get_context("fork")
@@ -535,9 +536,9 @@ def test_writer_is_not_starved_by_a_stream_of_readers(data_file: Path, lock_dir:
 
 # -- the wait path never trusts shared memory ---------------------------------------
 
-ENTRIES_OFFSET = 4096 + 4096 * 32   # header page, then SS_DEFAULT_PROC_CAPACITY process slots
-ENTRY_BYTES = 80
-OWNER_SLOT = 52
+ENTRIES_OFFSET = _binding.table_constants()["entries_offset"]
+ENTRY_BYTES = _binding.table_constants()["entry_bytes"]
+OWNER_SLOT = _binding.table_layout()["entry.owner_slot"][0]
 
 
 def _wait_and_report(path, lock_dir, started, result):

@@ -21,7 +21,7 @@ from shmslice._binding import (
 
 def test_layout_matches_a_real_table(data_file: Path, lock_dir: Path) -> None:
     layout, const = table_layout(), table_constants()
-    with shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=64) as mgr:
+    with shmslice.LockManager(data_file, lock_dir=lock_dir, max_entries=64) as mgr:
         mgr.pin(100, 200)
         st = os.stat(data_file)
         with open(mgr.table_path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as t:
@@ -30,11 +30,12 @@ def test_layout_matches_a_real_table(data_file: Path, lock_dir: Path) -> None:
                 return int.from_bytes(t[base + off:base + off + size], "little")
             assert u("hdr.magic") == const["magic"]
             assert u("hdr.format") == const["format"]
-            assert u("hdr.capacity") == 64
-            assert u("hdr.proc_capacity") == const["default_proc_capacity"]
-            assert u("hdr.table_bytes") == len(t) == (
-                const["header_bytes"] + const["default_proc_capacity"] * const["proc_bytes"]
-                + 64 * const["entry_bytes"])
+            assert u("hdr.max_capacity") == 64 and u("hdr.capacity") == 64
+            assert u("hdr.max_procs") == const["max_procs"]
+            assert u("hdr.proc_capacity") == const["initial_procs"]
+            # Mapped for the ceiling layout; the file reaches as far as the entries in use.
+            assert u("hdr.table_bytes") == const["entries_offset"] + 64 * const["entry_bytes"]
+            assert len(t) == u("hdr.table_bytes")
             assert (u("hdr.data_dev"), u("hdr.data_ino")) == (st.st_dev, st.st_ino)
             assert u("hdr.entry_hwm") == 1 and u("hdr.used") == 1
             off, size = layout["hdr.root"]
@@ -42,7 +43,8 @@ def test_layout_matches_a_real_table(data_file: Path, lock_dir: Path) -> None:
             assert roots[const["tree_pin"]] == 0
             assert roots[const["tree_shared"]] == roots[const["tree_exclusive"]] == const["nil"]
             assert u("proc.pid", const["header_bytes"]) == os.getpid()
-            ent0 = const["header_bytes"] + const["default_proc_capacity"] * const["proc_bytes"]
+            assert u("proc.held", const["header_bytes"]) == 1
+            ent0 = const["entries_offset"]
             assert (u("entry.start", ent0), u("entry.end", ent0), u("entry.count", ent0)) == (100, 200, 1)
             assert u("entry.kind", ent0) == shmslice._binding.lib.SS_PIN
     assert const["header_size"] <= const["header_bytes"]
@@ -84,8 +86,8 @@ def test_exact_pin_lookup_among_overlapping_pins(data_file: Path, lock_dir: Path
     """A handle's pin on [start, end) is found by its exact key, not confused
     with pins of the same start, the same region of another handle, or
     pins covering it."""
-    with shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=256) as a, \
-            shmslice.LockManager(data_file, lock_dir=lock_dir, _capacity=256) as b:
+    with shmslice.LockManager(data_file, lock_dir=lock_dir, max_entries=256) as a, \
+            shmslice.LockManager(data_file, lock_dir=lock_dir, max_entries=256) as b:
         mine = a.pin(100, 200)
         others = [a.pin(100, 150), a.pin(100, 250), a.pin(50, 200), b.pin(100, 200)]
         others += [a.pin(100 - k, 201 + k) for k in range(1, 100)]
@@ -97,3 +99,4 @@ def test_exact_pin_lookup_among_overlapping_pins(data_file: Path, lock_dir: Path
         a.unpin(mine)
         assert a.pin(100, 200) != mine          # a fresh entry: the old one was removed
         assert len(a.locks()) == 1 + len(others)
+

@@ -11,6 +11,11 @@ controller also sends SIGINT to a random worker every so often: half of the
 workers' handlers raise (only while the worker is inside ``lock()``; the
 request must then be withdrawn, leaving no entry), the others return (the
 wait must go on with its place kept).
+Crash points also fall inside a growth (of the entry or process-slot table,
+between allocating the new range and publishing it).
+Now and then a worker takes a burst of hundreds of pins at once (and drops
+them again), so the entry table keeps growing through its doublings while
+the others lock and check.
 
 What is checked, and by whom:
 
@@ -67,11 +72,17 @@ MARKS = 96
 G_STOP, G_EXIT = 0, 4
 # Row fields: pid q@0, incarnation Q@8, heartbeat Q@16, lock ops checked Q@24,
 # pin ops Q@32, count checks Q@40, frozen I@48, forked children Q@56, table full Q@64,
-# SIGINTs handled Q@72, lock waits interrupted Q@80 (marks start at MARKS), conversions
-# Q@ROW_BYTES-8 (after the marks)
+# SIGINTs handled Q@72, lock waits interrupted Q@80, armed crash point I@88 (marks start at
+# MARKS), conversions Q@ROW_BYTES-8 (after the marks)
 R_PID, R_INC, R_BEAT, R_OPS, R_PINS, R_COUNTS, R_FROZEN, R_FORKS = 0, 8, 16, 24, 32, 40, 48, 56
-R_FULL, R_SIGINTS, R_INTERRUPTED = 64, 72, 80
+R_FULL, R_SIGINTS, R_INTERRUPTED, R_POINT = 64, 72, 80, 88
 R_CONVERTS = ROW_BYTES - 8   # upgrades and downgrades done (after the marks)
+# Crash points of the C core (csrc/shmslice.c lists them); 9 is table creation,
+# outside the mutex, exercised by the lifecycle tests.  1-8: entries, indexes,
+# repair; 10-11: growth; 20-21: converting a lock (upgrade, downgrade); 22: a
+# dead holder's lock becoming an owner-died mark.
+CRASH_POINTS = [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 20, 21, 22]
+GROWTH_POINTS = (10, 11)
 LOCK_TIMEOUT = 10.0
 STALE_POLL_S = 3.0
 
@@ -155,14 +166,18 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
     rec.put(row + R_INC, incarnation)
     rec.put(row + R_PID, me, "<q")
     rec.put(row + R_FROZEN, 0, "<I")
+    rec.put(row + R_POINT, 0, "<I")
+    point_armed = 0
     if rng.random() < args.crash_prob:
-        # 1-8: entries, indexes, repair; 20-21: converting a lock (upgrade,
-        # downgrade); 22: a dead holder's lock becoming an owner-died mark
-        lib.ss_debug_set_crash_point(rng.choice((1, 2, 3, 4, 5, 6, 7, 8, 20, 21, 22)),
-                                     rng.randint(1, 40))
+        point = point_armed = rng.choice(CRASH_POINTS)
+        rec.put(row + R_POINT, point, "<I")
+        # Growth happens a few times per run, so its points fire on the first pass.
+        lib.ss_debug_set_crash_point(point, 1 if point in GROWTH_POINTS else rng.randint(1, 40))
     mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
-                               _capacity=args.capacity)
+                               max_entries=args.capacity or None)
     pins: list[tuple[int, int, int]] = []
+    if point_armed >= 10:
+        grow_now(mgr, point_armed, args.units, paths)
 
     def after_interrupt(lk: object) -> None:
         """A lock() interrupted by the raising handler: the request must be gone.
@@ -181,7 +196,7 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             old = [(s, e) for _, s, e in pins]
             mgr.close()
             mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
-                                       _capacity=args.capacity)
+                                       max_entries=args.capacity)
             pins[:] = [(mgr.pin(s, e), s, e) for s, e in old]
 
     def fail(msg: str) -> None:
@@ -289,8 +304,11 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             if got != dict(want) or others:
                 fail(f"locks() shows {got} pins and {others} locks; this worker holds {dict(want)}")
             rec.bump(row + R_COUNTS)
-        elif r < 0.995:
+        elif r < 0.99:
             mgr.reap()
+        elif r < 0.995:
+            burst(mgr, rng, fail, args.units)
+            rec.bump(row + R_PINS)
         else:
             forked_child(mgr, rng, pins, fail)
             rec.bump(row + R_FORKS)
@@ -309,6 +327,49 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             fail("never told to exit")
         time.sleep(0.005)
     mgr.close()
+
+
+def grow_now(mgr, point: int, units: int, paths: dict) -> None:
+    """A worker armed with a growth crash point makes the table grow at once
+    (so it dies growing while the others go on): pins past the entries left,
+    or handles past the process slots left.  Bounded, so the table stays small."""
+    import shmslice
+
+    st = mgr.stat()
+    if point == 10 and st.capacity < min(st.max_capacity, 1 << 16):
+        base = (units + 1 + (1 << 21) + os.getpid() * 65536) * UNIT
+        refs = []
+        try:
+            for k in range(st.capacity - st.used + 1):
+                refs.append(mgr.pin(base + k, base + k + 1))
+        except shmslice.LockTableFull:
+            pass   # others took the room first; the point stays armed
+        for ref in refs:    # not dead: the table had grown already (or was full)
+            mgr.unpin(ref)
+    elif point == 11 and st.proc_capacity < 1024:
+        extra = [shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"])
+                 for _ in range(st.proc_capacity - st.procs + 1)]
+        for m in extra:
+            m.close()
+
+
+def burst(mgr, rng: random.Random, fail, units: int) -> None:
+    """Take a few hundred pins on distinct regions at once, then drop them:
+    the table grows while the other workers go on."""
+    import shmslice
+
+    base = (units + 1 + rng.randrange(1 << 20)) * UNIT   # past every other pin and lock
+    refs = []
+    try:
+        for k in range(rng.randint(200, 1200)):
+            refs.append(mgr.pin(base + k, base + k + 1))
+    except shmslice.LockTableFull:
+        pass   # only with a small --capacity
+    mine = sum(1 for e in mgr.locks() if e.pid == os.getpid() and base <= e.start < base + 1200)
+    if mine != len(refs):
+        fail(f"a burst of {len(refs)} pins shows {mine} entries in locks()")
+    for ref in refs:
+        mgr.unpin(ref)
 
 
 def _die_with_parent() -> None:
@@ -440,6 +501,8 @@ def run(args: argparse.Namespace) -> dict:
             killed.discard(pid)
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
                 counts["kills" if was_killed else "crash_point_deaths"] += 1
+                if not was_killed and rec.get(rec.row(slot) + R_POINT, "<I") in GROWTH_POINTS:
+                    counts["growth_crash_deaths"] += 1
             elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and stopping:
                 counts["clean_exits"] += 1
             elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3:
@@ -572,6 +635,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "seed": args.seed, "workers": args.workers,
         "kills": counts["kills"], "crash_point_deaths": counts["crash_point_deaths"],
+        "growth_crash_deaths": counts["growth_crash_deaths"],
         "deaths_survived": counts["kills"] + counts["crash_point_deaths"],
         "repairs": counts["repairs"], "sigints_sent": counts["sigints_sent"], **totals,
         **leftover_report,
@@ -605,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crash-prob", type=float, default=0.3,
                    help="chance that a worker arms a random crash point")
     p.add_argument("--capacity", type=int, default=0,
-                   help="entries in the table (default: the library's); a small one makes "
+                   help="the table's entry ceiling (default: the library's); a small one makes "
                    "it fill up, so allocation must reclaim dead owners' entries")
     p.add_argument("--stall", type=float, default=5.0, help="seconds without progress = deadlock")
     p.add_argument("--max-seconds", type=float, default=3600)

@@ -4,7 +4,7 @@
 Builds a few real lock tables (entries from several processes: shared and
 exclusive locks, pins with counts, a waiting request, entries of a killed
 process, and tables left behind by processes SIGKILLed inside the table mutex
-at each crash point), then applies thousands of seeded random mutations to
+at each crash point, growth included), then applies thousands of seeded random mutations to
 copies of them and attaches every mutated copy in a child process.  Each
 attach must either work -- and then a few operations (lock, release, pin,
 unpin, locks(), reap(), stat(), a second attach) must work too, raising only
@@ -96,22 +96,52 @@ ENTRY = _struct_fields("entry")
 ENTRY_STATE = ENTRY["state"][0]
 NIL = _CONST["nil"]
 MAX_CAPACITY = _CONST["max_capacity"]
+MAX_PROCS = _CONST["max_procs"]
+ENTRIES_OFFSET = _CONST["entries_offset"]
+INITIAL_CAPACITY = _CONST["initial_capacity"]
 MAGIC = _CONST["magic"]
-CAPACITY = 48                 # small tables: cheap to copy thousands of times
+# The ceiling of the base tables: above the initial capacity, so the bases
+# include tables that grew and tables left by a process killed while growing.
+CAPACITY = INITIAL_CAPACITY * 2 + 100
+PAGE = 4096
 
 # Header fields mutated as indexes/counters (those this build has).
 HDR_INDEX_FIELDS = [f for f in HDR if f not in (
-    "magic", "format", "capacity", "proc_capacity", "table_bytes", "data_dev", "data_ino",
-    "data_birth", "created_ns")]
+    "magic", "format", "capacity", "proc_capacity", "max_capacity", "max_procs", "table_bytes",
+    "data_dev", "data_ino", "data_birth", "created_ns")]
+CAPACITY_FIELDS = ["capacity", "proc_capacity", "max_capacity", "max_procs"]
 
 
-def table_bytes_for(capacity: int, proc_capacity: int) -> int:
-    return HEADER_BYTES + proc_capacity * PROC_BYTES + capacity * ENTRY_BYTES
+def table_bytes_for(max_capacity: int, max_procs: int) -> int:
+    """Length of the ceiling layout (ss_table_bytes)."""
+    ent0 = (HEADER_BYTES + max_procs * PROC_BYTES + PAGE - 1) // PAGE * PAGE
+    return ent0 + max_capacity * ENTRY_BYTES
+
+
+def extent_for(capacity: int, max_procs: int) -> int:
+    """How far the file reaches with capacity entries allocated."""
+    return table_bytes_for(capacity, max_procs)
 
 
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def write_sparse(path: str, raw: bytes, exclusive: bool = False) -> None:
+    """Write raw to a new file at path, leaving its all-zero pages as holes
+    (a table is mostly the hole reserved for its slot ceiling)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        zero = bytes(PAGE)
+        for off in range(0, len(raw), PAGE):
+            chunk = raw[off:off + PAGE]
+            if chunk != zero[:len(chunk)]:
+                os.pwrite(fd, chunk, off)
+        os.ftruncate(fd, len(raw))
+    finally:
+        os.close(fd)
 
 
 def get(buf: bytes, off: int, fmt: str) -> int:
@@ -128,9 +158,11 @@ class BaseInfo:
         self.h = h
         self.cap = h["capacity"]
         self.pcap = h["proc_capacity"]
+        self.max_cap = h["max_capacity"]
+        self.max_procs = h["max_procs"]
         self.hwm = h["entry_hwm"]
         self.proc_hwm = h["proc_hwm"]
-        self.ent0 = HEADER_BYTES + self.pcap * PROC_BYTES
+        self.ent0 = ENTRIES_OFFSET
         self.used = [i for i in range(self.hwm) if buf[self.ent0 + i * ENTRY_BYTES + ENTRY_STATE] != 0]
         self.free = [i for i in range(self.hwm) if buf[self.ent0 + i * ENTRY_BYTES + ENTRY_STATE] == 0]
 
@@ -204,24 +236,33 @@ def one_op(rng: random.Random, b: BaseInfo, allow_mutex: bool) -> list:
     if kind == "truncate":
         n = rng.choice([0, 1, 100, HEADER_BYTES - 1, HEADER_BYTES, HEADER_BYTES + 1,
                         b.ent0, b.size // 2, b.size - ENTRY_BYTES, b.size - 1,
-                        rng.randrange(b.size)])
+                        extent_for(max(0, b.cap - 1), b.max_procs), rng.randrange(b.size)])
         return [("op", "truncate"), ("size", n)]
     if kind == "extend":
         n = b.size + rng.choice([1, 7, ENTRY_BYTES, PROC_BYTES, 4096, rng.randrange(1, 100000)])
         return [("op", "extend"), ("size", n)]
     if kind == "capacity":
-        field = rng.choice(["capacity", "proc_capacity"])
-        cur = b.cap if field == "capacity" else b.pcap
+        # The current capacities (a growth published, or claimed without the
+        # allocation) and the ceilings fixed at creation.
+        field = rng.choice(CAPACITY_FIELDS)
+        cur = {"capacity": b.cap, "proc_capacity": b.pcap, "max_capacity": b.max_cap,
+               "max_procs": b.max_procs}[field]
         val = rng.choice([0, 1, cur - 1, cur + 1, cur // 2, cur * 2, b.hwm, b.hwm - 1,
-                          MAX_CAPACITY, MAX_CAPACITY + 1, NIL, rng.randrange(1, 4 * cur)])
+                          b.max_cap, b.max_cap + 1, b.max_procs, MAX_CAPACITY, MAX_CAPACITY + 1,
+                          NIL, rng.randrange(1, 4 * max(1, cur))])
         val &= NIL
         ops: list = [("op", f"capacity:{field}={val}"), ("set", HDR[field][0], "<I", val)]
         if rng.random() < 0.7:   # keep table_bytes and the file size consistent: go deeper
-            cap = val if field == "capacity" else b.cap
-            pcap = val if field == "proc_capacity" else b.pcap
-            tb = table_bytes_for(cap, pcap)
-            if 0 < tb <= 64 << 20:
-                ops += [("set", HDR["table_bytes"][0], "<Q", tb), ("size", tb)]
+            if field == "capacity":
+                # A growth published as if allocated: the file reaches that far.
+                if val <= b.max_cap:
+                    ops += [("size", extent_for(val, b.max_procs))]
+            elif field in ("max_capacity", "max_procs"):
+                mc = val if field == "max_capacity" else b.max_cap
+                mp = val if field == "max_procs" else b.max_procs
+                tb = table_bytes_for(mc, mp)
+                if 0 < tb <= 1 << 40:
+                    ops += [("set", HDR["table_bytes"][0], "<Q", tb)]
         return ops
     if kind == "hdr_index":
         field = rng.choice(HDR_INDEX_FIELDS)
@@ -407,9 +448,7 @@ def worker_main(args: argparse.Namespace) -> int:
         raw = apply_plan(plan, bases_raw[plan["base"]], ident, data)
         if os.path.lexists(table):
             os.unlink(table)
-        fd = os.open(table, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, raw)
-        os.close(fd)
+        write_sparse(table, raw, exclusive=True)
         result = {"case": req["case"], "outcome": None, "detail": ""}
         rng = random.Random(plan["ops_seed"])
         try:
@@ -516,15 +555,14 @@ def build_bases(work: str) -> list[str]:
     os.mkdir(lock_dir, 0o700)
     flags = os.path.join(work, "flags")
     os.mkdir(flags)
-    mgr = shmslice.LockManager(data, lock_dir=lock_dir, _capacity=CAPACITY)
+    mgr = shmslice.LockManager(data, lock_dir=lock_dir, max_entries=CAPACITY)
     table = mgr.table_path
     mgr.close()
     saved: list[str] = []
 
     def save(name: str) -> None:
         dst = os.path.join(work, f"base-{len(saved)}-{name}.shmslice")
-        with open(table, "rb") as f, open(dst, "wb") as g:
-            g.write(f.read())
+        write_sparse(dst, _read(table))
         saved.append(dst)
 
     def holder(tag: str, shared: list, excl: list, pins: list) -> None:
@@ -561,6 +599,13 @@ def build_bases(work: str) -> list[str]:
             m.unpin(r2)
         elif what == "pin":
             m.pin(970 * 4096, 971 * 4096)
+        elif what == "grow":      # pins until the entry table must grow
+            for k in range(CAPACITY):
+                m.pin(500000 + k, 500001 + k)
+        elif what == "slots":     # handles until the process-slot table must grow
+            more = [shmslice.LockManager(data, lock_dir=lock_dir)
+                    for _ in range(_CONST["initial_procs"] + 1)]
+            del more
         os._exit(4)   # the crash point was not reached: the child exits 4, the build fails
 
     kids = []
@@ -595,7 +640,7 @@ def build_bases(work: str) -> list[str]:
     save("freelist")
     # Tables left by a process killed inside the mutex, at each crash point.
     for point, what in [(1, "lock"), (2, "lock"), (2, "pin"), (3, "release"), (4, "release"),
-                        (3, "unpin"), (4, "unpin")]:
+                        (3, "unpin"), (4, "unpin"), (10, "grow"), (11, "slots")]:
         pid = _child(crasher, f"X{point}{what}", point, what)
         status = _reap(pid)
         if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
@@ -616,6 +661,11 @@ def build_bases(work: str) -> list[str]:
     view.reap()
     view.close()
     save("after-repairs")
+    # A table that grew: a live holder with more entries than the first extent.
+    gpid = _child(holder, "G", [], [], [(600000 + k, 600001 + k) for k in range(INITIAL_CAPACITY + 50)])
+    _wait_file(os.path.join(flags, "G"), 60)
+    kids.append(gpid)
+    save("grown")
     for pid in kids:
         os.kill(pid, signal.SIGKILL)
         _reap(pid)
@@ -631,7 +681,7 @@ def verify_layout(work: str) -> None:
         f.write(b"\0" * 4096)
     lock_dir = os.path.join(work, "layout-locks")
     os.mkdir(lock_dir, 0o700)
-    with shmslice.LockManager(data, lock_dir=lock_dir, _capacity=CAPACITY) as mgr:
+    with shmslice.LockManager(data, lock_dir=lock_dir, max_entries=CAPACITY) as mgr:
         ident = path_identity(data)
         lk = mgr.lock(4096, 8192, "exclusive")
         ref = mgr.pin(100, 200)
@@ -639,14 +689,16 @@ def verify_layout(work: str) -> None:
         buf = _read(mgr.table_path)
         b = BaseInfo("layout", buf)
         problems = []
-        want = {"magic": MAGIC, "capacity": CAPACITY, "data_dev": ident.dev,
+        want = {"magic": MAGIC, "capacity": INITIAL_CAPACITY, "max_capacity": CAPACITY,
+                "max_procs": MAX_PROCS, "data_dev": ident.dev,
                 "data_ino": ident.ino, "data_birth": ident.birth, "entry_hwm": 2, "used": 2, "waiting": 0,
                 f"root{_CONST['tree_shared']}": NIL,
-                "free_head": NIL, "procs_used": 1, "table_bytes": len(buf)}
+                "free_head": NIL, "procs_used": 1,
+                "table_bytes": table_bytes_for(CAPACITY, MAX_PROCS)}
         for k, v in want.items():
             if b.h[k] != v:
                 problems.append(f"header {k}: {b.h[k]:#x} != {v:#x}")
-        if table_bytes_for(b.cap, b.pcap) != len(buf):
+        if extent_for(b.cap, b.max_procs) != len(buf):
             problems.append("table size formula")
         if buf[DATA_PATH[0]:DATA_PATH[0] + len(data)] != os.path.abspath(data).encode():
             problems.append("data path offset")
@@ -731,8 +783,7 @@ def run(args: argparse.Namespace) -> dict:
         os.makedirs(tmp, exist_ok=True)
         # Attach a copy (not the original file) in a child, via TableView.
         copy = os.path.join(tmp, os.path.basename(p))
-        with open(copy, "wb") as f:
-            f.write(bases_raw[i])
+        write_sparse(copy, bases_raw[i])
         r = subprocess.run([sys.executable, "-c",
                             "import sys, shmslice; v = shmslice.TableView(sys.argv[1]); "
                             "v.reap(); v.locks(); v.close(); shmslice.TableView(sys.argv[1]).close()",
@@ -747,8 +798,7 @@ def run(args: argparse.Namespace) -> dict:
         w0.stop()
         raw = apply_plan(plan, bases_raw[plan["base"]], path_identity(w0.data))
         out = args.out or os.path.join(work, f"case-{args.replay}.shmslice")
-        with open(out, "wb") as f:
-            f.write(raw)
+        write_sparse(out, raw)
         print(f"case {args.replay}: base {bases[plan['base']].name}, {describe(plan)}; "
               f"written to {out} (data file {w0.data}: patch its dev/ino to attach)")
         return {"replay": args.replay}

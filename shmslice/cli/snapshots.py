@@ -81,7 +81,7 @@ def summarize(snap: Snapshot) -> Summary:
     dead = [e for e in entries if not e.alive and e.kind != "orphaned"]   # marks stay: news, not entries to reap
     return Summary(
         entries=len(entries), held=len(entries) - waiting, waiting=waiting,
-        capacity=snap.stat.capacity if snap.stat else 0,
+        capacity=snap.stat.max_capacity if snap.stat else 0,   # the ceiling: the table grows to it
         dead_entries=len(dead), dead_owners=sorted({e.pid for e in dead}),
         live_processes=sorted({e.pid for e in entries if e.alive}))
 
