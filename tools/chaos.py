@@ -196,7 +196,7 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             old = [(s, e) for _, s, e in pins]
             mgr.close()
             mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
-                                       max_entries=args.capacity)
+                                       max_entries=args.capacity or None)
             pins[:] = [(mgr.pin(s, e), s, e) for s, e in old]
 
     def fail(msg: str) -> None:
@@ -270,6 +270,10 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
                         lk.upgrade(timeout=LOCK_TIMEOUT)
                     except shmslice.DeadlockError:
                         pass   # another holder upgrades an overlapping lock: stays shared
+                    except shmslice.LockTableFull:
+                        if not args.capacity:
+                            raise
+                        rec.bump(row + R_FULL)   # no room for the upgrade request: stays shared
                     except shmslice.LockTimeout as exc:
                         fail(f"upgrade [{a},{b}) not granted in {LOCK_TIMEOUT} s: {exc}")
                     else:

@@ -57,7 +57,7 @@ def write_locks(snap: PackedSnapshot, args: argparse.Namespace, columns: int | N
     """One frame of ``shmslice locks`` to ``out``: rows, groups or one JSON document."""
     filters = Filters.of(args.pid, args.kind, args.dead, args.waiting)
     exists = snap.stat is not None
-    summary = snap.census.summary(snap.stat.capacity if snap.stat else 0)
+    summary = snap.census.summary(snap.stat.max_capacity if snap.stat else 0)   # the ceiling
     selected = snap.census.selected(filters)
     grouping = args.group_by
     if args.json:
