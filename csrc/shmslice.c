@@ -4374,6 +4374,13 @@ int64_t ss_allocate_holes(int data_fd, uint64_t start, uint64_t end)
         off_t data = lseek(data_fd, hole, SEEK_DATA);
         uint64_t hole_end = data < 0 ? end : (uint64_t)data < end ? (uint64_t)data : end;
         if (data < 0 && errno != ENXIO) return fail_sys("cannot look for holes in the data file");
+        if (hole_end <= (uint64_t)hole) {
+            /* Written meanwhile (a concurrent writer filled the hole between
+             * the two lseeks): data from here, nothing to allocate.  Step a
+             * page so that two answers that disagree cannot loop. */
+            pos = hole + 4096;
+            continue;
+        }
         if (fallocate(data_fd, 0, hole, (off_t)(hole_end - (uint64_t)hole)) != 0) {
             if (errno == EOPNOTSUPP || errno == ENOSYS) return allocated;   /* cannot defend */
             return fail_sys("cannot allocate the holes of the data file ([%lld, %llu) of "
