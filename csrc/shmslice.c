@@ -940,74 +940,80 @@ static void refresh(struct ss_handle *h, uint32_t i)
         return fail(SS_ECORRUPT, "lock table %s: index too deep (cycle?)", (h)->table_path); \
     } while (0)
 
-/* Links are validated before use: every child index must be < entry_hwm. */
-static int check_links(struct ss_handle *h, uint32_t i)
+/* Links are validated before use: every child index must be < entry_hwm.
+ * links_bad is the test itself, for the walks that read entry_hwm once:
+ * adding 1 turns SS_NIL into 0, so one unsigned compare per link decides. */
+static inline int links_bad(const struct ss_entry *e, uint32_t hwm)
 {
-    const struct ss_entry *e = &h->entries[i];
-    if ((e->left != SS_NIL && e->left >= h->hdr->entry_hwm) ||
-        (e->right != SS_NIL && e->right >= h->hdr->entry_hwm))
-        return fail(SS_ECORRUPT, "lock table %s: index link out of range", h->table_path);
-    return SS_OK;
+    return (e->left + 1u > hwm) | (e->right + 1u > hwm);
 }
 
-/* Split subtree n into keys < key(pivot) (*l) and keys > key(pivot) (*r). */
+static int bad_link(struct ss_handle *h)
+{
+    return fail(SS_ECORRUPT, "lock table %s: index link out of range", h->table_path);
+}
+
+static inline int check_links(struct ss_handle *h, uint32_t i)
+{
+    return links_bad(&h->entries[i], h->hdr->entry_hwm) ? bad_link(h) : SS_OK;
+}
+
+/* Split subtree n around pivot, which is not in it: keys < key(pivot) go to
+ * *l, the others to *r.  Top down, one visit per level of the pivot's search
+ * path (the nodes passed are remembered and refreshed bottom up). */
 static int tree_split(struct ss_handle *h, uint32_t n, uint32_t pivot,
                       uint32_t *l, uint32_t *r, int depth)
 {
-    DEPTH_CHECK(h, depth);
-    if (n == SS_NIL) { *l = *r = SS_NIL; return SS_OK; }
-    int rc = check_links(h, n);
-    if (rc) return rc;
-    struct ss_entry *e = &h->entries[n];
-    if (key_less(h, n, pivot)) {
-        rc = tree_split(h, e->right, pivot, &e->right, r, depth + 1);
-        *l = n;
-    } else {
-        rc = tree_split(h, e->left, pivot, l, &e->left, depth + 1);
-        *r = n;
+    uint32_t path[SS_MAX_DEPTH + 2];
+    int len = 0;
+    uint32_t hwm = h->hdr->entry_hwm;
+    for (; n != SS_NIL; depth++) {
+        DEPTH_CHECK(h, depth);
+        struct ss_entry *e = &h->entries[n];
+        if (links_bad(e, hwm)) return bad_link(h);
+        SS_ASSERT(len < (int)(sizeof path / sizeof path[0]));
+        path[len++] = n;
+        if (key_less(h, n, pivot)) { *l = n; l = &e->right; n = e->right; }
+        else { *r = n; r = &e->left; n = e->left; }
     }
-    if (rc) return rc;
-    /* The split's two roots fall on their sides of the pivot. */
-    SS_ASSERT(*l == SS_NIL || key_less(h, *l, pivot));
-    SS_ASSERT(*r == SS_NIL || !key_less(h, *r, pivot));
-    refresh(h, n);
+    *l = *r = SS_NIL;
+    while (len-- > 0) refresh(h, path[len]);
     return SS_OK;
 }
 
-/* Merge subtrees a and b where every key of a is below every key of b. */
+/* Merge subtrees a and b where every key of a is below every key of b, into
+ * *out.  Top down along a's right spine and b's left spine, then the nodes
+ * passed are refreshed bottom up. */
 static int tree_merge(struct ss_handle *h, uint32_t a, uint32_t b, uint32_t *out,
                       int depth)
 {
-    DEPTH_CHECK(h, depth);
-    if (a == SS_NIL) { *out = b; return SS_OK; }
-    if (b == SS_NIL) { *out = a; return SS_OK; }
-    int rc = check_links(h, a);
-    if (!rc) rc = check_links(h, b);
-    if (rc) return rc;
-    if (prio_above(a, b)) {
-        rc = tree_merge(h, h->entries[a].right, b, &h->entries[a].right, depth + 1);
-        if (rc) return rc;
-        refresh(h, a);
-        *out = a;
-    } else {
-        rc = tree_merge(h, a, h->entries[b].left, &h->entries[b].left, depth + 1);
-        if (rc) return rc;
-        refresh(h, b);
-        *out = b;
+    uint32_t path[SS_MAX_DEPTH + 2];
+    int len = 0;
+    uint32_t hwm = h->hdr->entry_hwm;
+    for (; a != SS_NIL && b != SS_NIL; depth++) {
+        DEPTH_CHECK(h, depth);
+        struct ss_entry *ea = &h->entries[a], *eb = &h->entries[b];
+        if (links_bad(ea, hwm) || links_bad(eb, hwm)) return bad_link(h);
+        SS_ASSERT(len < (int)(sizeof path / sizeof path[0]));
+        if (prio_above(a, b)) { *out = a; path[len++] = a; out = &ea->right; a = ea->right; }
+        else { *out = b; path[len++] = b; out = &eb->left; b = eb->left; }
     }
+    *out = a != SS_NIL ? a : b;
+    while (len-- > 0) refresh(h, path[len]);
     return SS_OK;
 }
 
 /* Insert x into the subtree n hanging from *out (*out == n): walk down to the
  * first node x's priority outranks, raising the max end of every node passed
  * (x will sit below it, and only x is added), then split that subtree around
- * x.  A loop, one visit per level: on a table of a million entries this path
+ * x.  Loops, one visit per level: on a table of a million entries this path
  * is ~28 levels deep on every lock. */
 static int tree_insert_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t *out,
                           int depth)
 {
     struct ss_entry *ex = &h->entries[x];
     uint32_t *link = out;
+    uint32_t hwm = h->hdr->entry_hwm, px = prio_of(x);
     for (;; depth++) {
         DEPTH_CHECK(h, depth);
         if (n == SS_NIL) {
@@ -1016,16 +1022,16 @@ static int tree_insert_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t 
             *link = x;
             return SS_OK;
         }
-        int rc = check_links(h, n);
-        if (rc) return rc;
-        if (prio_above(x, n)) {
-            rc = tree_split(h, n, x, &ex->left, &ex->right, depth + 1);
+        struct ss_entry *en = &h->entries[n];
+        if (links_bad(en, hwm)) return bad_link(h);
+        uint32_t pn = prio_of(n);
+        if (px > pn || (px == pn && x < n)) {   /* prio_above(x, n) */
+            int rc = tree_split(h, n, x, &ex->left, &ex->right, depth + 1);
             if (rc) return rc;
             refresh(h, x);
             *link = x;
             return SS_OK;
         }
-        struct ss_entry *en = &h->entries[n];
         if (ex->end > en->max_end) en->max_end = ex->end;
         link = key_less(h, x, n) ? &en->left : &en->right;
         n = *link;
@@ -1042,24 +1048,27 @@ static int tree_remove_at(struct ss_handle *h, uint32_t n, uint32_t x, uint32_t 
     uint32_t path[SS_MAX_DEPTH + 2];
     int len = 0;
     uint32_t *link = out;
-    uint64_t x_end = h->entries[x].end;
+    uint32_t hwm = h->hdr->entry_hwm;
+    const struct ss_entry *ex = &h->entries[x];
+    uint64_t x_start = ex->start, x_end = ex->end;
+    uint32_t x_slot = ex->owner_slot;
     for (;; depth++) {
         DEPTH_CHECK(h, depth);
         if (n == SS_NIL)
             return fail(SS_ECORRUPT, "lock table %s: entry %u missing from its index",
                         h->table_path, x);
-        int rc = check_links(h, n);
-        if (rc) return rc;
         struct ss_entry *en = &h->entries[n];
+        if (links_bad(en, hwm)) return bad_link(h);
         if (n == x) {
             maybe_crash(3);
-            rc = tree_merge(h, en->left, en->right, link, depth + 1);
+            int rc = tree_merge(h, en->left, en->right, link, depth + 1);
             if (rc) return rc;
             break;
         }
         SS_ASSERT(len < (int)(sizeof path / sizeof path[0]));
         path[len++] = n;
-        link = key_less(h, x, n) ? &en->left : &en->right;
+        int c = region_cmp(en, x_start, x_end, x_slot);   /* key_less(x, n) */
+        link = (c > 0 || (c == 0 && x < n)) ? &en->left : &en->right;
         n = *link;
     }
     while (len-- > 0)
@@ -1074,23 +1083,25 @@ typedef int (*entry_pred)(struct ss_handle *h, uint32_t i, void *arg);
 static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
                      entry_pred pred, void *arg, uint32_t *found, int depth)
 {
-    DEPTH_CHECK(h, depth);
-    if (n == SS_NIL) return 0;
-    int rc = check_links(h, n);
-    if (rc) return rc;
-    const struct ss_entry *e = &h->entries[n];
-    if (e->max_end <= lo) return 0;
-    /* The left child is pruned here rather than by a call (check_links
-     * vouched for its index): most levels of a search on a big table end
-     * there. */
-    uint32_t l = e->left;
-    if (l != SS_NIL && h->entries[l].max_end > lo) {
-        rc = tree_find(h, l, lo, hi, pred, arg, found, depth + 1);
-        if (rc) return rc;
+    uint32_t hwm = h->hdr->entry_hwm;
+    /* A left child is searched by a call, the right one by the loop: on a
+     * table of disjoint ranges the search is one path, and most of its levels
+     * end at the left child's max end, without a call. */
+    for (; n != SS_NIL; depth++) {
+        DEPTH_CHECK(h, depth);
+        const struct ss_entry *e = &h->entries[n];
+        if (links_bad(e, hwm)) return bad_link(h);
+        if (e->max_end <= lo) return 0;
+        uint32_t l = e->left;
+        if (l != SS_NIL && h->entries[l].max_end > lo) {
+            int rc = tree_find(h, l, lo, hi, pred, arg, found, depth + 1);
+            if (rc) return rc;
+        }
+        if (e->start >= hi) return 0;
+        if (e->end > lo && pred(h, n, arg)) { *found = n; return 1; }
+        n = e->right;
     }
-    if (e->start >= hi) return 0;
-    if (e->end > lo && pred(h, n, arg)) { *found = n; return 1; }
-    return tree_find(h, e->right, lo, hi, pred, arg, found, depth + 1);
+    return 0;
 }
 
 /* Find in subtree n the entry on exactly [start, end) of process slot
