@@ -1080,13 +1080,11 @@ typedef int (*entry_pred)(struct ss_handle *h, uint32_t i, void *arg);
 
 /* Find an entry in subtree n overlapping [lo, hi) for which pred returns 1.
  * Returns 1 with *found set, 0 if none, or a status < 0. */
-static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
-                     entry_pred pred, void *arg, uint32_t *found, int depth)
+static int tree_find_each(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
+                          entry_pred pred, void *arg, uint32_t *found, int depth)
 {
     uint32_t hwm = h->hdr->entry_hwm;
-    /* A left child is searched by a call, the right one by the loop: on a
-     * table of disjoint ranges the search is one path, and most of its levels
-     * end at the left child's max end, without a call. */
+    /* A left child is searched by a call, the right one by the loop. */
     for (; n != SS_NIL; depth++) {
         DEPTH_CHECK(h, depth);
         const struct ss_entry *e = &h->entries[n];
@@ -1094,7 +1092,7 @@ static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
         if (e->max_end <= lo) return 0;
         uint32_t l = e->left;
         if (l != SS_NIL && h->entries[l].max_end > lo) {
-            int rc = tree_find(h, l, lo, hi, pred, arg, found, depth + 1);
+            int rc = tree_find_each(h, l, lo, hi, pred, arg, found, depth + 1);
             if (rc) return rc;
         }
         if (e->start >= hi) return 0;
@@ -1102,6 +1100,39 @@ static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
         n = e->right;
     }
     return 0;
+}
+
+/* Whether subtree n may hold an entry overlapping [lo, hi): one path, no
+ * calls.  Go left while the left subtree reaches past lo, else right; if the
+ * left subtree reaches past lo but holds no overlap, its entries that reach
+ * past lo start at hi or later, and so does everything right of it (keys
+ * lead with start).  So reaching a leaf proves there is none; meeting an
+ * overlapping entry returns 1 (the caller's predicate decides about it).
+ * Returns 0, 1 or a status < 0. */
+static int tree_may_overlap(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
+                            int depth)
+{
+    uint32_t hwm = h->hdr->entry_hwm;
+    for (; n != SS_NIL; depth++) {
+        DEPTH_CHECK(h, depth);
+        const struct ss_entry *e = &h->entries[n];
+        if (links_bad(e, hwm)) return bad_link(h);
+        if (e->start < hi && e->end > lo) return 1;
+        uint32_t l = e->left;
+        n = l != SS_NIL && h->entries[l].max_end > lo ? l : e->right;
+    }
+    return 0;
+}
+
+/* tree_find_each's contract, with a first pass that proves most searches of
+ * a lock empty on one path. */
+static int tree_find(struct ss_handle *h, uint32_t n, uint64_t lo, uint64_t hi,
+                     entry_pred pred, void *arg, uint32_t *found, int depth)
+{
+    /* Most searches of a lock find nothing: prove that on one path first. */
+    int may = tree_may_overlap(h, n, lo, hi, depth);
+    if (may <= 0) return may;
+    return tree_find_each(h, n, lo, hi, pred, arg, found, depth);
 }
 
 /* Find in subtree n the entry on exactly [start, end) of process slot
@@ -4260,6 +4291,36 @@ static int snapshot_impl(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_
     return rc;
 }
 
+/* Rank of a kind in the alphabetical order of its name (listings sort by
+ * the name shown); kinds no snapshot reports come last. */
+static int kind_name_rank(uint32_t kind)
+{
+    return kind == SS_EXCLUSIVE ? 0 : kind == SS_ORPHAN ? 1 : kind == SS_PIN ? 2
+           : kind == SS_SHARED ? 3 : 4;
+}
+
+static int region_order(const void *pa, const void *pb)
+{
+    const ss_entry_info *a = pa, *b = pb;
+    if (a->start != b->start) return a->start < b->start ? -1 : 1;
+    if (a->end != b->end) return a->end < b->end ? -1 : 1;
+    int ka = kind_name_rank(a->kind), kb = kind_name_rank(b->kind);
+    if (ka != kb) return ka < kb ? -1 : 1;
+    uint32_t pa32 = (uint32_t)a->pid, pb32 = (uint32_t)b->pid;
+    if (pa32 != pb32) return pa32 < pb32 ? -1 : 1;
+    /* Table order: the entry index is the reference's low half (unique). */
+    uint32_t ia = (uint32_t)((uint64_t)a->ref & 0xffffffffu), ib = (uint32_t)((uint64_t)b->ref & 0xffffffffu);
+    return ia < ib ? -1 : ia > ib;
+}
+
+/* See ss_snapshot_sort. */
+static int snapshot_sort_impl(ss_entry_info *entries, uint32_t n)
+{
+    if (n && !entries) return fail(SS_EINVAL, "entries required");
+    if (n > 1) qsort(entries, n, sizeof *entries, region_order);
+    return SS_OK;
+}
+
 static int stat_impl(ss_handle *h, ss_table_stat *out)
 {
     if (!out) return fail(SS_EINVAL, "output required");
@@ -4697,6 +4758,11 @@ int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count)
     int rc = snapshot_impl(h, out, max, count);
     handle_leave(h);
     return rc;
+}
+
+int ss_snapshot_sort(ss_entry_info *entries, uint32_t n)
+{
+    return snapshot_sort_impl(entries, n);
 }
 
 int ss_stat(ss_handle *h, ss_table_stat *out)

@@ -333,6 +333,14 @@ int ss_unpin_written(ss_handle *h, int64_t ref);
  */
 int ss_snapshot(ss_handle *h, ss_entry_info *out, uint32_t max, uint32_t *count);
 
+/*
+ * Sort n entries copied by ss_snapshot, in place, into region order: by
+ * start, end, kind name ("exclusive" < "orphaned" < "pin" < "shared"), pid
+ * (as unsigned), then table order (entry index).  Touches no table; the
+ * order of a listing by region, made without a key per entry.
+ */
+int ss_snapshot_sort(ss_entry_info *entries, uint32_t n);
+
 /* Copy the table-wide figures into *out. */
 int ss_stat(ss_handle *h, ss_table_stat *out);
 

@@ -43,7 +43,7 @@ import os
 import struct
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from shmslice import _fastpath
@@ -239,6 +239,18 @@ def _packed_struct() -> struct.Struct:
 _PACKED = _packed_struct()
 
 
+def _column_words() -> tuple[int, int, int]:
+    """Where start, end and since_ns sit in an ss_entry_info, in 64-bit words."""
+    fields = dict(ffi.typeof("ss_entry_info").fields)
+    offsets = [fields[name].offset for name in ("start", "end", "since_ns")]
+    if _PACKED.size % 8 or any(o % 8 for o in offsets):
+        raise ImportError("ss_entry_info's 64-bit fields are no longer 64-bit aligned")
+    return offsets[0] // 8, offsets[1] // 8, offsets[2] // 8
+
+
+_COLUMN_WORDS = _column_words()
+
+
 class PackedEntries:
     """Every entry of one snapshot, kept as the C core copied them out.
 
@@ -270,6 +282,17 @@ class PackedEntries:
             if not 0 <= index < count:
                 raise IndexError(f"row {index} of {count}")
             yield unpack(view, index * size)
+
+    def sort_by_region(self) -> None:
+        """Reorder the rows, in place, by (start, end, kind name, pid, table order), in C."""
+        check(lib.ss_snapshot_sort(self._cdata, self.count))
+
+    def columns(self) -> tuple[Sequence[int], Sequence[int], Sequence[int]]:
+        """The ``start``, ``end`` and ``since_ns`` of every row, as views of the packed records."""
+        words = self._view.cast("B").cast("Q")
+        step = _PACKED.size // 8
+        start, end, since = _COLUMN_WORDS
+        return words[start::step], words[end::step], words[since::step]
 
     def row(self, index: int) -> tuple[int, ...]:
         """Row ``index`` (0 <= index < count)."""

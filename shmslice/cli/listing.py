@@ -15,8 +15,9 @@ command lines quoted, once per process.
 from __future__ import annotations
 
 import json
+import operator
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -60,6 +61,7 @@ class PackedSnapshot:
     taken: float
     census: Census
     owners: dict[int, ProcessInfo] = field(default_factory=dict)
+    by_region: bool = False   #: packed rows reordered by region (the census does not mind)
 
     def __len__(self) -> int:
         return 0 if self.packed is None else len(self.packed)
@@ -228,32 +230,64 @@ SORT_KEYS: dict[str, _KeyFn] = {
 }
 
 
-def _sorted_selection(snap: PackedSnapshot, filters: Filters, sort: str,
-                      reverse: bool) -> tuple[list[int], _ColumnStats]:
-    """Sort keys of the selected entries (index in the low bits) and their column figures."""
-    assert snap.packed is not None
+def _listing_order(snap: PackedSnapshot, filters: Filters, sort: str,
+                   reverse: bool) -> tuple[Iterable[tuple[int, ...]], int, _ColumnStats]:
+    """The selected rows in listing order, how many they are, and their column figures.
+
+    By region (the default) the C core sorts the packed records in place
+    (:meth:`PackedEntries.sort_by_region`, once per snapshot) and no key is
+    made per entry; any other order builds one int key per selected entry.
+    """
+    packed = snap.packed
+    assert packed is not None
+    pick = filters.admits_group if filters.any else None
+    if sort == "region":
+        if not snap.by_region:
+            packed.sort_by_region()
+            snap.by_region = True
+        if pick is None:
+            starts, ends, since_ns = packed.columns()
+            lengths, sinces = set(map(operator.sub, ends, starts)), set(since_ns)
+            total = len(packed)
+            rows = packed.rows_at(range(total - 1, -1, -1)) if reverse else packed.rows()
+            return rows, total, _column_stats(snap, filters, lengths, sinces)
+        indices: list[int] = []
+        lengths, sinces = set(), set()
+        for index, (start, end, since, kind, state, _count, pid, _tid, alive) in enumerate(
+                packed.rows()):
+            if pick(pid, alive, kind, state):
+                indices.append(index)
+                lengths.add(end - start)
+                sinces.add(since)
+        if reverse:
+            indices.reverse()
+        return packed.rows_at(indices), len(indices), _column_stats(snap, filters, lengths, sinces)
     fold = SORT_KEYS[sort]
     keys: list[int] = []
     append = keys.append
-    lengths: set[int] = set()
-    sinces: set[int] = set()
+    lengths, sinces = set(), set()
     add_length, add_since = lengths.add, sinces.add
-    pick = filters.admits_group if filters.any else None
     for index, (start, end, since, kind, state, count, pid, _tid, alive) in enumerate(
-            snap.packed.rows()):
+            packed.rows()):
         if pick is not None and not pick(pid, alive, kind, state):
             continue
         append(fold(start, end, since, kind, count, pid) << _INDEX_BITS | index)
         add_length(end - start)
         add_since(since)
     keys.sort(reverse=reverse)
+    return (packed.rows_at(map(_INDEX_MASK.__and__, keys)), len(keys),
+            _column_stats(snap, filters, lengths, sinces))
+
+
+def _column_stats(snap: PackedSnapshot, filters: Filters, lengths: set[int],
+                  sinces: set[int]) -> _ColumnStats:
+    """Column figures of a listing: the selected groups' from the census, the rest as given."""
     seen = [(key, g) for key, g in snap.census.groups.items() if filters.admits_group(*key)]
-    stats = _ColumnStats(max_start=max((g[6] for _, g in seen), default=0),
-                         max_end=max((g[4] for _, g in seen), default=0),
-                         max_count=max((g[7] for _, g in seen), default=0),
-                         max_pid=max((key[0] for key, _ in seen), default=0),
-                         lengths=lengths, sinces=sinces, owners={key for key, _ in seen})
-    return keys, stats
+    return _ColumnStats(max_start=max((g[6] for _, g in seen), default=0),
+                        max_end=max((g[4] for _, g in seen), default=0),
+                        max_count=max((g[7] for _, g in seen), default=0),
+                        max_pid=max((key[0] for key, _ in seen), default=0),
+                        lengths=lengths, sinces=sinces, owners={key for key, _ in seen})
 
 
 @dataclass
@@ -290,7 +324,7 @@ def write_entry_table(snap: PackedSnapshot, filters: Filters, sort: str, reverse
     if snap.packed is None or not len(snap.packed):
         print("  ".join(headers), file=out)
         return 0
-    keys, stats = _sorted_selection(snap, filters, sort, reverse)
+    rows, total, stats = _listing_order(snap, filters, sort, reverse)
     owners = _Owners(snap.owners)
     now = snap.taken
     size_cell = {n: human_size(n) for n in stats.lengths}
@@ -336,8 +370,7 @@ def write_entry_table(snap: PackedSnapshot, filters: Filters, sort: str, reverse
             ("  " + name.ljust(widths[9]) + "  " + command).rstrip())
     template = f"%{widths[0]}d  %{widths[1]}d  %{widths[2]}s  %s%{widths[4]}d%s%{widths[8]}s%s"
     chunk = [line(headers)]
-    for start, end, since, kind, state, count, pid, _tid, alive in snap.packed.rows_at(
-            map(_INDEX_MASK.__and__, keys)):
+    for start, end, since, kind, state, count, pid, _tid, alive in rows:
         kind_part, middle, tail = pieces[(pid, alive, kind, state)]
         chunk.append(template % (start, end, size_cell[end - start], kind_part, count, middle,
                                  held_cell[since], tail))
@@ -346,7 +379,7 @@ def write_entry_table(snap: PackedSnapshot, filters: Filters, sort: str, reverse
             chunk.clear()
     if chunk:
         out.write("\n".join(chunk) + "\n")
-    return len(keys)
+    return total
 
 
 def write_entries_json(snap: PackedSnapshot, filters: Filters, sort: str, reverse: bool,
@@ -356,7 +389,7 @@ def write_entries_json(snap: PackedSnapshot, filters: Filters, sort: str, revers
     if snap.packed is None:
         out.write("]")
         return 0
-    keys, _stats = _sorted_selection(snap, filters, sort, reverse)
+    rows, total, _stats = _listing_order(snap, filters, sort, reverse)
     owners = _Owners(snap.owners)
     now = snap.taken
     sep = ", " if one_line else ",\n    "
@@ -373,8 +406,7 @@ def write_entries_json(snap: PackedSnapshot, filters: Filters, sort: str, revers
     tails = {(pid, alive): f', "alive": {"true" if alive else "false"}, '
              for pid, alive, _kind, _state in snap.census.groups}
     time_fields: dict[int, str] = {}
-    for start, end, since, kind, state, count, pid, tid, alive in snap.packed.rows_at(
-            map(_INDEX_MASK.__and__, keys)):
+    for start, end, since, kind, state, count, pid, tid, alive in rows:
         kind_part, middle = pieces[(pid, alive, kind, state)]
         times = time_fields.get(since)
         if times is None:
@@ -393,8 +425,8 @@ def write_entries_json(snap: PackedSnapshot, filters: Filters, sort: str, revers
             chunk.clear()
     if chunk:
         out.write(lead + sep.join(chunk))
-    out.write("]" if one_line or not keys else "\n  ]")
-    return len(keys)
+    out.write("]" if one_line or not total else "\n  ]")
+    return total
 
 
 # -- groups -----------------------------------------------------------------------------------
