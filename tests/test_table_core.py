@@ -100,3 +100,81 @@ def test_exact_pin_lookup_among_overlapping_pins(data_file: Path, lock_dir: Path
         assert a.pin(100, 200) != mine          # a fresh entry: the old one was removed
         assert len(a.locks()) == 1 + len(others)
 
+
+
+def test_overlap_search_on_random_overlapping_locks(data_file: Path, lock_dir: Path) -> None:
+    """An exclusive try-lock is refused exactly when a granted shared lock
+    overlaps it, over thousands of random, mutually overlapping shared locks
+    (the search's one-path proof of no overlap, and its full walk)."""
+    import random
+
+    rng = random.Random(5)
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        regions = []
+        held = []
+        for _ in range(3000):
+            a = rng.randrange(0, 1_000_000)
+            b = a + rng.choice([1, 2, 10, 100, 1000, 20_000])
+            regions.append((a, b))
+            held.append(mgr.lock(a, b, "shared", timeout=0))
+        for k in range(400):
+            a = rng.randrange(0, 1_030_000)
+            b = a + rng.choice([1, 5, 50, 500])
+            expect = any(s < b and a < e for s, e in regions)
+            try:
+                mgr.lock(a, b, "exclusive", timeout=0).release()
+                got = False
+            except shmslice.LockTimeout:
+                got = True
+            assert got == expect, (k, a, b)
+        for lk in held:
+            lk.release()
+
+
+def test_snapshot_sort_is_region_order(data_file: Path, lock_dir: Path) -> None:
+    """ss_snapshot_sort orders by (start, end, kind name, pid, table order),
+    as the listing's region key does, whatever order entries were made in and
+    whichever process owns them."""
+    import subprocess
+    import sys
+
+    from shmslice._binding import KIND_NAMES
+
+    from .support import child_env
+
+    holder = ("import sys, shmslice\n"
+              "m = shmslice.LockManager(sys.argv[1], lock_dir=sys.argv[2])\n"
+              "keep = [m.lock(300, 400, 'shared'), m.pin(300, 400), m.pin(0, 10)]\n"
+              "print('ready', flush=True)\nsys.stdin.read()\n")
+    child = subprocess.Popen([sys.executable, "-c", holder, str(data_file), str(lock_dir)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=child_env())
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+            keep = [mgr.lock(500, 600), mgr.pin(300, 400), mgr.lock(300, 400, "shared"),
+                    mgr.lock(300, 400, "shared"), mgr.lock(0, 10, "shared"), mgr.pin(300, 350),
+                    mgr.lock(700, 800)]
+            view = shmslice.TableView(mgr.table_path)
+            try:
+                packed = view.packed_entries()
+                table_order = list(packed.rows())
+                packed.sort_by_region()
+                got = list(packed.rows())
+            finally:
+                view.close()
+            assert len(got) == len(keep) + 3
+            assert {child.pid, os.getpid()} == {row[6] for row in got}
+            indexed = list(enumerate(table_order))
+            indexed.sort(key=lambda ir: (ir[1][0], ir[1][1], KIND_NAMES[ir[1][3]],
+                                         ir[1][6] & 0xffffffff, ir[0]))
+            assert got == [row for _, row in indexed]
+            assert got != table_order   # the case is not sorted already
+            starts, ends, sinces = packed.columns()
+            assert list(starts) == [r[0] for r in got] and list(ends) == [r[1] for r in got]
+            assert list(sinces) == [r[2] for r in got]
+            del keep
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(timeout=30)
