@@ -307,9 +307,8 @@ def test_bound_enter_and_exit_hold_their_slice(mf: MappedFile) -> None:
                 assert x is v and not v.released
             assert v.released
         v = mf[40:50]
-    with pytest.raises(RuntimeError, match="inside"):
-        with v:
-            raise RuntimeError("inside")               # __exit__ lets it propagate
+    with pytest.raises(RuntimeError, match="inside"), v:
+        raise RuntimeError("inside")                   # __exit__ lets it propagate
     assert v.released
     descr = ByteBufferSlice.__dict__["__exit__"]
     with pytest.raises(TypeError, match="cannot bind a 'bytes'"):
