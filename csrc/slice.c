@@ -106,6 +106,13 @@ static PyTypeObject MapHoldType = {
 
 typedef struct SliceObject SliceObject;
 
+/* A bound __enter__ or __exit__ of one slice, kept inside the slice: a
+ * reference count of 0 means not handed out (see "the with statement"). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+} WithMethod;
+
 typedef struct {
     PyObject_HEAD
     PyObject *mgr;          /* the LockManager (a ManagerBase); pins go through it */
@@ -145,7 +152,18 @@ struct SliceObject {
     SliceObject *prev, *next;   /* in file->live while ref >= 0 */
     SliceObject *bprev, *bnext; /* in file->busy while exports > 0 */
     PyObject *weakrefs;
+    WithMethod enter_method;    /* s.__enter__ and s.__exit__ (see "the with statement") */
+    WithMethod exit_method;
+    /* Unused: rounds the size up to 192 bytes.  At 176 (the fields alone),
+     * `s = mf[a:b]; s.release()` measured about 10% slower on 3.12 than at
+     * 128, 160 or 192 (the allocator's size class: the block sizes 160 and 192
+     * were the slow ones); bench/bench_slices.py is the judge if fields change. */
+    char size_pad[16];
 };
+
+#if !defined(Py_TRACE_REFS) && !defined(Py_GIL_DISABLED)
+_Static_assert(sizeof(struct SliceObject) == 192, "see size_pad in SliceObject");
+#endif
 
 static PyTypeObject SliceType;
 
@@ -363,6 +381,15 @@ static PyObject *slice_new(FileBase *f, MapHold *map, long long a, long long b, 
     s->weakrefs = NULL;
     s->prev = s->next = NULL;
     s->bprev = s->bnext = NULL;
+    /* __enter__/__exit__ not handed out: a count of 0 (the rest is set when
+     * one is; see with_method_bind) */
+#if defined(Py_REF_DEBUG) || defined(Py_TRACE_REFS) || defined(Py_GIL_DISABLED)
+    memset(&s->enter_method, 0, sizeof s->enter_method);
+    memset(&s->exit_method, 0, sizeof s->exit_method);
+#else
+    s->enter_method.ob_base.ob_refcnt = 0;
+    s->exit_method.ob_base.ob_refcnt = 0;
+#endif
     if (ref >= 0) live_push(f, s);
     PyObject_GC_Track(s);
     return (PyObject *)s;
@@ -654,6 +681,8 @@ static void slice_dealloc(SliceObject *s)
     PyObject_GC_UnTrack(s);
     if (s->weakrefs) PyObject_ClearWeakRefs((PyObject *)s);
     assert(s->exports == 0);   /* every export holds a reference to us */
+    /* so does every bound __enter__/__exit__ handed out */
+    assert(Py_REFCNT(&s->enter_method) == 0 && Py_REFCNT(&s->exit_method) == 0);
     if (s->ref >= 0) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -684,39 +713,42 @@ static PyObject *slice_release(SliceObject *s, PyObject *unused)
 
 /* --- Slice: the with statement --------------------------------------------
  *
- * `with mf[a:b]:` looks __enter__ and __exit__ up on the type and binds both
- * before calling them.  Bound builtin methods are garbage-collected objects
- * made and freed per statement; here the two descriptors hand out small
- * bound objects from a free list instead, which is most of the difference
- * between a with block and an explicit release(). */
+ * `with mf[a:b]:` (BEFORE_WITH on 3.11 to 3.13) looks __enter__ and __exit__
+ * up on the type and binds both through their descriptors' tp_descr_get
+ * before calling them, where `s.release()` binds nothing (its call is
+ * specialised into a direct C call).  A bound builtin method would be a
+ * garbage-collected object allocated and freed per statement.  So every
+ * slice carries its own two bound methods (WithMethod, inside SliceObject).
+ * Binding one that is not handed out (reference count 0) only sets its header
+ * and takes a reference to the slice; binding it while it is out hands out
+ * the same object again (so `s.__exit__ is s.__exit__` may hold, as for no
+ * other method: nothing may rely on either answer).  When its last reference
+ * goes, its dealloc drops the slice's reference and nothing else, and its
+ * memory stays with the slice.  The slice cannot go first: a bound method
+ * handed out holds a reference to it. */
 
 typedef struct {
     PyObject_HEAD
     int is_exit;
 } WithDescr;
 
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    SliceObject *slice;    /* strong */
-    int is_exit;
-} BoundWith;
+static PyTypeObject WithDescrType, EnterMethodType, ExitMethodType;
 
-static PyTypeObject WithDescrType, BoundWithType;
-
-#define BOUND_WITH_FREE_MAX 16
-static BoundWith *bound_with_free[BOUND_WITH_FREE_MAX];
-static int bound_with_nfree;
-
-static PyObject *bound_with_call(BoundWith *b, PyObject *const *args, size_t nargsf,
-                                 PyObject *kwnames)
+static inline SliceObject *enter_owner(WithMethod *m)
 {
-    SliceObject *s = b->slice;
-    if (b->is_exit) {
-        if (s->ref == REF_RELEASED) Py_RETURN_NONE;
-        if (slice_release_impl(s) < 0) return NULL;
-        Py_RETURN_NONE;
-    }
+    return (SliceObject *)((char *)m - offsetof(SliceObject, enter_method));
+}
+
+static inline SliceObject *exit_owner(WithMethod *m)
+{
+    return (SliceObject *)((char *)m - offsetof(SliceObject, exit_method));
+}
+
+/* s.__enter__(): the slice itself, if it is usable. */
+static PyObject *enter_call(WithMethod *m, PyObject *const *args, size_t nargsf,
+                            PyObject *kwnames)
+{
+    SliceObject *s = enter_owner(m);
     if (PyVectorcall_NARGS(nargsf) || (kwnames && PyTuple_GET_SIZE(kwnames))) {
         PyErr_SetString(PyExc_TypeError, "ByteBufferSlice.__enter__() takes no arguments");
         return NULL;
@@ -726,11 +758,46 @@ static PyObject *bound_with_call(BoundWith *b, PyObject *const *args, size_t nar
     return (PyObject *)s;
 }
 
-static void bound_with_dealloc(BoundWith *b)
+/* s.__exit__(*exc_info): release() (the same routine, called directly);
+ * returns None, so an exception raised in the block propagates. */
+static PyObject *exit_call(WithMethod *m, PyObject *const *args, size_t nargsf,
+                           PyObject *kwnames)
 {
-    Py_CLEAR(b->slice);
-    if (bound_with_nfree < BOUND_WITH_FREE_MAX) bound_with_free[bound_with_nfree++] = b;
-    else PyObject_Free(b);
+    SliceObject *s = exit_owner(m);
+    if (s->ref != REF_RELEASED && slice_release_impl(s) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static void enter_method_dealloc(WithMethod *m)
+{
+    Py_DECREF(enter_owner(m));   /* may free m: touch nothing after */
+}
+
+static void exit_method_dealloc(WithMethod *m)
+{
+    Py_DECREF(exit_owner(m));
+}
+
+/* Hand out s's bound method m (of type `type`, calling `call`). */
+static inline PyObject *with_method_bind(WithMethod *m, PyTypeObject *type, vectorcallfunc call,
+                                         SliceObject *s)
+{
+    if (Py_REFCNT(m) > 0) {
+        Py_INCREF(m);
+        return (PyObject *)m;
+    }
+#if defined(Py_REF_DEBUG) || defined(Py_TRACE_REFS) || defined(Py_GIL_DISABLED)
+    /* builds that count or list every object: a new reference the usual way */
+    (void)PyObject_Init((PyObject *)m, type);
+#else
+    /* a static type (no reference to take) and a count of 1: what
+     * PyObject_Init does here, less tracemalloc's per-object traceback */
+    m->ob_base.ob_type = type;
+    m->ob_base.ob_refcnt = 1;
+#endif
+    m->vectorcall = call;
+    Py_INCREF(s);
+    return (PyObject *)m;
 }
 
 static PyObject *with_descr_get(WithDescr *d, PyObject *obj, PyObject *type)
@@ -739,24 +806,15 @@ static PyObject *with_descr_get(WithDescr *d, PyObject *obj, PyObject *type)
         Py_INCREF(d);
         return (PyObject *)d;
     }
-    if (!PyObject_TypeCheck(obj, &SliceType)) {
+    if (!Py_IS_TYPE(obj, &SliceType)) {   /* the type admits no subclasses */
         PyErr_Format(PyExc_TypeError, "%s of ByteBufferSlice objects cannot bind a '%.200s'",
                      d->is_exit ? "__exit__" : "__enter__", Py_TYPE(obj)->tp_name);
         return NULL;
     }
-    BoundWith *b;
-    if (bound_with_nfree) {
-        b = bound_with_free[--bound_with_nfree];
-        (void)PyObject_Init((PyObject *)b, &BoundWithType);
-    } else {
-        b = PyObject_New(BoundWith, &BoundWithType);
-        if (!b) return NULL;
-    }
-    b->vectorcall = (vectorcallfunc)bound_with_call;
-    Py_INCREF(obj);
-    b->slice = (SliceObject *)obj;
-    b->is_exit = d->is_exit;
-    return (PyObject *)b;
+    SliceObject *s = (SliceObject *)obj;
+    if (d->is_exit)
+        return with_method_bind(&s->exit_method, &ExitMethodType, (vectorcallfunc)exit_call, s);
+    return with_method_bind(&s->enter_method, &EnterMethodType, (vectorcallfunc)enter_call, s);
 }
 
 static PyObject *with_descr_repr(WithDescr *d)
@@ -765,10 +823,16 @@ static PyObject *with_descr_repr(WithDescr *d)
                                 d->is_exit ? "__exit__" : "__enter__");
 }
 
-static PyObject *bound_with_repr(BoundWith *b)
+static PyObject *enter_method_repr(WithMethod *m)
 {
-    return PyUnicode_FromFormat("<bound method ByteBufferSlice.%s of %R>",
-                                b->is_exit ? "__exit__" : "__enter__", (PyObject *)b->slice);
+    return PyUnicode_FromFormat("<bound method ByteBufferSlice.__enter__ of %R>",
+                                (PyObject *)enter_owner(m));
+}
+
+static PyObject *exit_method_repr(WithMethod *m)
+{
+    return PyUnicode_FromFormat("<bound method ByteBufferSlice.__exit__ of %R>",
+                                (PyObject *)exit_owner(m));
 }
 
 static PyTypeObject WithDescrType = {
@@ -780,15 +844,26 @@ static PyTypeObject WithDescrType = {
     .tp_repr = (reprfunc)with_descr_repr,
 };
 
-static PyTypeObject BoundWithType = {
+static PyTypeObject EnterMethodType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmslice.ByteBufferSlice.bound_method",
-    .tp_basicsize = sizeof(BoundWith),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(BoundWith, vectorcall),
+    .tp_basicsize = sizeof(WithMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_vectorcall_offset = offsetof(WithMethod, vectorcall),
     .tp_call = PyVectorcall_Call,
-    .tp_dealloc = (destructor)bound_with_dealloc,
-    .tp_repr = (reprfunc)bound_with_repr,
+    .tp_dealloc = (destructor)enter_method_dealloc,
+    .tp_repr = (reprfunc)enter_method_repr,
+};
+
+static PyTypeObject ExitMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmslice.ByteBufferSlice.bound_method",
+    .tp_basicsize = sizeof(WithMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_vectorcall_offset = offsetof(WithMethod, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_dealloc = (destructor)exit_method_dealloc,
+    .tp_repr = (reprfunc)exit_method_repr,
 };
 
 static int add_with_methods(void)
@@ -2233,7 +2308,8 @@ int ss_fp_slice_init(PyObject *module)
 #undef INTERN
     if (PyType_Ready(&MapHoldType) < 0 || PyType_Ready(&SliceType) < 0 ||
         PyType_Ready(&FileBaseType) < 0 || PyType_Ready(&WithDescrType) < 0 ||
-        PyType_Ready(&BoundWithType) < 0 || add_with_methods() < 0)
+        PyType_Ready(&EnterMethodType) < 0 ||
+        PyType_Ready(&ExitMethodType) < 0 || add_with_methods() < 0)
         return -1;
     long page = sysconf(_SC_PAGESIZE);
     if (page <= 0 || (page & (page - 1))) {

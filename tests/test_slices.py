@@ -269,6 +269,55 @@ def test_every_slice_and_view_holds_one_pin(mf: MappedFile) -> None:
     assert pins(mf) == []
 
 
+def test_bound_enter_and_exit_hold_their_slice(mf: MappedFile) -> None:
+    """__enter__/__exit__ bound from a slice keep it alive and act on it alone,
+    however they are held, called or dropped (the with statement binds both)."""
+    me = os.getpid()
+    s = mf[0:10]
+    enter, leave = s.__enter__, s.__exit__
+    assert repr(enter).startswith("<bound method ByteBufferSlice.__enter__ of ")
+    assert repr(leave).startswith("<bound method ByteBufferSlice.__exit__ of ")
+    t = mf[20:30]
+    t_enter, t_leave = t.__enter__, t.__exit__
+    del s, t
+    gc.collect()
+    assert sorted(pins(mf)) == [(0, 10, me, 1), (20, 30, me, 1)]   # held by their methods
+    u = enter()
+    assert (u.start, u.end) == (0, 10) and t_enter().start == 20
+    with pytest.raises(TypeError, match="takes no arguments"):
+        enter(1)
+    with pytest.raises(TypeError, match="takes no arguments"):
+        enter(x=1)
+    assert leave(None, None, None) is None
+    assert u.released and pins(mf) == [(20, 30, me, 1)]
+    assert leave() is None                        # twice: a no-op, as release() is
+    with pytest.raises(ValueError, match="was released"):
+        enter()
+    del u, enter, leave
+    assert pins(mf) == [(20, 30, me, 1)]
+    t_leave(ValueError, ValueError("x"), None)
+    assert pins(mf) == []
+    del t_enter, t_leave
+    # rebinding after the bound methods went, and nesting the same slice
+    v = mf[40:50]
+    for _ in range(3):
+        with v as w:
+            assert w is v
+            with v as x:
+                assert x is v and not v.released
+            assert v.released
+        v = mf[40:50]
+    with pytest.raises(RuntimeError, match="inside"), v:
+        raise RuntimeError("inside")                   # __exit__ lets it propagate
+    assert v.released
+    descr = ByteBufferSlice.__dict__["__exit__"]
+    with pytest.raises(TypeError, match="cannot bind a 'bytes'"):
+        descr.__get__(b"abc", bytes)
+    assert descr.__get__(None, ByteBufferSlice) is descr
+    with pytest.raises(TypeError):
+        type(mf[0:1].__exit__)()
+
+
 def test_garbage_collection_releases_pins(mf: MappedFile) -> None:
     chunks = mf.split(1000)
     assert len(chunks) == (SIZE + 999) // 1000
