@@ -2284,6 +2284,13 @@ static int table_repair(struct ss_handle *h)
     for (int t = 0; t < TREE_COUNT; t++) *tree_root(h, t) = SS_NIL;
     hd->free_head = SS_NIL;
     hd->used = hd->waiting = hd->procs_used = hd->urgent = 0;
+    /* Owners abandon entries without the mutex (flag, then count), so one
+     * may do so while this walk runs: the counter is cleared before the walk
+     * and this walk's count added after it, never stored over it (that would
+     * lose the count of an entry flagged after the walk passed it, and the
+     * entry would never be removed).  A flag set before the walk reaches its
+     * entry is counted twice: one sweep more, nothing lost. */
+    __atomic_store_n(&hd->abandoned, 0, __ATOMIC_SEQ_CST);
     uint32_t abandoned = 0;
     for (uint32_t p = 0; p < hd->proc_hwm; p++) {
         if (h->procs[p].state == PROC_USED) hd->procs_used++;
@@ -2318,7 +2325,7 @@ static int table_repair(struct ss_handle *h)
         if (rc) return rc;
     }
     /* Abandoned entries are removed by table_locked right after the repair. */
-    __atomic_store_n(&hd->abandoned, abandoned, __ATOMIC_SEQ_CST);
+    if (abandoned) __atomic_add_fetch(&hd->abandoned, abandoned, __ATOMIC_SEQ_CST);
     return SS_OK;
 }
 

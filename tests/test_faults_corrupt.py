@@ -42,6 +42,7 @@ def _run_fuzz(tmp_path: Path, *extra: str, timeout: float) -> dict[str, Any]:
                    timeout=timeout)
     assert r.stdout.strip(), f"fuzzer printed nothing; stderr:\n{r.stderr[-3000:]}"
     summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "error" not in summary, f"the fuzzer failed: {summary['error']}\n{r.stderr[-3000:]}"
     print(f"mutations {summary['mutations']}, outcomes {summary['outcomes']}, "
           f"crashes {summary['crashes']}, exit signals {summary['exit_signals']}, "
           f"{summary['elapsed_s']} s")
@@ -162,3 +163,16 @@ def test_free_list_link_out_of_range_is_corrupt_not_segv(target: int, data_file:
     rc, out = _attach_in_child(data_file, lock_dir)
     assert rc == 0, f"attach crashed (exit {rc}): {out}"
     assert out.startswith("corrupt"), out
+
+
+def test_a_fuzzer_run_that_cannot_start_says_why(tmp_path: Path) -> None:
+    """A run that fails before its summary (here: the work directory is a
+    file) still ends with one JSON line, naming the error, and exit status 1."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    r = run_python(FUZZ, "--seed", "1", "--json", "--mutations", "1", "--dir", blocker / "fuzz",
+                   timeout=120)
+    assert r.returncode == 1, r.stderr[-3000:]
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last["seed"] == 1 and "NotADirectoryError" in last["error"], last
+    assert "Traceback" in r.stderr

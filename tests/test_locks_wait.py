@@ -335,6 +335,64 @@ def test_holder_stopped_outside_the_mutex(data_file: Path, lock_dir: Path) -> No
     _stop(holder)
 
 
+def _hold_lock_and_pins(path, lock_dir, ready, done):
+    mgr = shmslice.LockManager(path, lock_dir=lock_dir)
+    lk = mgr.lock(0, 10)
+    refs = [mgr.pin(100, 110), mgr.pin(200, 210)]   # entries 0-2: a waiter's is above them
+    ready.set()
+    done.wait(60)
+    lk.release()
+    for ref in refs:
+        mgr.unpin(ref)
+    mgr.close()
+
+
+def _die_inside_mutex(path, lock_dir):
+    from shmslice._binding import lib
+    mgr = shmslice.LockManager(path, lock_dir=lock_dir)
+    lib.ss_debug_set_crash_point(1, 1)   # entry_alloc: SIGKILL inside the table mutex
+    mgr.lock(500, 510)
+
+
+def _stop_inside_repair(path, lock_dir):
+    from shmslice._binding import lib
+    lib.ss_debug_set_stop_point(5, 1)    # half way through the repair's walk (from the top)
+    shmslice.LockManager(path, lock_dir=lock_dir).close()   # the attach repairs
+
+
+def test_request_abandoned_during_a_repair_is_still_removed(data_file: Path,
+                                                           lock_dir: Path) -> None:
+    """A waiter gives up (its cancel cannot get the mutex) while another process
+    repairs the table and has already walked past the waiter's entry: the
+    repair's count of abandoned entries must not overwrite the waiter's, or the
+    entry is never removed and shows as waiting for good."""
+    ready, done = FORK.Event(), FORK.Event()
+    holder = _start(_hold_lock_and_pins, str(data_file), str(lock_dir), ready, done)
+    _wait(ready, "the holder")
+    mgr = shmslice.LockManager(data_file, lock_dir=lock_dir)
+    handle = mgr._handle
+    wait = handle.new_wait(-7, poll=True)
+    assert handle.lock_step(wait, 0, 10, _binding.EXCLUSIVE, -1) is None   # queued: entry 3
+    crasher = _start(_die_inside_mutex, str(data_file), str(lock_dir))
+    crasher.join(20)
+    assert crasher.exitcode == -signal.SIGKILL
+    repairer = _start(_stop_inside_repair, str(data_file), str(lock_dir))
+    try:
+        _until(lambda: _proc_state(repairer.pid) == "T", "the repair to stop half way")
+        handle.cancel_wait(wait)     # the mutex is held: the request is abandoned
+    finally:
+        os.kill(repairer.pid, signal.SIGCONT)
+    _stop(repairer)
+    assert repairer.exitcode == 0
+    left = [e for e in mgr.locks(waiting=True) if e.waiting]
+    assert left == [], left
+    assert mgr.stat().waiting == 0
+    done.set()
+    _stop(holder)
+    mgr.lock(0, 10, timeout=5).release()
+    mgr.close()
+
+
 # -- fork while another thread attaches ------------------------------------------
 
 FORK_DURING_ATTACH = """
@@ -348,17 +406,27 @@ FORK_DURING_ATTACH = """
     for t in threads: t.start()
     kids = []
     r, w = os.pipe()
+    started_r, started_w = os.pipe()
     deadline = time.monotonic() + 6
     while len(kids) < 300 and time.monotonic() < deadline:
         pid = os.fork()
         if pid == 0:
             os.close(w)
+            os.write(started_w, b"s")   # the atfork handlers have run
             os.read(r, 1)     # live until the parent is done
             os._exit(0)
         kids.append(pid)
         time.sleep(0.002)
     stop = True
     for t in threads: t.join()
+    # A child holds a copy of every descriptor the parent had open at fork
+    # time until it first runs (its atfork handler closes them): on a busy
+    # machine the last children may not have run yet.  Wait until all have.
+    started, until = 0, time.monotonic() + 60
+    while started < len(kids) and time.monotonic() < until:
+        started += len(os.read(started_r, 4096))
+    if started < len(kids):
+        sys.exit(f"only {started} of {len(kids)} children started in 60 s")
     # Every manager of this process is closed: no liveness lock may remain.
     fd = os.open(table, os.O_RDWR)
     fl = struct.pack("hhxxxxqqi4x", fcntl.F_WRLCK, 0, 1 << 40, 1 << 20, 0)

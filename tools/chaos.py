@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 
 from _children import wait_pid
 
@@ -176,6 +176,7 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
     mgr = shmslice.LockManager(paths["data"], lock_dir=paths["lock_dir"],
                                max_entries=args.capacity or None)
     pins: list[tuple[int, int, int]] = []
+    history: deque = deque(maxlen=12)   # the last lock operations, for a failure's message
     if point_armed >= 10:
         grow_now(mgr, point_armed, args.units, paths)
 
@@ -189,7 +190,8 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
             lk.release()  # type: ignore[attr-defined]
         left = [e for e in mgr.locks(waiting=True) if e.pid == me and e.kind != "pin"]
         if any(e.waiting for e in left):
-            fail(f"an interrupted lock() left its request waiting: {left}")
+            fail(f"an interrupted lock() left its request waiting: {left}; now {time.time()}; "
+                 f"last operations {list(history)}")
         if len(left) > 1:
             fail(f"an interrupted lock() left {len(left)} locks: {left}")
         if left:   # granted, never bound to a name: only closing the manager drops it
@@ -237,6 +239,7 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
                 # --sabotage (checker self-test): writers take shared locks.
                 mode = "exclusive" if exclusive and not args.sabotage else "shared"
                 sigint["armed"] = True
+                history.append(("lock", a, b, exclusive, time.time()))
                 try:
                     lk = mgr.lock(a * UNIT, b * UNIT, mode, timeout=LOCK_TIMEOUT)
                 finally:
@@ -267,9 +270,11 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
                     check(a, b, False, "downgraded")
                 else:
                     try:
+                        history.append(("upgrade", a, b, time.time()))
                         lk.upgrade(timeout=LOCK_TIMEOUT)
-                    except shmslice.DeadlockError:
-                        pass   # another holder upgrades an overlapping lock: stays shared
+                    except shmslice.DeadlockError as exc:
+                        # another holder upgrades an overlapping lock: stays shared
+                        history.append(("deadlock", str(exc)[:200], time.time()))
                     except shmslice.LockTableFull:
                         if not args.capacity:
                             raise

@@ -27,8 +27,10 @@ in one controlled way (the owner-died bit, which sends the attach through
 deadline of patience + 10 s.  Without ``--mutex`` every case must finish in
 5 s.
 
-Prints one JSON summary line last (``--json`` prints only that line).
-Exit status: 0 clean, 1 crashes/hangs/violations found, 2 usage error.
+Prints one JSON summary line last (``--json`` prints only that line); if the
+run cannot be made (a base table cannot be built, say), that line is
+``{"seed": ..., "error": "..."}`` and the traceback is on stderr.
+Exit status: 0 clean, 1 crashes/hangs/violations found or the run failed, 2 usage error.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 
 from _children import wait_pid
@@ -543,6 +546,41 @@ def _reap(pid: int, timeout: float = 20.0) -> int:
     return status
 
 
+def _stop_outside_mutex(pid: int, table: str, timeout: float = 20.0) -> None:
+    """SIGSTOP ``pid`` at a moment it does not hold the table mutex of ``table``.
+
+    A waiter re-checks its blockers every few tens of milliseconds, taking the
+    mutex each time: running, it would repair a table that a crasher left
+    owner-dead before the next crasher (or the copy that saves it) gets
+    there, which under load it often does.  Stopped inside the mutex, it would
+    wedge the table; so it is continued and stopped again until the mutex's
+    owner word does not name it."""
+    deadline = time.monotonic() + timeout
+    fd = os.open(table, os.O_RDONLY)
+    try:
+        while True:
+            os.kill(pid, signal.SIGSTOP)
+            while _proc_state(pid) not in ("T", "t"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"base-table waiter {pid} did not stop")
+                time.sleep(0.001)
+            word = struct.unpack("<I", os.pread(fd, 4, MUTEX_LOCK_WORD))[0]
+            if word & 0x3FFFFFFF != pid:   # FUTEX_TID_MASK: the holder's thread id
+                return
+            os.kill(pid, signal.SIGCONT)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"base-table waiter {pid} kept holding the table mutex")
+            time.sleep(0.002)
+    finally:
+        os.close(fd)
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3].decode()
+
+
 def build_bases(work: str) -> list[str]:
     """Create real tables and save copies of them; returns the copies' paths."""
     import shmslice
@@ -615,7 +653,8 @@ def build_bases(work: str) -> list[str]:
     kids.append(_child(holder, "B", [(4096, 12288), (16384, 20480)], [(131072, 135168)],
                        [(0, 4096), (4096, 1 << 20)]))
     _wait_file(os.path.join(flags, "B"))
-    kids.append(_child(waiter, "C", 65536, 70000))
+    waiter_pid = _child(waiter, "C", 65536, 70000)
+    kids.append(waiter_pid)
     _wait_file(os.path.join(flags, "C"))
     dead = _child(holder, "D", [(200000, 210000)], [(300000, 310000)], [(0, 4096)])
     _wait_file(os.path.join(flags, "D"))
@@ -639,6 +678,8 @@ def build_bases(work: str) -> list[str]:
     view.close()
     save("freelist")
     # Tables left by a process killed inside the mutex, at each crash point.
+    # The waiter is stopped meanwhile: it would repair them first.
+    _stop_outside_mutex(waiter_pid, table)
     for point, what in [(1, "lock"), (2, "lock"), (2, "pin"), (3, "release"), (4, "release"),
                         (3, "unpin"), (4, "unpin"), (10, "grow"), (11, "slots")]:
         pid = _child(crasher, f"X{point}{what}", point, what)
@@ -651,7 +692,10 @@ def build_bases(work: str) -> list[str]:
         view.close()
     # Crash during a repair: die at point 2, then a second process dies at point 5.
     pid = _child(crasher, "Y2", 2, "lock")
-    _reap(pid)
+    status = _reap(pid)
+    if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+        raise RuntimeError(f"crash point 2 (before the repair crash) was not reached: "
+                           f"status {status}")
     pid = _child(crasher, "Y5", 5, "repair")
     status = _reap(pid)
     if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
@@ -661,6 +705,7 @@ def build_bases(work: str) -> list[str]:
     view.reap()
     view.close()
     save("after-repairs")
+    os.kill(waiter_pid, signal.SIGCONT)
     # A table that grew: a live holder with more entries than the first extent.
     gpid = _child(holder, "G", [], [], [(600000 + k, 600001 + k) for k in range(INITIAL_CAPACITY + 50)])
     _wait_file(os.path.join(flags, "G"), 60)
@@ -915,7 +960,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(f"fuzz_table: seed {args.seed} (replay: SHMSLICE_FUZZ_SEED={args.seed}), "
               f"{args.mutations} mutations, {args.workers} workers", flush=True)
-    summary = run(args)
+    try:
+        summary = run(args)
+    except Exception as exc:
+        # The one line the callers read says why the run could not be made
+        # (the traceback goes to stderr as usual).
+        traceback.print_exc()
+        print(json.dumps({"seed": args.seed, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        return 1
     if "replay" in summary:
         return 0
     if not args.json:
