@@ -43,8 +43,8 @@ import os
 import struct
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final, NoReturn
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from shmslice import _fastpath
 from shmslice._core import ffi, lib
@@ -302,6 +302,14 @@ class PackedEntries:
 
 
 # -- handles -------------------------------------------------------------------------------
+def _entry_rows(n: int) -> Any:
+    return ffi.new("ss_entry_info[]", n)
+
+
+def _holder_rows(n: int) -> Any:
+    return ffi.new("ss_holder_info[]", n)
+
+
 def _lock_info(e: _CEntryInfo, alive: bool) -> LockInfo:
     return LockInfo(e.start, e.end, _KIND_NAMES.get(e.kind, "?"), e.pid, e.count,
                     e.state == lib.SS_WAITING, alive, e.tid, e.since_ns / 1e9)
@@ -326,29 +334,27 @@ class TableHandle:
         self.closed = False
         self.table_path = table_path
 
-    def snapshot(self) -> list[LockInfo]:
-        """Every entry in use (granted and waiting), in table order."""
+    def _filled(self, new_rows: Callable[[int], Any], fill: Callable[..., int]) -> tuple[Any, int]:
+        """Call fill(handle, buf, size, count) with a buffer from new_rows(size)
+        large enough for all rows (the table may grow between calls: again,
+        with room to spare); returns the buffer and the row count."""
         count = ffi.new("uint32_t *")
         size = 64
         while True:
-            buf = ffi.new("ss_entry_info[]", size)
-            check(lib.ss_snapshot(self._cdata, buf, size, count))
+            buf = new_rows(size)
+            check(fill(self._cdata, buf, size, count))
             if count[0] <= size:
-                break
-            size = count[0] + 64   # grown meanwhile: again, with room to spare
-        entries = (buf[i] for i in range(count[0]))
-        return [_lock_info(e, bool(e.alive)) for e in entries]
+                return buf, count[0]
+            size = count[0] + max(64, count[0] // 16)
+
+    def snapshot(self) -> list[LockInfo]:
+        """Every entry in use (granted and waiting), in table order."""
+        buf, n = self._filled(_entry_rows, lib.ss_snapshot)
+        return [_lock_info(buf[i], bool(buf[i].alive)) for i in range(n)]
 
     def snapshot_packed(self) -> PackedEntries:
         """Every entry in use (granted and waiting), in table order, packed (see :class:`PackedEntries`)."""
-        count = ffi.new("uint32_t *")
-        size = 64
-        while True:
-            buf = ffi.new("ss_entry_info[]", size)
-            check(lib.ss_snapshot(self._cdata, buf, size, count))
-            if count[0] <= size:
-                return PackedEntries(buf, count[0])
-            size = count[0] + max(64, count[0] // 16)   # grown meanwhile: again, with room to spare
+        return PackedEntries(*self._filled(_entry_rows, lib.ss_snapshot))
 
     def stat(self) -> TableStat:
         """Table-wide figures."""
@@ -368,15 +374,8 @@ class TableHandle:
 
     def holders(self) -> tuple[Holder, ...]:
         """Every attached process, and every dead one still holding entries, most entries first."""
-        count = ffi.new("uint32_t *")
-        size = 64
-        while True:
-            buf = ffi.new("ss_holder_info[]", size)
-            check(lib.ss_holders(self._cdata, buf, size, count))
-            if count[0] <= size:
-                break
-            size = count[0] + 64   # more attached meanwhile: again, with room to spare
-        rows = (buf[i] for i in range(count[0]))
+        buf, n = self._filled(_holder_rows, lib.ss_holders)
+        rows = (buf[i] for i in range(n))
         found = [Holder(pid=r.pid, entries=r.entries, alive=bool(r.alive),
                         attached=r.attached_ns / 1e9) for r in rows]
         found.sort(key=lambda h: (-h.entries, h.pid))

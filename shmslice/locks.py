@@ -291,12 +291,7 @@ class LockManager(ManagerBase):
         """lock() for every case the C fast path does not take: validation,
         waiting (with the GIL released), errors."""
         start_i, end_i = check_region(start, end)
-        if mode == "exclusive" and self._handle.writable:
-            kind = EXCLUSIVE
-        elif mode == "shared":
-            kind = SHARED
-        else:
-            self._mode_error(mode)
+        kind = self._kind_of(mode)
         timeout_ns = timeout_to_ns(timeout)
         ref = self._open_handle().lock(start_i, end_i, kind, timeout_ns)
         return self._make_lock(ref, start_i, end_i, "exclusive" if kind == EXCLUSIVE else "shared")
@@ -318,17 +313,20 @@ class LockManager(ManagerBase):
             start_i, end_i = start, end        # the common case, without the protocol checks
         else:
             start_i, end_i = check_region(start, end)
-        if mode == "exclusive" and self._handle.writable:
-            kind = EXCLUSIVE
-        elif mode == "shared":
-            kind = SHARED
-        else:
-            self._mode_error(mode)
+        kind = self._kind_of(mode)
         timeout_ns = -1 if timeout is None else timeout_to_ns(timeout)
         return await aio.lock_async(self, self._open_handle(), start_i, end_i, kind, timeout_ns)
 
     def _raise_status(self, status: int) -> NoReturn:
         _binding.raise_status(status, self.path)
+
+    def _kind_of(self, mode: object) -> int:
+        """The core's kind for a lock mode, or the documented error."""
+        if mode == "exclusive" and self._handle.writable:
+            return EXCLUSIVE
+        if mode == "shared":
+            return SHARED
+        self._mode_error(mode)
 
     def _mode_error(self, mode: object) -> NoReturn:
         if mode == "exclusive":
