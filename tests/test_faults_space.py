@@ -173,7 +173,7 @@ def test_full_lock_directory_is_enospc_at_attach(tmp_path: Path, data_file: Path
                           capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:   # a fresh table needs 48 KiB
+    try:   # a fresh table needs 52 KiB
         with pytest.raises(OSError, match="cannot allocate") as info:
             shmslice.open(data_file, "r", lock_dir=tiny)
         assert info.value.errno == errno.ENOSPC
