@@ -314,7 +314,7 @@ class LockManager(ManagerBase):
         else:
             start_i, end_i = check_region(start, end)
         kind = self._kind_of(mode)
-        timeout_ns = -1 if timeout is None else timeout_to_ns(timeout)
+        timeout_ns = timeout_to_ns(timeout)
         return await aio.lock_async(self, self._open_handle(), start_i, end_i, kind, timeout_ns)
 
     def _raise_status(self, status: int) -> NoReturn:
