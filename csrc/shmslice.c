@@ -202,10 +202,12 @@ static int fail_sys(const char *fmt, ...)
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
+#define SS_FORMAT_VERSION 5       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
                                    * attached processes hold the guard byte, upgrade requests (W_UPGRADE),
                                    * owner-died marks (SS_ORPHAN, orphan_root), write_gen,
-                                   * growing capacities under fixed ceilings, entries held per slot */
+                                   * growing capacities under fixed ceilings, entries held per slot;
+                                   * 5: hot header fields on the mutex's cache line, 64-byte process
+                                   * slots with a stashed free entry each */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -264,28 +266,36 @@ struct ss_header {
     char data_path[SS_DATA_PATH_MAX]; /* path given at creation (display only) */
     uint32_t ceiling_source;     /* CEILING_*: how max_capacity was chosen (display only) */
     uint32_t reserve;            /* entries no single process may take (see reserve_reached) */
-    /* ---- guarded by mutex (except the atomics noted) ---- */
+    /* ---- guarded by mutex (except the atomics noted) ----
+     * Placement: every lock and release writes the mutex and, in the same
+     * hold, the free list, the count of entries in use and usually a tree
+     * root; those share the mutex's cache line, so a hold moves one line
+     * between CPUs, not three.  The next line holds what a hold only reads
+     * on the common path; the lock-free counters have lines of their own. */
     pthread_mutex_t mutex __attribute__((aligned(64))); /* robust, process-shared */
-    uint32_t abandoned;          /* atomic: entries flagged W_ABANDONED since the last sweep */
-    uint64_t next_ticket;        /* arrival counter for waiting requests */
+    uint32_t free_head;          /* first free entry below entry_hwm, SS_NIL if none (entries
+                                  * a process slot keeps for itself are not on it: stash) */
+    uint32_t used;               /* entries granted or waiting */
     uint32_t root[3];            /* roots of TREE_SHARED, _EXCLUSIVE, _PIN, SS_NIL if empty */
-    uint32_t free_head;          /* first free entry below entry_hwm, SS_NIL if none */
+    uint32_t abandoned;          /* atomic: entries flagged W_ABANDONED since the last sweep */
+    uint64_t next_ticket __attribute__((aligned(64)));  /* arrival counter for waiting requests */
     uint32_t entry_hwm;          /* entries [0, entry_hwm) have been initialised */
     uint32_t proc_hwm;           /* process slots [0, proc_hwm) have been used */
-    uint32_t used;               /* entries granted or waiting */
     uint32_t waiting;            /* entries waiting */
     uint32_t procs_used;         /* process slots PROC_USED */
     uint32_t repairs;            /* EOWNERDEAD repairs performed */
-    uint64_t file_size;          /* data file size set through shmslice (atomic) */
-    uint64_t size_epoch;         /* bumped by every ss_resize (atomic) */
     uint32_t wait_root;          /* root of TREE_WAIT, SS_NIL if empty */
     uint32_t urgent;             /* waiting entries with W_URGENT */
     uint32_t orphan_root;        /* root of TREE_ORPHAN (owner-died marks), SS_NIL if empty */
-    uint64_t write_gen;          /* atomic, no mutex: bumped after writes through shmslice (ss_note_write) */
     uint32_t capacity;           /* entries [0, capacity) are allocated; only grows; written
                                   * under the mutex (release) after the allocation */
     uint32_t proc_capacity;      /* process slots [0, proc_capacity) are allocated; likewise */
     uint32_t growths;            /* growths of either table (display) */
+    uint64_t file_size __attribute__((aligned(64)));  /* data file size set through shmslice (atomic) */
+    uint64_t size_epoch;         /* bumped by every ss_resize (atomic) */
+    uint64_t write_gen __attribute__((aligned(64)));  /* atomic, no mutex: bumped after writes
+                                  * through shmslice (ss_note_write); its own line, since
+                                  * writers bump it while lockers read the line above */
 };
 
 struct ss_proc {
@@ -296,9 +306,14 @@ struct ss_proc {
     uint32_t pidns;              /* low 32 bits of the pid namespace's inode, 0 unknown:
                                   * pid means nothing to a process of another namespace */
     uint32_t held;               /* entries in use whose owner_slot is this slot (any gen) */
-    uint32_t spare;              /* zero; keeps the 64-bit fields aligned */
+    uint32_t stash;              /* 1 + an entry this slot freed and keeps for its next
+                                  * allocation (off the free list), 0 none: a process that
+                                  * locks and releases in a loop reuses its own entry
+                                  * instead of one another CPU just wrote */
     uint64_t attached_ns;        /* CLOCK_REALTIME at attach */
     uint64_t token;              /* random per process (new after fork): same process? */
+    uint8_t pad[24];             /* zero: a slot is one cache line, so counting one
+                                  * process's entries never moves another's line */
 };
 
 struct ss_entry {
@@ -326,7 +341,9 @@ struct ss_entry {
 _Static_assert(sizeof(struct ss_header) <= SS_HEADER_BYTES, "header too large");
 _Static_assert(offsetof(struct ss_entry, wake) % 4 == 0, "futex word must be aligned");
 _Static_assert(sizeof(struct ss_entry) == 80, "entry layout changed: bump format");
-_Static_assert(sizeof(struct ss_proc) == 40, "proc layout changed: bump format");
+_Static_assert(sizeof(struct ss_proc) == 64, "proc layout changed: bump format");
+_Static_assert(offsetof(struct ss_header, abandoned) + sizeof(uint32_t) <=
+               offsetof(struct ss_header, mutex) + 64, "hot header fields must share the mutex's line");
 
 static uint64_t ss_format_stamp(void)
 {
@@ -1371,15 +1388,38 @@ static int grow_procs(struct ss_handle *h)
     return SS_OK;
 }
 
-/* Take a free entry (not yet visible: state stays ENTRY_FREE), growing the
- * table if it has none; SS_EFULL at the ceiling or the caller's share. */
+/* Take the entry process slot s keeps for itself (its stash, non-empty). */
+static int stash_take(struct ss_handle *h, uint32_t s, uint32_t *out)
+{
+    uint32_t i = h->procs[s].stash - 1;
+    if (i >= h->hdr->entry_hwm || h->entries[i].state != ENTRY_FREE)
+        return fail(SS_ECORRUPT, "lock table %s: process slot %u keeps entry %u, which is "
+                    "not a free entry", h->table_path, s, i);
+    h->procs[s].stash = 0;
+    *out = i;
+    return SS_OK;
+}
+
+/* Put free entry i on the free list (no stash). */
+static void free_list_push(struct ss_handle *h, uint32_t i)
+{
+    h->entries[i].next_free = h->hdr->free_head;
+    h->hdr->free_head = i;
+}
+
+/* Take a free entry (not yet visible: state stays ENTRY_FREE): the one this
+ * process's slot keeps, else the free list's first, else a new one (growing
+ * the table if needed); SS_EFULL at the ceiling or the caller's share. */
 static int entry_alloc(struct ss_handle *h, uint32_t *out)
 {
     struct ss_header *hd = h->hdr;
     uint32_t i;
     int rc = reserve_reached(h);
     if (rc) return rc;
-    if (hd->free_head != SS_NIL) {
+    if (h->has_slot && h->procs[h->slot].stash) {
+        rc = stash_take(h, h->slot, &i);
+        if (rc) return rc;
+    } else if (hd->free_head != SS_NIL) {
         i = hd->free_head;
         if (h->entries[i].state != ENTRY_FREE)
             return fail(SS_ECORRUPT, "lock table %s: free list reaches a used entry",
@@ -1389,8 +1429,15 @@ static int entry_alloc(struct ss_handle *h, uint32_t *out)
             return fail(SS_ECORRUPT, "lock table %s: free list link out of range",
                         h->table_path);
         hd->free_head = next;
+    } else if (hd->entry_hwm >= h->capacity && (rc = grow_entries(h)) != SS_OK) {
+        /* At the ceiling: other slots' stashed entries are the last free ones. */
+        if (rc != SS_EFULL) return rc;
+        uint32_t s = 0;
+        while (s < hd->proc_hwm && !h->procs[s].stash) s++;
+        if (s == hd->proc_hwm) return rc;
+        int taken = stash_take(h, s, &i);
+        if (taken) return taken;
     } else {
-        if (hd->entry_hwm >= h->capacity && (rc = grow_entries(h)) != SS_OK) return rc;
         i = hd->entry_hwm;
         SS_ASSERT(i < h->capacity);
         h->entries[i].state = ENTRY_FREE;
@@ -1473,8 +1520,11 @@ static int entry_remove(struct ss_handle *h, uint32_t i)
                    (!was_waiting || (flags & (W_URGENT | W_WOKEN)));
     uint64_t start = e->start, end = e->end;
     __atomic_store_n(&e->state, (uint8_t)ENTRY_FREE, __ATOMIC_RELEASE);
-    e->next_free = h->hdr->free_head;
-    h->hdr->free_head = i;
+    /* This process's own entry is kept for its next allocation (see stash);
+     * anyone else's, or a second one, goes back on the free list. */
+    struct ss_proc *owner = h->has_slot && e->owner_slot == h->slot ? &h->procs[h->slot] : NULL;
+    if (owner && owner->stash == 0 && e->owner_gen == h->gen) owner->stash = i + 1;
+    else free_list_push(h, i);
     if (h->hdr->used) h->hdr->used--;
     if (e->kind != SS_ORPHAN && e->owner_slot < h->hdr->proc_hwm &&
         h->procs[e->owner_slot].held)   /* a mark counts for no slot (reclaim_dead) */
@@ -1857,15 +1907,27 @@ static int probe_slot(struct ss_handle *h, uint32_t slot)
     return fl.l_type != F_UNLCK;
 }
 
+/* Under the mutex: mark slot p free (a new generation), its stashed entry
+ * back on the free list. */
+static void slot_release(struct ss_handle *h, struct ss_proc *p)
+{
+    SS_ASSERT_MUTEX_HELD(h);
+    uint32_t kept = p->stash;
+    p->stash = 0;
+    if (kept && kept - 1 < h->hdr->entry_hwm && h->entries[kept - 1].state == ENTRY_FREE)
+        free_list_push(h, kept - 1);   /* anything else is corrupt: dropped, repair finds it */
+    p->state = PROC_FREE;
+    p->gen++;
+    if (h->hdr->procs_used) h->hdr->procs_used--;
+}
+
 /* Under the mutex: the slot's owner is gone, so free the slot; every entry
  * made under its generation is dead from now on (gen no longer matches). */
 static void free_dead_slot(struct ss_handle *h, uint32_t slot)
 {
     SS_ASSERT_MUTEX_HELD(h);
     struct ss_proc *p = &h->procs[slot];
-    p->state = PROC_FREE;
-    p->gen++;
-    if (h->hdr->procs_used) h->hdr->procs_used--;
+    slot_release(h, p);
 }
 
 /* What the slot table alone says of (slot, gen): < 0 error, 0 dead (freed
@@ -2187,8 +2249,9 @@ static int validate_indexes(struct ss_handle *h, uint8_t *seen, uint32_t used)
     return SS_OK;
 }
 
-/* The free list holds exactly the free entries below entry_hwm, once each
- * (seen[] marks the indexed ones on entry). */
+/* The free list and the process slots' stashes hold exactly the free
+ * entries below entry_hwm, once each (seen[] marks the indexed ones on
+ * entry). */
 static int validate_free_list(struct ss_handle *h, uint8_t *seen, uint32_t used)
 {
     uint32_t hwm = h->hdr->entry_hwm, free_count = 0;
@@ -2200,6 +2263,16 @@ static int validate_free_list(struct ss_handle *h, uint8_t *seen, uint32_t used)
         seen[f] = 1;
         free_count++;
         f = h->entries[f].next_free;
+    }
+    for (uint32_t p = 0; p < h->hdr->proc_hwm; p++) {
+        uint32_t kept = h->procs[p].stash;
+        if (!kept) continue;
+        if (kept - 1 >= hwm || seen[kept - 1] || h->entries[kept - 1].state != ENTRY_FREE ||
+            h->procs[p].state != PROC_USED)
+            return fail(SS_ECORRUPT, "lock table %s: process slot %u keeps a bad entry",
+                        h->table_path, p);
+        seen[kept - 1] = 1;
+        free_count++;
     }
     if (used + free_count != hwm)
         return fail(SS_ECORRUPT, "lock table %s: %u entries neither used nor free",
@@ -2295,6 +2368,7 @@ static int table_repair(struct ss_handle *h)
     for (uint32_t p = 0; p < hd->proc_hwm; p++) {
         if (h->procs[p].state == PROC_USED) hd->procs_used++;
         h->procs[p].held = 0;
+        h->procs[p].stash = 0;   /* every free entry goes on the free list below */
     }
     for (uint32_t k = hd->entry_hwm; k-- > 0;) {
         struct ss_entry *e = &h->entries[k];
@@ -3250,11 +3324,7 @@ int ss_close(ss_handle *h)
         if (rc == SS_OK) {
             rc = remove_owned(h, h->slot, h->gen, NULL);
             struct ss_proc *p = &h->procs[h->slot];
-            if (p->state == PROC_USED && p->gen == h->gen) {
-                p->state = PROC_FREE;
-                p->gen++;
-                if (h->hdr->procs_used) h->hdr->procs_used--;
-            }
+            if (p->state == PROC_USED && p->gen == h->gen) slot_release(h, p);
             /* Dead processes' entries do not keep the table; a sweep that
              * fails leaves it (for prune) and is no failure of the close. */
             uint32_t swept = 0;
@@ -4944,6 +5014,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, state);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, held);
+    LAYOUT_FIELD(&b, "proc", struct ss_proc, stash);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, attached_ns);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, token);
     LAYOUT_FIELD(&b, "entry", struct ss_entry, start);
