@@ -4,9 +4,11 @@ file names, liveness scans, exact pin lookup, snapshots, temp-file cleanup."""
 from __future__ import annotations
 
 import mmap
+import multiprocessing
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import shmslice
 from shmslice._binding import (
@@ -17,6 +19,8 @@ from shmslice._binding import (
     table_layout,
     table_name,
 )
+
+from .support import run_python, wait_pid
 
 
 def test_layout_matches_a_real_table(data_file: Path, lock_dir: Path) -> None:
@@ -178,3 +182,122 @@ def test_snapshot_sort_is_region_order(data_file: Path, lock_dir: Path) -> None:
         if child.stdin:
             child.stdin.close()
         child.wait(timeout=30)
+
+
+# -- the entry a process slot keeps for itself (stash) ------------------------
+
+def _index(ref: int) -> int:
+    return ref & 0xFFFFFFFF
+
+
+def _pin_unpin_forever(data: str, lock_dir: str, ready: Any, stop: Any) -> None:
+    mgr = shmslice.LockManager(data, lock_dir=lock_dir)
+    mgr.unpin(mgr.pin(8192, 8200))
+    ready.set()
+    while not stop.is_set():
+        mgr.lock(8192, 8200).release()
+        mgr.unpin(mgr.pin(8192, 8200))
+    mgr.close()
+
+
+def test_a_process_reuses_the_entry_it_released(data_file: Path, lock_dir: Path) -> None:
+    """Pin and unpin in a loop: the process gets its own entry back every
+    time, even while another process frees entries onto the free list."""
+    ctx = multiprocessing.get_context("fork")
+    ready, stop = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_pin_unpin_forever, args=(str(data_file), str(lock_dir), ready, stop))
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        first = mgr.pin(0, 8)
+        mgr.unpin(first)
+        other.start()
+        try:
+            assert ready.wait(30), "the other process did not start"
+            seen = set()
+            for _ in range(2000):
+                ref = mgr.pin(0, 8)
+                seen.add(_index(ref))
+                mgr.unpin(ref)
+                mgr.lock(16, 24).release()
+        finally:
+            stop.set()
+            other.join(30)
+        assert other.exitcode == 0
+        assert seen == {_index(first)}, f"entries used: {sorted(seen)}"
+
+
+def test_stashed_entries_count_as_free_at_the_ceiling(data_file: Path, lock_dir: Path) -> None:
+    """Every process's kept entry is still usable by others once the table is
+    at its ceiling: LockTableFull only when every entry is in use."""
+    ceiling = 32
+    ctx = multiprocessing.get_context("fork")
+    kept = []
+    for k in range(4):   # four live processes, each keeping the entry it released
+        ready, stop = ctx.Event(), ctx.Event()
+        p = ctx.Process(target=_stash_one_and_wait,
+                        args=(str(data_file), str(lock_dir), ceiling, 1000 * (k + 1), ready, stop))
+        p.start()
+        assert ready.wait(30), "a stashing process did not start"
+        kept.append((p, stop))
+    try:
+        with shmslice.LockManager(data_file, lock_dir=lock_dir, max_entries=ceiling) as a:
+            st = a.stat()
+            assert st.used == 0 and st.capacity == ceiling
+            mine = ceiling - st.reserve
+            held = [a.pin(10_000 + i, 10_001 + i) for i in range(mine)]   # this process's share
+            # The rest, in a child: the others' kept entries are all that is left.
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    c = shmslice.LockManager(data_file, lock_dir=lock_dir)
+                    n = 0
+                    try:
+                        while True:
+                            c.pin(50_000 + n, 50_001 + n)
+                            n += 1
+                    except shmslice.LockTableFull:
+                        os.write(w, str(n).encode())
+                finally:
+                    os._exit(0)
+            os.close(w)
+            wait_pid(pid)
+            got = int(os.read(r, 64) or b"-1")
+            os.close(r)
+            assert mine + got == ceiling, (mine, got, a.stat())
+            for ref in held:
+                a.unpin(ref)
+    finally:
+        for p, stop in kept:
+            stop.set()
+            p.join(30)
+
+
+def _stash_one_and_wait(data: str, lock_dir: str, ceiling: int, at: int, ready: Any, stop: Any) -> None:
+    mgr = shmslice.LockManager(data, lock_dir=lock_dir, max_entries=ceiling)
+    mgr.lock(at, at + 1).release()    # the entry stays with this process's slot
+    ready.set()
+    stop.wait(60)
+    mgr.close()
+
+
+def test_a_corrupt_stash_is_refused_at_attach(data_file: Path, lock_dir: Path) -> None:
+    layout, const = table_layout(), table_constants()
+    with shmslice.LockManager(data_file, lock_dir=lock_dir, max_entries=64) as mgr:
+        ref = mgr.pin(0, 100)                      # entry in use
+        table = mgr.table_path
+        # Point slot 0's stash at the entry in use, as a broken table would.
+        with open(table, "r+b") as f:
+            f.seek(const["header_bytes"] + layout["proc.stash"][0])
+            f.write(struct.pack("<I", _index(ref) + 1))
+        code = ("import sys, shmslice\n"
+                "try:\n"
+                "    shmslice.LockManager(sys.argv[1], lock_dir=sys.argv[2]).lock(0, 1).release()\n"
+                "    print('attached')\n"
+                "except shmslice.CorruptLockTable as e:\n"
+                "    print('corrupt', e)\n")
+        out = run_python("-c", code, data_file, lock_dir, timeout=60).stdout
+        assert out.startswith("corrupt") and "keeps a bad entry" in out, out
+        with open(table, "r+b") as f:              # put it right so the close is clean
+            f.seek(const["header_bytes"] + layout["proc.stash"][0])
+            f.write(struct.pack("<I", 0))
+        mgr.unpin(ref)
