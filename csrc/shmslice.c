@@ -814,12 +814,21 @@ static int describe_mutex_holder(struct ss_handle *h, char *buf, size_t len)
         return SS_ECORRUPT;
     }
     char state = '?';
-    int pid = tid;
+    int pid = tid, kthread = 0, has_memory = 0;
     while (fgets(line, sizeof line, f)) {
         if (strncmp(line, "State:", 6) == 0) sscanf(line + 6, " %c", &state);
         else if (strncmp(line, "Tgid:", 5) == 0) sscanf(line + 5, " %d", &pid);
+        else if (strncmp(line, "Kthread:", 8) == 0) sscanf(line + 8, " %d", &kthread);
+        else if (strncmp(line, "VmSize:", 7) == 0) has_memory = 1;
     }
     fclose(f);
+    if (kthread || !has_memory) {
+        /* A kernel thread has no user memory, so it cannot have locked a
+         * mutex in a mapped file: the lock word is garbage. */
+        snprintf(buf, len, "the table mutex is held by thread %d, a kernel thread (the table "
+                 "is corrupt)", tid);
+        return SS_ECORRUPT;
+    }
     if (state == 'T' || state == 't')
         snprintf(buf, len, "pid %d is stopped (SIGSTOP?) holding the table mutex; "
                  "continue it (kill -CONT %d) or end it", pid, pid);

@@ -107,6 +107,36 @@ def test_garbled_mutex_kind_is_corrupt_not_abort(kind: int, data_file: Path, loc
     assert out.startswith("corrupt"), out
 
 
+def _a_kernel_thread() -> int | None:
+    for name in sorted(os.listdir("/proc"), key=lambda n: (len(n), n)):
+        if not name.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{name}/status").read_text()
+        except OSError:
+            continue
+        if "Kthread:\t1" in status or "VmSize:" not in status:
+            return int(name)
+    return None
+
+
+def test_a_mutex_held_by_a_kernel_thread_is_corrupt(data_file: Path, lock_dir: Path) -> None:
+    """A lock word that names an existing kernel thread (a small garbage value,
+    on a machine whose kernel threads are visible) was reported as a live
+    holder that never lets go: a ShmSliceError after 10 s, not CorruptLockTable."""
+    tid = _a_kernel_thread()
+    if tid is None:
+        pytest.skip("no kernel thread is visible in this PID namespace")
+    with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+        table = mgr.table_path
+    with open(table, "r+b") as f:
+        f.seek(MUTEX_LOCK_OFFSET)
+        f.write(struct.pack("<I", tid))
+    rc, out = _attach_in_child(data_file, lock_dir)
+    assert rc == 0, f"attach crashed (exit {rc}): {out}"
+    assert out.startswith("corrupt") and "kernel thread" in out, out
+
+
 def _die_unpinning(data: str, lock_dir: str, point: int) -> None:
     from shmslice._binding import lib
     mgr = shmslice.LockManager(data, lock_dir=lock_dir)
