@@ -220,7 +220,10 @@ static int fail_sys(const char *fmt, ...)
 #define SS_URGENT_NS 2000000LL     /* a waiter this old is served in arrival order (see top) */
 #define SS_TRY_PATIENCE_NS 100000000LL /* timeout 0 waits this long at most for the mutex */
 #define SS_RELEASE_PATIENCE_NS 100000000LL /* release waits this long for the mutex, then abandons */
-#define SS_MUTEX_SPIN 24           /* polls of a busy table mutex before yielding */
+#define SS_MUTEX_SPIN_NS 4000      /* a busy table mutex is polled this long before yielding:
+                                    * holds last well under 1 us, so a mutex still busy after
+                                    * this has a preempted holder, and spinning only keeps
+                                    * the CPU from it */
 #define SS_MUTEX_YIELDS 8          /* sched_yield()s before sleeping on it */
 #define SS_WAKE_BATCH 64           /* waiters considered (and woken) per release */
 #define SS_ALIVE_CACHE_NS 1000000LL  /* trust a liveness probe this long (1 ms) */
@@ -780,11 +783,17 @@ static int table_trylock(struct ss_handle *h)
                     "of this C library (corrupt, or made by another libc)", h->table_path);
     int rc = pthread_mutex_trylock(&h->hdr->mutex);   /* the common, uncontended case */
     /* Poll with exponential backoff: every poll pulls the mutex's line away
-     * from the holder, whose unlock then waits for it. */
-    for (int k = 0, pause = 1; rc == EBUSY && k < SS_MUTEX_SPIN; k++) {
-        for (int j = 0; j < pause; j++) cpu_relax();
-        if (pause < 64) pause *= 2;
-        if (mutex_looks_free(h)) rc = pthread_mutex_trylock(&h->hdr->mutex);
+     * from the holder, whose unlock then waits for it.  Bounded by time, not
+     * by a count of pauses: a pause costs 1 ns on one machine and 50 ns on
+     * another (a VM that traps pause loops), and 24 polls once spun 70 us. */
+    if (rc == EBUSY) {
+        uint64_t until = now_ns(CLOCK_MONOTONIC) + SS_MUTEX_SPIN_NS;
+        for (int pause = 1; rc == EBUSY;) {
+            for (int j = 0; j < pause; j++) cpu_relax();
+            if (pause < 16) pause *= 2;
+            if (mutex_looks_free(h)) rc = pthread_mutex_trylock(&h->hdr->mutex);
+            if (rc == EBUSY && now_ns(CLOCK_MONOTONIC) > until) break;
+        }
     }
     if (rc == EBUSY)
         return fail(SS_EAGAIN, "lock table %s: the table mutex is busy", h->table_path);
