@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-import shmslice
+# Many tests fork, and forking a process that has other threads can deadlock
+# the child (Python 3.12+ warns of it).  numpy's OpenBLAS and pyarrow's
+# jemalloc start native threads when they are imported; keep this process to
+# one thread, so that only the tests that fork beside a thread on purpose do.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
+
+import shmslice  # after the environment above, which the imports of numpy and pyarrow read
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

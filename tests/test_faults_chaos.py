@@ -79,6 +79,7 @@ def test_chaos_2000_deaths(tmp_path: Path) -> None:
     _check(summary, stderr, 2000)
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_while_a_thread_waits_then_close_in_child(tmp_path: Path) -> None:
     """A forked child inherited the parent's count of calls in flight (a thread
     asleep in lock()), so its close() -- or its exit, through the finalizer --

@@ -21,6 +21,17 @@ def run(coro, timeout: float = 30.0):
     return asyncio.run(bounded())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_waiter_thread_after_this_module():
+    """The waiter thread ends 1 s after its last request; let it, so that the
+    tests after this module fork a process without other threads."""
+    yield
+    deadline = time.monotonic() + 10
+    while any(t.name == "shmslice-lock-waiter" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the lock_async waiter thread did not end when idle"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def mgr(data_file, lock_dir):
     with shmslice.LockManager(data_file, lock_dir=lock_dir) as m:
@@ -189,6 +200,7 @@ def test_a_cycle_between_two_tasks_fails_one_request(mgr):
     assert run(main()) == ["granted", "deadlock"]
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_waiting_for_another_process_and_in_a_forked_child(data_file, lock_dir, mgr):
     c = mp.get_context("fork")
     ready, result = c.Event(), c.Queue()
