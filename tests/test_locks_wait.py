@@ -254,6 +254,9 @@ def _stop_inside_mutex(path, lock_dir, ready, result, hold=None):
     mgr.close()
 
 
+# The process that stops inside the mutex is forked while a thread waits (the
+# waiter must be queued before the mutex is stuck).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_process_stopped_inside_the_mutex(data_file: Path, lock_dir: Path) -> None:
     """timeout=1 returns in about 1 s with the GIL free meanwhile, the message
     says the holder is stopped; a waiter that gives up then leaves nothing
