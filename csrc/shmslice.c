@@ -202,10 +202,11 @@ static int fail_sys(const char *fmt, ...)
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 4       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
+#define SS_FORMAT_VERSION 5       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
                                    * attached processes hold the guard byte, upgrade requests (W_UPGRADE),
                                    * owner-died marks (SS_ORPHAN, orphan_root), write_gen,
-                                   * growing capacities under fixed ceilings, entries held per slot */
+                                   * growing capacities under fixed ceilings, entries held per slot;
+                                   * 5: changes (mutex holds counted, so attach copies in steps) */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -286,6 +287,9 @@ struct ss_header {
                                   * under the mutex (release) after the allocation */
     uint32_t proc_capacity;      /* process slots [0, proc_capacity) are allocated; likewise */
     uint32_t growths;            /* growths of either table (display) */
+    uint64_t changes;            /* bumped as every hold of the mutex begins (table_locked), so
+                                  * an unchanged value across holds proves nobody else held it
+                                  * between them (attach_validate); never trusted otherwise */
 };
 
 struct ss_proc {
@@ -721,6 +725,7 @@ static inline int mutex_looks_free(struct ss_handle *h)
 static int table_locked(struct ss_handle *h, int rc)
 {
     if (rc == 0 || rc == EOWNERDEAD) MUTEX_MARK(h, current_tid());
+    if (rc == 0 || rc == EOWNERDEAD) h->hdr->changes++;   /* every hold: see attach_validate */
     if (rc == EOWNERDEAD) {
         int repaired = table_repair(h);
         pthread_mutex_consistent(&h->hdr->mutex);
@@ -2068,8 +2073,9 @@ static int64_t own_entry(struct ss_handle *h, int64_t ref, int want_pin)
  *                                                  check_header)
  *                                 -> create_table (new_table_file,
  *                                                  init_header, link)
- *             -> attach_validate  (copy under the mutex, table_validate
- *                                  on the copy without it)
+ *             -> attach_validate  (copy in steps, each its own short hold of
+ *                                  the mutex; table_validate on the copy
+ *                                  without it)
  *             -> take_slot        (claim_slot)
  * ss_attach_table is the same without a data file and a slot; ensure_slot
  * gives a forked child a slot of its own.  table_repair runs from
@@ -2109,10 +2115,11 @@ static int validate_tree(struct ss_handle *h, int t, uint32_t n, int depth,
     return SS_OK;
 }
 
-/* Check one entry's own fields (not its links). */
-static int validate_entry(struct ss_handle *h, uint32_t i)
+/* Check the own fields (not the links) of e, entry i of a table whose
+ * process slots [0, proc_hwm) have been used.  e may be a copy. */
+static int check_entry(struct ss_handle *h, const struct ss_entry *e, uint32_t i,
+                       uint32_t proc_hwm)
 {
-    const struct ss_entry *e = &h->entries[i];
     if (e->state != SS_GRANTED && e->state != SS_WAITING)
         return fail(SS_ECORRUPT, "lock table %s: entry %u has bad state %u",
                     h->table_path, i, e->state);
@@ -2121,13 +2128,19 @@ static int validate_entry(struct ss_handle *h, uint32_t i)
          e->kind != SS_ORPHAN) ||
         ((e->kind == SS_PIN || e->kind == SS_ORPHAN) && e->state != SS_GRANTED) ||
         (e->state == SS_WAITING && (e->wflags & W_OWNER_DIED)) ||
-        e->owner_slot >= h->hdr->proc_hwm || e->count == 0 ||
+        e->owner_slot >= proc_hwm || e->count == 0 ||
         (e->wflags & ~W_ALL) ||
         (e->state == SS_GRANTED && (e->wflags & (W_URGENT | W_WOKEN | W_UPGRADE))) ||
         ((e->wflags & W_UPGRADE) && e->kind != SS_EXCLUSIVE))
         return fail(SS_ECORRUPT, "lock table %s: entry %u is malformed",
                     h->table_path, i);
     return SS_OK;
+}
+
+/* Check one entry's own fields (not its links). */
+static int validate_entry(struct ss_handle *h, uint32_t i)
+{
+    return check_entry(h, &h->entries[i], i, h->hdr->proc_hwm);
 }
 
 /* Every process slot and entry is well formed and the header's counters
@@ -2223,48 +2236,196 @@ static int table_validate(struct ss_handle *h)
     return rc;
 }
 
-/* Tables whose used part is at most this many bytes are validated on a copy
- * (taken in one mutex hold, ~0.1 ms per MiB), larger ones in place under the
- * mutex; the default capacity's 5 MiB is well below it. */
-#define SS_VALIDATE_COPY_MAX ((size_t)64 << 20)
+/* Attach validation copies the table in steps, each in a hold of the
+ * mutex of its own, so that no other process's lock waits for the whole
+ * table (a million entries take ~0.1-0.4 s to copy or check).  A step
+ * copies SS_VALIDATE_STEP entries (640 KiB, ~0.1 ms).  Copies larger than
+ * SS_VALIDATE_COPY_MAX (3.3 million entries) are not made. */
+#define SS_VALIDATE_STEP 8192u
+#define SS_VALIDATE_PASSES 3
+#define SS_VALIDATE_COPY_MAX ((size_t)256 << 20)
+#define SS_VALIDATE_YIELD_NS 200000u   /* a woken sleeper gets this long to take the mutex */
 
-/* Validate the table at attach without holding the mutex while doing it:
- * copy header, used process slots and entries below entry_hwm in one hold,
- * then check the copy.  The copy is a state the table was in, so it is as
- * good as checking the table then; later changes are made by the core, which
- * keeps the invariants.  Takes and releases the mutex itself. */
+static uint32_t validate_step_override;   /* test hook: entries per step, 0 = default */
+static __thread struct {
+    uint32_t passes, holds;   /* of the last attach_validate of this thread */
+    int whole;                /* 1 if it checked a consistent copy as a whole */
+    uint64_t longest_ns;      /* its longest mutex hold */
+} tls_attach_stats;
+
+void ss_debug_set_attach_step(uint32_t entries) { validate_step_override = entries; }
+
+void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, int *whole,
+                           uint64_t *longest_hold_ns)
+{
+    if (passes) *passes = tls_attach_stats.passes;
+    if (holds) *holds = tls_attach_stats.holds;
+    if (whole) *whole = tls_attach_stats.whole;
+    if (longest_hold_ns) *longest_hold_ns = tls_attach_stats.longest_ns;
+}
+
+/* Check the own fields of the n entries at e (copies of entries first..),
+ * free ones skipped, against proc_hwm as it was when they were copied. */
+static int check_entries(struct ss_handle *h, const struct ss_entry *e, uint32_t first,
+                         uint32_t n, uint32_t proc_hwm)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        if (e[k].state == ENTRY_FREE) continue;
+        int rc = check_entry(h, &e[k], first + k, proc_hwm);
+        if (rc) return rc;
+    }
+    return SS_OK;
+}
+
+/* Fault in the pages of the next step's source (the shared mapping; read
+ * without the mutex, only to map it) and destination before taking the
+ * mutex, so the copy under it takes no page faults. */
+static void prefault_step(const struct ss_entry *src, struct ss_entry *dst, uint32_t n)
+{
+    const volatile char *s = (const volatile char *)src;
+    char *d = (char *)dst;
+    size_t len = (size_t)n * sizeof *src;
+    for (size_t o = 0; o < len; o += 4096) {
+        (void)s[o];
+        d[o] = 0;
+    }
+    if (len) { (void)s[len - 1]; d[len - 1] = 0; }
+}
+
+/* Release the mutex between steps.  A process asleep on the mutex (its
+ * futex waiters bit is set) is woken by the unlock but needs microseconds
+ * to run, and the next step would take the mutex again first, step after
+ * step, for the whole table; so give it up to SS_VALIDATE_YIELD_NS to take
+ * the mutex before going on.  Spinners need no help: they see the unlock. */
+static void step_unlock(struct ss_handle *h)
+{
+#ifdef __GLIBC__
+    unsigned word = (unsigned)__atomic_load_n(&h->hdr->mutex.__data.__lock, __ATOMIC_RELAXED);
+    table_unlock(h);
+    if (!(word & FUTEX_WAITERS)) return;
+    uint64_t until = now_ns(CLOCK_MONOTONIC) + SS_VALIDATE_YIELD_NS;
+    while (mutex_looks_free(h) && now_ns(CLOCK_MONOTONIC) < until)
+        for (int k = 0; k < 64; k++) cpu_relax();
+#else
+    table_unlock(h);
+#endif
+}
+
+/* Validate the table at attach without holding the mutex for the whole of
+ * it.  A pass copies header and used process slots in one hold (entries
+ * too if they fit in one step: then the pass is one hold, as for any table
+ * of the default size), then the entries below entry_hwm a step per hold.
+ * The header's change counter, bumped by every hold of the mutex, tells
+ * whether anyone else held it between two of our holds: if nobody did
+ * during the whole pass, the steps together are one state the table was
+ * in, and table_validate checks that copy in full without the mutex (later
+ * changes are made by the core, which keeps the invariants).
+ *
+ * If the table changed during the pass, the pass is retried, up to
+ * SS_VALIDATE_PASSES in all.  A table that keeps changing (a busy one:
+ * every lock call is a hold) gets a last pass that checks what holds
+ * without a consistent state: the header and its indexes (header_sane, at
+ * every hold), every process slot's state, and every entry's own fields
+ * (each entry is copied whole in one hold).  The cross-entry checks
+ * (trees, free list, counters) are then skipped; so they are above
+ * SS_VALIDATE_COPY_MAX, where no copy is made and one pass does the local
+ * checks.  That leaves no hole that can crash: the core bounds-checks every
+ * link and depth-bounds every walk it makes, so a structure broken in a way
+ * only the cross-entry checks would see is SS_ECORRUPT at its first use.
+ * Entries added past the first hold's entry_hwm during a pass are the
+ * core's own, made after the pass began, and are not checked.  The counter
+ * itself is never trusted: a garbage value only makes a pass look changed.
+ * Takes and releases the mutex itself. */
 static int attach_validate(struct ss_handle *h)
 {
-    int rc = table_lock(h);
-    if (rc) return rc;
-    SS_ASSERT_MUTEX_HELD(h);
-    struct ss_header *hd = h->hdr;
-    uint32_t hwm = hd->entry_hwm, phwm = hd->proc_hwm;   /* checked by header_sane */
-    size_t hdr_bytes = sizeof *hd, proc_bytes = (size_t)phwm * sizeof(struct ss_proc);
-    size_t bytes = hdr_bytes + proc_bytes + (size_t)hwm * sizeof(struct ss_entry);
-    char *copy = bytes <= SS_VALIDATE_COPY_MAX ? malloc(bytes) : NULL;
-    if (!copy) {                       /* huge table (or no memory): check in place */
-        rc = table_validate(h);
-        table_unlock(h);
-        return rc;
+    uint32_t step = validate_step_override ? validate_step_override : SS_VALIDATE_STEP;
+    memset(&tls_attach_stats, 0, sizeof tls_attach_stats);
+    char *copy = NULL;                 /* header, slots, entries: reused by later passes */
+    size_t copy_len = 0;
+    struct ss_entry *spill = NULL;     /* one step of entries, where there is no copy */
+    int rc = SS_OK;
+    for (uint32_t pass = 1;; pass++) {
+        tls_attach_stats.passes = pass;
+        rc = table_lock(h);
+        if (rc) break;
+        SS_ASSERT_MUTEX_HELD(h);
+        uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+        struct ss_header *hd = h->hdr;
+        uint32_t hwm = hd->entry_hwm, phwm = hd->proc_hwm;   /* checked by header_sane */
+        uint64_t seen = hd->changes;
+        size_t hdr_bytes = sizeof *hd, proc_bytes = (size_t)phwm * sizeof(struct ss_proc);
+        size_t bytes = hdr_bytes + proc_bytes + (size_t)hwm * sizeof(struct ss_entry);
+        if (bytes > copy_len) {        /* allocated, not touched, under the mutex */
+            free(copy);
+            copy = bytes <= SS_VALIDATE_COPY_MAX ? malloc(bytes) : NULL;
+            copy_len = copy ? bytes : 0;
+        }
+        if (!copy && !spill) spill = malloc((size_t)step * sizeof *spill);
+        if (!copy && !spill) {
+            table_unlock(h);
+            rc = fail_sys("out of memory validating %s", h->table_path);
+            break;
+        }
+        for (uint32_t p = 0; p < phwm && rc == SS_OK; p++)
+            if (h->procs[p].state != PROC_USED && h->procs[p].state != PROC_FREE)
+                rc = fail(SS_ECORRUPT, "lock table %s: process slot %u malformed",
+                          h->table_path, p);
+        if (rc) { table_unlock(h); break; }
+        struct ss_entry *all = NULL;
+        if (copy) {
+            memcpy(copy, hd, hdr_bytes);
+            memcpy(copy + hdr_bytes, h->procs, proc_bytes);
+            all = (struct ss_entry *)(copy + hdr_bytes + proc_bytes);
+        }
+        /* Without a copy nothing can be checked whole: one pass of local checks. */
+        int last = pass >= SS_VALIDATE_PASSES || !copy, moved = 0, held = 1;
+        uint32_t phwm_now = phwm;
+        for (uint32_t a = 0;;) {
+            uint32_t n = hwm - a < step ? hwm - a : step;
+            struct ss_entry *dst = copy ? all + a : spill;
+            if (held) {
+                if (hwm > step) n = 0;   /* more than a step: entries in holds of their own */
+            } else {
+                prefault_step(h->entries + a, dst, n);  /* a < hwm <= capacity, which only grows */
+                rc = table_lock(h);
+                if (rc) break;
+                t0 = now_ns(CLOCK_MONOTONIC);
+                uint64_t c = hd->changes;
+                if (c != seen + 1 || hd->entry_hwm != hwm) moved = 1;
+                seen = c;
+                phwm_now = hd->proc_hwm;
+            }
+            memcpy(dst, h->entries + a, (size_t)n * sizeof *dst);
+            uint64_t took = now_ns(CLOCK_MONOTONIC) - t0;
+            if (took > tls_attach_stats.longest_ns) tls_attach_stats.longest_ns = took;
+            tls_attach_stats.holds++;
+            step_unlock(h);
+            held = 0;
+            if (moved && !last) break;              /* retry the pass */
+            if (last) rc = check_entries(h, dst, a, n, phwm_now);
+            if (rc) break;
+            a += n;
+            if (a >= hwm && n > 0) break;
+            if (hwm == 0) break;
+        }
+        SS_ASSERT_MUTEX_NOT_HELD(h);
+        if (rc) break;
+        if (!moved && copy) {          /* one consistent state: check it whole */
+            struct ss_handle *view = malloc(sizeof *view);
+            if (!view) { rc = fail_sys("out of memory validating %s", h->table_path); break; }
+            *view = *h;
+            view->hdr = (struct ss_header *)copy;
+            view->procs = (struct ss_proc *)(copy + hdr_bytes);
+            view->entries = all;
+            rc = table_validate(view);
+            free(view);
+            tls_attach_stats.whole = 1;
+            break;
+        }
+        if (last) break;               /* checked entry by entry above */
     }
-    memcpy(copy, hd, hdr_bytes);
-    memcpy(copy + hdr_bytes, h->procs, proc_bytes);
-    memcpy(copy + hdr_bytes + proc_bytes, h->entries, bytes - hdr_bytes - proc_bytes);
-    table_unlock(h);
-    struct ss_handle *view = malloc(sizeof *view);
-    if (!view) {
-        free(copy);
-        return fail_sys("out of memory validating %s", h->table_path);
-    }
-    *view = *h;
-    view->hdr = (struct ss_header *)copy;
-    view->procs = (struct ss_proc *)(copy + hdr_bytes);
-    view->entries = (struct ss_entry *)(copy + hdr_bytes + proc_bytes);
-    SS_ASSERT_MUTEX_NOT_HELD(h);
-    rc = table_validate(view);
-    free(view);
     free(copy);
+    free(spill);
     return rc;
 }
 
@@ -2274,6 +2435,9 @@ static int table_repair(struct ss_handle *h)
     SS_ASSERT_MUTEX_HELD(h);
     struct ss_header *hd = h->hdr;
     hd->repairs++;
+    /* hd->changes needs no repair: table_locked bumped it for this hold, and
+     * what it holds matters only as "moved or not" to an attach in progress,
+     * which a garbage value sends to one more pass. */
     /* The dead holder may have been growing the table: adopt what it
      * published (only what the file's size bears out). */
     int grown = adopt_capacity(h);
@@ -4940,6 +5104,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "hdr", struct ss_header, capacity);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, proc_capacity);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, growths);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, changes);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, state);

@@ -432,4 +432,15 @@ void ss_debug_set_deadlock_detection(int on);
  * with SIGSTOP there (once), keeping the table mutex until SIGCONT. */
 void ss_debug_set_stop_point(int point, int countdown);
 
+/* Test hook: attach validation in this process copies `entries` entries per
+ * hold of the table mutex instead of its default (8192); 0 restores it.
+ * Small steps make the multi-step paths run on small tables. */
+void ss_debug_set_attach_step(uint32_t entries);
+
+/* Test and benchmark hook: how the calling thread's last attach validated
+ * its table: passes made, mutex holds taken, whether a consistent copy was
+ * checked whole (1) or only entry by entry (0), and its longest hold (ns). */
+void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, int *whole,
+                           uint64_t *longest_hold_ns);
+
 #endif /* SHMSLICE_H */
