@@ -351,7 +351,8 @@ def _attacher_process(data: str, lock_dir: str, out) -> None:
     t1 = time.monotonic_ns()
     stats = None
     if hasattr(lib, "ss_debug_attach_stats"):
-        passes, holds, whole = ffi.new("uint32_t *"), ffi.new("uint32_t *"), ffi.new("int *")
+        passes, holds, whole = (ffi.new("uint32_t *"), ffi.new("uint32_t *"),
+                                 ffi.new("uint32_t *"))
         longest = ffi.new("uint64_t *")
         lib.ss_debug_attach_stats(passes, holds, whole, longest)
         stats = (passes[0], holds[0], whole[0], longest[0])

@@ -2249,13 +2249,13 @@ static int table_validate(struct ss_handle *h)
 static uint32_t validate_step_override;   /* test hook: entries per step, 0 = default */
 static __thread struct {
     uint32_t passes, holds;   /* of the last attach_validate of this thread */
-    int whole;                /* 1 if it checked a consistent copy as a whole */
+    uint32_t whole;           /* 1 if it checked a consistent copy as a whole */
     uint64_t longest_ns;      /* its longest mutex hold */
 } tls_attach_stats;
 
 void ss_debug_set_attach_step(uint32_t entries) { validate_step_override = entries; }
 
-void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, int *whole,
+void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, uint32_t *whole,
                            uint64_t *longest_hold_ns)
 {
     if (passes) *passes = tls_attach_stats.passes;

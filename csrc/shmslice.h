@@ -440,7 +440,7 @@ void ss_debug_set_attach_step(uint32_t entries);
 /* Test and benchmark hook: how the calling thread's last attach validated
  * its table: passes made, mutex holds taken, whether a consistent copy was
  * checked whole (1) or only entry by entry (0), and its longest hold (ns). */
-void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, int *whole,
+void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, uint32_t *whole,
                            uint64_t *longest_hold_ns);
 
 #endif /* SHMSLICE_H */

@@ -40,7 +40,7 @@ def small_steps() -> Iterator[None]:
 
 def _stats() -> tuple[int, int, int, int]:
     passes, holds = ffi.new("uint32_t *"), ffi.new("uint32_t *")
-    whole, longest = ffi.new("int *"), ffi.new("uint64_t *")
+    whole, longest = ffi.new("uint32_t *"), ffi.new("uint64_t *")
     lib.ss_debug_attach_stats(passes, holds, whole, longest)
     return passes[0], holds[0], whole[0], longest[0]
 
