@@ -379,6 +379,26 @@ def bench_attach(work: str, repeats: int, held: int = 1_000_000) -> None:
     try:
         assert ready.wait(1200), "the holder never took its locks"
         print(f"  (holder took {held} locks in {time.perf_counter() - t_build:.1f} s)")
+        # First with nobody changing the table: one consistent pass, checked whole.
+        quiet_wall: list[float] = []
+        quiet_hold: list[float] = []
+        quiet_how: dict[str, int] = {}
+        for _ in range(repeats):
+            out = c.Queue()
+            att = c.Process(target=_attacher_process, args=(data, lock_dir, out))
+            att.start()
+            t0, t1, stats = out.get(timeout=600)
+            att.join(60)
+            quiet_wall.append((t1 - t0) / 1e6)
+            if stats is not None:
+                quiet_hold.append(stats[3] / 1e6)
+                key = f"{stats[0]} pass(es), {'whole-table check' if stats[2] else 'entry checks only'}"
+                quiet_how[key] = quiet_how.get(key, 0) + 1
+        print(f"  {'attach wall, table quiet':>28}: {_spread(quiet_wall, unit='ms')}")
+        if quiet_hold:
+            print(f"  {'longest hold, table quiet':>28}: {_spread(quiet_hold, unit='ms')}  "
+                  + "; ".join(f"{k} x{v}" for k, v in sorted(quiet_how.items())))
+        print("  now with the looper running:")
         looper = c.Process(target=_looper_process,
                            args=(data, lock_dir, held * 16 + (1 << 20), recording, theirs, stop),
                            daemon=True)
