@@ -287,9 +287,11 @@ struct ss_header {
                                   * under the mutex (release) after the allocation */
     uint32_t proc_capacity;      /* process slots [0, proc_capacity) are allocated; likewise */
     uint32_t growths;            /* growths of either table (display) */
-    uint64_t changes;            /* bumped as every hold of the mutex begins (table_locked), so
-                                  * an unchanged value across holds proves nobody else held it
-                                  * between them (attach_validate); never trusted otherwise */
+    uint64_t changes;            /* bumped as every hold of the mutex begins, and again when the
+                                  * hold's locker repairs or sweeps before its caller runs
+                                  * (table_locked): a value that moved only by our own holds
+                                  * proves the table did not change between them
+                                  * (attach_validate); never trusted otherwise */
 };
 
 struct ss_proc {
@@ -747,6 +749,7 @@ static int table_locked(struct ss_handle *h, int rc)
         }
     }
     if (__builtin_expect(__atomic_load_n(&h->hdr->abandoned, __ATOMIC_ACQUIRE) != 0, 0)) {
+        h->hdr->changes++;   /* the sweep changes the table in this very hold */
         rc = sweep_abandoned(h);
         if (rc != SS_OK) {
             MUTEX_MARK(h, 0);
@@ -2333,11 +2336,14 @@ static void step_unlock(struct ss_handle *h)
  * it.  A pass copies header and used process slots in one hold (entries
  * too if they fit in one step: then the pass is one hold, as for any table
  * of the default size), then the entries below entry_hwm a step per hold.
- * The header's change counter, bumped by every hold of the mutex, tells
- * whether anyone else held it between two of our holds: if nobody did
- * during the whole pass, the steps together are one state the table was
- * in, and table_validate checks that copy in full without the mutex (later
- * changes are made by the core, which keeps the invariants).
+ * The header's change counter, bumped by every hold of the mutex (and by
+ * a repair or sweep that table_locked makes within our own hold), tells
+ * whether the table can have changed between two of our holds: if it only
+ * moved by one per hold of ours during the whole pass, the steps together
+ * are one state the table was in, and table_validate checks that copy in
+ * full without the mutex (later changes are made by the core, which keeps
+ * the invariants).  Only fields changed without the mutex (the atomics of
+ * division 2) may differ between steps, as they may within one hold.
  *
  * If the table changed during the pass, the pass is retried, up to
  * SS_VALIDATE_PASSES in all.  A table that keeps changing (a busy one:
@@ -2453,9 +2459,12 @@ static int table_repair(struct ss_handle *h)
     SS_ASSERT_MUTEX_HELD(h);
     struct ss_header *hd = h->hdr;
     hd->repairs++;
-    /* hd->changes needs no repair: table_locked bumped it for this hold, and
-     * what it holds matters only as "moved or not" to an attach in progress,
-     * which a garbage value sends to one more pass. */
+    /* A repair changes the table within the hold of whoever repairs (the
+     * dead holder may have died before its own bump), so it counts as a
+     * change of its own.  The counter needs no rebuilding: it matters only as
+     * "moved or not" to an attach in progress, which a garbage value sends
+     * to one more pass. */
+    hd->changes++;
     /* The dead holder may have been growing the table: adopt what it
      * published (only what the file's size bears out). */
     int grown = adopt_capacity(h);
