@@ -2250,13 +2250,18 @@ static int table_validate(struct ss_handle *h)
 #define SS_VALIDATE_YIELD_NS 200000u   /* a woken sleeper gets this long to take the mutex */
 
 static uint32_t validate_step_override;   /* test hook: entries per step, 0 = default */
+static uint64_t validate_copy_max_override; /* test hook: largest copy in bytes, 0 = default */
 static __thread struct {
     uint32_t passes, holds;   /* of the last attach_validate of this thread */
     uint32_t whole;           /* 1 if it checked a consistent copy as a whole */
     uint64_t longest_ns;      /* its longest mutex hold */
 } tls_attach_stats;
 
-void ss_debug_set_attach_step(uint32_t entries) { validate_step_override = entries; }
+void ss_debug_set_attach_step(uint32_t entries, uint64_t copy_max_bytes)
+{
+    validate_step_override = entries;
+    validate_copy_max_override = copy_max_bytes;
+}
 
 void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, uint32_t *whole,
                            uint64_t *longest_hold_ns)
@@ -2363,6 +2368,8 @@ static void step_unlock(struct ss_handle *h)
 static int attach_validate(struct ss_handle *h)
 {
     uint32_t step = validate_step_override ? validate_step_override : SS_VALIDATE_STEP;
+    size_t copy_max = validate_copy_max_override ? (size_t)validate_copy_max_override
+                                                 : SS_VALIDATE_COPY_MAX;
     memset(&tls_attach_stats, 0, sizeof tls_attach_stats);
     char *copy = NULL;                 /* header, slots, entries: reused by later passes */
     size_t copy_len = 0;
@@ -2379,9 +2386,18 @@ static int attach_validate(struct ss_handle *h)
         uint64_t seen = hd->changes;
         size_t hdr_bytes = sizeof *hd, proc_bytes = (size_t)phwm * sizeof(struct ss_proc);
         size_t bytes = hdr_bytes + proc_bytes + (size_t)hwm * sizeof(struct ss_entry);
-        if (bytes > copy_len) {        /* allocated, not touched, under the mutex */
+        if (bytes > copy_len && copy) {
+            /* The table grew since the last pass: unmapping the old copy could
+             * take milliseconds, so not under the mutex.  The pass counts as
+             * one that saw the table change. */
+            table_unlock(h);
             copy_free(copy, copy_len);
-            copy = bytes <= SS_VALIDATE_COPY_MAX ? copy_alloc(bytes) : NULL;
+            copy = NULL;
+            copy_len = 0;
+            continue;
+        }
+        if (bytes > copy_len) {        /* mapped, not touched, under the mutex */
+            copy = bytes <= copy_max ? copy_alloc(bytes) : NULL;
             copy_len = copy ? bytes : 0;
         }
         if (!copy && !spill) spill = malloc((size_t)step * sizeof *spill);

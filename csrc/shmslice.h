@@ -433,9 +433,11 @@ void ss_debug_set_deadlock_detection(int on);
 void ss_debug_set_stop_point(int point, int countdown);
 
 /* Test hook: attach validation in this process copies `entries` entries per
- * hold of the table mutex instead of its default (8192); 0 restores it.
- * Small steps make the multi-step paths run on small tables. */
-void ss_debug_set_attach_step(uint32_t entries);
+ * hold of the table mutex instead of its default (8192), and makes no private
+ * copy of a table larger than copy_max_bytes instead of 256 MiB (0 restores
+ * either default).  Small values make the multi-step and the no-copy paths
+ * run on small tables. */
+void ss_debug_set_attach_step(uint32_t entries, uint64_t copy_max_bytes);
 
 /* Test and benchmark hook: how the calling thread's last attach validated
  * its table: passes made, mutex holds taken, whether a consistent copy was

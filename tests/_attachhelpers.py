@@ -16,17 +16,24 @@ BASE = 1 << 30
 UNIT = 64
 
 
-def churn(data: str, lock_dir: str, seed: int, stop: Any, count: Any, seconds: float) -> None:
+def churn(data: str, lock_dir: str, seed: int, stop: Any, count: Any, seconds: float,
+          grow: int = 0) -> None:
     """Change the table all the time: lock and release regions that another
     churner contends for (so some requests wait, are woken and marked
     urgent), and now and then take a burst of pins and drop them (entries
     allocated, freed and reused, the free list and the counters moving).
+    With ``grow``, also keep one more pin per round, up to ``grow`` of them,
+    so the table's high-water mark (and its capacity) keeps rising.
     Runs until ``stop`` is set or ``seconds`` pass; exit status 0 if every
     call behaved."""
     rng = random.Random(seed)
     deadline = time.monotonic() + seconds
+    kept = []
     with shmslice.LockManager(data, lock_dir=lock_dir) as mgr:
         while not stop.is_set() and time.monotonic() < deadline:
+            if len(kept) < grow:
+                a = BASE + (4096 + len(kept)) * UNIT
+                kept.append(mgr.pin(a, a + 8))
             for _ in range(50):
                 a = BASE + rng.randrange(8) * UNIT
                 mode = "exclusive" if rng.random() < 0.5 else "shared"
@@ -37,3 +44,5 @@ def churn(data: str, lock_dir: str, seed: int, stop: Any, count: Any, seconds: f
                 for ref in refs:
                     mgr.unpin(ref)
             count.value += 1
+        for ref in kept:
+            mgr.unpin(ref)

@@ -33,9 +33,9 @@ HELD = 600
 
 @pytest.fixture(autouse=True)
 def small_steps() -> Iterator[None]:
-    lib.ss_debug_set_attach_step(STEP)
+    lib.ss_debug_set_attach_step(STEP, 0)
     yield
-    lib.ss_debug_set_attach_step(0)
+    lib.ss_debug_set_attach_step(0, 0)
 
 
 def _stats() -> tuple[int, int, int, int]:
@@ -83,11 +83,15 @@ def _poke(table: str, off: int, fmt: str, value: int) -> int:
         os.close(fd)
 
 
-def _start_churners(c: Any, data: Path, lock_dir: Path) -> tuple[list[Any], Any, list[Any]]:
+def _start_churners(c: Any, data: Path, lock_dir: Path,
+                    grow: int = 0) -> tuple[list[Any], Any, list[Any]]:
+    """Two churners (tests/_attachhelpers.py); with grow, the first keeps
+    growing the table by a pin per round, up to grow pins."""
     stop = c.Event()
     counts = [c.Value("q", 0) for _ in range(2)]
     procs = [c.Process(target=helpers.churn, args=(str(data), str(lock_dir), 7 + k, stop,
-                                                   counts[k], 90.0), daemon=True)
+                                                   counts[k], 90.0, grow if k == 0 else 0),
+                       daemon=True)
              for k in range(2)]
     for p in procs:
         p.start()
@@ -116,7 +120,7 @@ def test_quiet_table_is_copied_in_steps_and_checked_whole(tmp_path: Path,
             assert holds == 1 + (hwm + STEP - 1) // STEP
             assert 0 < longest < 10**9
             other.lock(1 << 19, (1 << 19) + 8).release()
-        lib.ss_debug_set_attach_step(0)
+        lib.ss_debug_set_attach_step(0, 0)
         with shmslice.LockManager(data, lock_dir=lock_dir):
             assert _stats()[:3] == (1, 1, 1)   # the default step holds the whole of it
         for lk in keep:
@@ -126,20 +130,25 @@ def test_quiet_table_is_copied_in_steps_and_checked_whole(tmp_path: Path,
 @pytest.mark.parametrize("method", START_METHODS)
 def test_attach_to_a_table_that_keeps_changing(method: str, tmp_path: Path,
                                                lock_dir: Path) -> None:
-    """Two processes change the table all the time; attaching still succeeds
-    (never a false CorruptLockTable from a copy spanning their changes), falls
-    back to entry-by-entry checks after SS_VALIDATE_PASSES tries, and the
-    handle works."""
+    """Two processes change the table all the time, one also growing it (its
+    high-water mark rises past the capacity, so passes find it grew);
+    attaching still succeeds (never a false CorruptLockTable from a copy
+    spanning their changes), falls back to entry-by-entry checks after
+    SS_VALIDATE_PASSES tries, and the handle works."""
     c = mp.get_context(method)
     data = _data(tmp_path)
     with shmslice.LockManager(data, lock_dir=lock_dir) as holder:
         keep = [holder.lock(i * 16, i * 16 + 8) for i in range(HELD)]
-        procs, stop, counts = _start_churners(c, data, lock_dir)
+        capacity = holder.stat().capacity
+        procs, stop, counts = _start_churners(c, data, lock_dir, grow=4000)
         try:
             outcomes: dict[tuple[int, int], int] = {}
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and (sum(outcomes.values()) < 20 or
-                                                    not any(w == 0 for _, w in outcomes)):
+            def done() -> bool:
+                return (sum(outcomes.values()) >= 20 and (3, 0) in outcomes and
+                        holder.stat().capacity > capacity)
+
+            while time.monotonic() < deadline and not done():
                 with shmslice.LockManager(data, lock_dir=lock_dir) as mgr:
                     passes, holds, whole, _ = _stats()
                     mgr.lock(1 << 19, (1 << 19) + 8).release()
@@ -148,6 +157,7 @@ def test_attach_to_a_table_that_keeps_changing(method: str, tmp_path: Path,
                 assert whole or passes == 3, (passes, whole)
                 outcomes[(passes, whole)] = outcomes.get((passes, whole), 0) + 1
             assert (3, 0) in outcomes, f"the fallback never ran: {outcomes}"
+            assert holder.stat().capacity > capacity, "the table never grew meanwhile"
         finally:
             codes = _stop_churners(procs, stop)
         assert codes == [0, 0], f"churner exit codes {codes}"
@@ -204,5 +214,30 @@ def test_corrupt_entry_is_refused_on_the_fallback_path(method: str, tmp_path: Pa
             _poke(holder.table_path, count_off, "<I", old)
             codes = _stop_churners(procs, stop)
         assert codes == [0, 0], f"churner exit codes {codes}"
+        for lk in keep:
+            lk.release()
+
+
+def test_table_too_big_to_copy_is_checked_entry_by_entry(tmp_path: Path,
+                                                         lock_dir: Path) -> None:
+    """Above the copy's size limit (forced down to 4 KiB here) no copy is
+    made: one pass checks every entry's own fields step by step, and still
+    refuses a malformed entry."""
+    lib.ss_debug_set_attach_step(STEP, 4096)
+    data = _data(tmp_path)
+    with shmslice.LockManager(data, lock_dir=lock_dir) as holder:
+        keep = [holder.lock(i * 16, i * 16 + 8) for i in range(HELD)]
+        with shmslice.LockManager(data, lock_dir=lock_dir) as other:
+            passes, holds, whole, _ = _stats()
+            assert (passes, whole) == (1, 0) and holds > HELD // STEP
+            other.lock(1 << 19, (1 << 19) + 8).release()
+        kind_off = _entry_of(holder.table_path, 100 * 16) + LAYOUT["entry.kind"][0]
+        old = _poke(holder.table_path, kind_off, "<B", 77)
+        try:
+            with pytest.raises(shmslice.CorruptLockTable, match="malformed"):
+                shmslice.LockManager(data, lock_dir=lock_dir)
+            assert _stats()[::2] == (1, 0)
+        finally:
+            _poke(holder.table_path, kind_off, "<B", old)
         for lk in keep:
             lk.release()

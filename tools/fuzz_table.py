@@ -462,7 +462,7 @@ def worker_main(args: argparse.Namespace) -> int:
             # The stepped copy of a big table, on these small ones (0: the default step,
             # which holds all of them); its own generator keeps the plans' sequences.
             lib.ss_debug_set_attach_step(random.Random(plan["ops_seed"] ^ 0x57E9).choice(
-                [0, 0, 0, 1, 7, 64]))
+                [0, 0, 0, 1, 7, 64]), 0)
         try:
             obj = (shmslice.TableView(table) if plan["view"]
                    else shmslice.LockManager(data, lock_dir=lock_dir))
