@@ -2239,11 +2239,12 @@ static int table_validate(struct ss_handle *h)
     return rc;
 }
 
-/* Attach validation copies the table in steps, each in a hold of the
- * mutex of its own, so that no other process's lock waits for the whole
- * table (a million entries take ~0.1-0.4 s to copy or check).  A step
- * copies SS_VALIDATE_STEP entries (640 KiB, ~0.1 ms).  Copies larger than
- * SS_VALIDATE_COPY_MAX (3.3 million entries) are not made. */
+/* Attach validation goes through the table in steps, each followed by (or,
+ * on its last pass, made in) a short hold of the mutex of its own, so that
+ * no other process's lock waits for the whole table (a million entries take
+ * ~0.05-0.4 s to copy or check).  A step is SS_VALIDATE_STEP entries
+ * (640 KiB; checking them in place takes well under 0.1 ms).  Copies larger
+ * than SS_VALIDATE_COPY_MAX (3.3 million entries) are not made. */
 #define SS_VALIDATE_STEP 8192u
 #define SS_VALIDATE_PASSES 3
 #define SS_VALIDATE_COPY_MAX ((size_t)256 << 20)
@@ -2272,8 +2273,8 @@ void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, uint32_t *whole,
     if (longest_hold_ns) *longest_hold_ns = tls_attach_stats.longest_ns;
 }
 
-/* Check the own fields of the n entries at e (copies of entries first..),
- * free ones skipped, against proc_hwm as it was when they were copied. */
+/* Check the own fields of the n entries at e (entries first.., in place
+ * under the mutex), free ones skipped, against the current proc_hwm. */
 static int check_entries(struct ss_handle *h, const struct ss_entry *e, uint32_t first,
                          uint32_t n, uint32_t proc_hwm)
 {
@@ -2303,21 +2304,6 @@ static void copy_free(char *copy, size_t bytes)
     if (copy) munmap(copy, bytes);
 }
 
-/* Fault in the pages of the next step's source (the shared mapping; read
- * without the mutex, only to map it) and destination before taking the
- * mutex, so the copy under it takes no page faults. */
-static void prefault_step(const struct ss_entry *src, struct ss_entry *dst, uint32_t n)
-{
-    const volatile char *s = (const volatile char *)src;
-    char *d = (char *)dst;
-    size_t len = (size_t)n * sizeof *src;
-    for (size_t o = 0; o < len; o += 4096) {
-        (void)s[o];
-        d[o] = 0;
-    }
-    if (len) { (void)s[len - 1]; d[len - 1] = 0; }
-}
-
 /* Release the mutex between steps.  A process asleep on the mutex (its
  * futex waiters bit is set) is woken by the unlock but needs microseconds
  * to run, and the next step would take the mutex again first, step after
@@ -2339,29 +2325,32 @@ static void step_unlock(struct ss_handle *h)
 
 /* Validate the table at attach without holding the mutex for the whole of
  * it.  A pass copies header and used process slots in one hold (entries
- * too if they fit in one step: then the pass is one hold, as for any table
- * of the default size), then the entries below entry_hwm a step per hold.
- * The header's change counter, bumped by every hold of the mutex (and by
- * a repair or sweep that table_locked makes within our own hold), tells
- * whether the table can have changed between two of our holds: if it only
- * moved by one per hold of ours during the whole pass, the steps together
- * are one state the table was in, and table_validate checks that copy in
- * full without the mutex (later changes are made by the core, which keeps
- * the invariants).  Only fields changed without the mutex (the atomics of
- * division 2) may differ between steps, as they may within one hold.
+ * too if they fit in one step: then the pass is that one hold, as for any
+ * table of the default size), then the entries below entry_hwm a step at a
+ * time, each step copied *without* the mutex and followed by a hold that
+ * reads the header's change counter.  That counter is bumped by every hold
+ * of the mutex (and by a repair or sweep that table_locked makes within our
+ * own hold); every change to the table but the atomics of division 2 is made
+ * under the mutex.  So if the counter moved only by one per hold of ours
+ * over the whole pass, nobody held the mutex while we copied, the copy is
+ * one state the table was in, and table_validate checks it in full without
+ * the mutex (later changes are made by the core, which keeps the
+ * invariants).  (A seqlock, with the table mutex as the writers' lock: the
+ * copy may read bytes being written, but then the counter says so and the
+ * copy is thrown away.)  A step's hold is then a few microseconds.
  *
- * If the table changed during the pass, the pass is retried, up to
+ * If the counter moved, the pass stops at once and is retried, up to
  * SS_VALIDATE_PASSES in all.  A table that keeps changing (a busy one:
- * every lock call is a hold) gets a last pass that checks what holds
- * without a consistent state: the header and its indexes (header_sane, at
- * every hold), every process slot's state, and every entry's own fields
- * (each entry is copied whole in one hold).  The cross-entry checks
- * (trees, free list, counters) are then skipped; so they are above
- * SS_VALIDATE_COPY_MAX, where no copy is made and one pass does the local
- * checks.  That leaves no hole that can crash: the core bounds-checks every
- * link and depth-bounds every walk it makes, so a structure broken in a way
- * only the cross-entry checks would see is SS_ECORRUPT at its first use.
- * Entries added past the first hold's entry_hwm during a pass are the
+ * every lock call is a hold) gets a last pass that checks, in place and a
+ * step per hold, what holds without a consistent state: the header and its
+ * indexes (header_sane, at every hold), every process slot's state, and
+ * every entry's own fields (under the mutex, so never half written).  The
+ * cross-entry checks (trees, free list, counters) are then skipped; so they
+ * are above SS_VALIDATE_COPY_MAX, where no copy is made and the one pass is
+ * that last one.  That leaves no hole that can crash: the core bounds-checks
+ * every link and depth-bounds every walk it makes, so a structure broken in
+ * a way only the cross-entry checks would see is SS_ECORRUPT at its first
+ * use.  Entries added past the first hold's entry_hwm during a pass are the
  * core's own, made after the pass began, and are not checked.  The counter
  * itself is never trusted: a garbage value only makes a pass look changed.
  * Takes and releases the mutex itself. */
@@ -2373,7 +2362,6 @@ static int attach_validate(struct ss_handle *h)
     memset(&tls_attach_stats, 0, sizeof tls_attach_stats);
     char *copy = NULL;                 /* header, slots, entries: reused by later passes */
     size_t copy_len = 0;
-    struct ss_entry *spill = NULL;     /* one step of entries, where there is no copy */
     int rc = SS_OK;
     for (uint32_t pass = 1;; pass++) {
         tls_attach_stats.passes = pass;
@@ -2396,15 +2384,12 @@ static int attach_validate(struct ss_handle *h)
             copy_len = 0;
             continue;
         }
-        if (bytes > copy_len) {        /* mapped, not touched, under the mutex */
-            copy = bytes <= copy_max ? copy_alloc(bytes) : NULL;
+        /* The last pass, or no copy: entry checks in place, nothing whole. */
+        int local = pass >= SS_VALIDATE_PASSES || bytes > copy_max;
+        if (!local && bytes > copy_len) {   /* mapped, not touched, under the mutex */
+            copy = copy_alloc(bytes);
             copy_len = copy ? bytes : 0;
-        }
-        if (!copy && !spill) spill = malloc((size_t)step * sizeof *spill);
-        if (!copy && !spill) {
-            table_unlock(h);
-            rc = fail_sys("out of memory validating %s", h->table_path);
-            break;
+            if (!copy) local = 1;
         }
         for (uint32_t p = 0; p < phwm && rc == SS_OK; p++)
             if (h->procs[p].state != PROC_USED && h->procs[p].state != PROC_FREE)
@@ -2412,45 +2397,44 @@ static int attach_validate(struct ss_handle *h)
                           h->table_path, p);
         if (rc) { table_unlock(h); break; }
         struct ss_entry *all = NULL;
-        if (copy) {
+        if (!local) {
             memcpy(copy, hd, hdr_bytes);
             memcpy(copy + hdr_bytes, h->procs, proc_bytes);
             all = (struct ss_entry *)(copy + hdr_bytes + proc_bytes);
         }
-        /* Without a copy nothing can be checked whole: one pass of local checks. */
-        int last = pass >= SS_VALIDATE_PASSES || !copy, moved = 0, held = 1;
-        uint32_t phwm_now = phwm;
+        int moved = 0, held = 1;
         for (uint32_t a = 0;;) {
             uint32_t n = hwm - a < step ? hwm - a : step;
-            struct ss_entry *dst = copy ? all + a : spill;
             if (held) {
                 if (hwm > step) n = 0;   /* more than a step: entries in holds of their own */
+                else if (!local) memcpy(all, h->entries, (size_t)n * sizeof *all);
             } else {
-                prefault_step(h->entries + a, dst, n);  /* a < hwm <= capacity, which only grows */
+                if (!local) {
+                    /* Without the mutex: valid only if nobody takes it before
+                     * the hold below (a < hwm <= capacity, which only grows,
+                     * so the range is mapped and allocated). */
+                    memcpy(all + a, h->entries + a, (size_t)n * sizeof *all);
+                    __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* copy, then the hold */
+                }
                 rc = table_lock(h);
                 if (rc) break;
                 t0 = now_ns(CLOCK_MONOTONIC);
-                uint64_t c = hd->changes;
-                if (c != seen + 1 || hd->entry_hwm != hwm) moved = 1;
-                seen = c;
-                phwm_now = hd->proc_hwm;
+                if (hd->changes != seen + 1 || hd->entry_hwm != hwm) moved = 1;
+                seen = hd->changes;
             }
-            memcpy(dst, h->entries + a, (size_t)n * sizeof *dst);
+            if (local) rc = check_entries(h, h->entries + a, a, n, hd->proc_hwm);
             uint64_t took = now_ns(CLOCK_MONOTONIC) - t0;
             if (took > tls_attach_stats.longest_ns) tls_attach_stats.longest_ns = took;
             tls_attach_stats.holds++;
             step_unlock(h);
             held = 0;
-            if (moved && !last) break;              /* retry the pass */
-            if (last) rc = check_entries(h, dst, a, n, phwm_now);
-            if (rc) break;
+            if (rc || (moved && !local)) break;     /* moved: retry the pass */
             a += n;
-            if (a >= hwm && n > 0) break;
-            if (hwm == 0) break;
+            if ((a >= hwm && n > 0) || hwm == 0) break;
         }
         SS_ASSERT_MUTEX_NOT_HELD(h);
         if (rc) break;
-        if (!moved && copy) {          /* one consistent state: check it whole */
+        if (!local && !moved) {        /* one consistent state: check it whole */
             struct ss_handle *view = malloc(sizeof *view);
             if (!view) { rc = fail_sys("out of memory validating %s", h->table_path); break; }
             *view = *h;
@@ -2462,10 +2446,9 @@ static int attach_validate(struct ss_handle *h)
             tls_attach_stats.whole = 1;
             break;
         }
-        if (last) break;               /* checked entry by entry above */
+        if (local) break;              /* checked entry by entry above */
     }
     copy_free(copy, copy_len);
-    free(spill);
     return rc;
 }
 
