@@ -18,7 +18,13 @@ What it measures, each case beside its own baseline in the same run:
 * ``held``: lock+release of a free region by a process that holds 1,000,000
   entries (disjoint exclusive locks, so the table grew to hold them) against
   the same process holding 10 (two tables, measured interleaved); also the
-  time to take the million (growth included) and the table's memory.
+  time to take the million (growth included) and the table's memory;
+* ``attach``: a process attaches to a table of 1,000,000 entries (held by a
+  second process) while a third loops lock+release on an unrelated region:
+  the attach's wall time, the looper's worst and p99.9 lock+release during
+  the attach (against a window of the same length with no attach), and where
+  the build reports it (ss_debug_attach_stats) the attach's longest single
+  hold of the table mutex and how it validated.
 
 The 64 owners are 64 handles (each its own process slot and liveness lock)
 held by one helper process: liveness is decided per slot, so that costs the
@@ -298,11 +304,193 @@ def bench_held(work: str, repeats: int, held: int = 1_000_000) -> None:
     few.close()
 
 
+def _holder_process(data: str, lock_dir: str, held: int, ready, stop) -> None:
+    import shmslice
+
+    mgr = shmslice.LockManager(data, lock_dir=lock_dir)
+    keep = [mgr.lock(i * 16, i * 16 + 8) for i in range(held)]
+    ready.set()
+    stop.wait(1200)
+    del keep
+    mgr.close()
+
+
+def _looper_process(data: str, lock_dir: str, where: int, recording, conn, stop) -> None:
+    """Loop lock+release of [where, where + 8); while `recording` is set keep
+    every sample's (start, duration) in CLOCK_MONOTONIC ns; on a request
+    through conn, send them and start afresh."""
+    from array import array
+
+    import shmslice
+
+    mgr = shmslice.LockManager(data, lock_dir=lock_dir)
+    mono = time.monotonic_ns
+    starts, durs = array("q"), array("q")
+    conn.send("ready")
+    while not stop.is_set():
+        for _ in range(200):
+            t0 = mono()
+            mgr.lock(where, where + 8, "exclusive").release()
+            t1 = mono()
+            if recording.value:
+                starts.append(t0)
+                durs.append(t1 - t0)
+        if conn.poll():
+            conn.recv()
+            conn.send((starts.tobytes(), durs.tobytes()))
+            starts, durs = array("q"), array("q")
+    mgr.close()
+
+
+def _attacher_process(data: str, lock_dir: str, out) -> None:
+    import shmslice
+    from shmslice._binding import ffi, lib
+
+    t0 = time.monotonic_ns()
+    mgr = shmslice.LockManager(data, lock_dir=lock_dir)
+    t1 = time.monotonic_ns()
+    stats = None
+    if hasattr(lib, "ss_debug_attach_stats"):
+        passes, holds, whole = (ffi.new("uint32_t *"), ffi.new("uint32_t *"),
+                                 ffi.new("uint32_t *"))
+        longest = ffi.new("uint64_t *")
+        lib.ss_debug_attach_stats(passes, holds, whole, longest)
+        stats = (passes[0], holds[0], whole[0], longest[0])
+    mgr.close()
+    out.put((t0, t1, stats))
+
+
+def bench_attach(work: str, repeats: int, held: int = 1_000_000) -> None:
+    """Attach to a table of `held` entries while another process locks."""
+    from array import array
+
+    c = mp.get_context("fork")
+    lock_dir = work + "/locks"
+    data = _data(work, "attach-big.bin")
+    print(f"\n== attach to a table of {held} entries while another process loops lock+release")
+    ready, stop = c.Event(), c.Event()
+    holder = c.Process(target=_holder_process, args=(data, lock_dir, held, ready, stop),
+                       daemon=True)
+    t_build = time.perf_counter()
+    holder.start()
+    recording = c.RawValue("i", 0)
+    mine, theirs = c.Pipe()
+    looper = None
+    try:
+        assert ready.wait(1200), "the holder never took its locks"
+        print(f"  (holder took {held} locks in {time.perf_counter() - t_build:.1f} s)")
+        # First with nobody changing the table: one consistent pass, checked whole.
+        quiet_wall: list[float] = []
+        quiet_hold: list[float] = []
+        quiet_how: dict[str, int] = {}
+        for _ in range(repeats):
+            out = c.Queue()
+            att = c.Process(target=_attacher_process, args=(data, lock_dir, out))
+            att.start()
+            t0, t1, stats = out.get(timeout=600)
+            att.join(60)
+            quiet_wall.append((t1 - t0) / 1e6)
+            if stats is not None:
+                quiet_hold.append(stats[3] / 1e6)
+                key = f"{stats[0]} pass(es), {'whole-table check' if stats[2] else 'entry checks only'}"
+                quiet_how[key] = quiet_how.get(key, 0) + 1
+        print(f"  {'attach wall, table quiet':>28}: {_spread(quiet_wall, unit='ms')}")
+        if quiet_hold:
+            print(f"  {'longest hold, table quiet':>28}: {_spread(quiet_hold, unit='ms')}  "
+                  + "; ".join(f"{k} x{v}" for k, v in sorted(quiet_how.items())))
+        print("  now with the looper running:")
+        looper = c.Process(target=_looper_process,
+                           args=(data, lock_dir, held * 16 + (1 << 20), recording, theirs, stop),
+                           daemon=True)
+        looper.start()
+        assert mine.poll(60) and mine.recv() == "ready"
+
+        def samples() -> tuple[array, array]:
+            mine.send("dump")
+            assert mine.poll(60), "the looper stopped answering"
+            raw_s, raw_d = mine.recv()
+            s, d = array("q"), array("q")
+            s.frombytes(raw_s)
+            d.frombytes(raw_d)
+            return s, d
+
+        def window(s: array, d: array, lo: int, hi: int) -> list[int]:
+            return [d[k] for k in range(len(s)) if s[k] < hi and s[k] + d[k] > lo]
+
+        walls: list[float] = []
+        worst: list[float] = []
+        p999: list[float] = []
+        quiet_worst: list[float] = []
+        quiet_p999: list[float] = []
+        longest: list[float] = []
+        holds_n: list[float] = []
+        over_ms = [0, 0]            # looper samples over 1 ms: attaching, not attaching
+        how: dict[str, int] = {}
+        for _ in range(repeats):
+            out = c.Queue()
+            recording.value = 1
+            time.sleep(0.05)
+            att = c.Process(target=_attacher_process, args=(data, lock_dir, out))
+            att.start()
+            t0, t1, stats = out.get(timeout=600)
+            att.join(60)
+            time.sleep(0.05)
+            recording.value = 0
+            s, d = samples()
+            during = window(s, d, t0, t1)
+            walls.append((t1 - t0) / 1e6)
+            worst.append(max(during) / 1000)
+            p999.append(_pct(during, .999))
+            over_ms[0] += sum(1 for x in during if x > 1_000_000)
+            if stats is not None:
+                passes, holds, whole, hold_ns = stats
+                longest.append(hold_ns / 1e6)
+                holds_n.append(holds)
+                key = (f"{passes} pass{'es' if passes > 1 else ''}, "
+                       f"{'whole-table check' if whole else 'entry checks only'}")
+                how[key] = how.get(key, 0) + 1
+            # A window as long as the attach with nobody attaching.
+            recording.value = 1
+            q0 = time.monotonic_ns()
+            time.sleep(max(0.05, (t1 - t0) / 1e9))
+            q1 = time.monotonic_ns()
+            recording.value = 0
+            s, d = samples()
+            quiet = window(s, d, q0, q1)
+            quiet_worst.append(max(quiet) / 1000)
+            quiet_p999.append(_pct(quiet, .999))
+            over_ms[1] += sum(1 for x in quiet if x > 1_000_000)
+        print(f"  {'attach wall time':>28}: {_spread(walls, unit='ms')}")
+        print(f"  {'looper worst, attaching':>28}: {_spread(worst)}")
+        print(f"  {'looper p99.9, attaching':>28}: {_spread(p999)}")
+        print(f"  {'looper worst, no attach':>28}: {_spread(quiet_worst)}")
+        print(f"  {'looper p99.9, no attach':>28}: {_spread(quiet_p999)}")
+        print(f"  looper samples over 1 ms in all {repeats} windows: {over_ms[0]} attaching, "
+              f"{over_ms[1]} not attaching")
+        if longest:
+            print(f"  {'longest mutex hold of attach':>28}: {_spread(longest, unit='ms')}")
+            print(f"  {'mutex holds per attach':>28}: {_spread(holds_n, unit='')}")
+            print("  validation: " + "; ".join(f"{k} x{v}" for k, v in sorted(how.items())))
+        else:
+            print("  (this build has no ss_debug_attach_stats: attach's hold not reported)")
+        w = statistics.median(worst)
+        print(f"  target looper worst <= 2000 us while attaching: "
+              f"{'PASS' if w <= 2000 else 'MISS'} (median {w:.1f} us)")
+    finally:
+        stop.set()
+        for p in (looper, holder):
+            if p is None:
+                continue
+            p.join(120)
+            if p.is_alive():
+                p.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    ap.add_argument("--only", choices=["pin", "big", "held"], help="run one part")
-    ap.add_argument("--held", type=int, default=1_000_000, help="entries held in the 'held' part")
+    ap.add_argument("--only", choices=["pin", "big", "held", "attach"], help="run one part")
+    ap.add_argument("--held", type=int, default=1_000_000, help="entries held in the 'held' and 'attach' parts")
     args = ap.parse_args()
     repeats = 5 if args.quick else 11
     seconds = 0.5 if args.quick else 1.0
@@ -318,6 +506,8 @@ def main() -> None:
             bench_big_table(work, repeats, seconds)
         if args.only in (None, "held"):
             bench_held(work, repeats, args.held)
+        if args.only in (None, "attach"):
+            bench_attach(work, repeats, args.held)
 
 
 if __name__ == "__main__":

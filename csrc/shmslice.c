@@ -207,7 +207,8 @@ static int fail_sys(const char *fmt, ...)
                                    * owner-died marks (SS_ORPHAN, orphan_root), write_gen,
                                    * growing capacities under fixed ceilings, entries held per slot;
                                    * 5: hot header fields on the mutex's cache line, 64-byte process
-                                   * slots with a stashed free entry each */
+                                   * slots with a stashed free entry each, changes (mutex holds
+                                   * counted, so attach copies in steps) */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -276,12 +277,19 @@ struct ss_header {
      * between CPUs, not three.  The next line holds what a hold only reads
      * on the common path; the lock-free counters have lines of their own. */
     pthread_mutex_t mutex __attribute__((aligned(64))); /* robust, process-shared */
+    uint32_t changes;            /* bumped as every hold of the mutex begins, and again when the
+                                  * hold's locker repairs or sweeps before its caller runs
+                                  * (table_locked): a value that moved only by our own holds
+                                  * proves the table did not change between them
+                                  * (attach_validate; compared modulo 2**32); never trusted
+                                  * otherwise */
     uint32_t free_head;          /* first free entry below entry_hwm, SS_NIL if none (entries
                                   * a process slot keeps for itself are not on it: stash) */
     uint32_t used;               /* entries granted or waiting */
     uint32_t root[3];            /* roots of TREE_SHARED, _EXCLUSIVE, _PIN, SS_NIL if empty */
-    uint32_t abandoned;          /* atomic: entries flagged W_ABANDONED since the last sweep */
     uint64_t next_ticket __attribute__((aligned(64)));  /* arrival counter for waiting requests */
+    uint32_t abandoned;          /* atomic: entries flagged W_ABANDONED since the last sweep
+                                  * (read by every hold, written rarely) */
     uint32_t entry_hwm;          /* entries [0, entry_hwm) have been initialised */
     uint32_t proc_hwm;           /* process slots [0, proc_hwm) have been used */
     uint32_t waiting;            /* entries waiting */
@@ -345,7 +353,7 @@ _Static_assert(sizeof(struct ss_header) <= SS_HEADER_BYTES, "header too large");
 _Static_assert(offsetof(struct ss_entry, wake) % 4 == 0, "futex word must be aligned");
 _Static_assert(sizeof(struct ss_entry) == 80, "entry layout changed: bump format");
 _Static_assert(sizeof(struct ss_proc) == 64, "proc layout changed: bump format");
-_Static_assert(offsetof(struct ss_header, abandoned) + sizeof(uint32_t) <=
+_Static_assert(offsetof(struct ss_header, root) + sizeof(uint32_t[3]) <=
                offsetof(struct ss_header, mutex) + 64, "hot header fields must share the mutex's line");
 
 static uint64_t ss_format_stamp(void)
@@ -741,6 +749,7 @@ static inline int mutex_looks_free(struct ss_handle *h)
 static int table_locked(struct ss_handle *h, int rc)
 {
     if (rc == 0 || rc == EOWNERDEAD) MUTEX_MARK(h, current_tid());
+    if (rc == 0 || rc == EOWNERDEAD) h->hdr->changes++;   /* every hold: see attach_validate */
     if (rc == EOWNERDEAD) {
         int repaired = table_repair(h);
         pthread_mutex_consistent(&h->hdr->mutex);
@@ -762,6 +771,7 @@ static int table_locked(struct ss_handle *h, int rc)
         }
     }
     if (__builtin_expect(__atomic_load_n(&h->hdr->abandoned, __ATOMIC_ACQUIRE) != 0, 0)) {
+        h->hdr->changes++;   /* the sweep changes the table in this very hold */
         rc = sweep_abandoned(h);
         if (rc != SS_OK) {
             MUTEX_MARK(h, 0);
@@ -2148,8 +2158,9 @@ static int64_t own_entry(struct ss_handle *h, int64_t ref, int want_pin)
  *                                                  check_header)
  *                                 -> create_table (new_table_file,
  *                                                  init_header, link)
- *             -> attach_validate  (copy under the mutex, table_validate
- *                                  on the copy without it)
+ *             -> attach_validate  (copy in steps, each its own short hold of
+ *                                  the mutex; table_validate on the copy
+ *                                  without it)
  *             -> take_slot        (claim_slot)
  * ss_attach_table is the same without a data file and a slot; ensure_slot
  * gives a forked child a slot of its own.  table_repair runs from
@@ -2189,10 +2200,11 @@ static int validate_tree(struct ss_handle *h, int t, uint32_t n, int depth,
     return SS_OK;
 }
 
-/* Check one entry's own fields (not its links). */
-static int validate_entry(struct ss_handle *h, uint32_t i)
+/* Check the own fields (not the links) of e, entry i of a table whose
+ * process slots [0, proc_hwm) have been used.  e may be a copy. */
+static int check_entry(struct ss_handle *h, const struct ss_entry *e, uint32_t i,
+                       uint32_t proc_hwm)
 {
-    const struct ss_entry *e = &h->entries[i];
     if (e->state != SS_GRANTED && e->state != SS_WAITING)
         return fail(SS_ECORRUPT, "lock table %s: entry %u has bad state %u",
                     h->table_path, i, e->state);
@@ -2201,13 +2213,19 @@ static int validate_entry(struct ss_handle *h, uint32_t i)
          e->kind != SS_ORPHAN) ||
         ((e->kind == SS_PIN || e->kind == SS_ORPHAN) && e->state != SS_GRANTED) ||
         (e->state == SS_WAITING && (e->wflags & W_OWNER_DIED)) ||
-        e->owner_slot >= h->hdr->proc_hwm || e->count == 0 ||
+        e->owner_slot >= proc_hwm || e->count == 0 ||
         (e->wflags & ~W_ALL) ||
         (e->state == SS_GRANTED && (e->wflags & (W_URGENT | W_WOKEN | W_UPGRADE))) ||
         ((e->wflags & W_UPGRADE) && e->kind != SS_EXCLUSIVE))
         return fail(SS_ECORRUPT, "lock table %s: entry %u is malformed",
                     h->table_path, i);
     return SS_OK;
+}
+
+/* Check one entry's own fields (not its links). */
+static int validate_entry(struct ss_handle *h, uint32_t i)
+{
+    return check_entry(h, &h->entries[i], i, h->hdr->proc_hwm);
 }
 
 /* Every process slot and entry is well formed and the header's counters
@@ -2314,48 +2332,216 @@ static int table_validate(struct ss_handle *h)
     return rc;
 }
 
-/* Tables whose used part is at most this many bytes are validated on a copy
- * (taken in one mutex hold, ~0.1 ms per MiB), larger ones in place under the
- * mutex; the default capacity's 5 MiB is well below it. */
-#define SS_VALIDATE_COPY_MAX ((size_t)64 << 20)
+/* Attach validation goes through the table in steps, each followed by (or,
+ * on its last pass, made in) a short hold of the mutex of its own, so that
+ * no other process's lock waits for the whole table (a million entries take
+ * ~0.05-0.4 s to copy or check).  A step is SS_VALIDATE_STEP entries
+ * (640 KiB; checking them in place takes well under 0.1 ms).  Copies larger
+ * than SS_VALIDATE_COPY_MAX (3.3 million entries) are not made. */
+#define SS_VALIDATE_STEP 8192u
+#define SS_VALIDATE_PASSES 3
+#define SS_VALIDATE_COPY_MAX ((size_t)256 << 20)
+#define SS_VALIDATE_YIELD_NS 200000u   /* a woken sleeper gets this long to take the mutex */
 
-/* Validate the table at attach without holding the mutex while doing it:
- * copy header, used process slots and entries below entry_hwm in one hold,
- * then check the copy.  The copy is a state the table was in, so it is as
- * good as checking the table then; later changes are made by the core, which
- * keeps the invariants.  Takes and releases the mutex itself. */
+static uint32_t validate_step_override;   /* test hook: entries per step, 0 = default */
+static uint64_t validate_copy_max_override; /* test hook: largest copy in bytes, 0 = default */
+static __thread struct {
+    uint32_t passes, holds;   /* of the last attach_validate of this thread */
+    uint32_t whole;           /* 1 if it checked a consistent copy as a whole */
+    uint64_t longest_ns;      /* its longest mutex hold */
+} tls_attach_stats;
+
+void ss_debug_set_attach_step(uint32_t entries, uint64_t copy_max_bytes)
+{
+    validate_step_override = entries;
+    validate_copy_max_override = copy_max_bytes;
+}
+
+void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, uint32_t *whole,
+                           uint64_t *longest_hold_ns)
+{
+    if (passes) *passes = tls_attach_stats.passes;
+    if (holds) *holds = tls_attach_stats.holds;
+    if (whole) *whole = tls_attach_stats.whole;
+    if (longest_hold_ns) *longest_hold_ns = tls_attach_stats.longest_ns;
+}
+
+/* Check the own fields of the n entries at e (entries first.., in place
+ * under the mutex), free ones skipped, against the current proc_hwm. */
+static int check_entries(struct ss_handle *h, const struct ss_entry *e, uint32_t first,
+                         uint32_t n, uint32_t proc_hwm)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        if (e[k].state == ENTRY_FREE) continue;
+        int rc = check_entry(h, &e[k], first + k, proc_hwm);
+        if (rc) return rc;
+    }
+    return SS_OK;
+}
+
+/* Memory for the private copy: its own mapping (allocated, not touched),
+ * in huge pages where the kernel gives them, as a copy of a big table
+ * otherwise costs a page fault per 4 KiB.  NULL if there is none. */
+static char *copy_alloc(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+    if (bytes >= ((size_t)4 << 20)) (void)madvise(p, bytes, MADV_HUGEPAGE);   /* a hint */
+#endif
+    return p;
+}
+
+static void copy_free(char *copy, size_t bytes)
+{
+    if (copy) munmap(copy, bytes);
+}
+
+/* Release the mutex between steps.  A process asleep on the mutex (its
+ * futex waiters bit is set) is woken by the unlock but needs microseconds
+ * to run, and the next step would take the mutex again first, step after
+ * step, for the whole table; so give it up to SS_VALIDATE_YIELD_NS to take
+ * the mutex before going on.  Spinners need no help: they see the unlock. */
+static void step_unlock(struct ss_handle *h)
+{
+#ifdef __GLIBC__
+    unsigned word = (unsigned)__atomic_load_n(&h->hdr->mutex.__data.__lock, __ATOMIC_RELAXED);
+    table_unlock(h);
+    if (!(word & FUTEX_WAITERS)) return;
+    uint64_t until = now_ns(CLOCK_MONOTONIC) + SS_VALIDATE_YIELD_NS;
+    while (mutex_looks_free(h) && now_ns(CLOCK_MONOTONIC) < until)
+        for (int k = 0; k < 64; k++) cpu_relax();
+#else
+    table_unlock(h);
+#endif
+}
+
+/* Validate the table at attach without holding the mutex for the whole of
+ * it.  A pass copies header and used process slots in one hold (entries
+ * too if they fit in one step: then the pass is that one hold, as for any
+ * table of the default size), then the entries below entry_hwm a step at a
+ * time, each step copied *without* the mutex and followed by a hold that
+ * reads the header's change counter.  That counter is bumped by every hold
+ * of the mutex (and by a repair or sweep that table_locked makes within our
+ * own hold); every change to the table but the atomics of division 2 is made
+ * under the mutex.  So if the counter moved only by one per hold of ours
+ * over the whole pass, nobody held the mutex while we copied, the copy is
+ * one state the table was in, and table_validate checks it in full without
+ * the mutex (later changes are made by the core, which keeps the
+ * invariants).  (A seqlock, with the table mutex as the writers' lock: the
+ * copy may read bytes being written, but then the counter says so and the
+ * copy is thrown away.)  A step's hold is then a few microseconds.
+ *
+ * If the counter moved, the pass stops at once and is retried, up to
+ * SS_VALIDATE_PASSES in all.  A table that keeps changing (a busy one:
+ * every lock call is a hold) gets a last pass that checks, in place and a
+ * step per hold, what holds without a consistent state: the header and its
+ * indexes (header_sane, at every hold), every process slot's state, and
+ * every entry's own fields (under the mutex, so never half written).  The
+ * cross-entry checks (trees, free list, counters) are then skipped; so they
+ * are above SS_VALIDATE_COPY_MAX, where no copy is made and the one pass is
+ * that last one.  That leaves no hole that can crash: the core bounds-checks
+ * every link and depth-bounds every walk it makes, so a structure broken in
+ * a way only the cross-entry checks would see is SS_ECORRUPT at its first
+ * use.  Entries added past the first hold's entry_hwm during a pass are the
+ * core's own, made after the pass began, and are not checked.  The counter
+ * itself is never trusted: a garbage value only makes a pass look changed.
+ * Takes and releases the mutex itself. */
 static int attach_validate(struct ss_handle *h)
 {
-    int rc = table_lock(h);
-    if (rc) return rc;
-    SS_ASSERT_MUTEX_HELD(h);
-    struct ss_header *hd = h->hdr;
-    uint32_t hwm = hd->entry_hwm, phwm = hd->proc_hwm;   /* checked by header_sane */
-    size_t hdr_bytes = sizeof *hd, proc_bytes = (size_t)phwm * sizeof(struct ss_proc);
-    size_t bytes = hdr_bytes + proc_bytes + (size_t)hwm * sizeof(struct ss_entry);
-    char *copy = bytes <= SS_VALIDATE_COPY_MAX ? malloc(bytes) : NULL;
-    if (!copy) {                       /* huge table (or no memory): check in place */
-        rc = table_validate(h);
-        table_unlock(h);
-        return rc;
+    uint32_t step = validate_step_override ? validate_step_override : SS_VALIDATE_STEP;
+    size_t copy_max = validate_copy_max_override ? (size_t)validate_copy_max_override
+                                                 : SS_VALIDATE_COPY_MAX;
+    memset(&tls_attach_stats, 0, sizeof tls_attach_stats);
+    char *copy = NULL;                 /* header, slots, entries: reused by later passes */
+    size_t copy_len = 0;
+    int rc = SS_OK;
+    for (uint32_t pass = 1;; pass++) {
+        tls_attach_stats.passes = pass;
+        rc = table_lock(h);
+        if (rc) break;
+        SS_ASSERT_MUTEX_HELD(h);
+        uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+        struct ss_header *hd = h->hdr;
+        uint32_t hwm = hd->entry_hwm, phwm = hd->proc_hwm;   /* checked by header_sane */
+        uint32_t seen = hd->changes;
+        size_t hdr_bytes = sizeof *hd, proc_bytes = (size_t)phwm * sizeof(struct ss_proc);
+        size_t bytes = hdr_bytes + proc_bytes + (size_t)hwm * sizeof(struct ss_entry);
+        if (bytes > copy_len && copy) {
+            /* The table grew since the last pass: unmapping the old copy could
+             * take milliseconds, so not under the mutex.  The pass counts as
+             * one that saw the table change. */
+            table_unlock(h);
+            copy_free(copy, copy_len);
+            copy = NULL;
+            copy_len = 0;
+            continue;
+        }
+        /* The last pass, or no copy: entry checks in place, nothing whole. */
+        int local = pass >= SS_VALIDATE_PASSES || bytes > copy_max;
+        if (!local && bytes > copy_len) {   /* mapped, not touched, under the mutex */
+            copy = copy_alloc(bytes);
+            copy_len = copy ? bytes : 0;
+            if (!copy) local = 1;
+        }
+        for (uint32_t p = 0; p < phwm && rc == SS_OK; p++)
+            if (h->procs[p].state != PROC_USED && h->procs[p].state != PROC_FREE)
+                rc = fail(SS_ECORRUPT, "lock table %s: process slot %u malformed",
+                          h->table_path, p);
+        if (rc) { table_unlock(h); break; }
+        struct ss_entry *all = NULL;
+        if (!local) {
+            memcpy(copy, hd, hdr_bytes);
+            memcpy(copy + hdr_bytes, h->procs, proc_bytes);
+            all = (struct ss_entry *)(copy + hdr_bytes + proc_bytes);
+        }
+        int moved = 0, held = 1;
+        for (uint32_t a = 0;;) {
+            uint32_t n = hwm - a < step ? hwm - a : step;
+            if (held) {
+                if (hwm > step) n = 0;   /* more than a step: entries in holds of their own */
+                else if (!local) memcpy(all, h->entries, (size_t)n * sizeof *all);
+            } else {
+                if (!local) {
+                    /* Without the mutex: valid only if nobody takes it before
+                     * the hold below (a < hwm <= capacity, which only grows,
+                     * so the range is mapped and allocated). */
+                    memcpy(all + a, h->entries + a, (size_t)n * sizeof *all);
+                    __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* copy, then the hold */
+                }
+                rc = table_lock(h);
+                if (rc) break;
+                t0 = now_ns(CLOCK_MONOTONIC);
+                if (hd->changes != seen + 1 || hd->entry_hwm != hwm) moved = 1;
+                seen = hd->changes;
+            }
+            if (local) rc = check_entries(h, h->entries + a, a, n, hd->proc_hwm);
+            uint64_t took = now_ns(CLOCK_MONOTONIC) - t0;
+            if (took > tls_attach_stats.longest_ns) tls_attach_stats.longest_ns = took;
+            tls_attach_stats.holds++;
+            step_unlock(h);
+            held = 0;
+            if (rc || (moved && !local)) break;     /* moved: retry the pass */
+            a += n;
+            if ((a >= hwm && n > 0) || hwm == 0) break;
+        }
+        SS_ASSERT_MUTEX_NOT_HELD(h);
+        if (rc) break;
+        if (!local && !moved) {        /* one consistent state: check it whole */
+            struct ss_handle *view = malloc(sizeof *view);
+            if (!view) { rc = fail_sys("out of memory validating %s", h->table_path); break; }
+            *view = *h;
+            view->hdr = (struct ss_header *)copy;
+            view->procs = (struct ss_proc *)(copy + hdr_bytes);
+            view->entries = all;
+            rc = table_validate(view);
+            free(view);
+            tls_attach_stats.whole = 1;
+            break;
+        }
+        if (local) break;              /* checked entry by entry above */
     }
-    memcpy(copy, hd, hdr_bytes);
-    memcpy(copy + hdr_bytes, h->procs, proc_bytes);
-    memcpy(copy + hdr_bytes + proc_bytes, h->entries, bytes - hdr_bytes - proc_bytes);
-    table_unlock(h);
-    struct ss_handle *view = malloc(sizeof *view);
-    if (!view) {
-        free(copy);
-        return fail_sys("out of memory validating %s", h->table_path);
-    }
-    *view = *h;
-    view->hdr = (struct ss_header *)copy;
-    view->procs = (struct ss_proc *)(copy + hdr_bytes);
-    view->entries = (struct ss_entry *)(copy + hdr_bytes + proc_bytes);
-    SS_ASSERT_MUTEX_NOT_HELD(h);
-    rc = table_validate(view);
-    free(view);
-    free(copy);
+    copy_free(copy, copy_len);
     return rc;
 }
 
@@ -2365,6 +2551,12 @@ static int table_repair(struct ss_handle *h)
     SS_ASSERT_MUTEX_HELD(h);
     struct ss_header *hd = h->hdr;
     hd->repairs++;
+    /* A repair changes the table within the hold of whoever repairs (the
+     * dead holder may have died before its own bump), so it counts as a
+     * change of its own.  The counter needs no rebuilding: it matters only as
+     * "moved or not" to an attach in progress, which a garbage value sends
+     * to one more pass. */
+    hd->changes++;
     /* The dead holder may have been growing the table: adopt what it
      * published (only what the file's size bears out). */
     int grown = adopt_capacity(h);
@@ -5028,6 +5220,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "hdr", struct ss_header, capacity);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, proc_capacity);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, growths);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, changes);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, state);

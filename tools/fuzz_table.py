@@ -5,7 +5,10 @@ Builds a few real lock tables (entries from several processes: shared and
 exclusive locks, pins with counts, a waiting request, entries of a killed
 process, and tables left behind by processes SIGKILLed inside the table mutex
 at each crash point, growth included), then applies thousands of seeded random mutations to
-copies of them and attaches every mutated copy in a child process.  Each
+copies of them and attaches every mutated copy in a child process (half of
+the attaches copy the table in steps of 1 to 64 entries, one mutex hold
+each, as attaching a big table does; the header's change counter is
+mutated like every other header field).  Each
 attach must either work -- and then a few operations (lock, release, pin,
 unpin, locks(), reap(), stat(), a second attach) must work too, raising only
 documented exceptions -- or raise ``CorruptLockTable``.  A child that dies
@@ -434,6 +437,7 @@ def describe(plan: dict) -> str:
 def worker_main(args: argparse.Namespace) -> int:
     import shmslice
     from shmslice import CorruptLockTable, DeadlockError, LockTableFull, LockTimeout
+    from shmslice._binding import lib
 
     bases_raw = [_read(p) for p in args.bases]
     bases = [BaseInfo(os.path.basename(p), raw) for p, raw in zip(args.bases, bases_raw, strict=True)]
@@ -454,6 +458,11 @@ def worker_main(args: argparse.Namespace) -> int:
         write_sparse(table, raw, exclusive=True)
         result = {"case": req["case"], "outcome": None, "detail": ""}
         rng = random.Random(plan["ops_seed"])
+        if hasattr(lib, "ss_debug_set_attach_step"):
+            # The stepped copy of a big table, on these small ones (0: the default step,
+            # which holds all of them); its own generator keeps the plans' sequences.
+            lib.ss_debug_set_attach_step(random.Random(plan["ops_seed"] ^ 0x57E9).choice(
+                [0, 0, 0, 1, 7, 64]), 0)
         try:
             obj = (shmslice.TableView(table) if plan["view"]
                    else shmslice.LockManager(data, lock_dir=lock_dir))
