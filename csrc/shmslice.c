@@ -79,8 +79,8 @@
  * next holder of the mutex removes it).
  *
  * The table mutex is held for well under a microsecond per call.  A busy
- * mutex is polled with exponential backoff (each poll takes its cache line
- * from the holder), then yielded for (with more processes than CPUs the
+ * mutex is polled with exponential backoff for SS_MUTEX_SPIN_NS (each poll
+ * takes its cache line from the holder), then yielded for (with more processes than CPUs the
  * holder is most likely preempted), and only then slept on: sleeping sets
  * the mutex's waiters bit, after which every unlock is a system call.  With
  * the GIL held, the fast path only tries it.
@@ -234,7 +234,7 @@ static int fail_sys(const char *fmt, ...)
 #define SS_MAX_CAPACITY (1u << 24)
 #define SS_MAX_PROCS (1u << 16)       /* process-slot ceiling of every table */
 #define SS_INITIAL_CAPACITY 512u      /* entries of a new table (40 KiB) */
-#define SS_INITIAL_PROCS 128u         /* process slots of a new table (4 KiB) */
+#define SS_INITIAL_PROCS 128u         /* process slots of a new table (8 KiB) */
 #define SS_GROW_MAX_STEP (1u << 20)   /* a growth adds at most this many entries (80 MiB) */
 #define SS_RESERVE_SHIFT 4            /* one process holds at most ceiling - ceiling/16 entries */
 
