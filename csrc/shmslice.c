@@ -4831,10 +4831,13 @@ struct waitv_entry { uint64_t val; uint64_t uaddr; uint32_t flags; uint32_t rese
 #define SS_WAITV_MAX 128
 #define SS_WAITV_SIZE_U32 0x02
 
+static int no_waitv;   /* futex_waitv found unavailable, or turned off (test hook) */
+
+void ss_debug_set_no_waitv(int on) { __atomic_store_n(&no_waitv, on != 0, __ATOMIC_RELAXED); }
+
 int ss_wait_many(uint32_t **words, const uint32_t *seen, uint32_t n, int64_t timeout_ns)
 {
     if (!words || !seen || n == 0) return fail(SS_EINVAL, "ss_wait_many needs words");
-    static int no_waitv;   /* ENOSYS seen once: the kernel lacks futex_waitv */
     struct timespec abs;
     uint64_t until = timeout_ns < 0 ? 0 : now_ns(CLOCK_MONOTONIC) + (uint64_t)timeout_ns;
     if (n <= SS_WAITV_MAX && !__atomic_load_n(&no_waitv, __ATOMIC_RELAXED)) {
@@ -4850,7 +4853,9 @@ int ss_wait_many(uint32_t **words, const uint32_t *seen, uint32_t n, int64_t tim
         if (rc >= 0 || errno == EAGAIN) return SS_OK;
         if (errno == ETIMEDOUT) return SS_ETIMEDOUT;
         if (errno == EINTR) return SS_EINTR;
-        if (errno != ENOSYS) return fail_sys("futex_waitv failed");
+        /* ENOSYS: a kernel before 5.16; EPERM: a seccomp filter that predates
+         * the call (container runtimes' default profiles did, for a while). */
+        if (errno != ENOSYS && errno != EPERM) return fail_sys("futex_waitv failed");
 #endif
         __atomic_store_n(&no_waitv, 1, __ATOMIC_RELAXED);
     }

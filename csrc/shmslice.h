@@ -445,4 +445,8 @@ void ss_debug_set_attach_step(uint32_t entries, uint64_t copy_max_bytes);
 void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, uint32_t *whole,
                            uint64_t *longest_hold_ns);
 
+/* Test hook: on != 0 makes ss_wait_many use its fallback (one word, naps
+ * of at most 1 ms), as on a kernel without futex_waitv; 0 tries it again. */
+void ss_debug_set_no_waitv(int on);
+
 #endif /* SHMSLICE_H */

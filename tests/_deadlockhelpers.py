@@ -220,3 +220,13 @@ def hold_and_die(path, lock_dir, start, end, mode, ready):
     ready.set()
     time.sleep(0.2)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold_until(path, lock_dir, start, end, ready, release):
+    """Hold an exclusive lock on [start, end) until `release` is set (at most 60 s)."""
+    mgr = shmslice.LockManager(path, lock_dir=lock_dir)
+    lk = mgr.lock(start, end)
+    ready.set()
+    release.wait(60)
+    lk.release()
+    mgr.close()

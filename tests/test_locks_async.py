@@ -294,3 +294,51 @@ def test_the_waiter_thread_ends_when_idle_and_comes_back(mgr):
         assert time.monotonic() < deadline, "the idle waiter thread did not end"
         time.sleep(0.05)
     run(wait_once())                     # a new one serves the next wait
+
+
+def _waiter_from_another_process(data_file, lock_dir, mgr):
+    """A lock another process holds is handed over when it releases."""
+    c = mp.get_context("fork")
+    ready, release = c.Event(), c.Event()
+    holder = c.Process(target=helpers.hold_until, args=(str(data_file), str(lock_dir), 0, 10,
+                                                        ready, release), daemon=True)
+    holder.start()
+    try:
+        assert ready.wait(30), "the holder did not start"
+
+        async def main():
+            task = asyncio.create_task(mgr.lock_async(0, 10, timeout=20))
+            await asyncio.sleep(0.2)
+            assert not task.done()
+            t0 = time.monotonic()
+            release.set()
+            (await task).release()
+            return time.monotonic() - t0
+
+        assert run(main()) < 5
+    finally:
+        release.set()
+        end_process(holder)
+
+
+@pytest.mark.parametrize("body", [
+    test_two_tasks_conflict_like_two_threads_and_the_loop_keeps_running,
+    test_many_waiting_tasks_one_helper_thread_and_mutual_exclusion,
+    test_timeout_raises_and_leaves_nothing,
+    test_cancelling_the_task_withdraws_the_request,
+    test_more_waiting_tasks_than_one_futex_waitv_watches,
+    _waiter_from_another_process,
+], ids=lambda f: f.__name__.removeprefix("test_").removeprefix("_"))
+def test_without_futex_waitv(body, data_file, lock_dir, mgr):
+    """The same, on the fallback kernels before 5.16 (or a seccomp filter that
+    refuses futex_waitv) get: one word slept on, at most 1 ms at a time."""
+    from shmslice._binding import lib
+
+    lib.ss_debug_set_no_waitv(1)
+    try:
+        if body is _waiter_from_another_process:
+            body(data_file, lock_dir, mgr)
+        else:
+            body(mgr)
+    finally:
+        lib.ss_debug_set_no_waitv(0)
