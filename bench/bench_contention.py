@@ -980,6 +980,8 @@ PLOT_STYLE = {"shmslice": ("tab:red", "o"), "lockf": ("tab:blue", "s"), "ofd": (
 def draw(grid: Grid, png: str, subtitle: str) -> str | None:
     """Throughput, p99 and longest wait against N for every kind of section 1;
     returns why not when matplotlib is missing, else None."""
+    if os.environ.get("SHMSLICE_BENCH_NO_PICTURE"):
+        return "SHMSLICE_BENCH_NO_PICTURE is set (the sanitizer run: matplotlib cannot load under it)"
     try:
         import matplotlib
         matplotlib.use("Agg")
