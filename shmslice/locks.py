@@ -231,14 +231,16 @@ class LockManager(ManagerBase):
     def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
                  lock_dir: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
                  *, max_entries: int | None = None) -> None:
-        if "_handle" in self.__dict__:
-            # Re-attaching in place would swap the C handle under threads and
-            # RegionLocks that still use the old one.
+        # Re-attaching in place would swap the C handle under threads and
+        # RegionLocks that still use the old one.  (Asked without touching
+        # self.__dict__: reading it turns the instance's inline attribute
+        # values into a dict for good, and CPython then stops specializing
+        # method calls on the manager, mgr.pin/unpin/lock among them.)
+        if hasattr(self, "_handle"):
             raise RuntimeError("LockManager.__init__ called twice; make a new LockManager")
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise TypeError(f"path must be a str, bytes or os.PathLike, not {type(path).__name__}")
         self.path = os.fsdecode(os.fspath(path))
-        self._pins: dict[int, int] = {}   # see pin()
         ceiling = check_max_entries(max_entries)
         directory = resolve_lock_dir(lock_dir)
         writable = True
@@ -340,10 +342,11 @@ class LockManager(ManagerBase):
     # -- pins (used by slices; public for code that manages regions itself) -----
     # pin(start, end) -> ref and unpin(ref) are C methods (csrc/slice.c) for
     # plain arguments; every other case comes to _pin_slow / _unpin_slow.
-    # They count per reference in _pins ({ref: number of pin() calls that
-    # returned it and were not unpinned}): unpin(ref) drops a count only while
-    # one of those is outstanding, never the pin a slice or buffer of the same
-    # region holds (the table counts those in the same entry).
+    # They count per reference in a C map owned by the manager ({ref: number
+    # of pin() calls that returned it and were not unpinned}; a copy is
+    # _pin_counts()): unpin(ref) drops a count only while one of those is
+    # outstanding, never the pin a slice or buffer of the same region holds
+    # (the table counts those in the same entry).
     pin = manager_pin
     unpin = manager_unpin
 
