@@ -241,6 +241,12 @@ class LockManager(ManagerBase):
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise TypeError(f"path must be a str, bytes or os.PathLike, not {type(path).__name__}")
         self.path = os.fsdecode(os.fspath(path))
+        # Every attribute a manager ever gets is set here, in one order, so all
+        # managers share one set of inline attribute keys: CPython stops adding
+        # keys to a class's shared set after a few dozen instances, and an
+        # instance given an attribute outside it gets a real __dict__ (see
+        # above).  MappedFile sets _owner later.
+        self._owner = None
         ceiling = check_max_entries(max_entries)
         directory = resolve_lock_dir(lock_dir)
         writable = True
