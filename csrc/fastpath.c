@@ -864,11 +864,12 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     str_raise_status = PyUnicode_InternFromString("_raise_status");
     if (!str_exclusive || !str_shared || !str_lock_slow || !str_raise_status) return NULL;
     /* object.__new__ rather than PyType_GenericNew: on 3.11 and 3.12 only
-     * object.__new__ gives an instance of a subclass (LockManager) its inline
-     * attribute values.  Without them the first attribute set makes a real
-     * __dict__, and CPython then never specializes method calls on the
-     * manager: every mgr.pin(...), mgr.unpin(...), mgr.lock(...) would pay a
-     * full attribute lookup (~400 instructions per pin + unpin, measured). */
+     * object.__new__ gives an instance of a subclass with a managed __dict__
+     * (LockManager) its inline attribute values, and without them CPython
+     * never specializes method calls on the instance: every mgr.pin(...),
+     * mgr.unpin(...), mgr.lock(...) would pay a full attribute lookup (~400
+     * instructions per pin + unpin, measured).  LockManager keeps its own
+     * attributes in slots for the same reason (see shmslice/locks.py). */
     ManagerBaseType.tp_new = PyBaseObject_Type.tp_new;
     if (PyType_Ready(&RegionLockType) < 0 || PyType_Ready(&ManagerBaseType) < 0 ||
         PyType_Ready(&ReadyType) < 0)
