@@ -41,6 +41,7 @@
 #include <time.h>
 
 #include "shmslice.h"
+#include "ss_pinmap.h"
 
 typedef int64_t (*ss_lock_try_fn)(ss_handle *, int64_t, int64_t, int);
 typedef int64_t (*ss_lock_wait_fn)(ss_handle *, ss_wait *, int64_t, int64_t, int, int64_t);
@@ -71,6 +72,11 @@ typedef struct {
     ss_handle *handle;     /* NULL until attached and again once closed */
     PyObject *owner;       /* the cffi cdata that owns (and frees) handle */
     int writable;          /* data file open for writing: exclusive allowed */
+    ss_pinmap pins;        /* pin()'s per-reference counts (slice.c, "LockManager.pin /
+                            * unpin"); guarded by the GIL; freed with the manager, kept
+                            * across close (the API then raises before reading it) and
+                            * inherited by a forked child, whose unpin of a parent's
+                            * reference the core refuses (SS_ENOTOWNER) */
 } ManagerBase;
 
 /* --- RegionLock ------------------------------------------------------------- */
@@ -469,6 +475,7 @@ static void manager_dealloc(ManagerBase *self)
 {
     PyObject_GC_UnTrack(self);
     manager_clear(self);
+    ss_pinmap_free(&self->pins);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -645,6 +652,29 @@ static PyObject *manager_make_lock(ManagerBase *self, PyObject *const *args, Py_
     return region_lock_new(self, ref, a, b, args[3]);
 }
 
+/* _pin_counts() -> {ref: count}: a copy of pin()'s per-reference counts, for
+ * tests and debugging (nothing reads it back). */
+static PyObject *manager_pin_counts(ManagerBase *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    const ss_pinmap *m = &self->pins;
+    for (size_t i = 0; m->slots && i <= m->mask; i++) {
+        if (!m->slots[i].count) continue;
+        PyObject *ref = PyLong_FromLongLong(m->slots[i].ref);
+        PyObject *count = ref ? PyLong_FromUnsignedLong(m->slots[i].count) : NULL;
+        int rc = count ? PyDict_SetItem(out, ref, count) : -1;
+        Py_XDECREF(ref);
+        Py_XDECREF(count);
+        if (rc < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 static PyMethodDef manager_methods[] = {
     {"lock", (PyCFunction)(void (*)(void))manager_lock, METH_FASTCALL | METH_KEYWORDS,
      "lock(start, end, mode='exclusive', timeout=None)\n--\n\n"
@@ -661,6 +691,9 @@ static PyMethodDef manager_methods[] = {
     {"_attach_handle", (PyCFunction)(void (*)(void))manager_attach_handle, METH_FASTCALL, NULL},
     {"_detach_handle", (PyCFunction)manager_detach_handle, METH_NOARGS, NULL},
     {"_make_lock", (PyCFunction)(void (*)(void))manager_make_lock, METH_FASTCALL, NULL},
+    {"_pin_counts", (PyCFunction)manager_pin_counts, METH_NOARGS,
+     "_pin_counts()\n--\n\nA copy of pin()'s outstanding counts, {ref: pin() calls not yet\n"
+     "unpinned}; for tests and debugging."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -670,7 +703,7 @@ static PyTypeObject ManagerBaseType = {
     .tp_doc = "C base of LockManager: the uncontended lock path.",
     .tp_basicsize = sizeof(ManagerBase),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    /* .tp_new: object.__new__, set in PyInit__fastpath (see there). */
     .tp_dealloc = (destructor)manager_dealloc,
     .tp_traverse = (traverseproc)manager_traverse,
     .tp_clear = (inquiry)manager_clear,
@@ -687,6 +720,14 @@ ss_handle *ss_fp_manager_handle(PyObject *manager)
 }
 
 PyTypeObject *ss_fp_manager_type(void) { return &ManagerBaseType; }
+
+/* The manager's pin() counts (see ss_pinmap.h); they live as long as the
+ * manager, so the pointer may be used while the caller holds a reference to
+ * it and the GIL. */
+ss_pinmap *ss_fp_manager_pins(PyObject *manager)
+{
+    return &((ManagerBase *)manager)->pins;
+}
 
 int ss_fp_slice_init(PyObject *module);   /* slice.c */
 
@@ -822,6 +863,14 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     str_lock_slow = PyUnicode_InternFromString("_lock_slow");
     str_raise_status = PyUnicode_InternFromString("_raise_status");
     if (!str_exclusive || !str_shared || !str_lock_slow || !str_raise_status) return NULL;
+    /* object.__new__ rather than PyType_GenericNew: on 3.11 and 3.12 only
+     * object.__new__ gives an instance of a subclass with a managed __dict__
+     * (LockManager) its inline attribute values, and without them CPython
+     * never specializes method calls on the instance: every mgr.pin(...),
+     * mgr.unpin(...), mgr.lock(...) would pay a full attribute lookup (~400
+     * instructions per pin + unpin, measured).  LockManager keeps its own
+     * attributes in slots for the same reason (see shmslice/locks.py). */
+    ManagerBaseType.tp_new = PyBaseObject_Type.tp_new;
     if (PyType_Ready(&RegionLockType) < 0 || PyType_Ready(&ManagerBaseType) < 0 ||
         PyType_Ready(&ReadyType) < 0)
         return NULL;

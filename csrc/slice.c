@@ -41,14 +41,17 @@
 
 #include "shmslice.h"
 #include "ss_status.h"
+#include "ss_pinmap.h"
 
 #if PY_VERSION_HEX >= 0x030D0000
 /* Still exported by 3.13, but its declaration moved to an internal header. */
 PyAPI_FUNC(Py_hash_t) _Py_HashBytes(const void *, Py_ssize_t);
 #endif
 
-/* From fastpath.c: the manager's core handle (NULL once closed) and its type. */
+/* From fastpath.c: the manager's core handle (NULL once closed), its pin
+ * counts and its type. */
 ss_handle *ss_fp_manager_handle(PyObject *manager);
+ss_pinmap *ss_fp_manager_pins(PyObject *manager);   /* pin()'s counts, see ss_pinmap.h */
 PyTypeObject *ss_fp_manager_type(void);
 int ss_fp_slice_init(PyObject *module);
 
@@ -1931,46 +1934,38 @@ static PyTypeObject FileBaseType = {
 
 /* --- LockManager.pin / unpin -------------------------------------------------- */
 
-/* The public pin API counts per reference: the manager's `_pins` dict maps
- * each reference pin() handed out to how many pin() calls returned it (pins
- * of one region by one process share an entry, so a reference can come back
- * several times), and unpin(ref) drops a count only while pin() calls hold
- * one.  So an unpin too many raises instead of dropping a pin that a slice
- * or buffer of the same region holds (the core's count includes theirs).
- * Every change to `_pins` is made here, with the GIL held from the core call
- * to the dict update, so threads cannot interleave them. */
+/* The public pin API counts per reference: the manager's pin map
+ * (ss_pinmap.h, reached through ss_fp_manager_pins) maps each reference
+ * pin() handed out to how many pin() calls returned it (pins of one region by
+ * one process share an entry, so a reference can come back several times),
+ * and unpin(ref) drops a count only while pin() calls hold one.  So an unpin
+ * too many raises instead of dropping a pin that a slice or buffer of the
+ * same region holds (the core's count includes theirs).  Every change to the
+ * map is made here, with the GIL held from the core call to the map update
+ * (neither releases it or runs Python code), so threads cannot interleave
+ * them.
+ *
+ * A forked child inherits the map with its parent's references; its unpin
+ * of one reaches the core, which answers SS_ENOTOWNER (the entry's owner is
+ * the parent's slot), and the count stays.  After close the handle is NULL
+ * and both calls go to the slow path, which raises; the map is not read. */
 
-/* The manager's `_pins` dict (new reference), or NULL with an exception. */
-static PyObject *manager_pins(PyObject *mgr)
+/* Count pin ref (>= 0, just taken through h) and return it as an int; on
+ * failure the pin is dropped again, as nobody could ever unpin it. */
+static PyObject *pin_counted(PyObject *mgr, ss_handle *h, int64_t ref)
 {
-    static PyObject *name;
-    if (!name && !(name = PyUnicode_InternFromString("_pins"))) return NULL;
-    PyObject *pins = PyObject_GetAttr(mgr, name);
-    if (pins && !PyDict_CheckExact(pins)) {
-        Py_DECREF(pins);
-        PyErr_SetString(PyExc_TypeError, "LockManager._pins must be a dict");
+    ss_pinmap *m = ss_fp_manager_pins(mgr);
+    if (ss_pinmap_add(m, ref) < 0) {
+        if (h) (void)core_unpin(h, ref);
         return NULL;
     }
-    return pins;
-}
-
-/* Count one more pin() of reference ref_obj (an int >= 0). */
-static int pins_add(PyObject *mgr, PyObject *ref_obj)
-{
-    PyObject *pins = manager_pins(mgr);
-    if (!pins) return -1;
-    PyObject *old = PyDict_GetItemWithError(pins, ref_obj);   /* borrowed */
-    long long n = old ? PyLong_AsLongLong(old) : 0;
-    int rc = -1;
-    if (!PyErr_Occurred()) {
-        PyObject *count = PyLong_FromLongLong(n + 1);
-        if (count) {
-            rc = PyDict_SetItem(pins, ref_obj, count);
-            Py_DECREF(count);
-        }
+    PyObject *ref_obj = PyLong_FromLongLong(ref);
+    if (!ref_obj) {
+        ss_pinslot *slot = ss_pinmap_find(m, ref);
+        if (slot) ss_pinmap_drop(m, slot);
+        if (h) (void)core_unpin(h, ref);
     }
-    Py_DECREF(pins);
-    return rc;
+    return ref_obj;
 }
 
 /* Plain arguments here, everything else (validation, errors) in
@@ -1978,75 +1973,61 @@ static int pins_add(PyObject *mgr, PyObject *ref_obj)
 static PyObject *manager_pin(PyObject *mgr, PyObject *const *args, Py_ssize_t nargs)
 {
     static PyObject *slow;
-    if (!slow && !(slow = PyUnicode_InternFromString("_pin_slow"))) return NULL;
     ss_handle *h = ss_fp_manager_handle(mgr);
-    PyObject *ref_obj = NULL;
     if (nargs == 2 && h && PyLong_CheckExact(args[0]) && PyLong_CheckExact(args[1])) {
         int o1, o2;
         long long a = PyLong_AsLongLongAndOverflow(args[0], &o1);
         long long b = PyLong_AsLongLongAndOverflow(args[1], &o2);
         if (!o1 && !o2 && a >= 0 && b > a) {
             int64_t ref = core_pin(h, a, b);
-            if (ref >= 0 && !(ref_obj = PyLong_FromLongLong(ref))) {
-                (void)core_unpin(h, ref);
-                return NULL;
-            }
+            if (ref >= 0) return pin_counted(mgr, h, ref);
         }
         PyErr_Clear();
     }
-    if (!ref_obj) {
-        PyObject *call[3] = {mgr, nargs > 0 ? args[0] : NULL, nargs > 1 ? args[1] : NULL};
-        if (nargs != 2) {
-            PyErr_Format(PyExc_TypeError, "pin() takes start and end (%zd given)", nargs);
-            return NULL;
-        }
-        ref_obj = PyObject_VectorcallMethod(slow, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        if (!ref_obj) return NULL;
-        if (!PyLong_CheckExact(ref_obj)) {
-            Py_DECREF(ref_obj);
-            PyErr_SetString(PyExc_TypeError, "LockManager._pin_slow must return an int");
-            return NULL;
-        }
-    }
-    if (pins_add(mgr, ref_obj) < 0) {
-        long long ref = PyLong_AsLongLong(ref_obj);
-        h = ss_fp_manager_handle(mgr);
-        if (h && ref >= 0) (void)core_unpin(h, ref);   /* nobody could ever unpin it */
-        Py_DECREF(ref_obj);
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "pin() takes start and end (%zd given)", nargs);
         return NULL;
     }
-    return ref_obj;
+    if (!slow && !(slow = PyUnicode_InternFromString("_pin_slow"))) return NULL;
+    PyObject *call[3] = {mgr, args[0], args[1]};
+    PyObject *ref_obj = PyObject_VectorcallMethod(slow, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                  NULL);
+    if (!ref_obj) return NULL;
+    int overflow = 0;
+    long long ref = PyLong_CheckExact(ref_obj) ? PyLong_AsLongLongAndOverflow(ref_obj, &overflow)
+                                               : -1;
+    Py_DECREF(ref_obj);
+    if (ref < 0 || overflow) {   /* it raises for every failed pin: a reference or nothing */
+        PyErr_SetString(PyExc_TypeError, "LockManager._pin_slow must return an int");
+        return NULL;
+    }
+    /* The slow path may have waited without the GIL: the manager may be
+     * closed by now, and then its pins are gone with it. */
+    return pin_counted(mgr, ss_fp_manager_handle(mgr), ref);
 }
 
 static PyObject *manager_unpin(PyObject *mgr, PyObject *ref_obj)
 {
     static PyObject *slow;
-    if (!slow && !(slow = PyUnicode_InternFromString("_unpin_slow"))) return NULL;
     ss_handle *h = ss_fp_manager_handle(mgr);
     if (!h || !PyLong_CheckExact(ref_obj)) {
         /* Wrong type, or a closed manager: the slow path raises for it. */
+        if (!slow && !(slow = PyUnicode_InternFromString("_unpin_slow"))) return NULL;
         PyObject *call[2] = {mgr, ref_obj};
         return PyObject_VectorcallMethod(slow, call, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
-    PyObject *pins = manager_pins(mgr);
-    if (!pins) return NULL;
-    PyObject *old = PyDict_GetItemWithError(pins, ref_obj);   /* borrowed */
-    long long n = old ? PyLong_AsLongLong(old) : 0;
-    if (PyErr_Occurred()) {
-        Py_DECREF(pins);
-        return NULL;
-    }
-    if (n <= 0) {
-        Py_DECREF(pins);
+    int overflow;
+    long long ref = PyLong_AsLongLongAndOverflow(ref_obj, &overflow);
+    ss_pinmap *m = ss_fp_manager_pins(mgr);
+    ss_pinslot *slot = (overflow || ref < 0) ? NULL : ss_pinmap_find(m, ref);
+    if (!slot) {
         PyErr_Format(PyExc_ValueError,
                      "pin %R is not held through this manager's pin(): unpinned already as "
                      "many times as pin() returned it, or not a reference from pin()", ref_obj);
         return NULL;
     }
-    long long ref = PyLong_AsLongLong(ref_obj);   /* in the dict: a reference, no overflow */
     int rc = core_unpin(h, ref);
     if (rc < 0) {
-        Py_DECREF(pins);
         if (rc == SS_ENOTOWNER)
             PyErr_Format(PyExc_ValueError,
                          "pin %R is not held by this process (a forked child cannot unpin "
@@ -2062,16 +2043,7 @@ static PyObject *manager_unpin(PyObject *mgr, PyObject *ref_obj)
         }
         return NULL;
     }
-    int err;
-    if (n == 1) {
-        err = PyDict_DelItem(pins, ref_obj);
-    } else {
-        PyObject *count = PyLong_FromLongLong(n - 1);
-        err = count ? PyDict_SetItem(pins, ref_obj, count) : -1;
-        Py_XDECREF(count);
-    }
-    Py_DECREF(pins);
-    if (err < 0) return NULL;
+    ss_pinmap_drop(m, slot);   /* core_unpin ran no Python code: slot is still ref's */
     Py_RETURN_NONE;
 }
 

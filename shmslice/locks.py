@@ -225,20 +225,29 @@ class LockManager(ManagerBase):
     the ceiling less a reserve of 1/16 of it, so others can always lock and pin.
     """
 
+    # The manager's own attributes are slots: with them in an instance
+    # __dict__, CPython (3.12 and 3.13 always, 3.11 once the dict is real)
+    # does not specialize method calls on the manager, and mgr.pin(...),
+    # mgr.unpin(...), mgr.lock(...) each paid a full attribute lookup.  The
+    # __dict__ slot keeps other attributes possible; it is made only when one
+    # is set.
+    __slots__ = ("__dict__", "__weakref__", "_handle", "_owner", "path")
+
+    path: str                  # the data file's path, as given (decoded)
     _handle: FileTableHandle   # the table and the data file; its closed/writable are ours
-    _owner: weakref.ref[MappedFile] | None = None   # the MappedFile this manager serves
+    _owner: weakref.ref[MappedFile] | None   # the MappedFile this manager serves, set by it
 
     def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
                  lock_dir: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
                  *, max_entries: int | None = None) -> None:
-        if "_handle" in self.__dict__:
-            # Re-attaching in place would swap the C handle under threads and
-            # RegionLocks that still use the old one.
+        # Re-attaching in place would swap the C handle under threads and
+        # RegionLocks that still use the old one.
+        if hasattr(self, "_handle"):
             raise RuntimeError("LockManager.__init__ called twice; make a new LockManager")
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise TypeError(f"path must be a str, bytes or os.PathLike, not {type(path).__name__}")
         self.path = os.fsdecode(os.fspath(path))
-        self._pins: dict[int, int] = {}   # see pin()
+        self._owner = None   # MappedFile sets it for the manager it makes
         ceiling = check_max_entries(max_entries)
         directory = resolve_lock_dir(lock_dir)
         writable = True
@@ -340,10 +349,11 @@ class LockManager(ManagerBase):
     # -- pins (used by slices; public for code that manages regions itself) -----
     # pin(start, end) -> ref and unpin(ref) are C methods (csrc/slice.c) for
     # plain arguments; every other case comes to _pin_slow / _unpin_slow.
-    # They count per reference in _pins ({ref: number of pin() calls that
-    # returned it and were not unpinned}): unpin(ref) drops a count only while
-    # one of those is outstanding, never the pin a slice or buffer of the same
-    # region holds (the table counts those in the same entry).
+    # They count per reference in a C map owned by the manager ({ref: number
+    # of pin() calls that returned it and were not unpinned}; a copy is
+    # _pin_counts()): unpin(ref) drops a count only while one of those is
+    # outstanding, never the pin a slice or buffer of the same region holds
+    # (the table counts those in the same entry).
     pin = manager_pin
     unpin = manager_unpin
 
