@@ -432,8 +432,8 @@ class FileTableHandle(TableHandle):
 
     def __init__(self, cdata: _CHandle, table_path: str, data_fd: int, path: str,
                  writable: bool) -> None:
+        self.data_fd = data_fd   # first: an interrupt from here on leaves it to __del__
         super().__init__(cdata, table_path)
-        self.data_fd = data_fd
         self.path = path
         self.writable = writable
         self._served: weakref.ref[ManagerBase] | None = None
@@ -574,8 +574,9 @@ class FileTableHandle(TableHandle):
 
     def __del__(self) -> None:
         # The C handle is freed by ffi.gc when its last reference goes; only the
-        # descriptor is ours to close.
-        if not self.closed:
+        # descriptor is ours to close.  (A Ctrl-C inside __init__ can leave
+        # `closed` unset: the descriptor is still ours then.)
+        if not getattr(self, "closed", False) and hasattr(self, "data_fd"):
             self.closed = True
             os.close(self.data_fd)
 
