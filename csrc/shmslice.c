@@ -2076,8 +2076,8 @@ static int64_t own_entry(struct ss_handle *h, int64_t ref, int want_pin)
  *                                                  check_header)
  *                                 -> create_table (new_table_file,
  *                                                  init_header, link)
- *             -> attach_validate  (copy in steps, each its own short hold of
- *                                  the mutex; table_validate on the copy
+ *             -> attach_validate  (copy in steps, a short hold of the mutex
+ *                                  after each; table_validate on the copy
  *                                  without it)
  *             -> take_slot        (claim_slot)
  * ss_attach_table is the same without a data file and a slot; ensure_slot
