@@ -2392,18 +2392,19 @@ static int attach_validate(struct ss_handle *h)
         uint64_t seen = hd->changes;
         size_t hdr_bytes = sizeof *hd, proc_bytes = (size_t)phwm * sizeof(struct ss_proc);
         size_t bytes = hdr_bytes + proc_bytes + (size_t)hwm * sizeof(struct ss_entry);
-        if (bytes > copy_len && copy) {
+        /* The last pass, or no copy: entries checked step by step, nothing whole. */
+        int local = pass >= SS_VALIDATE_PASSES || bytes > copy_max;
+        if (!local && bytes > copy_len && copy) {
             /* The table grew since the last pass: unmapping the old copy could
              * take milliseconds, so not under the mutex.  The pass counts as
-             * one that saw the table change. */
+             * one that saw the table change (so there are still at most
+             * SS_VALIDATE_PASSES). */
             table_unlock(h);
             copy_free(copy, copy_len);
             copy = NULL;
             copy_len = 0;
             continue;
         }
-        /* The last pass, or no copy: entries checked step by step, nothing whole. */
-        int local = pass >= SS_VALIDATE_PASSES || bytes > copy_max;
         if (!local && bytes > copy_len) {   /* mapped, not touched, under the mutex */
             copy = copy_alloc(bytes);
             copy_len = copy ? bytes : 0;
