@@ -2158,8 +2158,8 @@ static int64_t own_entry(struct ss_handle *h, int64_t ref, int want_pin)
  *                                                  check_header)
  *                                 -> create_table (new_table_file,
  *                                                  init_header, link)
- *             -> attach_validate  (copy in steps, each its own short hold of
- *                                  the mutex; table_validate on the copy
+ *             -> attach_validate  (copy in steps, a short hold of the mutex
+ *                                  after each; table_validate on the copy
  *                                  without it)
  *             -> take_slot        (claim_slot)
  * ss_attach_table is the same without a data file and a slot; ensure_slot
@@ -2333,10 +2333,10 @@ static int table_validate(struct ss_handle *h)
 }
 
 /* Attach validation goes through the table in steps, each followed by (or,
- * on its last pass, made in) a short hold of the mutex of its own, so that
+ * on its last pass, copied in) a short hold of the mutex of its own, so that
  * no other process's lock waits for the whole table (a million entries take
  * ~0.05-0.4 s to copy or check).  A step is SS_VALIDATE_STEP entries
- * (640 KiB; checking them in place takes well under 0.1 ms).  Copies larger
+ * (640 KiB; copying them takes ~0.1 ms).  Copies of the whole table larger
  * than SS_VALIDATE_COPY_MAX (3.3 million entries) are not made. */
 #define SS_VALIDATE_STEP 8192u
 #define SS_VALIDATE_PASSES 3
@@ -2366,8 +2366,9 @@ void ss_debug_attach_stats(uint32_t *passes, uint32_t *holds, uint32_t *whole,
     if (longest_hold_ns) *longest_hold_ns = tls_attach_stats.longest_ns;
 }
 
-/* Check the own fields of the n entries at e (entries first.., in place
- * under the mutex), free ones skipped, against the current proc_hwm. */
+/* Check the own fields of the n entries at e (copies of entries first..,
+ * each copied whole in one hold), free ones skipped, against proc_hwm as
+ * it was in that hold. */
 static int check_entries(struct ss_handle *h, const struct ss_entry *e, uint32_t first,
                          uint32_t n, uint32_t proc_hwm)
 {
@@ -2395,6 +2396,18 @@ static char *copy_alloc(size_t bytes)
 static void copy_free(char *copy, size_t bytes)
 {
     if (copy) munmap(copy, bytes);
+}
+
+/* Touch every page of the n entries at src (the shared mapping, read
+ * without the mutex only to fault them in), so the copy of them made under
+ * the mutex next takes no page fault: a fault there can wait for the kernel
+ * (a page being migrated, say) for milliseconds. */
+static void prefault_entries(const struct ss_entry *src, uint32_t n)
+{
+    const volatile char *p = (const volatile char *)src;
+    size_t len = (size_t)n * sizeof *src;
+    for (size_t o = 0; o < len; o += 4096) (void)p[o];
+    if (len) (void)p[len - 1];
 }
 
 /* Release the mutex between steps.  A process asleep on the mutex (its
@@ -2434,10 +2447,11 @@ static void step_unlock(struct ss_handle *h)
  *
  * If the counter moved, the pass stops at once and is retried, up to
  * SS_VALIDATE_PASSES in all.  A table that keeps changing (a busy one:
- * every lock call is a hold) gets a last pass that checks, in place and a
- * step per hold, what holds without a consistent state: the header and its
- * indexes (header_sane, at every hold), every process slot's state, and
- * every entry's own fields (under the mutex, so never half written).  The
+ * every lock call is a hold) gets a last pass that copies a step per hold
+ * and checks, after each hold, what holds without a consistent state: the
+ * header and its indexes (header_sane, at every hold), every process slot's
+ * state, and every entry's own fields (each copied in one hold, so never
+ * half written).  The
  * cross-entry checks (trees, free list, counters) are then skipped; so they
  * are above SS_VALIDATE_COPY_MAX, where no copy is made and the one pass is
  * that last one.  That leaves no hole that can crash: the core bounds-checks
@@ -2455,9 +2469,13 @@ static int attach_validate(struct ss_handle *h)
     memset(&tls_attach_stats, 0, sizeof tls_attach_stats);
     char *copy = NULL;                 /* header, slots, entries: reused by later passes */
     size_t copy_len = 0;
+    struct ss_entry *spill = NULL;     /* one step of entries, for the in-place pass */
     int rc = SS_OK;
     for (uint32_t pass = 1;; pass++) {
         tls_attach_stats.passes = pass;
+        if (pass >= SS_VALIDATE_PASSES && !spill &&
+            (spill = malloc((size_t)step * sizeof *spill)) != NULL)
+            memset(spill, 0, (size_t)step * sizeof *spill);   /* faulted in, not under the mutex */
         rc = table_lock(h);
         if (rc) break;
         SS_ASSERT_MUTEX_HELD(h);
@@ -2467,22 +2485,28 @@ static int attach_validate(struct ss_handle *h)
         uint32_t seen = hd->changes;
         size_t hdr_bytes = sizeof *hd, proc_bytes = (size_t)phwm * sizeof(struct ss_proc);
         size_t bytes = hdr_bytes + proc_bytes + (size_t)hwm * sizeof(struct ss_entry);
-        if (bytes > copy_len && copy) {
+        /* The last pass, or no copy: entries checked step by step, nothing whole. */
+        int local = pass >= SS_VALIDATE_PASSES || bytes > copy_max;
+        if (!local && bytes > copy_len && copy) {
             /* The table grew since the last pass: unmapping the old copy could
              * take milliseconds, so not under the mutex.  The pass counts as
-             * one that saw the table change. */
+             * one that saw the table change (so there are still at most
+             * SS_VALIDATE_PASSES). */
             table_unlock(h);
             copy_free(copy, copy_len);
             copy = NULL;
             copy_len = 0;
             continue;
         }
-        /* The last pass, or no copy: entry checks in place, nothing whole. */
-        int local = pass >= SS_VALIDATE_PASSES || bytes > copy_max;
         if (!local && bytes > copy_len) {   /* mapped, not touched, under the mutex */
             copy = copy_alloc(bytes);
             copy_len = copy ? bytes : 0;
             if (!copy) local = 1;
+        }
+        if (local && !spill && !(spill = malloc((size_t)step * sizeof *spill))) {
+            table_unlock(h);
+            rc = fail_sys("out of memory validating %s", h->table_path);
+            break;
         }
         for (uint32_t p = 0; p < phwm && rc == SS_OK; p++)
             if (h->procs[p].state != PROC_USED && h->procs[p].state != PROC_FREE)
@@ -2496,11 +2520,12 @@ static int attach_validate(struct ss_handle *h)
             all = (struct ss_entry *)(copy + hdr_bytes + proc_bytes);
         }
         int moved = 0, held = 1;
+        uint32_t phwm_now = phwm;
         for (uint32_t a = 0;;) {
             uint32_t n = hwm - a < step ? hwm - a : step;
             if (held) {
                 if (hwm > step) n = 0;   /* more than a step: entries in holds of their own */
-                else if (!local) memcpy(all, h->entries, (size_t)n * sizeof *all);
+                else memcpy(local ? spill : all, h->entries, (size_t)n * sizeof *all);
             } else {
                 if (!local) {
                     /* Without the mutex: valid only if nobody takes it before
@@ -2508,20 +2533,27 @@ static int attach_validate(struct ss_handle *h)
                      * so the range is mapped and allocated). */
                     memcpy(all + a, h->entries + a, (size_t)n * sizeof *all);
                     __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* copy, then the hold */
+                } else {
+                    prefault_entries(h->entries + a, n);
                 }
                 rc = table_lock(h);
                 if (rc) break;
                 t0 = now_ns(CLOCK_MONOTONIC);
                 if (hd->changes != seen + 1 || hd->entry_hwm != hwm) moved = 1;
                 seen = hd->changes;
+                phwm_now = hd->proc_hwm;
+                if (local) memcpy(spill, h->entries + a, (size_t)n * sizeof *spill);
             }
-            if (local) rc = check_entries(h, h->entries + a, a, n, hd->proc_hwm);
             uint64_t took = now_ns(CLOCK_MONOTONIC) - t0;
             if (took > tls_attach_stats.longest_ns) tls_attach_stats.longest_ns = took;
             tls_attach_stats.holds++;
             step_unlock(h);
             held = 0;
-            if (rc || (moved && !local)) break;     /* moved: retry the pass */
+            if (moved && !local) break;             /* retry the pass */
+            /* Checked after the unlock: the check is also the gap in which
+             * others take the mutex between our holds. */
+            if (local) rc = check_entries(h, spill, a, n, phwm_now);
+            if (rc) break;
             a += n;
             if ((a >= hwm && n > 0) || hwm == 0) break;
         }
@@ -2542,6 +2574,7 @@ static int attach_validate(struct ss_handle *h)
         if (local) break;              /* checked entry by entry above */
     }
     copy_free(copy, copy_len);
+    free(spill);
     return rc;
 }
 

@@ -432,11 +432,11 @@ void ss_debug_set_deadlock_detection(int on);
  * with SIGSTOP there (once), keeping the table mutex until SIGCONT. */
 void ss_debug_set_stop_point(int point, int countdown);
 
-/* Test hook: attach validation in this process copies `entries` entries per
- * hold of the table mutex instead of its default (8192), and makes no private
- * copy of a table larger than copy_max_bytes instead of 256 MiB (0 restores
- * either default).  Small values make the multi-step and the no-copy paths
- * run on small tables. */
+/* Test hook: attach validation in this process goes `entries` entries per
+ * step (a hold of the table mutex each) instead of its default 8192, and
+ * makes no private copy of a table larger than copy_max_bytes instead of
+ * 256 MiB (0 restores either default).  Small values make the multi-step and
+ * the no-copy paths run on small tables. */
 void ss_debug_set_attach_step(uint32_t entries, uint64_t copy_max_bytes);
 
 /* Test and benchmark hook: how the calling thread's last attach validated
