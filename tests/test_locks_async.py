@@ -297,8 +297,9 @@ def test_the_waiter_thread_ends_when_idle_and_comes_back(mgr):
 
 
 def _waiter_from_another_process(data_file, lock_dir, mgr):
-    """A lock another process holds is handed over when it releases."""
-    c = mp.get_context("fork")
+    """A lock another process holds is handed over when it releases (the
+    holder is spawned: the waiter thread of the test before may still run)."""
+    c = mp.get_context("spawn")
     ready, release = c.Event(), c.Event()
     holder = c.Process(target=helpers.hold_until, args=(str(data_file), str(lock_dir), 0, 10,
                                                         ready, release), daemon=True)
