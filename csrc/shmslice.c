@@ -80,10 +80,10 @@
  *
  * The table mutex is held for well under a microsecond per call.  A busy
  * mutex is polled with exponential backoff for SS_MUTEX_SPIN_NS (each poll
- * takes its cache line from the holder), then yielded for (with more processes than CPUs the
- * holder is most likely preempted), and only then slept on: sleeping sets
- * the mutex's waiters bit, after which every unlock is a system call.  With
- * the GIL held, the fast path only tries it.
+ * takes its cache line from the holder), then yielded for (with more
+ * processes than CPUs the holder is most likely preempted), and only then
+ * slept on: sleeping sets the mutex's waiters bit, after which every unlock
+ * is a system call.  With the GIL held, the fast path only tries it.
  *
  * Nothing read from the shared segment is trusted: every index is bounds
  * checked, every walk is depth-bounded, and a violation is SS_ECORRUPT.
@@ -748,8 +748,10 @@ static inline int mutex_looks_free(struct ss_handle *h)
  * are removed here, by whoever gets the mutex next. */
 static int table_locked(struct ss_handle *h, int rc)
 {
-    if (rc == 0 || rc == EOWNERDEAD) MUTEX_MARK(h, current_tid());
-    if (rc == 0 || rc == EOWNERDEAD) h->hdr->changes++;   /* every hold: see attach_validate */
+    if (rc == 0 || rc == EOWNERDEAD) {
+        MUTEX_MARK(h, current_tid());
+        h->hdr->changes++;   /* every hold: see attach_validate */
+    }
     if (rc == EOWNERDEAD) {
         int repaired = table_repair(h);
         pthread_mutex_consistent(&h->hdr->mutex);
@@ -1953,9 +1955,7 @@ static void slot_release(struct ss_handle *h, struct ss_proc *p)
  * made under its generation is dead from now on (gen no longer matches). */
 static void free_dead_slot(struct ss_handle *h, uint32_t slot)
 {
-    SS_ASSERT_MUTEX_HELD(h);
-    struct ss_proc *p = &h->procs[slot];
-    slot_release(h, p);
+    slot_release(h, &h->procs[slot]);
 }
 
 /* What the slot table alone says of (slot, gen): < 0 error, 0 dead (freed
