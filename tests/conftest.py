@@ -9,6 +9,7 @@ registered in pyproject.toml are applied here: ``slow`` tests run only with
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,31 @@ def data_file(tmp_path: Path) -> Path:
     p = tmp_path / "data.bin"
     p.write_bytes(os.urandom(1 << 16))
     return p
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+_settled_threads = [1]   # the most OS threads this process has been seen to keep
+
+
+@pytest.fixture(autouse=True)
+def _threads_gone_before_the_test() -> None:
+    # Thread.join() returns once the thread's Python state is gone, while the OS
+    # thread is still finishing (glibc and, in the sanitizer run, ASan free its
+    # stack and TLS under their own locks).  A test that forks then could fork
+    # while one of those locks is held, and its child would hang on it: ASan in
+    # gcc 12 has no fork handler for its allocator.  So every test starts once
+    # the threads earlier tests (or module fixtures) joined have really exited.
+    # Threads that outlive the bound (an engine's runtime keeps some) are taken
+    # as settled, so later tests do not wait for them again.
+    deadline = time.monotonic() + 2.0
+    while _os_threads() > _settled_threads[0]:
+        if time.monotonic() > deadline:
+            _settled_threads[0] = _os_threads()
+            break
+        time.sleep(0.002)
 
 
 @pytest.fixture(autouse=True)

@@ -42,8 +42,27 @@ def _stop(p, timeout: float = 20.0) -> None:
         raise AssertionError(f"{p} did not finish within {timeout} s")
 
 
-def _wait(event, what: str, timeout: float = 20.0) -> None:
-    assert event.wait(timeout), f"{what} did not get ready within {timeout} s"
+def _describe(pid: int) -> str:
+    """Where a process is stuck, for a failure message: state, threads, wait channel, stack."""
+    parts = []
+    for name in ("stat", "wchan", "stack"):
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                text = f.read().strip()
+        except OSError as e:
+            text = f"({e.strerror})"
+        parts.append(f"{name}: {text.rsplit(')', 1)[-1].split()[0] if name == 'stat' else text}")
+    try:
+        parts.append(f"threads: {len(os.listdir(f'/proc/{pid}/task'))}")
+    except OSError as e:
+        parts.append(f"threads: ({e.strerror})")
+    return "; ".join(parts)
+
+
+def _wait(event, what: str, timeout: float = 20.0, proc=None) -> None:
+    if not event.wait(timeout):
+        where = f" ({_describe(proc.pid)})" if proc is not None and proc.pid else ""
+        raise AssertionError(f"{what} did not get ready within {timeout} s{where}")
 
 
 def _until(cond, what: str, timeout: float = 20.0) -> None:
@@ -116,7 +135,7 @@ def test_sigint_while_waiting_on_busy_table_raises_promptly_and_leaves_no_entry(
     ready, done = FORK.Event(), FORK.Event()
     holder = _start(helpers.hold_lock, str(data_file), str(lock_dir), 0, 10, "exclusive",
                     ready, done)
-    _wait(ready, "the holder")
+    _wait(ready, "the holder", proc=holder)
     stop = FORK.Event()
     traffic = [_start(_traffic, str(data_file), str(lock_dir), stop) for _ in range(2)]
     waiter = subprocess.Popen([*_script(SIGINT_WAITER), str(data_file), str(lock_dir), "raise"],
@@ -164,7 +183,7 @@ def test_signal_handler_that_does_not_raise_resumes_the_wait_in_place(
     ready, done = FORK.Event(), FORK.Event()
     holder = _start(helpers.hold_lock, str(data_file), str(lock_dir), 0, 10, "exclusive",
                     ready, done)
-    _wait(ready, "the holder")
+    _wait(ready, "the holder", proc=holder)
     waiter = subprocess.Popen([*_script(SIGINT_WAITER), str(data_file), str(lock_dir), "count"],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     later = None
@@ -264,7 +283,7 @@ def test_process_stopped_inside_the_mutex(data_file: Path, lock_dir: Path) -> No
     ready, done = FORK.Event(), FORK.Event()
     holder = _start(helpers.hold_lock, str(data_file), str(lock_dir), 300, 310, "exclusive",
                     ready, done)
-    _wait(ready, "the holder")
+    _wait(ready, "the holder", proc=holder)
     mgr = shmslice.LockManager(data_file, lock_dir=lock_dir)
     gave_up: list = []
 
@@ -320,7 +339,7 @@ def test_holder_stopped_outside_the_mutex(data_file: Path, lock_dir: Path) -> No
     ready, done = FORK.Event(), FORK.Event()
     holder = _start(helpers.hold_lock, str(data_file), str(lock_dir), 0, 10, "exclusive",
                     ready, done)
-    _wait(ready, "the holder")
+    _wait(ready, "the holder", proc=holder)
     os.kill(holder.pid, signal.SIGSTOP)
     try:
         _until(lambda: _proc_state(holder.pid) == "T", "SIGSTOP")
@@ -371,7 +390,7 @@ def test_request_abandoned_during_a_repair_is_still_removed(data_file: Path,
     entry is never removed and shows as waiting for good."""
     ready, done = FORK.Event(), FORK.Event()
     holder = _start(_hold_lock_and_pins, str(data_file), str(lock_dir), ready, done)
-    _wait(ready, "the holder")
+    _wait(ready, "the holder", proc=holder)
     mgr = shmslice.LockManager(data_file, lock_dir=lock_dir)
     handle = mgr._handle
     wait = handle.new_wait(-7, poll=True)
@@ -668,7 +687,7 @@ def test_death_in_the_wake_up_pass_is_repaired(point: int, data_file: Path,
                                                lock_dir: Path) -> None:
     ready, go = FORK.Event(), FORK.Event()
     holder = _start(_release_and_die, str(data_file), str(lock_dir), point, ready, go)
-    _wait(ready, "the holder")
+    _wait(ready, "the holder", proc=holder)
     started, result = FORK.Event(), FORK.Queue()
     waiter = _start(helpers.wait_for_lock, str(data_file), str(lock_dir), 0, 10, "exclusive",
                     started, result)
