@@ -19,7 +19,11 @@ Sections (every one prints its targets beside the measured values, PASS/MISS):
    the whole measurement), against the same with no waiters; the same for
    ``lockf`` for comparison.
 4. Disjoint ranges: N processes each lock and count in a range of its own;
-   total throughput against one process and against ``lockf`` and OFD locks.
+   total throughput against one process and against ``lockf`` and OFD locks,
+   and against the same loop on a file of each process's own (no table
+   shared: the ceiling a table split by region could reach).  Then the same
+   again with a lighter loop that times no acquisition (4b), in which the
+   shared table mutex weighs more.
 5. Uncontended lock+release from Python beside ``multiprocessing.Lock``,
    ``threading.Lock`` and ``lockf``.
 6. One-way handoff between two processes pinned to different CPUs against a
@@ -52,6 +56,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import math
 import mmap
 import multiprocessing
 import os
@@ -109,13 +114,20 @@ POOL_SIZE = max(PROCS)
 WAITERS = 16                     # processes waiting on an unrelated range in section 3
 HOT_KINDS = ("shmslice", "lockf", "ofd", "mp.Lock")
 THREAD_KINDS = ("shmslice", "ofd", "threading.Lock")
-DISJOINT_KINDS = ("shmslice", "lockf", "ofd")
+DISJOINT_KINDS = ("shmslice", "shmslice/own", "lockf", "ofd")
+# The same without timing each acquisition: a lighter loop, in which the
+# table mutex takes a larger share of every operation.
+LEAN_KINDS = ("lean:shmslice", "lean:shmslice/own", "lean:lockf")
 KIND_LABELS = {
     "shmslice": "shmslice",
     "lockf": "fcntl.lockf",
     "ofd": "OFD lock",
     "mp.Lock": "multiprocessing.Lock",
     "threading.Lock": "threading.Lock",
+    "shmslice/own": "shmslice (own table)",
+    "lean:shmslice": "shmslice",
+    "lean:shmslice/own": "shmslice (own table)",
+    "lean:lockf": "fcntl.lockf",
 }
 
 HOT = (0, 64)                    # the hot range; its counter is the int64 at offset 0
@@ -134,6 +146,11 @@ F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)   # Linux value
 def flock_struct(kind: int, start: int, end: int) -> bytes:
     """struct flock (Linux x86-64 / aarch64: short, short, off_t, off_t, pid_t + pad) for [start, end)."""
     return struct.pack("hhqqi4x", kind, os.SEEK_SET, start, end - start, 0)
+
+
+def own_file(data_path: str, slot: int) -> str:
+    """The file whose table only the contender of disjoint range `slot` uses (shmslice/own)."""
+    return f"{data_path}.own{slot}"
 
 
 def make_data_file(directory: str, name: str, size: int = FILE_SIZE) -> str:
@@ -159,8 +176,21 @@ class Contender:
             self._map = mmap.mmap(self.fd_posix, FILE_SIZE)
             words = memoryview(self._map).cast("q")
         self.words = words
+        self.data_path, self.lock_dir = data_path, lock_dir
+        self._own: dict[int, shmslice.LockManager] = {}
+
+    def own_manager(self, slot: int) -> shmslice.LockManager:
+        """A manager of a file of this contender's own (one per disjoint range), so that its
+        locks go to a table nobody else uses: what a table split by region could reach."""
+        mgr = self._own.get(slot)
+        if mgr is None:
+            mgr = self._own[slot] = shmslice.LockManager(own_file(self.data_path, slot),
+                                                         lock_dir=self.lock_dir)
+        return mgr
 
     def close(self) -> None:
+        for mgr in self._own.values():
+            mgr.close()
         os.close(self.fd_ofd)
         os.close(self.fd_posix)   # drops this process's lockf locks on the file: none are held here
 
@@ -199,6 +229,66 @@ def _loop_shmslice(res: Contender, slot: int, start: int, end: int, deadline: in
         n += 1
         if t1 >= deadline:
             return n, waits
+
+
+def _loop_shmslice_own(res: Contender, slot: int, start: int, end: int, deadline: int):
+    lock = res.own_manager(slot).lock
+    words = res.words
+    clock = time.perf_counter_ns
+    waits = array("q")
+    add = waits.append
+    n = 0
+    while True:
+        t0 = clock()
+        lk = lock(start, end)
+        t1 = clock()
+        words[slot] += 1
+        lk.release()
+        add(t1 - t0)
+        n += 1
+        if t1 >= deadline:
+            return n, waits
+
+
+LEAN_BATCH = 64   # lean loops read the clock once per this many operations and time no acquisition
+
+
+def _lean_shmslice(mgr, res: Contender, slot: int, start: int, end: int, deadline: int):
+    lock = mgr.lock
+    words = res.words
+    clock = time.perf_counter_ns
+    n = 0
+    while True:
+        for _ in range(LEAN_BATCH):
+            lk = lock(start, end)
+            words[slot] += 1
+            lk.release()
+        n += LEAN_BATCH
+        if clock() >= deadline:
+            return n, array("q")
+
+
+def _loop_lean_shmslice(res: Contender, slot: int, start: int, end: int, deadline: int):
+    return _lean_shmslice(res.mgr, res, slot, start, end, deadline)
+
+
+def _loop_lean_shmslice_own(res: Contender, slot: int, start: int, end: int, deadline: int):
+    return _lean_shmslice(res.own_manager(slot), res, slot, start, end, deadline)
+
+
+def _loop_lean_lockf(res: Contender, slot: int, start: int, end: int, deadline: int):
+    lockf, fd, ex, un, length = fcntl.lockf, res.fd_posix, fcntl.LOCK_EX, fcntl.LOCK_UN, end - start
+    words = res.words
+    clock = time.perf_counter_ns
+    n = 0
+    while True:
+        for _ in range(LEAN_BATCH):
+            lockf(fd, ex, length, start)
+            words[slot] += 1
+            lockf(fd, un, length, start)
+        n += LEAN_BATCH
+        if clock() >= deadline:
+            return n, array("q")
 
 
 def _loop_lockf(res: Contender, slot: int, start: int, end: int, deadline: int):
@@ -260,7 +350,9 @@ def _loop_mutex(res: Contender, slot: int, start: int, end: int, deadline: int):
 
 
 _LOOPS = {"shmslice": _loop_shmslice, "lockf": _loop_lockf, "ofd": _loop_ofd,
-          "mp.Lock": _loop_mutex, "threading.Lock": _loop_mutex}
+          "mp.Lock": _loop_mutex, "threading.Lock": _loop_mutex, "shmslice/own": _loop_shmslice_own,
+          "lean:shmslice": _loop_lean_shmslice, "lean:shmslice/own": _loop_lean_shmslice_own,
+          "lean:lockf": _loop_lean_lockf}
 
 
 # ==========================================================================
@@ -465,7 +557,8 @@ class Run:
     exclusion_ok: bool = True
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        # (a lean loop's waits are nan: null in the file)
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in self.__dict__.items()}
 
 
 def _sorted_waits(chunks: list[bytes]):
@@ -495,6 +588,8 @@ def figures_of(kind: str, n: int, infos: list[dict], chunks: list[bytes], counte
     exclusion_ok = counted == grants
     window = (max(i["t_end"] for i in infos) - min(starts)) / 1e9
     waits = _sorted_waits(chunks)
+    if len(waits) == 0:   # a lean loop: no acquisition was timed
+        waits = [float("nan")]
     switches = sum(i["voluntary"] + i["involuntary"] for i in infos)
     run = Run(kind=kind, n=n, valid=not problems, problems=problems, attempts=attempts, grants=grants,
               throughput=grants / window, p50_s=percentile(waits, 50) / 1e9,
@@ -662,8 +757,9 @@ def _num(x: float) -> str:
     return f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
 
-def print_grid(grid: Grid, unit: str, ratio_to: tuple[str, ...]) -> None:
-    """A table of every (n, kind): throughput, waits, switches, fairness, ratios of shmslice to others."""
+def print_grid(grid: Grid, unit: str, ratio_to: tuple[str, ...], ours: str = "shmslice") -> None:
+    """A table of every (n, kind): throughput, waits, switches, fairness, ratios of `ours` to others
+    (waits show as nan where a lean loop timed none)."""
     print(f"  {unit:>3} {'kind':<21} {'ops/s median [min–max]':<26} {'p99 wait':<24} {'max wait':<26} "
           f"{'switches/lock':<18} {'least-served':<12}")
     for n in grid.counts:
@@ -672,17 +768,20 @@ def print_grid(grid: Grid, unit: str, ratio_to: tuple[str, ...]) -> None:
             if not runs:
                 print(f"  {n:>3} {KIND_LABELS[kind]:<21} NOT MEASURED (see above)")
                 continue
+            timed = not kind.startswith("lean:")
+            p99 = grid.spread(kind, n, "p99_s").fmt(_us) if timed else "— (not timed)"
+            longest = grid.spread(kind, n, "max_s").fmt(_us) if timed else "—"
             print(f"  {n:>3} {KIND_LABELS[kind]:<21} {grid.spread(kind, n, 'throughput').fmt(_rate):<26} "
-                  f"{grid.spread(kind, n, 'p99_s').fmt(_us):<24} {grid.spread(kind, n, 'max_s').fmt(_us):<26} "
+                  f"{p99:<24} {longest:<26} "
                   f"{grid.spread(kind, n, 'switches_per_lock').fmt(_num):<18} "
                   f"{statistics.median(r.least_share for r in runs):.0%}")
         ratios = []
         for other in ratio_to:
-            r = grid.paired(("shmslice", n), (other, n))
+            r = grid.paired((ours, n), (other, n))
             if r:
                 ratios.append(f"{r.fmt(_x)} {KIND_LABELS[other]}'s")
         if ratios:
-            print("      shmslice throughput = " + ", ".join(ratios))
+            print(f"      {KIND_LABELS[ours]} throughput = " + ", ".join(ratios))
     print("  (least-served: fewest grants of one contender as a share of a fair 1/N; "
           "ratios: median [range] of per-repeat ratios)")
 
@@ -888,31 +987,54 @@ def section_unrelated(pool: Pool, tmp: str, opts) -> dict:
     return out
 
 
-def section_disjoint(pool: Pool, words, opts) -> dict:
-    print_section("4. Disjoint ranges: N processes, each locking and counting in a range of its own")
-    print(f"  {opts.repeats} repeats x {opts.disjoint_seconds:g} s per (N, kind), interleaved; process i locks "
-          f"[i*{STRIDE}, i*{STRIDE}+64); every counter checked against its process's grants")
-    grid = interleaved_grid(DISJOINT_KINDS, PROCS, opts.repeats,
-                            lambda kind, n: pool_run(pool, words, kind, n, opts.disjoint_seconds, disjoint=True))
-    print_grid(grid, "N", ("lockf", "ofd"))
+def _disjoint_checks(grid: Grid, ours: str, lockf: str, label: str) -> list:
     checks = []
-    print()
     for n in PROCS:
         parts = []
         if n > 1:
-            r1 = grid.paired(("shmslice", n), ("shmslice", 1))
+            r1 = grid.paired((ours, n), (ours, 1))
             ok1 = bool(r1) and r1.median >= TARGET_DISJOINT_VS_ONE
-            checks.append((f"disjoint, {n} processes: total >= 1 process's", ok1, r1.fmt(_x) if r1 else "not measured"))
+            checks.append((f"{label}, {n} processes: total >= 1 process's", ok1,
+                           r1.fmt(_x) if r1 else "not measured"))
             parts.append(f"vs 1 process {r1.fmt(_x) if r1 else 'NOT MEASURED'} "
                          f"(target >= {TARGET_DISJOINT_VS_ONE:g}x: {verdict(ok1)})")
-        r2 = grid.paired(("shmslice", n), ("lockf", n))
+        r2 = grid.paired((ours, n), (lockf, n))
         ok2 = bool(r2) and r2.median >= TARGET_DISJOINT_VS_LOCKF
-        checks.append((f"disjoint, {n} process{'es' if n > 1 else ''}: >= 2x lockf", ok2,
+        checks.append((f"{label}, {n} process{'es' if n > 1 else ''}: >= 2x lockf", ok2,
                        r2.fmt(_x) if r2 else "not measured"))
         parts.append(f"vs lockf {r2.fmt(_x) if r2 else 'NOT MEASURED'} "
                      f"(target >= {TARGET_DISJOINT_VS_LOCKF:g}x: {verdict(ok2)})")
-        print(f"  N={n:<2} shmslice total throughput " + "; ".join(parts))
-    return {"grid": grid, "checks": checks}
+        own = grid.paired((ours, n), (ours.replace("shmslice", "shmslice/own"), n))
+        print(f"  N={n:<2} shmslice total throughput " + "; ".join(parts)
+              + (f"; vs own tables {own.fmt(_x)}" if own else ""))
+    return checks
+
+
+def section_disjoint(pool: Pool, words, opts) -> dict:
+    print_section("4. Disjoint ranges: N processes, each locking and counting in a range of its own")
+    print(f"  {opts.repeats} repeats x {opts.disjoint_seconds:g} s per (N, kind), interleaved; process i locks "
+          f"[i*{STRIDE}, i*{STRIDE}+64); every counter checked against its process's grants.")
+    print("  'shmslice (own table)': the same loop, each process locking a file of its own, so that no two "
+          "share a table: the ceiling for a table split by region (not something to pick instead)")
+    for i in range(POOL_SIZE):
+        own = own_file(pool.data_path, i * STRIDE // 8)
+        if not os.path.exists(own):
+            with open(own, "wb") as f:
+                f.truncate(STRIDE * POOL_SIZE)
+    grid = interleaved_grid(DISJOINT_KINDS, PROCS, opts.repeats,
+                            lambda kind, n: pool_run(pool, words, kind, n, opts.disjoint_seconds, disjoint=True))
+    print_grid(grid, "N", ("lockf", "ofd", "shmslice/own"))
+    print()
+    checks = _disjoint_checks(grid, "shmslice", "lockf", "disjoint")
+    print()
+    print(f"  4b. The same loop without timing each acquisition (the clock read once per {LEAN_BATCH} "
+          "operations): lighter, so the table mutex takes a larger share of each operation")
+    lean = interleaved_grid(LEAN_KINDS, PROCS, opts.repeats,
+                            lambda kind, n: pool_run(pool, words, kind, n, opts.disjoint_seconds, disjoint=True))
+    print_grid(lean, "N", ("lean:lockf", "lean:shmslice/own"), ours="lean:shmslice")
+    print()
+    checks += _disjoint_checks(lean, "lean:shmslice", "lean:lockf", "disjoint, untimed loop")
+    return {"grid": grid, "lean": lean, "checks": checks}
 
 
 def section_uncontended(tmp: str, lock_dir: str, opts, mp_lock) -> dict:
@@ -1045,6 +1167,8 @@ def results_json(meta: dict, parts: dict) -> dict:
     for name in ("hot", "threads", "disjoint"):
         if parts.get(name):
             out[name] = parts[name]["grid"].to_json()
+    if parts.get("disjoint"):
+        out["disjoint_untimed"] = parts["disjoint"]["lean"].to_json()
     if parts.get("unrelated"):
         out["unrelated"] = {k: {"problems": v["problems"], "queued": v["queued"],
                                 "timing": _timing_json(v["timing"]) if v["timing"] else None}
@@ -1123,6 +1247,18 @@ def readme_rows(parts: dict) -> list[list[str]]:
                          f"`lockf` {g.spread('lockf', n, 'throughput').fmt(_rate)}",
                          g.paired(("shmslice", n), ("lockf", n)).fmt(_x), "≥ 1x one process, ≥ 2x lockf",
                          _verdict_of(parts, f"disjoint, {n} processes")])
+        lean = dis["lean"]
+        for n in PROCS[1:]:
+            ours, lockf = ("lean:shmslice", n), ("lean:lockf", n)
+            if not (lean.valid(*ours) and lean.valid(*lockf) and lean.valid("lean:shmslice", 1)):
+                continue
+            rows.append([f"{n} processes on disjoint ranges, total, untimed loop",
+                         f"{lean.spread(*ours, 'throughput').fmt(_rate)} ops/s = "
+                         f"{lean.paired(ours, ('lean:shmslice', 1)).fmt(_x)} 1 process's; own tables "
+                         f"{lean.paired(('lean:shmslice/own', n), ('lean:shmslice/own', 1)).fmt(_x)}",
+                         f"`lockf` {lean.spread(*lockf, 'throughput').fmt(_rate)}",
+                         lean.paired(ours, lockf).fmt(_x), "≥ 1x one process, ≥ 2x lockf",
+                         _verdict_of(parts, f"disjoint, untimed loop, {n} processes")])
     unc = parts.get("uncontended")
     if unc:
         t = unc["timing"]

@@ -57,6 +57,13 @@ def test_contention_quick_prints_every_section(tmp_path: Path) -> None:
     assert all(run["exclusion_ok"] for run in runs)
     assert all(run["grants"] > 0 for run in runs if run["valid"])
     assert len(results["checks"]) >= 10
+    # The disjoint section measures the one-table-per-process ceiling beside the shared table,
+    # and the untimed loop too, every run's counters checked.
+    for name, kinds in (("disjoint", ("shmslice", "shmslice/own", "lockf", "ofd")),
+                        ("disjoint_untimed", ("lean:shmslice", "lean:shmslice/own", "lean:lockf"))):
+        assert {(run["kind"], run["n"]) for run in results[name]} == {
+            (kind, n) for kind in kinds for n in (1, 2, 4, 8, 16)}, name
+        assert all(run["exclusion_ok"] for run in results[name]), name
     if importlib.util.find_spec("matplotlib") is not None and not os.environ.get("SHMSLICE_BENCH_NO_PICTURE"):
         png = out_dir / "contention.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
