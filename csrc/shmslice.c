@@ -1801,7 +1801,10 @@ static int find_conflict(struct ss_handle *h, struct request *r, int ignore_wait
     for (;;) {
         uint32_t found = SS_NIL;
         int rc = find_granted(h, r, holds_region, &found);
-        if (rc == 0 && !ignore_waiters && h->hdr->urgent != 0)
+        /* Not gated on hdr->urgent: a waiter past SS_URGENT_NS whose process
+         * has not run since (stopped, or not scheduled) is not marked yet, and
+         * is marked by urgent_ahead here. */
+        if (rc == 0 && !ignore_waiters && h->hdr->wait_root != SS_NIL)
             rc = tree_find(h, h->hdr->wait_root, r->start, r->end, urgent_blocking, r,
                            &found, 0);
         if (rc <= 0) return rc;
@@ -3976,7 +3979,7 @@ static int dl_expand(struct ss_handle *h, struct dl_search *s, int k, struct req
     int rc = tree_each(h, h->hdr->root[TREE_EXCLUSIVE], r->start, r->end, dl_visit_granted, s, 0);
     if (rc == 0 && r->kind == SS_EXCLUSIVE)
         rc = tree_each(h, h->hdr->root[TREE_SHARED], r->start, r->end, dl_visit_granted, s, 0);
-    if (rc == 0 && !reentrant && h->hdr->urgent != 0)
+    if (rc == 0 && !reentrant && h->hdr->wait_root != SS_NIL)   /* (see find_conflict) */
         rc = tree_each(h, h->hdr->wait_root, r->start, r->end, dl_visit_urgent, s, 0);
     return rc;
 }

@@ -234,6 +234,37 @@ def test_shared_request_queues_behind_earlier_waiting_writer(data_file, lock_dir
     stop(writer)
 
 
+def test_a_waiting_writer_that_cannot_run_still_holds_back_later_readers(data_file, lock_dir):
+    # A waiter turns urgent at 2 ms whether or not its process gets a CPU to notice: the
+    # writer is stopped as soon as it queues, so only a later request can find it due.
+    c = ctx("fork")
+    ready, done, started, result = c.Event(), c.Event(), c.Event(), c.Queue()
+    reader = start(c, helpers.hold_lock, str(data_file), str(lock_dir), 0, 100, "shared", ready, done)
+    wait_set(ready, "the reader")
+    writer = start(c, helpers.wait_for_lock, str(data_file), str(lock_dir), 0, 100, "exclusive",
+                   started, result)
+    wait_set(started, "the writer")
+    try:
+        with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+            wait_until(lambda: any(e.waiting for e in mgr.locks(waiting=True)), "the writer to queue",
+                       timeout=10)
+            os.kill(writer.pid, signal.SIGSTOP)
+            time.sleep(0.01)
+            with pytest.raises(shmslice.LockTimeout):
+                mgr.lock(10, 20, mode="shared", timeout=0)
+            with pytest.raises(shmslice.LockTimeout):
+                mgr.lock(10, 20, mode="shared", timeout=0.05)
+            mgr.lock(200, 300, mode="shared", timeout=0).release()
+            os.kill(writer.pid, signal.SIGCONT)
+            done.set()
+            assert result.get(timeout=10)[0] == "ok"
+    finally:
+        os.kill(writer.pid, signal.SIGCONT)
+        done.set()
+    stop(reader)
+    stop(writer)
+
+
 def test_forked_child_does_not_release_or_own_parents_locks(data_file, lock_dir):
     mgr = shmslice.LockManager(data_file, lock_dir=lock_dir)
     lk = mgr.lock(0, 100)
