@@ -213,7 +213,11 @@ class Contender:
 
 
 def _loop_shmslice(res: Contender, slot: int, start: int, end: int, deadline: int):
-    lock = res.mgr.lock
+    return _timed_shmslice(res.mgr, res, slot, start, end, deadline)
+
+
+def _timed_shmslice(mgr, res: Contender, slot: int, start: int, end: int, deadline: int):
+    lock = mgr.lock
     words = res.words
     clock = time.perf_counter_ns
     waits = array("q")
@@ -232,22 +236,7 @@ def _loop_shmslice(res: Contender, slot: int, start: int, end: int, deadline: in
 
 
 def _loop_shmslice_own(res: Contender, slot: int, start: int, end: int, deadline: int):
-    lock = res.own_manager(slot).lock
-    words = res.words
-    clock = time.perf_counter_ns
-    waits = array("q")
-    add = waits.append
-    n = 0
-    while True:
-        t0 = clock()
-        lk = lock(start, end)
-        t1 = clock()
-        words[slot] += 1
-        lk.release()
-        add(t1 - t0)
-        n += 1
-        if t1 >= deadline:
-            return n, waits
+    return _timed_shmslice(res.own_manager(slot), res, slot, start, end, deadline)
 
 
 LEAN_BATCH = 64   # lean loops read the clock once per this many operations and time no acquisition
