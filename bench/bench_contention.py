@@ -748,7 +748,7 @@ def _num(x: float) -> str:
 
 def print_grid(grid: Grid, unit: str, ratio_to: tuple[str, ...], ours: str = "shmslice") -> None:
     """A table of every (n, kind): throughput, waits, switches, fairness, ratios of `ours` to others
-    (waits show as nan where a lean loop timed none)."""
+    (waits show as "—" where a lean loop timed none)."""
     print(f"  {unit:>3} {'kind':<21} {'ops/s median [min–max]':<26} {'p99 wait':<24} {'max wait':<26} "
           f"{'switches/lock':<18} {'least-served':<12}")
     for n in grid.counts:
@@ -976,7 +976,7 @@ def section_unrelated(pool: Pool, tmp: str, opts) -> dict:
     return out
 
 
-def _disjoint_checks(grid: Grid, ours: str, lockf: str, label: str) -> list:
+def _disjoint_checks(grid: Grid, ours: str, own: str, lockf: str, label: str) -> list:
     checks = []
     for n in PROCS:
         parts = []
@@ -993,9 +993,9 @@ def _disjoint_checks(grid: Grid, ours: str, lockf: str, label: str) -> list:
                        r2.fmt(_x) if r2 else "not measured"))
         parts.append(f"vs lockf {r2.fmt(_x) if r2 else 'NOT MEASURED'} "
                      f"(target >= {TARGET_DISJOINT_VS_LOCKF:g}x: {verdict(ok2)})")
-        own = grid.paired((ours, n), (ours.replace("shmslice", "shmslice/own"), n))
+        vs_own = grid.paired((ours, n), (own, n))
         print(f"  N={n:<2} shmslice total throughput " + "; ".join(parts)
-              + (f"; vs own tables {own.fmt(_x)}" if own else ""))
+              + (f"; vs own tables {vs_own.fmt(_x)}" if vs_own else ""))
     return checks
 
 
@@ -1014,7 +1014,7 @@ def section_disjoint(pool: Pool, words, opts) -> dict:
                             lambda kind, n: pool_run(pool, words, kind, n, opts.disjoint_seconds, disjoint=True))
     print_grid(grid, "N", ("lockf", "ofd", "shmslice/own"))
     print()
-    checks = _disjoint_checks(grid, "shmslice", "lockf", "disjoint")
+    checks = _disjoint_checks(grid, "shmslice", "shmslice/own", "lockf", "disjoint")
     print()
     print(f"  4b. The same loop without timing each acquisition (the clock read once per {LEAN_BATCH} "
           "operations): lighter, so the table mutex takes a larger share of each operation")
@@ -1022,7 +1022,8 @@ def section_disjoint(pool: Pool, words, opts) -> dict:
                             lambda kind, n: pool_run(pool, words, kind, n, opts.disjoint_seconds, disjoint=True))
     print_grid(lean, "N", ("lean:lockf", "lean:shmslice/own"), ours="lean:shmslice")
     print()
-    checks += _disjoint_checks(lean, "lean:shmslice", "lean:lockf", "disjoint, untimed loop")
+    checks += _disjoint_checks(lean, "lean:shmslice", "lean:shmslice/own", "lean:lockf",
+                               "disjoint, untimed loop")
     return {"grid": grid, "lean": lean, "checks": checks}
 
 
