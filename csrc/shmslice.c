@@ -202,13 +202,13 @@ static int fail_sys(const char *fmt, ...)
  * =================================================================== */
 
 #define SS_MAGIC UINT64_C(0x5348534c49434531)   /* "SHSLICE1" */
-#define SS_FORMAT_VERSION 5       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
+#define SS_FORMAT_VERSION 6       /* 2: index key (start, end, owner_slot, index); 3: wait index, futex word per waiter; 4: data_birth, user pins,
                                    * attached processes hold the guard byte, upgrade requests (W_UPGRADE),
                                    * owner-died marks (SS_ORPHAN, orphan_root), write_gen,
                                    * growing capacities under fixed ceilings, entries held per slot;
                                    * 5: hot header fields on the mutex's cache line, 64-byte process
                                    * slots with a stashed free entry each, changes (mutex holds
-                                   * counted, so attach copies in steps) */
+                                   * counted, so attach copies in steps); 6: urgent_due_ns */
 #define SS_NIL UINT32_MAX
 #define SS_MAX_DEPTH 160          /* treap depth bound; legit depth is ~2 ln n */
 #define SS_HEADER_BYTES 4096
@@ -288,6 +288,10 @@ struct ss_header {
     uint32_t used;               /* entries granted or waiting */
     uint32_t root[3];            /* roots of TREE_SHARED, _EXCLUSIVE, _PIN, SS_NIL if empty */
     uint64_t next_ticket __attribute__((aligned(64)));  /* arrival counter for waiting requests */
+    uint64_t urgent_due_ns;      /* no waiting entry without W_URGENT is due (has waited
+                                  * SS_URGENT_NS) before this CLOCK_REALTIME time: a lower
+                                  * bound, lowered as waiters queue, made exact by
+                                  * mark_due_waiters, 0 (unknown) after a repair */
     uint32_t abandoned;          /* atomic: entries flagged W_ABANDONED since the last sweep
                                   * (read by every hold, written rarely) */
     uint32_t entry_hwm;          /* entries [0, entry_hwm) have been initialised */
@@ -1482,6 +1486,9 @@ static int entry_alloc(struct ss_handle *h, uint32_t *out)
 
 static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi);
 static int entry_alive(struct ss_handle *h, uint32_t i);
+static inline uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static inline uint64_t sat_add_u64(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
 static int note_marks(struct ss_handle *h, uint32_t i);
 
 /* Fill entry i, make it visible, then index it.  A waiting entry's since_ns
@@ -1508,7 +1515,11 @@ static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64
     __atomic_store_n(&e->state, (uint8_t)state, __ATOMIC_RELEASE);
     h->hdr->used++;
     h->procs[h->slot].held++;
-    if (state == SS_WAITING) h->hdr->waiting++;
+    if (state == SS_WAITING) {
+        h->hdr->waiting++;
+        uint64_t due = sat_add_u64(e->since_ns, (uint64_t)SS_URGENT_NS);
+        if (due < h->hdr->urgent_due_ns) h->hdr->urgent_due_ns = due;
+    }
     maybe_crash(2);
     return index_insert(h, i);
 }
@@ -1738,18 +1749,73 @@ static int make_urgent_if_due(struct ss_handle *h, struct ss_entry *e, uint64_t 
     return 1;
 }
 
+/* In the wait index: a waiter that arrived before the request and conflicts
+ * with it. */
+static int waiter_ahead(struct ss_handle *h, uint32_t i, void *varg)
+{
+    const struct request *r = varg;
+    const struct ss_entry *e = &h->entries[i];
+    return i != r->self && !(wflags_of(e) & W_ABANDONED) && e->ticket < r->ticket &&
+           (e->kind == SS_EXCLUSIVE || r->kind == SS_EXCLUSIVE);
+}
+
 /* In the wait index: an urgent waiter that arrived before the request and
  * conflicts with it holds the request back.  (A waiter that has waited
- * SS_URGENT_NS turns urgent when found here, in a release's wake-up pass, or
- * by its own timer, whichever comes first.) */
+ * SS_URGENT_NS turns urgent when found here, by mark_due_waiters, in a
+ * release's wake-up pass, or by its own timer, whichever comes first.) */
 static int urgent_ahead(struct ss_handle *h, uint32_t i, void *varg)
 {
     struct request *r = varg;
+    return waiter_ahead(h, i, r) && make_urgent_if_due(h, &h->entries[i], &r->now);
+}
+
+struct due_pass {
+    uint64_t *now;
+    uint64_t next;       /* earliest due time of a waiter left unmarked */
+};
+
+static int visit_due(struct ss_handle *h, uint32_t i, void *varg)
+{
+    struct due_pass *p = varg;
     struct ss_entry *e = &h->entries[i];
-    if (i == r->self || (wflags_of(e) & W_ABANDONED) || e->ticket >= r->ticket ||
-        (e->kind != SS_EXCLUSIVE && r->kind != SS_EXCLUSIVE))
-        return 0;
-    return make_urgent_if_due(h, e, &r->now);
+    if (wflags_of(e) & W_ABANDONED) return 0;
+    if (!make_urgent_if_due(h, e, p->now))
+        p->next = min_u64(p->next, sat_add_u64(e->since_ns, (uint64_t)SS_URGENT_NS));
+    return 0;
+}
+
+/* Mark urgent every waiter that is due by *now (read here if 0), if
+ * hdr->urgent_due_ns says one may be, and move urgent_due_ns to the next
+ * one's due time.  So a waiter whose own process has not run since it became
+ * due (stopped, or not scheduled) still holds back later requests, while a
+ * request that meets waiters none of which is due pays one clock read, not a
+ * walk of them.  A whole pass runs at most once per waiter turning urgent
+ * (and once after a removal left the bound early).  Returns SS_OK or < 0. */
+static int mark_due_waiters(struct ss_handle *h, uint64_t *now)
+{
+    if (!*now) *now = now_ns(CLOCK_REALTIME);
+    if (*now < h->hdr->urgent_due_ns) return SS_OK;
+    struct due_pass p = {now, UINT64_MAX};
+    int rc = tree_each(h, h->hdr->wait_root, 0, UINT64_MAX, visit_due, &p, 0);
+    if (rc < 0) return rc;
+    h->hdr->urgent_due_ns = p.next;
+    return SS_OK;
+}
+
+/* Can an urgent waiter hold request r back?  Marks the due ones first when
+ * none is marked and an earlier conflicting waiter exists.  Returns 1, 0 or
+ * < 0. */
+static int urgent_waiters_may_block(struct ss_handle *h, struct request *r)
+{
+    if (h->hdr->wait_root == SS_NIL) return 0;
+    if (h->hdr->urgent == 0) {
+        uint32_t found = SS_NIL;
+        int rc = tree_find(h, h->hdr->wait_root, r->start, r->end, waiter_ahead, r, &found, 0);
+        if (rc <= 0) return rc;
+        rc = mark_due_waiters(h, &r->now);
+        if (rc) return rc;
+    }
+    return h->hdr->urgent != 0;
 }
 
 /* A granted entry of the request's owner (the calling thread, or the owner id
@@ -1801,12 +1867,12 @@ static int find_conflict(struct ss_handle *h, struct request *r, int ignore_wait
     for (;;) {
         uint32_t found = SS_NIL;
         int rc = find_granted(h, r, holds_region, &found);
-        /* Not gated on hdr->urgent: a waiter past SS_URGENT_NS whose process
-         * has not run since (stopped, or not scheduled) is not marked yet, and
-         * is marked by urgent_ahead here. */
-        if (rc == 0 && !ignore_waiters && h->hdr->wait_root != SS_NIL)
-            rc = tree_find(h, h->hdr->wait_root, r->start, r->end, urgent_blocking, r,
-                           &found, 0);
+        if (rc == 0 && !ignore_waiters) {
+            int may = urgent_waiters_may_block(h, r);
+            rc = may == 1 ? tree_find(h, h->hdr->wait_root, r->start, r->end, urgent_blocking,
+                                      r, &found, 0)
+                          : may;
+        }
         if (rc <= 0) return rc;
         if (!probe) { *who = found; return 1; }
         int alive = entry_alive(h, found);
@@ -2603,6 +2669,7 @@ static int table_repair(struct ss_handle *h)
     for (int t = 0; t < TREE_COUNT; t++) *tree_root(h, t) = SS_NIL;
     hd->free_head = SS_NIL;
     hd->used = hd->waiting = hd->procs_used = hd->urgent = 0;
+    hd->urgent_due_ns = 0;   /* unknown: the next request that meets a waiter recomputes it */
     /* Owners abandon entries without the mutex (flag, then count), so one
      * may do so while this walk runs: the counter is cleared before the walk
      * and this walk's count added after it, never stored over it (that would
@@ -3799,7 +3866,6 @@ static int caller_overlaps(struct ss_handle *h, const struct request *r)
     return find_granted(h, &any, held_by_caller, &mine);
 }
 
-static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 /* ---- deadlock detection ------------------------------------------------
  *
@@ -3979,8 +4045,11 @@ static int dl_expand(struct ss_handle *h, struct dl_search *s, int k, struct req
     int rc = tree_each(h, h->hdr->root[TREE_EXCLUSIVE], r->start, r->end, dl_visit_granted, s, 0);
     if (rc == 0 && r->kind == SS_EXCLUSIVE)
         rc = tree_each(h, h->hdr->root[TREE_SHARED], r->start, r->end, dl_visit_granted, s, 0);
-    if (rc == 0 && !reentrant && h->hdr->wait_root != SS_NIL)   /* (see find_conflict) */
-        rc = tree_each(h, h->hdr->wait_root, r->start, r->end, dl_visit_urgent, s, 0);
+    if (rc == 0 && !reentrant) {
+        int may = urgent_waiters_may_block(h, r);
+        rc = may == 1 ? tree_each(h, h->hdr->wait_root, r->start, r->end, dl_visit_urgent, s, 0)
+                      : may;
+    }
     return rc;
 }
 
@@ -5252,6 +5321,7 @@ int ss_layout(char *buf, uint32_t buflen)
     LAYOUT_FIELD(&b, "hdr", struct ss_header, size_epoch);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, wait_root);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, urgent);
+    LAYOUT_FIELD(&b, "hdr", struct ss_header, urgent_due_ns);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, orphan_root);
     LAYOUT_FIELD(&b, "hdr", struct ss_header, write_gen);
     LAYOUT_FIELD(&b, "proc", struct ss_proc, pid);
