@@ -337,7 +337,7 @@ struct ss_entry {
     uint64_t end;
     uint64_t max_end;            /* max end over this node's treap subtree */
     uint64_t ticket;             /* arrival order (from next_ticket) */
-    uint64_t since_ns;           /* CLOCK_REALTIME_COARSE granted / queued */
+    uint64_t since_ns;           /* CLOCK_REALTIME when queued, _COARSE when granted */
     uint32_t left, right;        /* treap children, SS_NIL if none */
     uint32_t next_free;          /* free-list link while ENTRY_FREE; for a W_UPGRADE
                                   * request, the shared entry it converts */
@@ -1743,7 +1743,7 @@ static int make_urgent_if_due(struct ss_handle *h, struct ss_entry *e, uint64_t 
     uint8_t flags = wflags_of(e);
     if (flags & W_URGENT) return 1;
     if (!*now) *now = now_ns(CLOCK_REALTIME);
-    if (*now < e->since_ns + (uint64_t)SS_URGENT_NS) return 0;
+    if (*now < sat_add_u64(e->since_ns, (uint64_t)SS_URGENT_NS)) return 0;
     __atomic_fetch_or(&e->wflags, (uint8_t)W_URGENT, __ATOMIC_ACQ_REL);
     h->hdr->urgent++;
     return 1;
@@ -1772,11 +1772,16 @@ static int urgent_ahead(struct ss_handle *h, uint32_t i, void *varg)
 struct due_pass {
     uint64_t *now;
     uint64_t next;       /* earliest due time of a waiter left unmarked */
+    uint32_t visits;     /* a walk of the whole index visits each entry once: more is
+                          * a corrupt index (links meeting twice) */
 };
 
 static int visit_due(struct ss_handle *h, uint32_t i, void *varg)
 {
     struct due_pass *p = varg;
+    if (++p->visits > h->capacity)
+        return fail(SS_ECORRUPT, "lock table %s: the wait index visits an entry twice",
+                    h->table_path);
     struct ss_entry *e = &h->entries[i];
     if (wflags_of(e) & W_ABANDONED) return 0;
     if (!make_urgent_if_due(h, e, p->now))
@@ -1793,9 +1798,10 @@ static int visit_due(struct ss_handle *h, uint32_t i, void *varg)
  * (and once after a removal left the bound early).  Returns SS_OK or < 0. */
 static int mark_due_waiters(struct ss_handle *h, uint64_t *now)
 {
+    SS_ASSERT_MUTEX_HELD(h);
     if (!*now) *now = now_ns(CLOCK_REALTIME);
     if (*now < h->hdr->urgent_due_ns) return SS_OK;
-    struct due_pass p = {now, UINT64_MAX};
+    struct due_pass p = {now, UINT64_MAX, 0};
     int rc = tree_each(h, h->hdr->wait_root, 0, UINT64_MAX, visit_due, &p, 0);
     if (rc < 0) return rc;
     h->hdr->urgent_due_ns = p.next;
@@ -1949,10 +1955,17 @@ static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi)
             blocked = regions_conflict(e, &h->entries[ahead[j]]);
         for (int j = 0; j < nchosen && !blocked; j++)
             blocked = regions_conflict(e, &h->entries[chosen[j]]);
-        if (!blocked && urgent && !upgrade && h->hdr->urgent > 1) {
-            rc = tree_find(h, h->hdr->wait_root, r.start, r.end, urgent_ahead, &r, &found, 0);
-            if (rc < 0) return rc;
-            blocked = rc == 1;
+        if (!blocked && urgent && !upgrade) {
+            /* An older waiter outside the released region may be due but
+             * unmarked (its process has not run): mark it before looking. */
+            rc = mark_due_waiters(h, &now);
+            if (rc) return rc;
+            if (h->hdr->urgent > 1) {
+                rc = tree_find(h, h->hdr->wait_root, r.start, r.end, urgent_ahead, &r, &found,
+                               0);
+                if (rc < 0) return rc;
+                blocked = rc == 1;
+            }
         }
         if (blocked) {
             if (urgent) ahead[nahead++] = c;

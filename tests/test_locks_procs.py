@@ -265,6 +265,62 @@ def test_a_waiting_writer_that_cannot_run_still_holds_back_later_readers(data_fi
     stop(writer)
 
 
+def _try_shared(mgr, start: int, end: int) -> bool:
+    try:
+        mgr.lock(start, end, mode="shared", timeout=0).release()
+    except shmslice.LockTimeout:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("before", ["an_earlier_waiter_left_before_due", "the_table_was_repaired"])
+def test_a_stopped_writer_holds_back_readers_after_the_due_bound_moved(data_file, lock_dir, before):
+    # The table keeps a lower bound on when the next waiter turns urgent.  An earlier
+    # waiter that leaves before it is due leaves the bound early, and a repair resets
+    # it; either way the stopped writer must still be found once it is due.
+    c = ctx("fork")
+    ready, done, started, result = c.Event(), c.Event(), c.Event(), c.Queue()
+    reader = start(c, helpers.hold_lock, str(data_file), str(lock_dir), 1000, 1100, "shared",
+                   ready, done)
+    wait_set(ready, "the reader")
+    writer = None
+    try:
+        with shmslice.LockManager(data_file, lock_dir=lock_dir) as mgr:
+            if before == "an_earlier_waiter_left_before_due":
+                with pytest.raises(shmslice.LockTimeout):
+                    mgr.lock(1000, 1100, mode="exclusive", timeout=0.001)
+            writer = start(c, helpers.wait_for_lock, str(data_file), str(lock_dir), 1000, 1100,
+                           "exclusive", started, result)
+            wait_set(started, "the writer")
+            wait_until(lambda: any(e.waiting for e in mgr.locks(waiting=True)),
+                       "the writer to queue", timeout=10)
+            os.kill(writer.pid, signal.SIGSTOP)
+            if before == "the_table_was_repaired":
+                repairs = mgr.stat().repairs
+                crasher = start(c, helpers.crash_inside_table, str(data_file), str(lock_dir), 1)
+                crasher.join(20)
+                assert crasher.exitcode == -signal.SIGKILL
+            else:
+                # Likely before the writer is due (then this moves the bound to the writer's
+                # due time); if the writer is due already, it is held back like the next one.
+                _try_shared(mgr, 1010, 1020)
+            time.sleep(0.01)
+            assert not _try_shared(mgr, 1010, 1020), before
+            if before == "the_table_was_repaired":
+                assert mgr.stat().repairs == repairs + 1
+            mgr.lock(1200, 1300, mode="shared", timeout=0).release()
+            os.kill(writer.pid, signal.SIGCONT)
+            done.set()
+            assert result.get(timeout=10)[0] == "ok"
+    finally:
+        if writer is not None:
+            os.kill(writer.pid, signal.SIGCONT)
+        done.set()
+    stop(reader)
+    if writer is not None:
+        stop(writer)
+
+
 def test_forked_child_does_not_release_or_own_parents_locks(data_file, lock_dir):
     mgr = shmslice.LockManager(data_file, lock_dir=lock_dir)
     lk = mgr.lock(0, 100)
