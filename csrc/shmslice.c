@@ -586,8 +586,7 @@ void ss_debug_set_stop_point(int point, int countdown)
     crash_countdown = countdown;
 }
 
-/* Crash points (1-8, 20-22 inside the table mutex; 9 outside it):
-/* Crash points (1-8, 10, 11 inside the table mutex; 9 outside it):
+/* Crash points (1-8, 10, 11, 20-22 inside the table mutex; 9 outside it):
  *   1 after allocating an entry, before it is visible
  *   2 after an entry became visible, before it is indexed
  *   3 in the middle of unlinking an entry from the index
