@@ -217,9 +217,17 @@ def worker(slot: int, incarnation: int, args: argparse.Namespace, paths: dict) -
                 continue
             deadline = time.monotonic() + STALE_POLL_S
             while True:
+                # The marks first, then whether their writer is gone.  A slot's next
+                # incarnation clears its predecessor's marks, and is started only
+                # once the controller has reaped the predecessor, so marks found
+                # cleared before a check that still finds the writer alive were
+                # cleared by that live writer.  (The other way round, a holder whose
+                # exit was in progress -- its locks already released, not yet a
+                # zombie -- could be reaped and replaced between the two reads and
+                # look like a live holder letting go.)
+                now_seg = rec.marks(v, a, b)
                 if rec.get(vrow + R_INC) != inc1 or pid_dead(pid1):
                     break   # a dead holder's stale mark: the table reclaimed its lock
-                now_seg = rec.marks(v, a, b)
                 if not conflicting(now_seg, exclusive):
                     fail(f"{when}: holding {'exclusive' if exclusive else 'shared'} units "
                          f"[{a},{b}) while live slot {v} (pid {pid1}) held {list(seg)} there")
