@@ -1487,6 +1487,11 @@ static int wake_waiters(struct ss_handle *h, uint64_t lo, uint64_t hi);
 static int entry_alive(struct ss_handle *h, uint32_t i);
 static inline uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 static inline uint64_t sat_add_u64(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+/* When waiting entry e turns urgent (CLOCK_REALTIME). */
+static inline uint64_t urgent_at(const struct ss_entry *e)
+{
+    return sat_add_u64(e->since_ns, (uint64_t)SS_URGENT_NS);
+}
 
 static int note_marks(struct ss_handle *h, uint32_t i);
 
@@ -1516,8 +1521,7 @@ static int entry_publish(struct ss_handle *h, uint32_t i, uint64_t start, uint64
     h->procs[h->slot].held++;
     if (state == SS_WAITING) {
         h->hdr->waiting++;
-        uint64_t due = sat_add_u64(e->since_ns, (uint64_t)SS_URGENT_NS);
-        if (due < h->hdr->urgent_due_ns) h->hdr->urgent_due_ns = due;
+        h->hdr->urgent_due_ns = min_u64(h->hdr->urgent_due_ns, urgent_at(e));
     }
     maybe_crash(2);
     return index_insert(h, i);
@@ -1742,7 +1746,7 @@ static int make_urgent_if_due(struct ss_handle *h, struct ss_entry *e, uint64_t 
     uint8_t flags = wflags_of(e);
     if (flags & W_URGENT) return 1;
     if (!*now) *now = now_ns(CLOCK_REALTIME);
-    if (*now < sat_add_u64(e->since_ns, (uint64_t)SS_URGENT_NS)) return 0;
+    if (*now < urgent_at(e)) return 0;
     __atomic_fetch_or(&e->wflags, (uint8_t)W_URGENT, __ATOMIC_ACQ_REL);
     h->hdr->urgent++;
     return 1;
@@ -1784,7 +1788,7 @@ static int visit_due(struct ss_handle *h, uint32_t i, void *varg)
     struct ss_entry *e = &h->entries[i];
     if (wflags_of(e) & W_ABANDONED) return 0;
     if (!make_urgent_if_due(h, e, p->now))
-        p->next = min_u64(p->next, sat_add_u64(e->since_ns, (uint64_t)SS_URGENT_NS));
+        p->next = min_u64(p->next, urgent_at(e));
     return 0;
 }
 
@@ -3877,7 +3881,6 @@ static int caller_overlaps(struct ss_handle *h, const struct request *r)
     any.kind = SS_EXCLUSIVE;   /* search both granted indexes */
     return find_granted(h, &any, held_by_caller, &mine);
 }
-
 
 /* ---- deadlock detection ------------------------------------------------
  *
